@@ -1,0 +1,72 @@
+# clipc — build the library, the CLI, the tests and the benchmark.
+#   make            library (build/libclipc.a, build/libclipc.so) and build/clipc
+#   make test       run every test (ends with "N passed, N failed")
+#   make bench      throughput and share of the machine's peak
+#   make sanitize   the tests under AddressSanitizer + UBSan
+#   make install PREFIX=/usr/local
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+BUILD   ?= build
+OPT     ?= -O3 -march=native
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -fPIC -Iinclude
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+CFLAGS  += $(BLAS_CFLAGS)
+LDLIBS  += -lopenblas -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
+
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c)
+LIB_ASM := src/tokenizer/vocab_blob.S
+CLI_SRC := $(wildcard src/cli/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(LIB_ASM:%.S=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+all: $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(BUILD)/clipc
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/*.h src/*/*.h tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.S data/bpe_simple_vocab_16e6.txt.gz
+	@mkdir -p $(dir $@)
+	$(CC) -c $< -o $@
+
+$(BUILD)/libclipc.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libclipc.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/clipc: $(CLI_OBJ) $(BUILD)/libclipc.a
+	$(CC) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/test_clipc: $(TEST_OBJ) $(BUILD)/libclipc.a
+	$(CC) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bench_clipc: $(BUILD)/bench/bench.o $(BUILD)/libclipc.a
+	$(CC) -o $@ $^ $(LDLIBS)
+
+test: $(BUILD)/test_clipc $(BUILD)/clipc
+	CLIPC=$(BUILD)/clipc $(BUILD)/test_clipc
+
+bench: $(BUILD)/bench_clipc
+	$(BUILD)/bench_clipc
+
+sanitize:
+	$(MAKE) BUILD=build-san OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    LDLIBS="$(LDLIBS) -fsanitize=address,undefined" test
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(BUILD)/clipc $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
+
+clean:
+	rm -rf build build-san
+
+.PHONY: all test bench sanitize install clean

@@ -1,0 +1,143 @@
+/*
+ * clipc.h — CLIP (Contrastive Language-Image Pre-training) in C.
+ *
+ * The one public header of libclipc. Four things live here:
+ *   - models:     load a checkpoint (.safetensors, OpenAI/OpenCLIP or Hugging Face
+ *                 naming), create a randomly initialised one, save, encode.
+ *   - tokenizer:  OpenAI's byte-level BPE tokenizer, exactly.
+ *   - images:     decode JPEG/PNG and preprocess exactly as OpenAI's _transform(n).
+ *   - errors:     every fallible call takes a clipc_error* and returns 0 on
+ *                 success, -1 (or NULL) on failure with err->message set.
+ *
+ * The library never prints and never exits. Objects are owned by the caller
+ * and freed with the matching *_free function. A model may be used by one
+ * thread at a time (it owns its scratch arena); it uses OpenMP/BLAS threads
+ * internally.
+ */
+#ifndef CLIPC_H
+#define CLIPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CLIPC_VERSION "0.1.0"
+
+/* ---- errors ------------------------------------------------------------ */
+
+typedef struct clipc_error {
+    char message[512];
+} clipc_error;
+
+/* ---- models ------------------------------------------------------------ */
+
+enum clipc_vision_tower { CLIPC_VIT = 0, CLIPC_RESNET = 1 };
+enum clipc_activation { CLIPC_QUICK_GELU = 0, CLIPC_GELU = 1 };
+
+/* The constructor arguments of OpenAI's clip.model.CLIP, plus the head
+ * counts and activation that build_model() would otherwise guess. */
+typedef struct clipc_config {
+    int vision_tower;          /* CLIPC_VIT or CLIPC_RESNET */
+    int embed_dim;             /* joint embedding size */
+    int image_resolution;      /* input side in pixels */
+    int vision_layers;         /* ViT: depth */
+    int vision_resnet_layers[4]; /* ResNet: bottlenecks per stage */
+    int vision_width;          /* ViT: width; ResNet: stem width (64 for RN50) */
+    int vision_patch_size;     /* ViT only */
+    int vision_heads;
+    int context_length;        /* 77 */
+    int vocab_size;            /* 49408 */
+    int text_width;
+    int text_heads;
+    int text_layers;
+    int activation;            /* CLIPC_QUICK_GELU or CLIPC_GELU */
+} clipc_config;
+
+typedef struct clipc_model clipc_model;
+
+/* Loads a .safetensors checkpoint. The naming (OpenAI/OpenCLIP or Hugging
+ * Face CLIPModel) is detected from the tensor names; Hugging Face files need
+ * the config.json that sits beside them. F32, F16 and BF16 tensors are read.
+ * A missing, unexpected or mis-shaped tensor is an error naming that tensor. */
+clipc_model *clipc_model_load(const char *path, clipc_error *err);
+
+/* A model of a named architecture (see clipc_arch_names) with OpenAI's
+ * initialize_parameters() distributions, deterministic in seed. */
+clipc_model *clipc_model_init(const char *arch, uint64_t seed, clipc_error *err);
+
+/* Writes the model as .safetensors in OpenAI naming, F32, with the config in
+ * the metadata. The file appears atomically (temporary file + rename). */
+int clipc_model_save(const clipc_model *model, const char *path, clipc_error *err);
+
+void clipc_model_free(clipc_model *model);
+
+/* Names accepted by clipc_model_init, NULL-terminated. */
+const char *const *clipc_arch_names(void);
+
+const clipc_config *clipc_model_config(const clipc_model *model);
+size_t clipc_model_param_count(const clipc_model *model);
+/* The dtype the weights had in the file ("F32", "F16", "BF16", "mixed"). */
+const char *clipc_model_source_dtype(const clipc_model *model);
+/* exp(logit_scale): the inverse temperature that multiplies cosines. */
+float clipc_model_logit_scale(const clipc_model *model);
+
+/* encode_image: pixels are n preprocessed images [n,3,R,R] (R =
+ * image_resolution); out receives [n, embed_dim] un-normalised projections,
+ * as OpenAI's model.encode_image. */
+int clipc_encode_image(clipc_model *model, const float *pixels, int n, float *out,
+                       clipc_error *err);
+
+/* encode_text: tokens are n rows of context_length ids (as clipc_tokenize
+ * writes them); pooling takes the first position of the largest id (EOT).
+ * out receives [n, embed_dim] un-normalised projections. */
+int clipc_encode_text(clipc_model *model, const int32_t *tokens, int n, float *out,
+                      clipc_error *err);
+
+/* Divides each of the n rows of length dim by its L2 norm. */
+void clipc_normalize_rows(float *rows, int n, int dim);
+
+/* ---- tokenizer --------------------------------------------------------- */
+
+typedef struct clipc_tokenizer clipc_tokenizer;
+
+#define CLIPC_SOT 49406
+#define CLIPC_EOT 49407
+
+/* The BPE merges built into the library (OpenAI's bpe_simple_vocab_16e6). */
+clipc_tokenizer *clipc_tokenizer_new(clipc_error *err);
+void clipc_tokenizer_free(clipc_tokenizer *tok);
+
+/* SimpleTokenizer.encode: BPE ids of the cleaned text, no SOT/EOT.
+ * *ids is malloc'd and owned by the caller. Invalid UTF-8 is an error. */
+int clipc_tokenizer_encode(clipc_tokenizer *tok, const char *text, int32_t **ids,
+                           int *n_ids, clipc_error *err);
+
+/* clip.tokenize: [SOT] + ids + [EOT], zero-padded to context. Longer texts
+ * are an error unless truncate is set, in which case the row is cut and its
+ * last entry becomes EOT. out must hold context entries. */
+int clipc_tokenize(clipc_tokenizer *tok, const char *text, int context, int truncate,
+                   int32_t *out, clipc_error *err);
+
+/* ---- images ------------------------------------------------------------ */
+
+/* The decoded-image limit: larger images are refused before decoding
+ * (Pillow's decompression-bomb error threshold is 2x89.5 MP; ours is 1/2). */
+#define CLIPC_MAX_IMAGE_PIXELS (89478485LL)
+
+/* Decodes a JPEG or PNG file and applies OpenAI's _transform(size):
+ * bicubic resize of the short side to size (Pillow's arithmetic),
+ * center crop, convert('RGB'), CLIP mean/std normalisation.
+ * out receives [3, size, size] float32. */
+int clipc_preprocess_file(const char *path, int size, float *out, clipc_error *err);
+
+/* The same from an encoded image in memory (name is used in messages). */
+int clipc_preprocess_memory(const void *data, size_t len, const char *name, int size,
+                            float *out, clipc_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CLIPC_H */

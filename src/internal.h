@@ -1,0 +1,262 @@
+/*
+ * internal.h — what the modules of libclipc share with each other (and with
+ * the tests), but not with users. The public API is include/clipc.h.
+ */
+#ifndef CLIPC_INTERNAL_H
+#define CLIPC_INTERNAL_H
+
+#include "clipc.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- util/error.c ------------------------------------------------------ */
+
+/* Formats a message into err (if non-NULL) and returns -1. */
+int clipc_fail(clipc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prefixes the message already in err with "what: ". Returns -1. */
+int clipc_fail_prefix(clipc_error *err, const char *what);
+
+/* ---- util/arena.c: bump allocator, one per forward pass ---------------- */
+
+typedef struct arena {
+    float *base;
+    size_t used, cap; /* in floats */
+} arena;
+
+/* Grows the arena (dropping its contents) so cap >= floats. */
+int arena_reserve(arena *a, size_t floats, clipc_error *err);
+/* Returns floats uninitialised floats, 64-byte aligned. Never fails once
+ * arena_reserve sized the arena for the pass: overflow is a programming error
+ * and returns NULL (callers check with the pass's size computation). */
+float *arena_alloc(arena *a, size_t floats);
+void arena_free(arena *a);
+
+/* ---- util/npy.c -------------------------------------------------------- */
+
+typedef struct npy_array {
+    char dtype[8];    /* "<f4", "<i4", "|u1", "<i8" */
+    int ndim;
+    int64_t shape[8];
+    void *data;       /* malloc'd, owned */
+    size_t count;     /* number of elements */
+} npy_array;
+
+int npy_read(const char *path, npy_array *out, clipc_error *err);
+void npy_free(npy_array *a);
+/* Writes atomically (temporary file + rename). dtype "<f4", "<i4" or "|u1". */
+int npy_write(const char *path, const char *dtype, int ndim, const int64_t *shape,
+              const void *data, clipc_error *err);
+
+/* ---- util/fileio.c ----------------------------------------------------- */
+
+int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *err);
+/* Creates path atomically: data goes to path.tmp.PID, is fsynced, renamed. */
+int write_file_atomic(const char *path, const void *data, size_t len, clipc_error *err);
+
+/* ---- util/rng.c: deterministic random numbers --------------------------- */
+
+typedef struct rng { uint64_t s[4]; } rng;
+void rng_seed(rng *r, uint64_t seed);
+uint64_t rng_next(rng *r);
+double rng_uniform(rng *r);   /* [0, 1) */
+double rng_normal(rng *r);    /* N(0, 1) */
+
+/* ---- util/half.c ------------------------------------------------------- */
+
+float f16_to_f32(uint16_t h);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+/* ---- weights/safetensors.c ---------------------------------------------- */
+
+enum st_dtype { ST_F32, ST_F16, ST_BF16, ST_I64, ST_I32, ST_OTHER };
+
+typedef struct st_tensor {
+    char *name;
+    int dtype;
+    int ndim;
+    int64_t shape[8];
+    const unsigned char *data; /* points into the mapping */
+    size_t nbytes;
+} st_tensor;
+
+typedef struct st_file {
+    void *map;
+    size_t map_len;
+    st_tensor *tensors;
+    int count;
+    char *metadata_json; /* the "__metadata__" object as JSON text, or NULL */
+} st_file;
+
+int st_open(const char *path, st_file *f, clipc_error *err);
+void st_close(st_file *f);
+const st_tensor *st_find(const st_file *f, const char *name);
+/* Copies a float tensor (F32/F16/BF16) into dst as float32. */
+void st_to_f32(const st_tensor *t, float *dst);
+/* A metadata value as a string (malloc'd), or NULL when absent. */
+char *st_metadata_get(const st_file *f, const char *key);
+
+typedef struct st_out_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[8];
+    const float *data;
+} st_out_tensor;
+/* Writes F32 tensors and string metadata (keys[i] -> values[i]) atomically. */
+int st_write(const char *path, const st_out_tensor *tensors, int count, const char *const *meta_keys,
+             const char *const *meta_values, int meta_count, clipc_error *err);
+
+/* ---- model/params.c: the one list of a model's tensors ------------------ */
+
+/* Every parameter of a model is a named, shaped slice of one float array.
+ * The table is built from the config in OpenAI's state_dict order; loading,
+ * saving, initialisation and (later) gradients all walk this one table. */
+typedef struct param_spec {
+    char name[96];
+    int ndim;
+    int64_t shape[4];
+    size_t offset;  /* in floats from the start of the parameter array */
+    size_t numel;
+    int init;       /* how clipc_model_init fills it (PI_* below) */
+    float init_std;
+} param_spec;
+
+enum param_init { PI_NORMAL, PI_ONES, PI_ZEROS, PI_LOGIT_SCALE, PI_BN_VAR };
+
+typedef struct param_table {
+    param_spec *items;
+    int count, cap;
+    size_t total; /* floats */
+    bool oom;     /* an allocation failed while building */
+} param_table;
+
+/* Offsets of one residual attention block's tensors. */
+typedef struct block_offsets {
+    size_t ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
+} block_offsets;
+
+/* BatchNorm tensors. */
+typedef struct bn_offsets { size_t weight, bias, mean, var; } bn_offsets;
+
+typedef struct bottleneck_offsets {
+    size_t conv1, conv2, conv3, down_conv; /* down_conv == (size_t)-1 without downsample */
+    bn_offsets bn1, bn2, bn3, down_bn;
+    int inplanes, planes, stride;
+} bottleneck_offsets;
+
+typedef struct model_layout {
+    /* ViT */
+    size_t v_class, v_pos, v_conv, v_ln_pre_w, v_ln_pre_b, v_ln_post_w, v_ln_post_b, v_proj;
+    block_offsets *v_blocks;
+    /* ResNet */
+    size_t r_conv[3];
+    bn_offsets r_bn[3];
+    bottleneck_offsets *r_blocks;
+    int r_block_count;
+    size_t ap_pos, ap_q_w, ap_q_b, ap_k_w, ap_k_b, ap_v_w, ap_v_b, ap_c_w, ap_c_b;
+    /* text */
+    size_t t_tok, t_pos, t_ln_w, t_ln_b, t_proj;
+    block_offsets *t_blocks;
+    size_t logit_scale;
+} model_layout;
+
+int params_build(const clipc_config *cfg, param_table *table, model_layout *layout,
+                 clipc_error *err);
+void params_free(param_table *table, model_layout *layout);
+const param_spec *params_find(const param_table *table, const char *name);
+
+/* ---- model/clip.c ------------------------------------------------------- */
+
+struct clipc_model {
+    clipc_config cfg;
+    param_table table;
+    model_layout L;
+    float *params;          /* table.total floats, owned */
+    char source_dtype[8];
+    arena scratch;          /* activations of one forward pass */
+    /* Debug tap: when set, called with named intermediate activations
+     * (rows x cols, row-major) so tests can localise a mismatch. */
+    void (*tap)(void *ctx, const char *name, const float *x, int rows, int cols);
+    void *tap_ctx;
+};
+
+/* Checks a config for values the model code cannot run. */
+int config_validate(const clipc_config *cfg, clipc_error *err);
+/* A model with its parameter table built and parameters zeroed. */
+clipc_model *model_new(const clipc_config *cfg, clipc_error *err);
+
+/* ---- weights/checkpoint.c ------------------------------------------------ */
+
+clipc_model *checkpoint_load(const char *path, clipc_error *err);
+
+/* ---- model/layers.c: the kernels, forward (backward comes with training) - */
+
+/* y[n, out] (=, or += when accumulate) x[n, in] · W[out, in]^T + b
+ * (PyTorch nn.Linear layout; b may be NULL). */
+void linear_forward(float *y, const float *x, const float *W, const float *b, int n, int in,
+                    int out, bool accumulate);
+/* y[n, out] = x[n, in] · W[in, out]          (OpenAI's proj / text_projection) */
+void matmul_forward(float *y, const float *x, const float *W, int n, int in, int out);
+void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim);
+void quick_gelu_forward(float *x, size_t n);
+void gelu_forward(float *x, size_t n);
+void relu_forward(float *x, size_t n);
+/* Multi-head self-attention on packed sequences. qkv [T, 3D] rows of all
+ * sequences back to back; seq_start[s], seq_len[s] locate sequence s; causal
+ * masks future positions. out [T, D]. scratch needs attention_scratch floats. */
+size_t attention_scratch(int max_len, int heads);
+void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
+                       int n_seq, int D, int heads, bool causal, float *scratch);
+/* conv2d (no bias), NCHW, square kernel, via im2col + GEMM. */
+size_t conv2d_scratch(int C, int H, int W, int k, int stride, int pad);
+void conv2d_forward(float *y, const float *x, const float *w, int N, int C, int H, int W, int Cout,
+                    int k, int stride, int pad, float *scratch);
+/* Eval-mode BatchNorm (eps 1e-5), optionally followed by ReLU, in place. */
+void batchnorm_forward(float *x, const float *w, const float *b, const float *mean,
+                       const float *var, int N, int C, int HW, bool relu);
+/* AvgPool2d(k) with stride k, NCHW. */
+void avgpool_forward(float *y, const float *x, int N, int C, int H, int W, int k);
+
+/* ---- image/ -------------------------------------------------------------- */
+
+/* An image as Pillow holds it after Image.open: mode decides how it is
+ * resized and converted to RGB. */
+enum image_mode {
+    IM_L,     /* 8-bit gray */
+    IM_LA,    /* gray + alpha (resized premultiplied) */
+    IM_RGB,
+    IM_RGBA,  /* resized premultiplied (RGBa), alpha dropped by convert */
+    IM_CMYK,  /* Adobe-inverted CMYK JPEG */
+    IM_P,     /* palette indices; resized with NEAREST */
+    IM_I,     /* 32-bit integer gray (16-bit PNG); resized in double precision */
+    IM_1      /* bilevel; resized with NEAREST */
+};
+
+typedef struct image {
+    int mode;
+    int width, height;
+    int channels;           /* bytes per pixel for 8-bit modes; 1 for I (int32) */
+    unsigned char *pixels;  /* IM_I: int32_t samples */
+    unsigned char palette[256 * 3];
+} image;
+
+int image_decode(const unsigned char *data, size_t len, const char *name, image *out,
+                 clipc_error *err);
+void image_free(image *im);
+/* Pillow's Image.resize(size, BICUBIC) (NEAREST for P and 1). */
+int image_resize(const image *in, int width, int height, image *out, clipc_error *err);
+/* Pillow's convert('RGB') into packed uint8 RGB. */
+void image_to_rgb(const image *im, unsigned char *rgb);
+/* _transform(size) up to ToTensor: resize short side, center-crop, RGB.
+ * rgb receives size*size*3 bytes. */
+int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err);
+
+/* ---- tokenizer/clean.c --------------------------------------------------- */
+
+/* basic_clean + whitespace_clean + lower(): the text that the pre-split regex
+ * sees. Returns a malloc'd UTF-8 string, or NULL with err set. */
+char *text_clean(const char *text, clipc_error *err);
+
+#endif

@@ -1,0 +1,270 @@
+/* clip.c — the clipc_model object: creation, random initialisation, saving,
+ * and the two encoders of the public API. */
+#include "tower.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int config_validate(const clipc_config *c, clipc_error *err) {
+    if (c->embed_dim <= 0 || c->context_length <= 0 || c->context_length > 4096 || c->vocab_size <= 0 ||
+        c->text_width <= 0 || c->text_layers <= 0 || c->text_heads <= 0 || c->text_width % c->text_heads)
+        return clipc_fail(err, "invalid text tower configuration (width %d, heads %d, layers %d, context %d)",
+                          c->text_width, c->text_heads, c->text_layers, c->context_length);
+    if (c->vocab_size <= CLIPC_EOT)
+        return clipc_fail(err, "vocabulary of %d ids cannot hold CLIP's special tokens", c->vocab_size);
+    if (c->vision_tower == CLIPC_VIT) {
+        if (c->vision_width <= 0 || c->vision_layers <= 0 || c->vision_heads <= 0 ||
+            c->vision_width % c->vision_heads || c->vision_patch_size <= 0 ||
+            c->image_resolution % c->vision_patch_size || c->image_resolution <= 0)
+            return clipc_fail(err, "invalid ViT configuration (width %d, heads %d, layers %d, patch %d, resolution %d)",
+                              c->vision_width, c->vision_heads, c->vision_layers, c->vision_patch_size,
+                              c->image_resolution);
+    } else if (c->vision_tower == CLIPC_RESNET) {
+        bool ok = c->vision_width > 0 && c->vision_width % 2 == 0 && c->image_resolution > 0 &&
+                  c->image_resolution % 32 == 0 && c->vision_heads > 0 && (c->vision_width * 32) % c->vision_heads == 0;
+        for (int s = 0; s < 4; s++) ok = ok && c->vision_resnet_layers[s] > 0;
+        if (!ok)
+            return clipc_fail(err, "invalid ResNet configuration (width %d, heads %d, resolution %d)",
+                              c->vision_width, c->vision_heads, c->image_resolution);
+    } else {
+        return clipc_fail(err, "unknown vision tower %d", c->vision_tower);
+    }
+    return 0;
+}
+
+clipc_model *model_new(const clipc_config *cfg, clipc_error *err) {
+    clipc_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        clipc_fail(err, "out of memory");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    if (params_build(cfg, &m->table, &m->L, err)) {
+        free(m);
+        return NULL;
+    }
+    void *p = NULL;
+    if (posix_memalign(&p, 64, m->table.total * sizeof(float)) != 0) {
+        clipc_fail(err, "out of memory for %zu MiB of parameters", m->table.total * 4 >> 20);
+        params_free(&m->table, &m->L);
+        free(m);
+        return NULL;
+    }
+    m->params = p;
+    memset(m->params, 0, m->table.total * sizeof(float));
+    snprintf(m->source_dtype, sizeof m->source_dtype, "F32");
+    return m;
+}
+
+void clipc_model_free(clipc_model *m) {
+    if (!m) return;
+    free(m->params);
+    params_free(&m->table, &m->L);
+    arena_free(&m->scratch);
+    free(m);
+}
+
+clipc_model *clipc_model_load(const char *path, clipc_error *err) { return checkpoint_load(path, err); }
+
+/* ---- named architectures ------------------------------------------------- */
+
+typedef struct arch {
+    const char *name;
+    clipc_config cfg;
+} arch;
+
+/* OpenAI's published configurations, plus the two tiny test configurations
+ * of the reference fixtures. */
+static const arch ARCHS[] = {
+    {"ViT-B-32", {CLIPC_VIT, 512, 224, 12, {0}, 768, 32, 12, 77, 49408, 512, 8, 12, CLIPC_QUICK_GELU}},
+    {"ViT-B-16", {CLIPC_VIT, 512, 224, 12, {0}, 768, 16, 12, 77, 49408, 512, 8, 12, CLIPC_QUICK_GELU}},
+    {"ViT-L-14", {CLIPC_VIT, 768, 224, 24, {0}, 1024, 14, 16, 77, 49408, 768, 12, 12, CLIPC_QUICK_GELU}},
+    {"RN50", {CLIPC_RESNET, 1024, 224, 0, {3, 4, 6, 3}, 64, 0, 32, 77, 49408, 512, 8, 12, CLIPC_QUICK_GELU}},
+    {"tiny", {CLIPC_VIT, 32, 32, 2, {0}, 64, 8, 1, 77, 49408, 32, 1, 2, CLIPC_QUICK_GELU}},
+    {"tiny-rn", {CLIPC_RESNET, 32, 64, 0, {2, 1, 1, 1}, 8, 0, 4, 77, 49408, 16, 2, 2, CLIPC_QUICK_GELU}},
+};
+#define N_ARCHS (sizeof ARCHS / sizeof *ARCHS)
+
+const char *const *clipc_arch_names(void) {
+    static const char *names[N_ARCHS + 1];
+    for (size_t i = 0; i < N_ARCHS; i++) names[i] = ARCHS[i].name;
+    names[N_ARCHS] = NULL;
+    return names;
+}
+
+clipc_model *clipc_model_init(const char *name, uint64_t seed, clipc_error *err) {
+    const arch *a = NULL;
+    for (size_t i = 0; i < N_ARCHS; i++)
+        if (!strcmp(ARCHS[i].name, name)) a = &ARCHS[i];
+    if (!a) {
+        char list[256] = "";
+        for (size_t i = 0; i < N_ARCHS; i++) {
+            strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+            strncat(list, ARCHS[i].name, sizeof list - strlen(list) - 1);
+        }
+        clipc_fail(err, "unknown architecture '%s' (known: %s)", name, list);
+        return NULL;
+    }
+    clipc_model *m = model_new(&a->cfg, err);
+    if (!m) return NULL;
+    rng r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < m->table.count; i++) {
+        const param_spec *p = &m->table.items[i];
+        float *dst = m->params + p->offset;
+        for (size_t j = 0; j < p->numel; j++) {
+            switch (p->init) {
+            case PI_NORMAL: dst[j] = (float)(rng_normal(&r) * p->init_std); break;
+            case PI_ONES: case PI_BN_VAR: dst[j] = 1.0f; break;
+            case PI_ZEROS: dst[j] = 0.0f; break;
+            case PI_LOGIT_SCALE: dst[j] = (float)log(1.0 / 0.07); break; /* CLIP paper, sec. 2.5 */
+            }
+        }
+    }
+    return m;
+}
+
+/* ---- saving ---------------------------------------------------------------- */
+
+int clipc_model_save(const clipc_model *m, const char *path, clipc_error *err) {
+    const clipc_config *c = &m->cfg;
+    st_out_tensor *ts = calloc((size_t)m->table.count, sizeof *ts);
+    if (!ts) return clipc_fail(err, "out of memory");
+    for (int i = 0; i < m->table.count; i++) {
+        const param_spec *p = &m->table.items[i];
+        ts[i].name = p->name;
+        ts[i].ndim = p->ndim;
+        memcpy(ts[i].shape, p->shape, sizeof p->shape);
+        ts[i].data = m->params + p->offset;
+    }
+    /* The constructor arguments of clip.model.CLIP, as the reference files
+     * and OpenCLIP tooling record them. */
+    char v[16][64];
+    const char *keys[16];
+    int k = 0;
+#define META(key, ...) (keys[k] = key, snprintf(v[k], sizeof v[k], __VA_ARGS__), k++)
+    META("naming", "openai");
+    META("format", "pt");
+    META("embed_dim", "%d", c->embed_dim);
+    META("image_resolution", "%d", c->image_resolution);
+    if (c->vision_tower == CLIPC_VIT) {
+        META("vision_layers", "%d", c->vision_layers);
+        META("vision_patch_size", "%d", c->vision_patch_size);
+        META("vision_tower", "VisionTransformer");
+    } else {
+        META("vision_layers", "[%d, %d, %d, %d]", c->vision_resnet_layers[0], c->vision_resnet_layers[1],
+             c->vision_resnet_layers[2], c->vision_resnet_layers[3]);
+        META("vision_patch_size", "null");
+        META("vision_tower", "ModifiedResNet");
+    }
+    META("vision_width", "%d", c->vision_width);
+    META("vision_heads", "%d", c->vision_heads);
+    META("context_length", "%d", c->context_length);
+    META("vocab_size", "%d", c->vocab_size);
+    META("transformer_width", "%d", c->text_width);
+    META("transformer_heads", "%d", c->text_heads);
+    META("transformer_layers", "%d", c->text_layers);
+    META("activation", "%s", c->activation == CLIPC_GELU ? "gelu" : "quick_gelu");
+#undef META
+    const char *values[16];
+    for (int i = 0; i < k; i++) values[i] = v[i];
+    int rc = st_write(path, ts, m->table.count, keys, values, k, err);
+    free(ts);
+    return rc;
+}
+
+/* ---- accessors ------------------------------------------------------------ */
+
+const clipc_config *clipc_model_config(const clipc_model *m) { return &m->cfg; }
+
+size_t clipc_model_param_count(const clipc_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->table.count; i++) {
+        const char *name = m->table.items[i].name;
+        size_t len = strlen(name);
+        /* BatchNorm running statistics are buffers, not parameters. */
+        if (len > 13 && (!strcmp(name + len - 13, ".running_mean") || !strcmp(name + len - 12, ".running_var")))
+            continue;
+        n += m->table.items[i].numel;
+    }
+    return n;
+}
+
+const char *clipc_model_source_dtype(const clipc_model *m) { return m->source_dtype; }
+
+float clipc_model_logit_scale(const clipc_model *m) { return expf(m->params[m->L.logit_scale]); }
+
+void clipc_normalize_rows(float *rows, int n, int dim) {
+    for (int i = 0; i < n; i++) {
+        float *r = rows + (size_t)i * dim;
+        double ss = 0.0;
+        for (int j = 0; j < dim; j++) ss += (double)r[j] * r[j];
+        float inv = ss > 0.0 ? (float)(1.0 / sqrt(ss)) : 0.0f;
+        for (int j = 0; j < dim; j++) r[j] *= inv;
+    }
+}
+
+/* ---- encoders ------------------------------------------------------------- */
+
+#define IMAGE_CHUNK 32  /* images per forward pass: bounds activation memory */
+#define TEXT_CHUNK 256
+
+int clipc_encode_image(clipc_model *m, const float *pixels, int n, float *out, clipc_error *err) {
+    const clipc_config *c = &m->cfg;
+    size_t per_image = (size_t)3 * c->image_resolution * c->image_resolution;
+    bool vit = c->vision_tower == CLIPC_VIT;
+    for (int done = 0; done < n; done += IMAGE_CHUNK) {
+        int b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK;
+        size_t need = vit ? vit_scratch(c, b) : resnet_scratch(c, b);
+        if (arena_reserve(&m->scratch, need, err)) return -1;
+        const float *px = pixels + (size_t)done * per_image;
+        float *o = out + (size_t)done * c->embed_dim;
+        if ((vit ? vit_forward(m, px, b, o) : resnet_forward(m, px, b, o)) != 0)
+            return clipc_fail(err, "out of memory encoding images");
+    }
+    if (m->tap) model_tap(m, "encode_image", out, n, c->embed_dim);
+    return 0;
+}
+
+int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, clipc_error *err) {
+    const clipc_config *c = &m->cfg;
+    int ctx = c->context_length;
+    int *eot = malloc((size_t)(n > 0 ? n : 1) * sizeof *eot);
+    if (!eot) return clipc_fail(err, "out of memory");
+    /* Pool at text.argmax(-1): the first position holding the largest id,
+     * which is EOT for every tokenized text. */
+    for (int i = 0; i < n; i++) {
+        const int32_t *row = tokens + (size_t)i * ctx;
+        int best = 0;
+        for (int p = 0; p < ctx; p++) {
+            if (row[p] < 0 || row[p] >= c->vocab_size) {
+                free(eot);
+                return clipc_fail(err, "text %d: token id %d at position %d is outside the vocabulary (0..%d)",
+                                  i, row[p], p, c->vocab_size - 1);
+            }
+            if (row[p] > row[best]) best = p;
+        }
+        eot[i] = best;
+    }
+    for (int done = 0; done < n; done += TEXT_CHUNK) {
+        int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK;
+        int total = 0, max_len = 0;
+        for (int i = 0; i < b; i++) {
+            total += eot[done + i] + 1;
+            max_len = eot[done + i] + 1 > max_len ? eot[done + i] + 1 : max_len;
+        }
+        if (arena_reserve(&m->scratch, text_scratch(c, total, b, max_len), err)) {
+            free(eot);
+            return -1;
+        }
+        if (text_forward(m, tokens + (size_t)done * ctx, b, eot + done, out + (size_t)done * c->embed_dim)) {
+            free(eot);
+            return clipc_fail(err, "out of memory encoding text");
+        }
+    }
+    free(eot);
+    if (m->tap) model_tap(m, "encode_text", out, n, c->embed_dim);
+    return 0;
+}

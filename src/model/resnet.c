@@ -1,0 +1,160 @@
+/* resnet.c — OpenAI's ModifiedResNet image tower (RN50 and friends):
+ *   stem:   three 3x3 convs (the first with stride 2), each BN + ReLU, then
+ *           a 2x2 average pool;
+ *   stages: Bottlenecks (1x1, 3x3, 1x1 convs) that stride by average pooling
+ *           before the last conv, with an avgpool + 1x1 conv + BN shortcut;
+ *   head:   attention pooling — the spatial mean queries all positions
+ *           through one multi-head attention, then c_proj. */
+#include "tower.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t resnet_scratch(const clipc_config *c, int n) {
+    size_t w = (size_t)c->vision_width, R = (size_t)c->image_resolution;
+    size_t act = (size_t)n * w * R * R / 4;                  /* largest activation */
+    size_t cols = 9 * w * R * R / 8;                         /* largest im2col, one image */
+    size_t E = w * 32, S = R / 32, tokens = (size_t)n * (S * S + 1);
+    return 5 * act + cols + 3 * tokens * E + 3 * (size_t)n * E + 10 * 16;
+}
+
+/* One Bottleneck: y = relu(bn3(conv3(pool(relu(bn2(conv2(relu(bn1(conv1 x))))))) + shortcut(x)) */
+static void bottleneck(clipc_model *m, const bottleneck_offsets *b, const float *x, float *y, int n,
+                       int H, int W, float *t1, float *t2, float *t3, float *cols) {
+    const float *P = m->params;
+    int p = b->planes, s = b->stride, Ho = H / s, Wo = W / s;
+    conv2d_forward(t1, x, P + b->conv1, n, b->inplanes, H, W, p, 1, 1, 0, cols);
+    batchnorm_forward(t1, P + b->bn1.weight, P + b->bn1.bias, P + b->bn1.mean, P + b->bn1.var, n, p, H * W, true);
+    conv2d_forward(t2, t1, P + b->conv2, n, p, H, W, p, 3, 1, 1, cols);
+    batchnorm_forward(t2, P + b->bn2.weight, P + b->bn2.bias, P + b->bn2.mean, P + b->bn2.var, n, p, H * W, true);
+    const float *pooled = t2;
+    if (s > 1) {
+        avgpool_forward(t1, t2, n, p, H, W, s);
+        pooled = t1;
+    }
+    conv2d_forward(y, pooled, P + b->conv3, n, p, Ho, Wo, 4 * p, 1, 1, 0, cols);
+    batchnorm_forward(y, P + b->bn3.weight, P + b->bn3.bias, P + b->bn3.mean, P + b->bn3.var, n, 4 * p, Ho * Wo, false);
+    const float *identity = x;
+    if (b->down_conv != (size_t)-1) {
+        const float *src = x;
+        if (s > 1) {
+            avgpool_forward(t2, x, n, b->inplanes, H, W, s);
+            src = t2;
+        }
+        conv2d_forward(t3, src, P + b->down_conv, n, b->inplanes, Ho, Wo, 4 * p, 1, 1, 0, cols);
+        batchnorm_forward(t3, P + b->down_bn.weight, P + b->down_bn.bias, P + b->down_bn.mean,
+                          P + b->down_bn.var, n, 4 * p, Ho * Wo, false);
+        identity = t3;
+    }
+    size_t count = (size_t)n * 4 * p * Ho * Wo;
+#pragma omp parallel for simd if (count > 65536)
+    for (size_t i = 0; i < count; i++) {
+        float v = y[i] + identity[i];
+        y[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+/* AttentionPool2d: tokens = [mean; spatial positions] + positional_embedding;
+ * one query (the mean token) attends over all tokens with `heads` heads. */
+static void attention_pool(clipc_model *m, const float *x, int n, int E, int S2, float *out) {
+    const clipc_config *c = &m->cfg;
+    const float *P = m->params;
+    const model_layout *L = &m->L;
+    arena *a = &m->scratch;
+    int N = S2 + 1, heads = c->vision_heads, hd = E / heads;
+    float *tok = arena_alloc(a, (size_t)n * N * E);
+    float *k = arena_alloc(a, (size_t)n * N * E);
+    float *v = arena_alloc(a, (size_t)n * N * E);
+    float *q = arena_alloc(a, (size_t)n * E);
+    float *q_in = arena_alloc(a, (size_t)n * E);
+    float *att = arena_alloc(a, (size_t)n * E);
+    const float *pos = P + L->ap_pos;
+#pragma omp parallel for
+    for (int i = 0; i < n; i++) {
+        float *t = tok + (size_t)i * N * E;
+        for (int e = 0; e < E; e++) {
+            const float *ch = x + ((size_t)i * E + e) * S2;
+            float sum = 0.0f;
+            for (int p = 0; p < S2; p++) {
+                t[(size_t)(p + 1) * E + e] = ch[p] + pos[(size_t)(p + 1) * E + e];
+                sum += ch[p];
+            }
+            t[e] = sum / (float)S2 + pos[e];
+        }
+        memcpy(q_in + (size_t)i * E, t, (size_t)E * sizeof *t);
+    }
+    linear_forward(k, tok, P + L->ap_k_w, P + L->ap_k_b, n * N, E, E, false);
+    linear_forward(v, tok, P + L->ap_v_w, P + L->ap_v_b, n * N, E, E, false);
+    linear_forward(q, q_in, P + L->ap_q_w, P + L->ap_q_b, n, E, E, false);
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2)
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < heads; h++) {
+            float w[N];
+            const float *qi = q + (size_t)i * E + h * hd;
+            float maxv = -INFINITY, sum = 0.0f;
+            for (int j = 0; j < N; j++) {
+                const float *kj = k + ((size_t)i * N + j) * E + h * hd;
+                float dot = 0.0f;
+                for (int d = 0; d < hd; d++) dot += qi[d] * scale * kj[d];
+                w[j] = dot;
+                maxv = dot > maxv ? dot : maxv;
+            }
+            for (int j = 0; j < N; j++) sum += (w[j] = expf(w[j] - maxv));
+            float *o = att + (size_t)i * E + h * hd;
+            for (int d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int j = 0; j < N; j++) {
+                const float *vj = v + ((size_t)i * N + j) * E + h * hd;
+                for (int d = 0; d < hd; d++) o[d] += w[j] / sum * vj[d];
+            }
+        }
+    linear_forward(out, att, P + L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false);
+}
+
+int resnet_forward(clipc_model *m, const float *pixels, int n, float *out) {
+    const clipc_config *c = &m->cfg;
+    const float *P = m->params;
+    const model_layout *L = &m->L;
+    arena *a = &m->scratch;
+    int w = c->vision_width, R = c->image_resolution;
+    size_t act = (size_t)n * w * R * R / 4;
+    float *buf[5];
+    for (int i = 0; i < 5; i++) buf[i] = arena_alloc(a, act);
+    float *cols = arena_alloc(a, 9 * (size_t)w * R * R / 8);
+
+    int H = R / 2;
+    conv2d_forward(buf[0], pixels, P + L->r_conv[0], n, 3, R, R, w / 2, 3, 2, 1, cols);
+    batchnorm_forward(buf[0], P + L->r_bn[0].weight, P + L->r_bn[0].bias, P + L->r_bn[0].mean, P + L->r_bn[0].var, n, w / 2, H * H, true);
+    conv2d_forward(buf[1], buf[0], P + L->r_conv[1], n, w / 2, H, H, w / 2, 3, 1, 1, cols);
+    batchnorm_forward(buf[1], P + L->r_bn[1].weight, P + L->r_bn[1].bias, P + L->r_bn[1].mean, P + L->r_bn[1].var, n, w / 2, H * H, true);
+    conv2d_forward(buf[0], buf[1], P + L->r_conv[2], n, w / 2, H, H, w, 3, 1, 1, cols);
+    batchnorm_forward(buf[0], P + L->r_bn[2].weight, P + L->r_bn[2].bias, P + L->r_bn[2].mean, P + L->r_bn[2].var, n, w, H * H, true);
+    model_tap(m, "visual.stem.relu3", buf[0], n * w, H * H);
+    avgpool_forward(buf[1], buf[0], n, w, H, H, 2);
+    H /= 2;
+    model_tap(m, "visual.stem.avgpool", buf[1], n * w, H * H);
+
+    float *x = buf[1], *y = buf[0];
+    int C = w;
+    for (int bi = 0, stage = 0, j = 0; bi < L->r_block_count; bi++) {
+        const bottleneck_offsets *b = &L->r_blocks[bi];
+        bottleneck(m, b, x, y, n, H, H, buf[2], buf[3], buf[4], cols);
+        H /= b->stride;
+        C = 4 * b->planes;
+        while (j >= c->vision_resnet_layers[stage]) {
+            stage++;
+            j = 0;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "visual.layer%d.%d", stage + 1, j++);
+        model_tap(m, name, y, n * C, H * H);
+        float *t = x;
+        x = y;
+        y = t;
+    }
+    attention_pool(m, x, n, C, H * H, out);
+    model_tap(m, "visual.attnpool", out, n, c->embed_dim);
+    return 0;
+}

@@ -1,0 +1,63 @@
+/* text.c — OpenAI's text tower:
+ *     x = token_embedding[tokens] + positional_embedding
+ *     x = transformer(x)              (causal mask)
+ *     features = ln_final(x[eot]) @ text_projection
+ * The causal mask makes positions after a sequence's EOT irrelevant to the
+ * pooled feature, so each sequence is run only up to its own EOT and the
+ * sequences are packed without padding. */
+#include "tower.h"
+
+#include <stdlib.h>
+
+size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len) {
+    size_t D = (size_t)c->text_width;
+    return (size_t)total_tokens * D + 2 * (size_t)n * D +
+           transformer_scratch(total_tokens, (int)D, max_len, c->text_heads) + 4 * 16;
+}
+
+/* eot[i] is the pooling position of sequence i; it runs over eot[i] + 1 tokens. */
+int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, float *out) {
+    const clipc_config *c = &m->cfg;
+    const float *Pm = m->params;
+    const model_layout *L = &m->L;
+    int D = c->text_width, ctx = c->context_length;
+    int *start = malloc(2 * (size_t)n * sizeof *start);
+    if (!start) return -1;
+    int *len = start + n;
+    int T = 0, max_len = 0;
+    for (int i = 0; i < n; i++) {
+        start[i] = T;
+        len[i] = eot[i] + 1;
+        T += len[i];
+        max_len = len[i] > max_len ? len[i] : max_len;
+    }
+    arena *a = &m->scratch;
+    float *x = arena_alloc(a, (size_t)T * D);
+    const float *tok = Pm + L->t_tok, *pos = Pm + L->t_pos;
+#pragma omp parallel for
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < len[i]; p++) {
+            const float *e = tok + (size_t)tokens[(size_t)i * ctx + p] * D;
+            float *row = x + (size_t)(start[i] + p) * D;
+            for (int d = 0; d < D; d++) row[d] = e[d];
+        }
+    model_tap(m, "token_embedding", x, T, D);
+#pragma omp parallel for
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < len[i]; p++)
+            for (int d = 0; d < D; d++) x[(size_t)(start[i] + p) * D + d] += pos[(size_t)p * D + d];
+    model_tap(m, "text.embeddings", x, T, D);
+
+    packing pk = {start, len, n, T, max_len};
+    transformer_forward(m, L->t_blocks, c->text_layers, D, c->text_heads, true, x, &pk, "transformer.");
+
+    /* ln_final is per row, so only the pooled rows need it. */
+    float *pooled = arena_alloc(a, (size_t)n * D);
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < D; d++) pooled[(size_t)i * D + d] = x[(size_t)(start[i] + eot[i]) * D + d];
+    layernorm_forward(pooled, pooled, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);
+    model_tap(m, "text.pooled", pooled, n, D);
+    matmul_forward(out, pooled, Pm + L->t_proj, n, D, c->embed_dim);
+    free(start);
+    return 0;
+}

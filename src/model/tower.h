@@ -1,0 +1,27 @@
+/* tower.h — what the model's towers share inside src/model. */
+#ifndef CLIPC_TOWER_H
+#define CLIPC_TOWER_H
+
+#include "../internal.h"
+
+/* Where each sequence sits among the packed rows. */
+typedef struct packing {
+    const int *start, *len;
+    int n_seq, total, max_len;
+} packing;
+
+size_t transformer_scratch(int T, int D, int max_len, int heads);
+void transformer_forward(clipc_model *m, const block_offsets *blocks, int layers, int D, int heads,
+                         bool causal, float *x, const packing *pk, const char *prefix);
+void model_tap(const clipc_model *m, const char *name, const float *x, int rows, int cols);
+
+/* Each tower: the arena size its forward pass needs for n inputs, and the
+ * pass itself writing [n, embed_dim] features. */
+size_t vit_scratch(const clipc_config *c, int n);
+int vit_forward(clipc_model *m, const float *pixels, int n, float *out);
+size_t resnet_scratch(const clipc_config *c, int n);
+int resnet_forward(clipc_model *m, const float *pixels, int n, float *out);
+size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len);
+int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, float *out);
+
+#endif

@@ -1,0 +1,330 @@
+/* checkpoint.c — from a .safetensors file to a model's parameter array.
+ *
+ * Two namings are understood. OpenAI's (also OpenCLIP's) is our canonical
+ * one. Hugging Face's CLIPModel renames every tensor, splits attention
+ * in_proj into q/k/v and stores both projections transposed; its config.json
+ * supplies head counts and the activation. The config is inferred from
+ * tensor shapes exactly as OpenAI's build_model() does. */
+#include "../internal.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum naming { NAMING_OPENAI, NAMING_HF };
+
+static const st_tensor *need(const st_file *f, const char *name, int ndim, clipc_error *err) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) {
+        clipc_fail(err, "missing tensor '%s'", name);
+        return NULL;
+    }
+    if (t->ndim != ndim) {
+        clipc_fail(err, "tensor '%s' has %d dimensions, expected %d", name, t->ndim, ndim);
+        return NULL;
+    }
+    return t;
+}
+
+/* The number of distinct block indices i among names "prefix<i>.suffix". */
+static int count_blocks(const st_file *f, const char *prefix, const char *suffix) {
+    int max = -1;
+    size_t pl = strlen(prefix);
+    for (int i = 0; i < f->count; i++) {
+        const char *n = f->tensors[i].name;
+        if (strncmp(n, prefix, pl) != 0) continue;
+        char *end;
+        long idx = strtol(n + pl, &end, 10);
+        if (end == n + pl || *end != '.' || (suffix && strcmp(end + 1, suffix) != 0)) continue;
+        if (idx > max && idx < 10000) max = (int)idx;
+    }
+    return max + 1;
+}
+
+static int meta_int(const st_file *f, const char *key, int fallback) {
+    char *s = st_metadata_get(f, key);
+    int v = fallback;
+    if (s && atoi(s) > 0) v = atoi(s);
+    free(s);
+    return v;
+}
+
+/* Activation: metadata "activation" (gelu | quick_gelu) or OpenCLIP's
+ * "quick_gelu" flag; OpenAI weights default to QuickGELU. */
+static int meta_activation(const st_file *f) {
+    char *act = st_metadata_get(f, "activation"), *qg = st_metadata_get(f, "quick_gelu");
+    int a = CLIPC_QUICK_GELU;
+    if ((act && !strcmp(act, "gelu")) || (qg && (!strcmp(qg, "false") || !strcmp(qg, "False"))))
+        a = CLIPC_GELU;
+    free(act);
+    free(qg);
+    return a;
+}
+
+static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
+    const st_tensor *t;
+    if (st_find(f, "visual.proj")) {
+        c->vision_tower = CLIPC_VIT;
+        if (!(t = need(f, "visual.conv1.weight", 4, err))) return -1;
+        c->vision_width = (int)t->shape[0];
+        c->vision_patch_size = (int)t->shape[3];
+        c->vision_layers = count_blocks(f, "visual.transformer.resblocks.", "attn.in_proj_weight");
+        if (!(t = need(f, "visual.positional_embedding", 2, err))) return -1;
+        c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)(t->shape[0] - 1)));
+        c->vision_heads = meta_int(f, "vision_heads", c->vision_width / 64 > 0 ? c->vision_width / 64 : 1);
+    } else if (st_find(f, "visual.layer1.0.conv1.weight")) {
+        c->vision_tower = CLIPC_RESNET;
+        for (int s = 0; s < 4; s++) {
+            char prefix[32];
+            snprintf(prefix, sizeof prefix, "visual.layer%d.", s + 1);
+            c->vision_resnet_layers[s] = count_blocks(f, prefix, NULL);
+        }
+        if (!(t = need(f, "visual.layer1.0.conv1.weight", 4, err))) return -1;
+        c->vision_width = (int)t->shape[0];
+        if (!(t = need(f, "visual.attnpool.positional_embedding", 2, err))) return -1;
+        c->image_resolution = 32 * (int)lround(sqrt((double)(t->shape[0] - 1)));
+        c->vision_heads = meta_int(f, "vision_heads", c->vision_width * 32 / 64);
+    } else {
+        return clipc_fail(err, "missing tensor 'visual.proj' (ViT) or 'visual.layer1.0.conv1.weight' (ResNet): not a CLIP checkpoint?");
+    }
+    if (!(t = need(f, "text_projection", 2, err))) return -1;
+    c->embed_dim = (int)t->shape[1];
+    if (!(t = need(f, "positional_embedding", 2, err))) return -1;
+    c->context_length = (int)t->shape[0];
+    if (!(t = need(f, "token_embedding.weight", 2, err))) return -1;
+    c->vocab_size = (int)t->shape[0];
+    if (!(t = need(f, "ln_final.weight", 1, err))) return -1;
+    c->text_width = (int)t->shape[0];
+    c->text_layers = count_blocks(f, "transformer.resblocks.", NULL);
+    c->text_heads = meta_int(f, "transformer_heads", c->text_width / 64 > 0 ? c->text_width / 64 : 1);
+    c->activation = meta_activation(f);
+    return 0;
+}
+
+static int json_int(cJSON *obj, const char *key, int fallback) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNumber(v) ? v->valueint : fallback;
+}
+
+static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
+    char cfg_path[4096];
+    const char *slash = strrchr(path, '/');
+    int dirlen = slash ? (int)(slash - path + 1) : 0;
+    snprintf(cfg_path, sizeof cfg_path, "%.*sconfig.json", dirlen, path);
+    unsigned char *text;
+    size_t len;
+    if (read_file(cfg_path, &text, &len, err))
+        return clipc_fail(err, "Hugging Face checkpoint needs its config.json beside it: %s", err->message);
+    cJSON *root = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    if (!root) return clipc_fail(err, "%s: invalid JSON", cfg_path);
+    cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+    cJSON *vc = cJSON_GetObjectItemCaseSensitive(root, "vision_config");
+    const st_tensor *t;
+    int rc = -1;
+    c->vision_tower = CLIPC_VIT;
+    if (!(t = need(f, "vision_model.embeddings.patch_embedding.weight", 4, err))) goto done;
+    c->vision_width = (int)t->shape[0];
+    c->vision_patch_size = (int)t->shape[3];
+    c->vision_layers = count_blocks(f, "vision_model.encoder.layers.", "self_attn.q_proj.weight");
+    if (!(t = need(f, "vision_model.embeddings.position_embedding.weight", 2, err))) goto done;
+    c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)(t->shape[0] - 1)));
+    if (!(t = need(f, "text_projection.weight", 2, err))) goto done;
+    c->embed_dim = (int)t->shape[0];
+    if (!(t = need(f, "text_model.embeddings.position_embedding.weight", 2, err))) goto done;
+    c->context_length = (int)t->shape[0];
+    if (!(t = need(f, "text_model.embeddings.token_embedding.weight", 2, err))) goto done;
+    c->vocab_size = (int)t->shape[0];
+    c->text_width = (int)t->shape[1];
+    c->text_layers = count_blocks(f, "text_model.encoder.layers.", "self_attn.q_proj.weight");
+    /* transformers' CLIPTextConfig / CLIPVisionConfig defaults */
+    c->text_heads = json_int(tc, "num_attention_heads", 8);
+    c->vision_heads = json_int(vc, "num_attention_heads", 12);
+    cJSON *act = cJSON_GetObjectItemCaseSensitive(tc, "hidden_act");
+    c->activation = cJSON_IsString(act) && !strcmp(act->valuestring, "gelu") ? CLIPC_GELU : CLIPC_QUICK_GELU;
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Where a canonical (OpenAI) tensor lives in a Hugging Face file: one
+ * tensor, one transposed tensor, or three row blocks (q, k, v). */
+typedef struct source {
+    char name[3][160];
+    int parts;
+    bool transpose;
+} source;
+
+static const char *hf_block_part(const char *rest, int which) {
+    static const struct { const char *openai, *hf; } map[] = {
+        {"ln_1.", "layer_norm1."}, {"ln_2.", "layer_norm2."}, {"attn.out_proj.", "self_attn.out_proj."},
+        {"mlp.c_fc.", "mlp.fc1."}, {"mlp.c_proj.", "mlp.fc2."},
+    };
+    (void)which;
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (!strncmp(rest, map[i].openai, strlen(map[i].openai))) return map[i].hf;
+    return NULL;
+}
+
+static void hf_source(const char *name, source *s) {
+    memset(s, 0, sizeof *s);
+    s->parts = 1;
+    static const struct { const char *openai, *hf; bool transpose; } fixed[] = {
+        {"visual.class_embedding", "vision_model.embeddings.class_embedding", false},
+        {"visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", false},
+        {"visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", false},
+        {"visual.ln_pre.weight", "vision_model.pre_layrnorm.weight", false},
+        {"visual.ln_pre.bias", "vision_model.pre_layrnorm.bias", false},
+        {"visual.ln_post.weight", "vision_model.post_layernorm.weight", false},
+        {"visual.ln_post.bias", "vision_model.post_layernorm.bias", false},
+        {"visual.proj", "visual_projection.weight", true},
+        {"token_embedding.weight", "text_model.embeddings.token_embedding.weight", false},
+        {"positional_embedding", "text_model.embeddings.position_embedding.weight", false},
+        {"ln_final.weight", "text_model.final_layer_norm.weight", false},
+        {"ln_final.bias", "text_model.final_layer_norm.bias", false},
+        {"text_projection", "text_projection.weight", true},
+        {"logit_scale", "logit_scale", false},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        if (!strcmp(name, fixed[i].openai)) {
+            snprintf(s->name[0], sizeof s->name[0], "%s", fixed[i].hf);
+            s->transpose = fixed[i].transpose;
+            return;
+        }
+    const char *tower = !strncmp(name, "visual.", 7) ? "vision_model" : "text_model";
+    const char *p = strstr(name, "resblocks.");
+    if (!p) { /* not a CLIP ViT tensor; leave the name as is */
+        snprintf(s->name[0], sizeof s->name[0], "%s", name);
+        return;
+    }
+    int layer = atoi(p + 10);
+    const char *rest = strchr(p + 10, '.') + 1;
+    if (!strncmp(rest, "attn.in_proj_", 13)) {
+        const char *kind = !strcmp(rest + 13, "weight") ? "weight" : "bias";
+        const char *qkv[3] = {"q", "k", "v"};
+        s->parts = 3;
+        for (int i = 0; i < 3; i++)
+            snprintf(s->name[i], sizeof s->name[i], "%s.encoder.layers.%d.self_attn.%s_proj.%s", tower, layer, qkv[i], kind);
+        return;
+    }
+    const char *hf = hf_block_part(rest, 0);
+    const char *leaf = strrchr(rest, '.') + 1;
+    snprintf(s->name[0], sizeof s->name[0], "%s.encoder.layers.%d.%s%s", tower, layer, hf ? hf : "?", leaf);
+}
+
+static bool ignorable(const char *name) {
+    size_t n = strlen(name);
+    static const char *suffixes[] = {"num_batches_tracked", "position_ids"};
+    for (size_t i = 0; i < 2; i++) {
+        size_t k = strlen(suffixes[i]);
+        if (n >= k && !strcmp(name + n - k, suffixes[i])) return true;
+    }
+    /* OpenAI's JIT archives carry these scalars; build_model() drops them. */
+    return !strcmp(name, "input_resolution") || !strcmp(name, "context_length") || !strcmp(name, "vocab_size");
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t used = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (used < cap) snprintf(buf + used, cap - used, "]");
+}
+
+static bool is_float(int dtype) { return dtype == ST_F32 || dtype == ST_F16 || dtype == ST_BF16; }
+
+/* Copies every parameter of the table out of the file, checking names,
+ * shapes and dtypes; then refuses tensors the model has no place for. */
+static int load_params(const st_file *f, enum naming naming, const param_table *table, float *params,
+                       char *dtype_out, clipc_error *err) {
+    bool *used = calloc((size_t)f->count + 1, sizeof *used);
+    if (!used) return clipc_fail(err, "out of memory");
+    int seen_dtype = -1;
+    bool mixed = false;
+    for (int i = 0; i < table->count; i++) {
+        const param_spec *p = &table->items[i];
+        source src;
+        if (naming == NAMING_OPENAI) {
+            memset(&src, 0, sizeof src);
+            src.parts = 1;
+            snprintf(src.name[0], sizeof src.name[0], "%s", p->name);
+        } else {
+            hf_source(p->name, &src);
+        }
+        size_t part_numel = p->numel / (size_t)src.parts;
+        for (int k = 0; k < src.parts; k++) {
+            const st_tensor *t = st_find(f, src.name[k]);
+            if (!t) {
+                free(used);
+                return clipc_fail(err, "missing tensor '%s'", src.name[k]);
+            }
+            used[t - f->tensors] = true;
+            int64_t want[4];
+            int wnd = p->ndim;
+            memcpy(want, p->shape, sizeof want);
+            if (src.parts == 3) want[0] /= 3;
+            if (src.transpose) {
+                want[0] = p->shape[1];
+                want[1] = p->shape[0];
+            }
+            bool ok = t->ndim == wnd && is_float(t->dtype);
+            for (int d = 0; ok && d < wnd; d++) ok = t->shape[d] == want[d];
+            if (!ok) {
+                char got_s[96], want_s[96];
+                shape_str(got_s, sizeof got_s, t->ndim, t->shape);
+                shape_str(want_s, sizeof want_s, wnd, want);
+                free(used);
+                if (!is_float(t->dtype))
+                    return clipc_fail(err, "tensor '%s' has a non-float dtype", src.name[k]);
+                return clipc_fail(err, "tensor '%s' has shape %s, expected %s", src.name[k], got_s, want_s);
+            }
+            if (seen_dtype >= 0 && seen_dtype != t->dtype) mixed = true;
+            seen_dtype = t->dtype;
+            float *dst = params + p->offset + (size_t)k * part_numel;
+            if (!src.transpose) {
+                st_to_f32(t, dst);
+            } else {
+                float *tmp = malloc(part_numel * sizeof *tmp);
+                if (!tmp) {
+                    free(used);
+                    return clipc_fail(err, "out of memory");
+                }
+                st_to_f32(t, tmp);
+                int64_t R = p->shape[0], C = p->shape[1];
+                for (int64_t r = 0; r < R; r++)
+                    for (int64_t c = 0; c < C; c++) dst[r * C + c] = tmp[c * R + r];
+                free(tmp);
+            }
+        }
+    }
+    for (int i = 0; i < f->count; i++)
+        if (!used[i] && !ignorable(f->tensors[i].name)) {
+            int rc = clipc_fail(err, "unexpected tensor '%s' (not part of the inferred architecture)", f->tensors[i].name);
+            free(used);
+            return rc;
+        }
+    free(used);
+    const char *names[] = {"F32", "F16", "BF16"};
+    snprintf(dtype_out, 8, "%s", mixed ? "mixed" : seen_dtype >= 0 && seen_dtype <= ST_BF16 ? names[seen_dtype] : "?");
+    return 0;
+}
+
+clipc_model *checkpoint_load(const char *path, clipc_error *err) {
+    st_file f;
+    if (st_open(path, &f, err)) return NULL;
+    clipc_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF : NAMING_OPENAI;
+    int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
+    clipc_model *m = NULL;
+    if (rc == 0) m = model_new(&cfg, err);
+    if (m && load_params(&f, naming, &m->table, m->params, m->source_dtype, err)) {
+        clipc_model_free(m);
+        m = NULL;
+    }
+    st_close(&f);
+    if (!m) clipc_fail_prefix(err, path);
+    return m;
+}

@@ -1,0 +1,44 @@
+/* test.h — a small test harness: CHECK records a pass or a failure with a
+ * message; main() runs every suite and ends with "N passed, N failed". */
+#ifndef CLIPC_TEST_H
+#define CLIPC_TEST_H
+
+#include "../src/internal.h"
+
+#include <stdio.h>
+
+extern int test_passed, test_failed;
+extern const char *test_reference; /* ../shared/reference, or $CLIPC_REFERENCE */
+extern const char *clipc_binary;   /* the clipc binary, $CLIPC */
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        if (cond) {                                                           \
+            test_passed++;                                                    \
+        } else {                                                              \
+            test_failed++;                                                    \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                       \
+            printf(__VA_ARGS__);                                              \
+            printf("\n");                                                     \
+        }                                                                     \
+    } while (0)
+
+/* Path under the reference directory (static buffer, rotated 8 ways). */
+const char *ref_path(const char *rel);
+/* Max |a-b| over n floats. */
+double max_abs_diff(const float *a, const float *b, size_t n);
+/* Smallest row cosine between a and b, rows of length dim. */
+double min_row_cosine(const float *a, const float *b, int rows, int dim);
+/* Loads an .npy fixture or records a failure. */
+int load_npy(const char *rel, npy_array *a);
+/* Runs a shell command, returns its exit status; output goes to out_path
+ * when non-NULL. */
+int run_cmd(const char *cmd);
+
+void test_model(void);
+void test_tokenizer(void);
+void test_image(void);
+void test_cli(void);
+void test_util(void);
+
+#endif
