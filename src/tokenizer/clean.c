@@ -1,0 +1,507 @@
+/* clean.c — the text normalisation in front of CLIP's tokenizer:
+ *
+ *   SimpleTokenizer.encode(text) tokenizes
+ *       whitespace_clean(basic_clean(text)).lower()
+ *   basic_clean   = ftfy.fix_text, html.unescape twice, strip
+ *   whitespace_clean = re.sub(r'\s+', ' '), strip
+ *
+ * ftfy.fix_text is reproduced for its deterministic fixes (ftfy 6.3.1,
+ * fix_and_explain): per line, repeat until nothing changes — unescape HTML
+ * entities (unless the text holds '<'), repair whole-line UTF-8-as-cp1252
+ * mojibake, C1 controls as cp1252, Latin ligatures, full/half-width forms,
+ * curly quotes, line breaks, terminal escapes, control characters, NFC.
+ * Text is processed as arrays of code points. */
+#include "../internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+typedef struct cpbuf {
+    int32_t *cp;
+    size_t n, cap;
+    bool oom;
+} cpbuf;
+
+static void push(cpbuf *b, int32_t c) {
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 64;
+        int32_t *p = realloc(b->cp, cap * sizeof *p);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->cp = p;
+        b->cap = cap;
+    }
+    b->cp[b->n++] = c;
+}
+
+static void push_utf8(cpbuf *b, const char *s) {
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    while (*p) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p, -1, &c);
+        if (k <= 0) return;
+        push(b, c);
+        p += k;
+    }
+}
+
+static void push_range(cpbuf *b, const int32_t *cp, size_t n) {
+    for (size_t i = 0; i < n; i++) push(b, cp[i]);
+}
+
+static bool equal(const cpbuf *a, const cpbuf *b) {
+    return a->n == b->n && (a->n == 0 || !memcmp(a->cp, b->cp, a->n * sizeof *a->cp));
+}
+
+/* Windows-1252 for bytes 0x80..0x9F; "sloppy" as in ftfy: the five
+ * undefined bytes map to the C1 code point of the same value. */
+static const int32_t CP1252_HIGH[32] = {
+    0x20AC, 0x81,   0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+    0x2039, 0x0152, 0x8D,   0x017D, 0x8F,   0x90,   0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+    0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D,   0x017E, 0x0178,
+};
+
+/* ---- HTML entities --------------------------------------------------------- */
+
+struct html_entity {
+    const char *name, *value;
+};
+#include "html_entities.inc"
+
+static const char *entity_lookup(const struct html_entity *table, size_t count, const char *name, size_t len) {
+    size_t lo = 0, hi = count;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strncmp(table[mid].name, name, len);
+        if (c == 0 && table[mid].name[len] != '\0') c = 1;
+        if (c == 0) return table[mid].value;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+#define HTML5_LOOKUP(name, len) entity_lookup(HTML5_ENTITIES, sizeof HTML5_ENTITIES / sizeof *HTML5_ENTITIES, name, len)
+
+static bool is_ascii_alnum(int32_t c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+static bool is_digit(int32_t c) { return c >= '0' && c <= '9'; }
+static bool is_hex(int32_t c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+/* html.unescape's numeric character reference rules (HTML5 spec). */
+static void push_charref(cpbuf *out, const int32_t *digits, size_t n, int base) {
+    unsigned long long num = 0;
+    bool huge = false;
+    for (size_t i = 0; i < n; i++) {
+        int32_t c = digits[i];
+        int v = is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
+        num = num * (unsigned)base + (unsigned)v;
+        if (num > 0x10FFFF) huge = true, num = 0x110000;
+    }
+    if (!huge && num == 0) push(out, 0xFFFD);
+    else if (!huge && num == 13) push(out, '\r');
+    else if (!huge && num >= 0x80 && num <= 0x9F) push(out, CP1252_HIGH[num - 0x80]);
+    else if (huge || (num >= 0xD800 && num <= 0xDFFF)) push(out, 0xFFFD);
+    else if ((num >= 1 && num <= 8) || num == 0xB || (num >= 0xE && num <= 0x1F) || (num >= 0x7F && num <= 0x9F) ||
+             (num >= 0xFDD0 && num <= 0xFDEF) || (num & 0xFFFE) == 0xFFFE)
+        ; /* invalid code points are dropped */
+    else push(out, (int32_t)num);
+}
+
+/* Python's html.unescape: &(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?) */
+static void html_unescape(const cpbuf *in, cpbuf *out) {
+    const int32_t *s = in->cp;
+    size_t n = in->n, i = 0;
+    while (i < n) {
+        if (s[i] != '&') {
+            push(out, s[i++]);
+            continue;
+        }
+        size_t j = i + 1;
+        if (j < n && s[j] == '#') {
+            int base = 10;
+            size_t k = j + 1;
+            if (k < n && (s[k] == 'x' || s[k] == 'X')) base = 16, k++;
+            size_t d0 = k;
+            while (k < n && (base == 16 ? is_hex(s[k]) : is_digit(s[k]))) k++;
+            if (k > d0) {
+                push_charref(out, s + d0, k - d0, base);
+                i = k < n && s[k] == ';' ? k + 1 : k;
+                continue;
+            }
+            push(out, s[i++]);
+            continue;
+        }
+        size_t k = j;
+        while (k < n && k - j < 32 && s[k] != '\t' && s[k] != '\n' && s[k] != '\f' && s[k] != ' ' && s[k] != '<' &&
+               s[k] != '&' && s[k] != '#' && s[k] != ';')
+            k++;
+        if (k == j) {
+            push(out, s[i++]);
+            continue;
+        }
+        size_t end = k < n && s[k] == ';' ? k + 1 : k; /* the matched name, with its ';' */
+        /* Names are ASCII; a name with other characters matches nothing. */
+        char name[40];
+        size_t len = 0;
+        bool ascii = true;
+        for (size_t t = j; t < end; t++) {
+            if (s[t] > 127) ascii = false;
+            name[len++] = (char)s[t];
+        }
+        const char *value = ascii ? HTML5_LOOKUP(name, len) : NULL;
+        if (value) {
+            push_utf8(out, value);
+            i = end;
+            continue;
+        }
+        /* the longest prefix that is an entity (the legacy ones without ';') */
+        size_t x = len - 1;
+        for (; ascii && x >= 2; x--)
+            if ((value = HTML5_LOOKUP(name, x))) break;
+        if (ascii && x >= 2 && value) {
+            push_utf8(out, value);
+            push_range(out, s + j + x, end - j - x);
+        } else {
+            push_range(out, s + i, end - i);
+        }
+        i = end;
+    }
+}
+
+/* ftfy.fixes.unescape_html: only complete "&name;" / "&#...;" references. */
+static void ftfy_unescape_html(const cpbuf *in, cpbuf *out) {
+    const int32_t *s = in->cp;
+    size_t n = in->n, i = 0;
+    while (i < n) {
+        if (s[i] == '&') {
+            size_t j = i + 1;
+            bool numeric = j < n && s[j] == '#';
+            if (numeric) j++;
+            size_t k = j;
+            while (k < n && k - j < 24 && is_ascii_alnum(s[k])) k++;
+            if (k > j && k < n && s[k] == ';') {
+                char name[32];
+                size_t len = 0;
+                for (size_t t = j; t <= k; t++) name[len++] = (char)s[t];
+                const char *value = NULL;
+                if (!numeric) {
+                    value = HTML5_LOOKUP(name, len);
+                    if (!value)
+                        value = entity_lookup(FTFY_UPPER_ENTITIES, sizeof FTFY_UPPER_ENTITIES / sizeof *FTFY_UPPER_ENTITIES,
+                                              name, len);
+                    if (value) {
+                        push_utf8(out, value);
+                        i = k + 1;
+                        continue;
+                    }
+                } else {
+                    /* html.unescape of the reference; kept only if it consumed the ';' */
+                    cpbuf ref = {0}, dec = {0};
+                    push_range(&ref, s + i, k + 1 - i);
+                    html_unescape(&ref, &dec);
+                    bool has_semicolon = false;
+                    for (size_t t = 0; t < dec.n; t++) has_semicolon |= dec.cp[t] == ';';
+                    if (!has_semicolon) {
+                        push_range(out, dec.cp, dec.n);
+                        i = k + 1;
+                    }
+                    free(ref.cp);
+                    free(dec.cp);
+                    if (!has_semicolon) continue;
+                }
+            }
+        }
+        push(out, s[i++]);
+    }
+}
+
+/* ---- mojibake ---------------------------------------------------------------- */
+
+/* The byte a code point has in sloppy Windows-1252 (Latin-1 plus the 0x80-0x9F
+ * table), or -1. */
+static int sloppy_cp1252_byte(int32_t c) {
+    if (c < 0x80 || (c >= 0xA0 && c <= 0xFF)) return c;
+    for (int i = 0; i < 32; i++)
+        if (CP1252_HIGH[i] == c) return 0x80 + i;
+    return -1;
+}
+
+/* The common case of ftfy.fix_encoding: UTF-8 bytes that were decoded as
+ * Windows-1252/Latin-1. If the whole line re-encodes to bytes that are valid
+ * UTF-8 holding at least one multi-byte character, decode them. (ftfy's
+ * badness heuristics for partial or mixed mojibake are not reproduced.) */
+static bool fix_mojibake(const cpbuf *in, cpbuf *out) {
+    unsigned char *bytes = malloc(in->n + 1);
+    if (!bytes) return false;
+    bool multibyte = false;
+    for (size_t i = 0; i < in->n; i++) {
+        int b = sloppy_cp1252_byte(in->cp[i]);
+        if (b < 0) {
+            free(bytes);
+            return false;
+        }
+        bytes[i] = (unsigned char)b;
+        multibyte |= b >= 0x80;
+    }
+    if (!multibyte) {
+        free(bytes);
+        return false;
+    }
+    cpbuf dec = {0};
+    size_t i = 0;
+    while (i < in->n) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(bytes + i, (utf8proc_ssize_t)(in->n - i), &c);
+        if (k <= 0) {
+            free(bytes);
+            free(dec.cp);
+            return false;
+        }
+        push(&dec, c);
+        i += (size_t)k;
+    }
+    free(bytes);
+    push_range(out, dec.cp, dec.n);
+    free(dec.cp);
+    return true;
+}
+
+/* ---- the per-character fixes ---------------------------------------------- */
+
+static const struct { int32_t from; const char *to; } LIGATURES[] = {
+    {0x0132, "IJ"}, {0x0133, "ij"}, {0x0149, "\xca\xbcn"}, {0x01F1, "DZ"}, {0x01F2, "Dz"}, {0x01F3, "dz"},
+    {0x01C4, "D\xc5\xbd"}, {0x01C5, "D\xc5\xbe"}, {0x01C6, "d\xc5\xbe"}, {0x01C7, "LJ"}, {0x01C8, "Lj"},
+    {0x01C9, "lj"}, {0x01CA, "NJ"}, {0x01CB, "Nj"}, {0x01CC, "nj"}, {0xFB00, "ff"}, {0xFB01, "fi"},
+    {0xFB02, "fl"}, {0xFB03, "ffi"}, {0xFB04, "ffl"}, {0xFB05, "\xc5\xbft"}, {0xFB06, "st"},
+};
+
+static void push_nfkc(cpbuf *out, int32_t c) {
+    utf8proc_uint8_t buf[8];
+    utf8proc_ssize_t k = utf8proc_encode_char(c, buf);
+    buf[k] = 0;
+    utf8proc_uint8_t *norm = utf8proc_NFKC(buf);
+    if (norm) {
+        push_utf8(out, (const char *)norm);
+        free(norm);
+    } else {
+        push(out, c);
+    }
+}
+
+static bool is_control_to_remove(int32_t c) {
+    return (c >= 0 && c <= 8) || c == 0xB || (c >= 0xE && c <= 0x1F) || c == 0x7F || (c >= 0x206A && c <= 0x206F) ||
+           c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFC);
+}
+
+/* fix_c1_controls .. remove_control_chars, in ftfy's order. Terminal
+ * escapes (ESC '[' [0-9;]* [A-Za-z]) are dropped before the control pass. */
+static void char_fixes(const cpbuf *in, cpbuf *out) {
+    cpbuf a = {0}, b = {0};
+    for (size_t i = 0; i < in->n; i++) { /* C1 controls, ligatures, width, quotes */
+        int32_t c = in->cp[i];
+        if (c >= 0x80 && c <= 0x9F) c = CP1252_HIGH[c - 0x80];
+        bool done = false;
+        for (size_t l = 0; l < sizeof LIGATURES / sizeof *LIGATURES && !done; l++)
+            if (LIGATURES[l].from == c) {
+                push_utf8(&a, LIGATURES[l].to);
+                done = true;
+            }
+        if (done) continue;
+        if (c == 0x3000) {
+            push(&a, ' ');
+        } else if (c >= 0xFF01 && c <= 0xFFEF) {
+            push_nfkc(&a, c);
+        } else {
+            push(&a, c);
+        }
+    }
+    for (size_t i = 0; i < a.n; i++) { /* quotes (after ligatures: ŉ gives U+02BC) */
+        int32_t c = a.cp[i];
+        if (c == 0x02BC || (c >= 0x2018 && c <= 0x201B)) c = '\'';
+        else if (c >= 0x201C && c <= 0x201F) c = '"';
+        a.cp[i] = c;
+    }
+    for (size_t i = 0; i < a.n; i++) { /* line breaks */
+        int32_t c = a.cp[i];
+        if (c == '\r' && i + 1 < a.n && a.cp[i + 1] == '\n') continue;
+        push(&b, (c == '\r' || c == 0x2028 || c == 0x2029 || c == 0x85) ? '\n' : c);
+    }
+    for (size_t i = 0; i < b.n; i++) { /* terminal escapes, then control characters */
+        if (b.cp[i] == 0x1B && i + 1 < b.n && b.cp[i + 1] == '[') {
+            size_t k = i + 2;
+            while (k < b.n && (is_digit(b.cp[k]) || b.cp[k] == ';')) k++;
+            if (k < b.n && ((b.cp[k] | 0x20) >= 'a' && (b.cp[k] | 0x20) <= 'z')) {
+                i = k;
+                continue;
+            }
+        }
+        if (!is_control_to_remove(b.cp[i])) push(out, b.cp[i]);
+    }
+    if (a.oom || b.oom) out->oom = true;
+    free(a.cp);
+    free(b.cp);
+}
+
+static void nfc(const cpbuf *in, cpbuf *out) {
+    utf8proc_uint8_t *utf8 = malloc(in->n * 4 + 1);
+    if (!utf8) {
+        out->oom = true;
+        return;
+    }
+    size_t len = 0;
+    for (size_t i = 0; i < in->n; i++) len += (size_t)utf8proc_encode_char(in->cp[i], utf8 + len);
+    utf8[len] = 0;
+    utf8proc_uint8_t *norm = NULL;
+    /* NUL-free by now: control characters are removed first. */
+    norm = utf8proc_NFC(utf8);
+    free(utf8);
+    if (!norm) {
+        out->oom = true;
+        return;
+    }
+    push_utf8(out, (const char *)norm);
+    free(norm);
+}
+
+static void swap_clear(cpbuf *a, cpbuf *b) {
+    cpbuf t = *a;
+    *a = *b;
+    *b = t;
+    b->n = 0;
+    a->oom |= b->oom;
+}
+
+/* ftfy.fix_text: line by line (each line keeps its '\n'), each fixed until
+ * stable. Once a line containing '<' is seen, HTML unescaping stays off. */
+static void ftfy_fix_text(const cpbuf *in, cpbuf *out) {
+    bool unescape = true;
+    size_t pos = 0;
+    while (pos < in->n) {
+        size_t end = pos;
+        while (end < in->n && in->cp[end] != '\n') end++;
+        if (end < in->n) end++;
+        cpbuf cur = {0}, next = {0}, orig = {0};
+        push_range(&cur, in->cp + pos, end - pos);
+        for (size_t i = 0; i < cur.n; i++)
+            if (cur.cp[i] == '<') unescape = false;
+        for (int round = 0; round < 16; round++) {
+            orig.n = 0;
+            push_range(&orig, cur.cp, cur.n);
+            if (unescape) {
+                ftfy_unescape_html(&cur, &next);
+                swap_clear(&cur, &next);
+            }
+            if (fix_mojibake(&cur, &next)) swap_clear(&cur, &next);
+            char_fixes(&cur, &next);
+            swap_clear(&cur, &next);
+            nfc(&cur, &next);
+            swap_clear(&cur, &next);
+            if (equal(&cur, &orig)) break;
+        }
+        push_range(out, cur.cp, cur.n);
+        out->oom |= cur.oom || next.oom || orig.oom;
+        free(cur.cp);
+        free(next.cp);
+        free(orig.cp);
+        pos = end;
+    }
+}
+
+/* ---- whitespace and case ------------------------------------------------------ */
+
+/* Python's str.isspace(), which re's \s and str.strip() use. */
+static bool py_isspace(int32_t c) {
+    return (c >= 0x9 && c <= 0xD) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+static bool is_cased(int32_t c) {
+    utf8proc_category_t cat = utf8proc_category(c);
+    return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT ||
+           utf8proc_tolower(c) != c || utf8proc_toupper(c) != c;
+}
+
+static bool is_case_ignorable(int32_t c) {
+    utf8proc_category_t cat = utf8proc_category(c);
+    return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME || cat == UTF8PROC_CATEGORY_CF ||
+           cat == UTF8PROC_CATEGORY_LM || cat == UTF8PROC_CATEGORY_SK || c == '\'' || c == '.' || c == ':' ||
+           c == 0xB7 || c == 0x387 || c == 0x5F4 || c == 0x2018 || c == 0x2019 || c == 0x2024 || c == 0x2027 ||
+           c == 0xFE13 || c == 0xFE52 || c == 0xFE55 || c == 0xFF07 || c == 0xFF0E || c == 0xFF1A;
+}
+
+/* Python's str.lower(): simple lower-case mappings, plus the full mapping of
+ * U+0130 (i + combining dot) and the final-sigma rule for U+03A3. */
+static void py_lower(const cpbuf *in, cpbuf *out) {
+    for (size_t i = 0; i < in->n; i++) {
+        int32_t c = in->cp[i];
+        if (c == 0x130) {
+            push(out, 'i');
+            push(out, 0x307);
+        } else if (c == 0x3A3) {
+            size_t j = i;
+            bool before = false, after = false;
+            while (j > 0 && is_case_ignorable(in->cp[j - 1])) j--;
+            before = j > 0 && is_cased(in->cp[j - 1]);
+            j = i + 1;
+            while (j < in->n && is_case_ignorable(in->cp[j])) j++;
+            after = j < in->n && is_cased(in->cp[j]);
+            push(out, before && !after ? 0x3C2 : 0x3C3);
+        } else {
+            push(out, utf8proc_tolower(c));
+        }
+    }
+}
+
+char *text_clean(const char *text, clipc_error *err) {
+    cpbuf in = {0}, a = {0}, b = {0};
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)text;
+    size_t len = strlen(text), pos = 0;
+    while (pos < len) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p + pos, (utf8proc_ssize_t)(len - pos), &c);
+        if (k <= 0) {
+            free(in.cp);
+            clipc_fail(err, "invalid UTF-8 at byte %zu", pos);
+            return NULL;
+        }
+        push(&in, c);
+        pos += (size_t)k;
+    }
+    ftfy_fix_text(&in, &a);
+    html_unescape(&a, &b);
+    a.n = 0;
+    html_unescape(&b, &a);
+    /* collapse whitespace runs to one space, strip both ends */
+    b.n = 0;
+    bool pending = false;
+    for (size_t i = 0; i < a.n; i++) {
+        if (py_isspace(a.cp[i])) {
+            pending = b.n > 0;
+            continue;
+        }
+        if (pending) push(&b, ' ');
+        pending = false;
+        push(&b, a.cp[i]);
+    }
+    a.n = 0;
+    py_lower(&b, &a);
+    char *out = NULL;
+    if (!(in.oom || a.oom || b.oom)) out = malloc(a.n * 4 + 1);
+    if (out) {
+        size_t o = 0;
+        for (size_t i = 0; i < a.n; i++) o += (size_t)utf8proc_encode_char(a.cp[i], (utf8proc_uint8_t *)out + o);
+        out[o] = 0;
+    } else {
+        clipc_fail(err, "out of memory cleaning text");
+    }
+    free(in.cp);
+    free(a.cp);
+    free(b.cp);
+    return out;
+}
