@@ -1,0 +1,77 @@
+/* preprocess.c — OpenAI's _transform(n) (clip/clip.py):
+ *     Resize(n, BICUBIC)  short side to n, long side int(n * long / short)
+ *     CenterCrop(n)       offset int(round((size - n) / 2)), half to even
+ *     convert("RGB")
+ *     ToTensor, Normalize(mean, std)  in float32 */
+#include "../internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+/* Python's round() of x/2 for integer x: halves go to the even neighbour. */
+static int round_half_even_div2(int x) {
+    int q = x / 2;
+    if (x % 2 != 0 && q % 2 != 0) q += x > 0 ? 1 : -1;
+    return q;
+}
+
+int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err) {
+    int w = im->width, h = im->height, rw, rh;
+    /* torchvision's Resize(int): the short side becomes size. */
+    if (w <= h) {
+        rw = size;
+        rh = (int)((long long)size * h / w);
+    } else {
+        rh = size;
+        rw = (int)((long long)size * w / h);
+    }
+    image resized;
+    if (image_resize(im, rw, rh, &resized, err)) return -1;
+    /* torchvision pads when the image is smaller than the crop; Resize makes
+     * the short side exactly size, so that never happens here. */
+    int left = round_half_even_div2(rw - size), top = round_half_even_div2(rh - size);
+    unsigned char *full = malloc((size_t)rw * rh * 3);
+    if (!full) {
+        image_free(&resized);
+        return clipc_fail(err, "out of memory");
+    }
+    image_to_rgb(&resized, full);
+    for (int y = 0; y < size; y++)
+        memcpy(rgb + (size_t)y * size * 3, full + ((size_t)(y + top) * rw + left) * 3, (size_t)size * 3);
+    free(full);
+    image_free(&resized);
+    return 0;
+}
+
+static void normalize(const unsigned char *rgb, int size, float *out) {
+    size_t plane = (size_t)size * size;
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < plane; i++)
+            out[c * plane + i] = ((float)rgb[i * 3 + c] / 255.0f - CLIP_MEAN[c]) / CLIP_STD[c];
+}
+
+int clipc_preprocess_memory(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err) {
+    if (size < 1 || size > 4096) return clipc_fail(err, "preprocess size %d is out of range (1..4096)", size);
+    image im;
+    if (image_decode(data, len, name, &im, err)) return -1;
+    unsigned char *rgb = malloc((size_t)size * size * 3);
+    int rc = rgb ? image_resize_crop_rgb(&im, size, rgb, err) : clipc_fail(err, "out of memory");
+    if (rc == 0) normalize(rgb, size, out);
+    if (rc != 0 && rgb) clipc_fail_prefix(err, name);
+    free(rgb);
+    image_free(&im);
+    return rc;
+}
+
+int clipc_preprocess_file(const char *path, int size, float *out, clipc_error *err) {
+    unsigned char *data;
+    size_t len;
+    if (read_file(path, &data, &len, err)) return -1;
+    int rc = clipc_preprocess_memory(data, len, path, size, out, err);
+    free(data);
+    return rc;
+}
