@@ -15,7 +15,7 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/i
 CFLAGS  += $(BLAS_CFLAGS)
 LDLIBS  += -lopenblas -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
 
-LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c)
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c)
 LIB_ASM := src/tokenizer/vocab_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)

@@ -137,6 +137,21 @@ int clipc_preprocess_file(const char *path, int size, float *out, clipc_error *e
 int clipc_preprocess_memory(const void *data, size_t len, const char *name, int size,
                             float *out, clipc_error *err);
 
+/* ---- zero-shot classification -------------------------------------------- */
+
+/* OpenAI's 80 ImageNet prompt templates ("a bad photo of a {}.", ...). */
+const char *const *clipc_imagenet_templates(int *count);
+
+/* The zero-shot classifier of OpenAI's prompt-engineering notebook: for each
+ * label, the normalised mean of the normalised text embeddings of every
+ * template with "{}" replaced by the label. weights: [n_labels, embed_dim]. */
+int clipc_zeroshot_classifier(clipc_model *model, clipc_tokenizer *tok, const char *const *labels, int n_labels,
+                              const char *const *templates, int n_templates, float *weights, clipc_error *err);
+
+/* probs[i, l] = softmax_l(exp(logit_scale) * cos(image_features[i], weights[l])). */
+void clipc_zeroshot_probs(const clipc_model *model, const float *image_features, int n_images,
+                          const float *weights, int n_labels, float *probs);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,1 +1,110 @@
-int main(void) { return 0; }
+/* main.c — the clipc command: dispatch to one of the subcommands. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char USAGE[] =
+    "clipc " CLIPC_VERSION " — CLIP in C\n"
+    "\n"
+    "usage: clipc COMMAND [OPTIONS]\n"
+    "\n"
+    "  init --arch NAME [--seed N] -o FILE     random model (ViT-B-32, ViT-B-16, ViT-L-14, RN50, tiny, tiny-rn)\n"
+    "  info FILE                               architecture, parameter count, dtypes\n"
+    "  tokenize [--context N] [--truncate] [--ids] TEXT...\n"
+    "                                          one line of token ids per text\n"
+    "  preprocess [--size N] IMAGE... -o FILE.npy\n"
+    "                                          OpenAI's _transform(N) as float32 [n,3,N,N]\n"
+    "  embed -m MODEL (--image FILE... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
+    "        [--raw] -o OUT.npy                 float32 embeddings, L2-normalised unless --raw\n"
+    "  classify -m MODEL --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
+    "                                          zero-shot classification\n"
+    "\n"
+    "Run 'clipc COMMAND --help' for a command's details.\n";
+
+int cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("clipc: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+bool cli_int(const char *flag, const char *value, long min, long max, long *out) {
+    if (!value) {
+        cli_error("%s needs a value", flag);
+        return false;
+    }
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end || v < min || v > max) {
+        cli_error("%s: '%s' is not an integer in %ld..%ld", flag, value, min, max);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+int cli_collect(int argc, char **argv, int i, const char ***out, int *count) {
+    int start = i;
+    while (i < argc && !(argv[i][0] == '-' && argv[i][1] != '\0' && !(argv[i][1] >= '0' && argv[i][1] <= '9'))) i++;
+    *out = (const char **)(argv + start);
+    *count = i - start;
+    return i;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+bool cli_progress_enabled(void) { return isatty(STDERR_FILENO); }
+
+void cli_progress(const char *what, long done, long total, double start) {
+    if (!cli_progress_enabled()) return;
+    double elapsed = cli_now() - start, rate = done / (elapsed > 1e-9 ? elapsed : 1e-9);
+    double eta = rate > 0 ? (total - done) / rate : 0;
+    int width = 30, filled = total ? (int)(width * done / total) : width;
+    fprintf(stderr, "\r%s [%.*s%*s] %ld/%ld  %.1f/s  ETA %.0fs ", what, filled,
+            "##############################", width - filled, "", done, total, rate, eta);
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+clipc_model *cli_load_model(const char *path) {
+    if (!path) {
+        cli_error("no model given: use -m MODEL.safetensors");
+        return NULL;
+    }
+    clipc_error err;
+    clipc_model *m = clipc_model_load(path, &err);
+    if (!m) cli_error("%s", err.message);
+    return m;
+}
+
+int main(int argc, char **argv) {
+    static const struct { const char *name; int (*fn)(int, char **); } commands[] = {
+        {"init", cmd_init},         {"info", cmd_info},   {"tokenize", cmd_tokenize},
+        {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
+    };
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("clipc %s\n", CLIPC_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 2, argv + 2);
+    return cli_error("unknown command '%s' (run 'clipc --help')", argv[1]);
+}

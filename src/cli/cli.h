@@ -1,0 +1,35 @@
+/* cli.h — what the clipc commands share: error reporting and argument
+ * helpers. Each command is `int cmd_NAME(int argc, char **argv)` returning
+ * the process exit status. */
+#ifndef CLIPC_CLI_H
+#define CLIPC_CLI_H
+
+#include "../internal.h"
+
+#include <stdbool.h>
+
+/* Prints "clipc: error: <message>" on one line of stderr and returns 1. */
+int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Integer flag value with range check; returns false after reporting. */
+bool cli_int(const char *flag, const char *value, long min, long max, long *out);
+/* Collects the values after a multi-value flag (until the next "-x"/"--x"). */
+int cli_collect(int argc, char **argv, int i, const char ***out, int *count);
+/* True when stderr is a terminal (progress lines are drawn there). */
+bool cli_progress_enabled(void);
+void cli_progress(const char *what, long done, long total, double start_time);
+double cli_now(void);
+/* Loads a model, printing the error; NULL on failure. */
+clipc_model *cli_load_model(const char *path);
+
+/* Encodes image files in batches, decoding on all cores; features [n, E].
+ * Returns 0, or 1 after reporting the first failing file. */
+int cli_encode_image_files(clipc_model *m, const char *const *paths, int n, float *features);
+
+int cmd_init(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
+int cmd_embed(int argc, char **argv);
+int cmd_classify(int argc, char **argv);
+
+#endif

@@ -1,0 +1,59 @@
+/* cmd_model.c — `clipc init` and `clipc info`. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cmd_init(int argc, char **argv) {
+    const char *arch = NULL, *out = NULL;
+    long seed = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--arch") && i + 1 < argc) arch = argv[++i];
+        else if (!strcmp(argv[i], "--seed")) {
+            if (!cli_int("--seed", i + 1 < argc ? argv[++i] : NULL, 0, 0x7fffffffffffffffL, &seed)) return 1;
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--help")) {
+            printf("usage: clipc init --arch NAME [--seed N] -o FILE.safetensors\n  architectures:");
+            for (const char *const *n = clipc_arch_names(); *n; n++) printf(" %s", *n);
+            printf("\n");
+            return 0;
+        } else return cli_error("init: unexpected argument '%s'", argv[i]);
+    }
+    if (!arch || !out) return cli_error("init: needs --arch NAME and -o FILE");
+    clipc_error err;
+    clipc_model *m = clipc_model_init(arch, (uint64_t)seed, &err);
+    if (!m) return cli_error("%s", err.message);
+    int rc = clipc_model_save(m, out, &err);
+    if (rc == 0)
+        fprintf(stderr, "wrote %s: %s, %zu parameters, seed %ld\n", out, arch, clipc_model_param_count(m), seed);
+    clipc_model_free(m);
+    return rc ? cli_error("%s", err.message) : 0;
+}
+
+int cmd_info(int argc, char **argv) {
+    if (argc != 1 || !strcmp(argv[0], "--help")) {
+        printf("usage: clipc info MODEL.safetensors\n");
+        return argc == 1 ? 0 : 1;
+    }
+    clipc_model *m = cli_load_model(argv[0]);
+    if (!m) return 1;
+    const clipc_config *c = clipc_model_config(m);
+    printf("file:           %s\n", argv[0]);
+    if (c->vision_tower == CLIPC_VIT)
+        printf("vision:         ViT, width %d, %d layers, %d heads, patch %d, %dx%d input\n", c->vision_width,
+               c->vision_layers, c->vision_heads, c->vision_patch_size, c->image_resolution, c->image_resolution);
+    else
+        printf("vision:         ModifiedResNet, width %d, layers (%d, %d, %d, %d), %d attention-pool heads, %dx%d input\n",
+               c->vision_width, c->vision_resnet_layers[0], c->vision_resnet_layers[1], c->vision_resnet_layers[2],
+               c->vision_resnet_layers[3], c->vision_heads, c->image_resolution, c->image_resolution);
+    printf("text:           width %d, %d layers, %d heads, context %d, vocabulary %d\n", c->text_width,
+           c->text_layers, c->text_heads, c->context_length, c->vocab_size);
+    printf("embedding:      %d\n", c->embed_dim);
+    printf("activation:     %s\n", c->activation == CLIPC_GELU ? "GELU" : "QuickGELU");
+    printf("parameters:     %zu\n", clipc_model_param_count(m));
+    printf("dtype:          %s (computed in F32)\n", clipc_model_source_dtype(m));
+    printf("logit scale:    %.4f\n", clipc_model_logit_scale(m));
+    clipc_model_free(m);
+    return 0;
+}

@@ -1,0 +1,67 @@
+/* cmd_text.c — `clipc tokenize`: one line of token ids per text. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cmd_tokenize(int argc, char **argv) {
+    long context = 77;
+    bool truncate = false, ids_only = false;
+    const char **texts = malloc((size_t)(argc + 1) * sizeof *texts);
+    int n = 0;
+    if (!texts) return cli_error("out of memory");
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--context")) {
+            if (!cli_int("--context", i + 1 < argc ? argv[++i] : NULL, 2, 4096, &context)) return 1;
+        } else if (!strcmp(argv[i], "--truncate")) truncate = true;
+        else if (!strcmp(argv[i], "--ids")) ids_only = true;
+        else if (!strcmp(argv[i], "--help")) {
+            printf("usage: clipc tokenize [--context N] [--truncate] [--ids] TEXT...\n"
+                   "  prints clip.tokenize(TEXT) rows: SOT, ids, EOT, zero padding to N (77);\n"
+                   "  --ids prints only the BPE ids (SimpleTokenizer.encode)\n");
+            return 0;
+        } else if (!strcmp(argv[i], "--")) { /* everything after is text */
+            while (++i < argc) texts[n++] = argv[i];
+        } else if (argv[i][0] == '-' && argv[i][1] && !(argv[i][1] >= '0' && argv[i][1] <= '9')) {
+            free(texts);
+            return cli_error("tokenize: unknown option '%s' (put texts starting with '-' after --)", argv[i]);
+        } else {
+            texts[n++] = argv[i];
+        }
+    }
+    if (n == 0) {
+        free(texts);
+        return cli_error("tokenize: no text given");
+    }
+    clipc_error err;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    if (!tok) {
+        free(texts);
+        return cli_error("%s", err.message);
+    }
+    int32_t *row = malloc((size_t)context * sizeof *row);
+    int rc = row ? 0 : cli_error("out of memory");
+    for (int t = 0; t < n && rc == 0; t++) {
+        if (!texts[t][0]) {
+            rc = cli_error("text %d is empty", t + 1);
+            break;
+        }
+        int32_t *ids = NULL;
+        int count = (int)context;
+        int fail = ids_only ? clipc_tokenizer_encode(tok, texts[t], &ids, &count, &err)
+                            : clipc_tokenize(tok, texts[t], (int)context, truncate, row, &err);
+        if (fail) {
+            rc = cli_error("text %d (\"%.40s\"): %s", t + 1, texts[t], err.message);
+            break;
+        }
+        const int32_t *out = ids_only ? ids : row;
+        for (int k = 0; k < count; k++) printf(k ? " %d" : "%d", out[k]);
+        printf("\n");
+        free(ids);
+    }
+    free(row);
+    free(texts);
+    clipc_tokenizer_free(tok);
+    return rc;
+}

@@ -1,0 +1,173 @@
+/* zeroshot.c — zero-shot classifiers from class names, as in OpenAI's
+ * "Prompt Engineering for ImageNet" notebook: each class name is put into
+ * every prompt template, the template embeddings are L2-normalised,
+ * averaged, and the mean is normalised again. Images are then classified by
+ * softmax(exp(logit_scale) * cosine). */
+#include "../internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* OpenAI's 80 ImageNet prompt templates, in their order. */
+static const char *const IMAGENET_TEMPLATES[] = {
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+};
+
+const char *const *clipc_imagenet_templates(int *count) {
+    *count = (int)(sizeof IMAGENET_TEMPLATES / sizeof *IMAGENET_TEMPLATES);
+    return IMAGENET_TEMPLATES;
+}
+
+/* template with its "{}" replaced by label (malloc'd), or NULL */
+static char *fill(const char *template, const char *label) {
+    const char *hole = strstr(template, "{}");
+    if (!hole) return NULL;
+    size_t a = (size_t)(hole - template), b = strlen(label), c = strlen(hole + 2);
+    char *s = malloc(a + b + c + 1);
+    if (!s) return NULL;
+    memcpy(s, template, a);
+    memcpy(s + a, label, b);
+    memcpy(s + a + b, hole + 2, c + 1);
+    return s;
+}
+
+int clipc_zeroshot_classifier(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int n_labels,
+                              const char *const *templates, int n_templates, float *weights, clipc_error *err) {
+    const clipc_config *c = clipc_model_config(m);
+    int E = c->embed_dim, ctx = c->context_length;
+    if (n_labels < 1 || n_templates < 1) return clipc_fail(err, "need at least one label and one template");
+    for (int t = 0; t < n_templates; t++)
+        if (!strstr(templates[t], "{}")) return clipc_fail(err, "template '%s' has no {} for the class name", templates[t]);
+    int32_t *tokens = malloc((size_t)n_templates * ctx * sizeof *tokens);
+    float *feats = malloc((size_t)n_templates * E * sizeof *feats);
+    int rc = 0;
+    if (!tokens || !feats) rc = clipc_fail(err, "out of memory");
+    for (int l = 0; l < n_labels && rc == 0; l++) {
+        for (int t = 0; t < n_templates && rc == 0; t++) {
+            char *text = fill(templates[t], labels[l]);
+            if (!text) {
+                rc = clipc_fail(err, "out of memory");
+                break;
+            }
+            /* long prompts are truncated, as clip.tokenize(truncate=True) */
+            rc = clipc_tokenize(tok, text, ctx, 1, tokens + (size_t)t * ctx, err);
+            if (rc) clipc_fail_prefix(err, labels[l]);
+            free(text);
+        }
+        if (rc == 0) rc = clipc_encode_text(m, tokens, n_templates, feats, err);
+        if (rc) break;
+        clipc_normalize_rows(feats, n_templates, E);
+        float *w = weights + (size_t)l * E;
+        for (int j = 0; j < E; j++) {
+            double s = 0;
+            for (int t = 0; t < n_templates; t++) s += feats[(size_t)t * E + j];
+            w[j] = (float)(s / n_templates);
+        }
+        clipc_normalize_rows(w, 1, E);
+    }
+    free(tokens);
+    free(feats);
+    return rc;
+}
+
+void clipc_zeroshot_probs(const clipc_model *m, const float *image_features, int n_images, const float *weights,
+                          int n_labels, float *probs) {
+    int E = clipc_model_config(m)->embed_dim;
+    float scale = clipc_model_logit_scale(m);
+    for (int i = 0; i < n_images; i++) {
+        const float *x = image_features + (size_t)i * E;
+        float *p = probs + (size_t)i * n_labels;
+        double norm = 0;
+        for (int j = 0; j < E; j++) norm += (double)x[j] * x[j];
+        norm = norm > 0 ? sqrt(norm) : 1.0;
+        double max = -INFINITY, sum = 0;
+        for (int l = 0; l < n_labels; l++) {
+            double dot = 0;
+            for (int j = 0; j < E; j++) dot += (double)x[j] * weights[(size_t)l * E + j];
+            p[l] = (float)(scale * dot / norm);
+            max = p[l] > max ? p[l] : max;
+        }
+        for (int l = 0; l < n_labels; l++) sum += exp(p[l] - max);
+        for (int l = 0; l < n_labels; l++) p[l] = (float)(exp(p[l] - max) / sum);
+    }
+}
