@@ -11,9 +11,10 @@ BUILD   ?= build
 OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -fPIC -Iinclude
-BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -lopenblas -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
 
 LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c)
 LIB_ASM := src/tokenizer/vocab_blob.S

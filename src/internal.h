@@ -197,6 +197,9 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err);
  * (PyTorch nn.Linear layout; b may be NULL). */
 void linear_forward(float *y, const float *x, const float *W, const float *b, int n, int in,
                     int out, bool accumulate);
+/* The same with row strides: y rows ldy apart, x rows ldx apart. */
+void gemm_rows(float *y, int ldy, const float *x, int ldx, const float *W, const float *b, int n, int in,
+               int out, bool accumulate);
 /* y[n, out] = x[n, in] · W[in, out]          (OpenAI's proj / text_projection) */
 void matmul_forward(float *y, const float *x, const float *W, int n, int in, int out);
 void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim);
@@ -205,10 +208,12 @@ void gelu_forward(float *x, size_t n);
 void relu_forward(float *x, size_t n);
 /* Multi-head self-attention on packed sequences. qkv [T, 3D] rows of all
  * sequences back to back; seq_start[s], seq_len[s] locate sequence s; causal
- * masks future positions. out [T, D]. scratch needs attention_scratch floats. */
-size_t attention_scratch(int max_len, int heads);
+ * masks future positions; query_row (NULL = all rows) limits sequence s to
+ * the query at absolute row query_row[s]. out [T, D] (only computed rows are
+ * written). scratch needs attention_scratch floats. */
+size_t attention_scratch(int max_len, int head_dim);
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
-                       int n_seq, int D, int heads, bool causal, float *scratch);
+                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch);
 /* conv2d (no bias), NCHW, square kernel, via im2col + GEMM. */
 size_t conv2d_scratch(int C, int H, int W, int k, int stride, int pad);
 void conv2d_forward(float *y, const float *x, const float *w, int N, int C, int H, int W, int Cout,

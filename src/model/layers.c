@@ -8,17 +8,30 @@
 #include <omp.h>
 #include <string.h>
 
-/* y[n, out] (=|+=) x[n, in] · W[out, in]^T + b. Writing straight into the
- * residual stream (accumulate) saves a pass over memory per layer. */
-void linear_forward(float *y, const float *x, const float *W, const float *b, int n, int in,
-                    int out, bool accumulate) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, W, in,
-                accumulate ? 1.0f : 0.0f, y, out);
+/* y[n, out] (=|+=) x[n, in] · W[out, in]^T + b, rows of y and x strided by
+ * ldy and ldx. The bias is written into y first and the GEMM accumulates
+ * onto it (beta = 1): one pass over y instead of BLAS's zeroing pass plus
+ * a bias pass. Writing straight into the residual stream (accumulate)
+ * saves another pass per layer. */
+void gemm_rows(float *y, int ldy, const float *x, int ldx, const float *W, const float *b, int n, int in,
+               int out, bool accumulate) {
     if (b) {
 #pragma omp parallel for if ((size_t)n * out > 65536)
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < out; j++) y[(size_t)i * out + j] += b[j];
+        for (int i = 0; i < n; i++) {
+            float *row = y + (size_t)i * ldy;
+            if (accumulate)
+                for (int j = 0; j < out; j++) row[j] += b[j];
+            else
+                memcpy(row, b, (size_t)out * sizeof *row);
+        }
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W, in,
+                (b || accumulate) ? 1.0f : 0.0f, y, ldy);
+}
+
+void linear_forward(float *y, const float *x, const float *W, const float *b, int n, int in, int out,
+                    bool accumulate) {
+    gemm_rows(y, out, x, in, W, b, n, in, out, accumulate);
 }
 
 /* y[n, out] = x[n, in] · W[in, out] — OpenAI stores proj matrices this way. */
@@ -45,10 +58,23 @@ void layernorm_forward(float *y, const float *x, const float *w, const float *b,
     }
 }
 
+/* exp(x) for float32 in a form the compiler vectorises (libm's expf is a
+ * call per element): x = k ln2 + r with |r| <= ln2/2, exp(r) by its Taylor
+ * polynomial to degree 6 (relative error < 3e-7), 2^k through the exponent
+ * bits. Inputs are clamped to [-87, 88], inside float's normal range. */
+static inline float fast_expf(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float k = floorf(x * 1.44269504089f + 0.5f);
+    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
+    union { float f; int32_t i; } scale = {.i = ((int32_t)k + 127) << 23};
+    return p * scale.f;
+}
+
 /* OpenAI's QuickGELU: x * sigmoid(1.702 x). */
 void quick_gelu_forward(float *x, size_t n) {
 #pragma omp parallel for simd if (n > 65536)
-    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + fast_expf(-1.702f * x[i]));
 }
 
 /* The exact (erf) GELU of nn.GELU(): 0.5 x (1 + erf(x / sqrt 2)). */
@@ -62,17 +88,18 @@ void relu_forward(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-size_t attention_scratch(int max_len, int heads) {
-    (void)heads;
-    return (size_t)(max_len + 16) * (size_t)omp_get_max_threads();
+size_t attention_scratch(int max_len, int head_dim) {
+    return ((size_t)max_len * (2 * head_dim + 1) + 16) * (size_t)omp_get_max_threads();
 }
 
-/* softmax(q k^T / sqrt(d_head) + mask) v for every (sequence, head) pair, as
- * nn.MultiheadAttention computes it (q is scaled before the product). The
- * causal mask of the text tower is applied by stopping the key loop at the
- * query's own position. */
+/* softmax(q k^T / sqrt(d_head)) v for every (sequence, head) pair, as
+ * nn.MultiheadAttention computes it (q is scaled before the product).
+ * The causal mask of the text tower stops each query's keys at its own
+ * position. query_row[s] >= 0 restricts sequence s to that one query (the
+ * pooled row); -1 computes every row. Each head's keys are first copied
+ * transposed and its values contiguous, so both inner loops vectorise. */
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
-                       int n_seq, int D, int heads, bool causal, float *scratch) {
+                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch) {
     int hd = D / heads;
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = 0;
@@ -81,34 +108,42 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
         for (int h = 0; h < heads; h++) {
-            float *p = scratch + (size_t)(max_len + 16) * omp_get_thread_num();
-            const float *base = qkv + (size_t)seq_start[s] * stride;
             int len = seq_len[s];
-            for (int i = 0; i < len; i++) {
+            float *kt = scratch + ((size_t)max_len * (2 * hd + 1) + 16) * omp_get_thread_num();
+            float *v = kt + (size_t)hd * len, *p = v + (size_t)len * hd;
+            const float *base = qkv + (size_t)seq_start[s] * stride;
+            for (int j = 0; j < len; j++)
+                for (int d = 0; d < hd; d++) {
+                    kt[(size_t)d * len + j] = base[j * stride + D + h * hd + d];
+                    v[(size_t)j * hd + d] = base[j * stride + 2 * D + h * hd + d];
+                }
+            int first = 0, last = len;
+            if (query_row && query_row[s] >= 0) first = query_row[s] - seq_start[s], last = first + 1;
+            for (int i = first; i < last; i++) {
                 const float *q = base + i * stride + h * hd;
                 int keys = causal ? i + 1 : len;
-                float maxv = -INFINITY;
-                for (int j = 0; j < keys; j++) {
-                    const float *k = base + j * stride + D + h * hd;
-                    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                    for (int d = 0; d < hd; d++) dot += (q[d] * scale) * k[d];
-                    p[j] = dot;
-                    maxv = dot > maxv ? dot : maxv;
+                for (int j = 0; j < keys; j++) p[j] = 0.0f;
+                for (int d = 0; d < hd; d++) {
+                    float qd = q[d] * scale;
+                    const float *kd = kt + (size_t)d * len;
+#pragma omp simd
+                    for (int j = 0; j < keys; j++) p[j] += qd * kd[j];
                 }
-                float sum = 0.0f;
+                float maxv = -INFINITY, sum = 0.0f;
+                for (int j = 0; j < keys; j++) maxv = p[j] > maxv ? p[j] : maxv;
+#pragma omp simd reduction(+ : sum)
                 for (int j = 0; j < keys; j++) {
-                    p[j] = expf(p[j] - maxv);
+                    p[j] = fast_expf(p[j] - maxv);
                     sum += p[j];
                 }
                 float inv = 1.0f / sum;
                 float *o = out + (size_t)(seq_start[s] + i) * D + h * hd;
                 for (int d = 0; d < hd; d++) o[d] = 0.0f;
                 for (int j = 0; j < keys; j++) {
-                    const float *v = base + j * stride + 2 * D + h * hd;
                     float pj = p[j] * inv;
+                    const float *vj = v + (size_t)j * hd;
 #pragma omp simd
-                    for (int d = 0; d < hd; d++) o[d] += pj * v[d];
+                    for (int d = 0; d < hd; d++) o[d] += pj * vj[d];
                 }
             }
         }

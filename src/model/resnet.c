@@ -17,7 +17,7 @@ size_t resnet_scratch(const clipc_config *c, int n) {
     size_t act = (size_t)n * w * R * R / 4;                  /* largest activation */
     size_t cols = 9 * w * R * R / 8;                         /* largest im2col, one image */
     size_t E = w * 32, S = R / 32, tokens = (size_t)n * (S * S + 1);
-    return 5 * act + cols + 3 * tokens * E + 3 * (size_t)n * E + 10 * 16;
+    return 5 * act + cols + 5 * tokens * E + (size_t)n * E + attention_scratch((int)(S * S + 1), (int)(E / (size_t)c->vision_heads)) + 12 * 16;
 }
 
 /* One Bottleneck: y = relu(bn3(conv3(pool(relu(bn2(conv2(relu(bn1(conv1 x))))))) + shortcut(x)) */
@@ -57,19 +57,22 @@ static void bottleneck(clipc_model *m, const bottleneck_offsets *b, const float 
 }
 
 /* AttentionPool2d: tokens = [mean; spatial positions] + positional_embedding;
- * one query (the mean token) attends over all tokens with `heads` heads. */
+ * only the mean token queries (attending over all tokens), so its q is the
+ * only query projected, and the shared attention kernel runs that one row. */
 static void attention_pool(clipc_model *m, const float *x, int n, int E, int S2, float *out) {
     const clipc_config *c = &m->cfg;
     const float *P = m->params;
     const model_layout *L = &m->L;
     arena *a = &m->scratch;
-    int N = S2 + 1, heads = c->vision_heads, hd = E / heads;
+    int N = S2 + 1;
     float *tok = arena_alloc(a, (size_t)n * N * E);
-    float *k = arena_alloc(a, (size_t)n * N * E);
-    float *v = arena_alloc(a, (size_t)n * N * E);
-    float *q = arena_alloc(a, (size_t)n * E);
-    float *q_in = arena_alloc(a, (size_t)n * E);
-    float *att = arena_alloc(a, (size_t)n * E);
+    float *qkv = arena_alloc(a, (size_t)n * N * 3 * E);
+    float *att = arena_alloc(a, (size_t)n * N * E);
+    float *rows = arena_alloc(a, (size_t)n * E);
+    float *scratch = arena_alloc(a, attention_scratch(N, E / c->vision_heads));
+    int *start = malloc(3 * (size_t)n * sizeof *start);
+    if (!start) return;
+    int *len = start + n;
     const float *pos = P + L->ap_pos;
 #pragma omp parallel for
     for (int i = 0; i < n; i++) {
@@ -83,34 +86,17 @@ static void attention_pool(clipc_model *m, const float *x, int n, int E, int S2,
             }
             t[e] = sum / (float)S2 + pos[e];
         }
-        memcpy(q_in + (size_t)i * E, t, (size_t)E * sizeof *t);
+        start[i] = i * N;
+        len[i] = N;
     }
-    linear_forward(k, tok, P + L->ap_k_w, P + L->ap_k_b, n * N, E, E, false);
-    linear_forward(v, tok, P + L->ap_v_w, P + L->ap_v_b, n * N, E, E, false);
-    linear_forward(q, q_in, P + L->ap_q_w, P + L->ap_q_b, n, E, E, false);
-    float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2)
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < heads; h++) {
-            float w[N];
-            const float *qi = q + (size_t)i * E + h * hd;
-            float maxv = -INFINITY, sum = 0.0f;
-            for (int j = 0; j < N; j++) {
-                const float *kj = k + ((size_t)i * N + j) * E + h * hd;
-                float dot = 0.0f;
-                for (int d = 0; d < hd; d++) dot += qi[d] * scale * kj[d];
-                w[j] = dot;
-                maxv = dot > maxv ? dot : maxv;
-            }
-            for (int j = 0; j < N; j++) sum += (w[j] = expf(w[j] - maxv));
-            float *o = att + (size_t)i * E + h * hd;
-            for (int d = 0; d < hd; d++) o[d] = 0.0f;
-            for (int j = 0; j < N; j++) {
-                const float *vj = v + ((size_t)i * N + j) * E + h * hd;
-                for (int d = 0; d < hd; d++) o[d] += w[j] / sum * vj[d];
-            }
-        }
-    linear_forward(out, att, P + L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false);
+    int T = n * N;
+    gemm_rows(qkv + E, 3 * E, tok, E, P + L->ap_k_w, P + L->ap_k_b, T, E, E, false);
+    gemm_rows(qkv + 2 * E, 3 * E, tok, E, P + L->ap_v_w, P + L->ap_v_b, T, E, E, false);
+    gemm_rows(qkv, 3 * E * N, tok, E * N, P + L->ap_q_w, P + L->ap_q_b, n, E, E, false);
+    attention_forward(att, qkv, start, len, start, n, E, c->vision_heads, false, scratch);
+    for (int i = 0; i < n; i++) memcpy(rows + (size_t)i * E, att + (size_t)i * N * E, (size_t)E * sizeof *rows);
+    linear_forward(out, rows, P + L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false);
+    free(start);
 }
 
 int resnet_forward(clipc_model *m, const float *pixels, int n, float *out) {

@@ -12,7 +12,7 @@
 size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len) {
     size_t D = (size_t)c->text_width;
     return (size_t)total_tokens * D + 2 * (size_t)n * D +
-           transformer_scratch(total_tokens, (int)D, max_len, c->text_heads) + 4 * 16;
+           transformer_scratch(total_tokens, (int)D, max_len, c->text_heads, n) + 4 * 16;
 }
 
 /* eot[i] is the pooling position of sequence i; it runs over eot[i] + 1 tokens. */
@@ -21,13 +21,14 @@ int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, f
     const float *Pm = m->params;
     const model_layout *L = &m->L;
     int D = c->text_width, ctx = c->context_length;
-    int *start = malloc(2 * (size_t)n * sizeof *start);
+    int *start = malloc(3 * (size_t)n * sizeof *start);
     if (!start) return -1;
-    int *len = start + n;
+    int *len = start + n, *eot_row = start + 2 * n;
     int T = 0, max_len = 0;
     for (int i = 0; i < n; i++) {
         start[i] = T;
         len[i] = eot[i] + 1;
+        eot_row[i] = T + eot[i];
         T += len[i];
         max_len = len[i] > max_len ? len[i] : max_len;
     }
@@ -49,12 +50,10 @@ int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, f
     model_tap(m, "text.embeddings", x, T, D);
 
     packing pk = {start, len, n, T, max_len};
-    transformer_forward(m, L->t_blocks, c->text_layers, D, c->text_heads, true, x, &pk, "transformer.");
-
-    /* ln_final is per row, so only the pooled rows need it. */
     float *pooled = arena_alloc(a, (size_t)n * D);
-    for (int i = 0; i < n; i++)
-        for (int d = 0; d < D; d++) pooled[(size_t)i * D + d] = x[(size_t)(start[i] + eot[i]) * D + d];
+    transformer_forward(m, L->t_blocks, c->text_layers, D, c->text_heads, true, x, &pk, eot_row, pooled,
+                        "transformer.");
+    /* ln_final is per row, so only the pooled rows need it. */
     layernorm_forward(pooled, pooled, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);
     model_tap(m, "text.pooled", pooled, n, D);
     matmul_forward(out, pooled, Pm + L->t_proj, n, D, c->embed_dim);

@@ -10,9 +10,13 @@ typedef struct packing {
     int n_seq, total, max_len;
 } packing;
 
-size_t transformer_scratch(int T, int D, int max_len, int heads);
+size_t transformer_scratch(int T, int D, int max_len, int heads, int n_seq);
+/* Runs the blocks over x [T, D]; pooled [n_seq, D] receives the final hidden
+ * state of row pool_row[s] of each sequence (x itself is left partly
+ * updated: only the pooled rows are defined after the call). */
 void transformer_forward(clipc_model *m, const block_offsets *blocks, int layers, int D, int heads,
-                         bool causal, float *x, const packing *pk, const char *prefix);
+                         bool causal, float *x, const packing *pk, const int *pool_row, float *pooled,
+                         const char *prefix);
 void model_tap(const clipc_model *m, const char *name, const float *x, int rows, int cols);
 
 /* Each tower: the arena size its forward pass needs for n inputs, and the

@@ -11,7 +11,7 @@ size_t vit_scratch(const clipc_config *c, int n) {
     size_t G = (size_t)(c->image_resolution / c->vision_patch_size), S = G * G + 1, D = (size_t)c->vision_width;
     size_t P = (size_t)c->vision_patch_size, T = (size_t)n * S;
     return (size_t)n * G * G * 3 * P * P + (size_t)n * G * G * D + T * D + 2 * (size_t)n * D +
-           transformer_scratch((int)T, (int)D, (int)S, c->vision_heads) + 8 * 16;
+           transformer_scratch((int)T, (int)D, (int)S, c->vision_heads, n) + 8 * 16;
 }
 
 int vit_forward(clipc_model *m, const float *pixels, int n, float *out) {
@@ -21,11 +21,11 @@ int vit_forward(clipc_model *m, const float *pixels, int n, float *out) {
     int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = G * G + 1, D = c->vision_width;
     int K = 3 * P * P, T = n * S;
     arena *a = &m->scratch;
-    int *start = malloc(2 * (size_t)n * sizeof *start);
+    int *start = malloc(3 * (size_t)n * sizeof *start);
     if (!start) return -1;
-    int *len = start + n;
+    int *len = start + n, *cls_row = start + 2 * n;
     for (int i = 0; i < n; i++) {
-        start[i] = i * S;
+        start[i] = cls_row[i] = i * S; /* the class token leads each sequence */
         len[i] = S;
     }
 
@@ -60,12 +60,9 @@ int vit_forward(clipc_model *m, const float *pixels, int n, float *out) {
     model_tap(m, "visual.ln_pre", x, T, D);
 
     packing pk = {start, len, n, T, S};
-    transformer_forward(m, L->v_blocks, c->vision_layers, D, c->vision_heads, false, x, &pk,
-                        "visual.transformer.");
-
     float *cls_rows = arena_alloc(a, (size_t)n * D);
-    for (int i = 0; i < n; i++)
-        for (int d = 0; d < D; d++) cls_rows[(size_t)i * D + d] = x[(size_t)i * S * D + d];
+    transformer_forward(m, L->v_blocks, c->vision_layers, D, c->vision_heads, false, x, &pk, cls_row, cls_rows,
+                        "visual.transformer.");
     layernorm_forward(cls_rows, cls_rows, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);
     model_tap(m, "visual.ln_post", cls_rows, n, D);
     matmul_forward(out, cls_rows, Pm + L->v_proj, n, D, c->embed_dim);
