@@ -63,18 +63,30 @@ void layernorm_forward(float *y, const float *x, const float *w, const float *b,
  * polynomial to degree 6 (relative error < 3e-7), 2^k through the exponent
  * bits. Inputs are clamped to [-87, 88], inside float's normal range. */
 static inline float fast_expf(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    float k = floorf(x * 1.44269504089f + 0.5f);
+    x = x < -87.0f ? -87.0f : x; /* vectorised with -fno-trapping-math */
+    x = x > 88.0f ? 88.0f : x;
+    /* k = round(x / ln2) by the 1.5 * 2^23 trick (vectorises; floorf does not) */
+    float k = (x * 1.44269504089f + 12582912.0f) - 12582912.0f;
     float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
-    union { float f; int32_t i; } scale = {.i = ((int32_t)k + 127) << 23};
-    return p * scale.f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
+/* Elementwise activations run over 4096-float chunks: the chunk loop is
+ * split across threads, the plain inner loop is vectorised. */
+#define CHUNK 4096
+
 /* OpenAI's QuickGELU: x * sigmoid(1.702 x). */
-void quick_gelu_forward(float *x, size_t n) {
-#pragma omp parallel for simd if (n > 65536)
+static void quick_gelu_chunk(float *restrict x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + fast_expf(-1.702f * x[i]));
+}
+
+void quick_gelu_forward(float *x, size_t n) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t c = 0; c < n; c += CHUNK) quick_gelu_chunk(x + c, n - c < CHUNK ? n - c : CHUNK);
 }
 
 /* The exact (erf) GELU of nn.GELU(): 0.5 x (1 + erf(x / sqrt 2)). */
