@@ -13,13 +13,17 @@ int cmd_tokenize(int argc, char **argv) {
     if (!texts) return cli_error("out of memory");
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--context")) {
-            if (!cli_int("--context", i + 1 < argc ? argv[++i] : NULL, 2, 4096, &context)) return 1;
+            if (!cli_int("--context", i + 1 < argc ? argv[++i] : NULL, 2, 4096, &context)) {
+                free(texts);
+                return 1;
+            }
         } else if (!strcmp(argv[i], "--truncate")) truncate = true;
         else if (!strcmp(argv[i], "--ids")) ids_only = true;
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: clipc tokenize [--context N] [--truncate] [--ids] TEXT...\n"
                    "  prints clip.tokenize(TEXT) rows: SOT, ids, EOT, zero padding to N (77);\n"
                    "  --ids prints only the BPE ids (SimpleTokenizer.encode)\n");
+            free(texts);
             return 0;
         } else if (!strcmp(argv[i], "--")) { /* everything after is text */
             while (++i < argc) texts[n++] = argv[i];

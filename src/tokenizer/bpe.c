@@ -421,7 +421,7 @@ int clipc_tokenize(clipc_tokenizer *t, const char *text, int context, int trunca
     memset(out, 0, (size_t)context * sizeof *out);
     out[0] = CLIPC_SOT;
     int keep = n + 2 > context ? context - 2 : n;
-    memcpy(out + 1, ids, (size_t)keep * sizeof *ids);
+    if (keep > 0) memcpy(out + 1, ids, (size_t)keep * sizeof *ids);
     /* clip.tokenize: a truncated row keeps context tokens, the last being EOT */
     out[n + 2 > context ? context - 1 : keep + 1] = CLIPC_EOT;
     free(ids);

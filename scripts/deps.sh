@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs clipc's build dependencies from Debian (needs root or sudo).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+PACKAGES=(
+  build-essential pkg-config
+  libopenblas-openmp-dev   # GEMMs; the OpenMP build shares clipc's thread pool
+  libjpeg62-turbo-dev      # JPEG decoding, the decoder Pillow uses
+  libpng-dev zlib1g-dev    # PNG decoding; zlib also inflates the built-in BPE vocabulary
+  libcjson-dev             # safetensors headers, config.json
+  libutf8proc-dev          # Unicode categories, case mapping, NFC/NFKC for the tokenizer
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
