@@ -71,6 +71,9 @@ clipc_model *clipc_model_init(const char *arch, uint64_t seed, clipc_error *err)
 /* Writes the model as .safetensors in OpenAI naming, F32, with the config in
  * the metadata. The file appears atomically (temporary file + rename). */
 int clipc_model_save(const clipc_model *model, const char *path, clipc_error *err);
+/* The same with the weights stored as "F32", "F16" or "BF16" (logit_scale
+ * and BatchNorm statistics stay F32). Loading converts back to F32. */
+int clipc_model_save_as(const clipc_model *model, const char *path, const char *dtype, clipc_error *err);
 
 void clipc_model_free(clipc_model *model);
 

@@ -68,6 +68,7 @@ double rng_normal(rng *r);    /* N(0, 1) */
 float f16_to_f32(uint16_t h);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
+uint16_t f32_to_bf16(float f);
 
 /* ---- weights/safetensors.c ---------------------------------------------- */
 
@@ -103,8 +104,9 @@ typedef struct st_out_tensor {
     int ndim;
     int64_t shape[8];
     const float *data;
+    int dtype; /* stored as ST_F32 (0, the default), ST_F16 or ST_BF16 */
 } st_out_tensor;
-/* Writes F32 tensors and string metadata (keys[i] -> values[i]) atomically. */
+/* Writes float tensors and string metadata (keys[i] -> values[i]) atomically. */
 int st_write(const char *path, const st_out_tensor *tensors, int count, const char *const *meta_keys,
              const char *const *meta_values, int meta_count, clipc_error *err);
 

@@ -6,15 +6,16 @@
 #include <string.h>
 
 int cmd_init(int argc, char **argv) {
-    const char *arch = NULL, *out = NULL;
+    const char *arch = NULL, *out = NULL, *dtype = "F32";
     long seed = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--arch") && i + 1 < argc) arch = argv[++i];
         else if (!strcmp(argv[i], "--seed")) {
             if (!cli_int("--seed", i + 1 < argc ? argv[++i] : NULL, 0, 0x7fffffffffffffffL, &seed)) return 1;
         } else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc init --arch NAME [--seed N] -o FILE.safetensors\n  architectures:");
+            printf("usage: clipc init --arch NAME [--seed N] [--dtype F32|F16|BF16] -o FILE.safetensors\n  architectures:");
             for (const char *const *n = clipc_arch_names(); *n; n++) printf(" %s", *n);
             printf("\n");
             return 0;
@@ -24,7 +25,7 @@ int cmd_init(int argc, char **argv) {
     clipc_error err;
     clipc_model *m = clipc_model_init(arch, (uint64_t)seed, &err);
     if (!m) return cli_error("%s", err.message);
-    int rc = clipc_model_save(m, out, &err);
+    int rc = clipc_model_save_as(m, out, dtype, &err);
     if (rc == 0)
         fprintf(stderr, "wrote %s: %s, %zu parameters, seed %ld\n", out, arch, clipc_model_param_count(m), seed);
     clipc_model_free(m);

@@ -129,7 +129,13 @@ clipc_model *clipc_model_init(const char *name, uint64_t seed, clipc_error *err)
 /* ---- saving ---------------------------------------------------------------- */
 
 int clipc_model_save(const clipc_model *m, const char *path, clipc_error *err) {
+    return clipc_model_save_as(m, path, "F32", err);
+}
+
+int clipc_model_save_as(const clipc_model *m, const char *path, const char *dtype, clipc_error *err) {
     const clipc_config *c = &m->cfg;
+    int st_dtype = !strcmp(dtype, "F32") ? ST_F32 : !strcmp(dtype, "F16") ? ST_F16 : !strcmp(dtype, "BF16") ? ST_BF16 : -1;
+    if (st_dtype < 0) return clipc_fail(err, "unknown dtype '%s' (F32, F16 or BF16)", dtype);
     st_out_tensor *ts = calloc((size_t)m->table.count, sizeof *ts);
     if (!ts) return clipc_fail(err, "out of memory");
     for (int i = 0; i < m->table.count; i++) {
@@ -138,6 +144,10 @@ int clipc_model_save(const clipc_model *m, const char *path, clipc_error *err) {
         ts[i].ndim = p->ndim;
         memcpy(ts[i].shape, p->shape, sizeof p->shape);
         ts[i].data = m->params + p->offset;
+        /* logit_scale and BatchNorm statistics stay F32, as mixed-precision
+         * checkpoints keep them */
+        bool keep32 = p->ndim == 0 || strstr(p->name, "running_") != NULL;
+        ts[i].dtype = keep32 ? ST_F32 : st_dtype;
     }
     /* The constructor arguments of clip.model.CLIP, as the reference files
      * and OpenCLIP tooling record them. */

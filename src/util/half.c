@@ -60,3 +60,11 @@ uint16_t f32_to_f16(float f) {
     }
     return (uint16_t)(sign | ((uint32_t)exp << 10) | (rounded >> 13));
 }
+
+/* Round to nearest even, as torch's .to(torch.bfloat16). */
+uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}

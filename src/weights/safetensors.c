@@ -165,14 +165,15 @@ int st_write(const char *path, const st_out_tensor *tensors, int count, const ch
         const st_out_tensor *t = &tensors[i];
         size_t numel = 1;
         for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+        size_t esz = t->dtype == ST_F32 ? 4 : 2;
         cJSON *e = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(e, "dtype", "F32");
+        cJSON_AddStringToObject(e, "dtype", t->dtype == ST_F16 ? "F16" : t->dtype == ST_BF16 ? "BF16" : "F32");
         cJSON *shape = cJSON_AddArrayToObject(e, "shape");
         for (int d = 0; d < t->ndim; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
         cJSON *offs = cJSON_AddArrayToObject(e, "data_offsets");
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)offset));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(offset + numel * 4)));
-        offset += numel * 4;
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(offset + numel * esz)));
+        offset += numel * esz;
     }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -192,8 +193,17 @@ int st_write(const char *path, const st_out_tensor *tensors, int count, const ch
     for (int i = 0; i < count; i++) {
         size_t numel = 1;
         for (int d = 0; d < tensors[i].ndim; d++) numel *= (size_t)tensors[i].shape[d];
-        memcpy(dst, tensors[i].data, numel * 4);
-        dst += numel * 4;
+        const float *src = tensors[i].data;
+        if (tensors[i].dtype == ST_F32) {
+            memcpy(dst, src, numel * 4);
+            dst += numel * 4;
+            continue;
+        }
+        for (size_t j = 0; j < numel; j++, dst += 2) { /* little-endian 16-bit */
+            uint16_t h = tensors[i].dtype == ST_F16 ? f32_to_f16(src[j]) : f32_to_bf16(src[j]);
+            dst[0] = (unsigned char)(h & 0xff);
+            dst[1] = (unsigned char)(h >> 8);
+        }
     }
     int rc = write_file_atomic(path, buf, total, err);
     free(buf);
