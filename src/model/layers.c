@@ -101,46 +101,35 @@ void relu_forward(float *x, size_t n) {
 }
 
 size_t attention_scratch(int max_len, int head_dim) {
-    return ((size_t)max_len * (2 * head_dim + 1) + 16) * (size_t)omp_get_max_threads();
+    (void)head_dim;
+    return ((size_t)max_len * max_len + 16) * (size_t)omp_get_max_threads();
 }
 
 /* softmax(q k^T / sqrt(d_head)) v for every (sequence, head) pair, as
- * nn.MultiheadAttention computes it (q is scaled before the product).
- * The causal mask of the text tower stops each query's keys at its own
- * position. query_row[s] >= 0 restricts sequence s to that one query (the
- * pooled row); -1 computes every row. Each head's keys are first copied
- * transposed and its values contiguous, so both inner loops vectorise. */
+ * nn.MultiheadAttention computes it. Each pair is two small GEMMs run on
+ * the strided q/k/v column blocks in place (BLAS runs single-threaded
+ * inside the parallel loop): scores = scale * Q K^T, then out = P V. The
+ * causal mask of the text tower ends each query's softmax at its own
+ * position and zeroes the rest. query_row[s] >= 0 restricts sequence s to
+ * that one query (the pooled row); -1 computes every row. */
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
                        const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch) {
-    int hd = D / heads;
+    int hd = D / heads, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = 0;
     for (int s = 0; s < n_seq; s++) max_len = seq_len[s] > max_len ? seq_len[s] : max_len;
-    size_t stride = 3 * (size_t)D;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
         for (int h = 0; h < heads; h++) {
-            int len = seq_len[s];
-            float *kt = scratch + ((size_t)max_len * (2 * hd + 1) + 16) * omp_get_thread_num();
-            float *v = kt + (size_t)hd * len, *p = v + (size_t)len * hd;
-            const float *base = qkv + (size_t)seq_start[s] * stride;
-            for (int j = 0; j < len; j++)
-                for (int d = 0; d < hd; d++) {
-                    kt[(size_t)d * len + j] = base[j * stride + D + h * hd + d];
-                    v[(size_t)j * hd + d] = base[j * stride + 2 * D + h * hd + d];
-                }
-            int first = 0, last = len;
-            if (query_row && query_row[s] >= 0) first = query_row[s] - seq_start[s], last = first + 1;
-            for (int i = first; i < last; i++) {
-                const float *q = base + i * stride + h * hd;
-                int keys = causal ? i + 1 : len;
-                for (int j = 0; j < keys; j++) p[j] = 0.0f;
-                for (int d = 0; d < hd; d++) {
-                    float qd = q[d] * scale;
-                    const float *kd = kt + (size_t)d * len;
-#pragma omp simd
-                    for (int j = 0; j < keys; j++) p[j] += qd * kd[j];
-                }
+            int len = seq_len[s], first = 0, nq = len;
+            if (query_row && query_row[s] >= 0) first = query_row[s] - seq_start[s], nq = 1;
+            float *scores = scratch + ((size_t)max_len * max_len + 16) * omp_get_thread_num();
+            const float *base = qkv + (size_t)seq_start[s] * ld + h * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, len, hd, scale, base + (size_t)first * ld, ld,
+                        base + D, ld, 0.0f, scores, len);
+            for (int i = 0; i < nq; i++) {
+                float *p = scores + (size_t)i * len;
+                int keys = causal ? first + i + 1 : len;
                 float maxv = -INFINITY, sum = 0.0f;
                 for (int j = 0; j < keys; j++) maxv = p[j] > maxv ? p[j] : maxv;
 #pragma omp simd reduction(+ : sum)
@@ -149,15 +138,11 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
                     sum += p[j];
                 }
                 float inv = 1.0f / sum;
-                float *o = out + (size_t)(seq_start[s] + i) * D + h * hd;
-                for (int d = 0; d < hd; d++) o[d] = 0.0f;
-                for (int j = 0; j < keys; j++) {
-                    float pj = p[j] * inv;
-                    const float *vj = v + (size_t)j * hd;
-#pragma omp simd
-                    for (int d = 0; d < hd; d++) o[d] += pj * vj[d];
-                }
+                for (int j = 0; j < keys; j++) p[j] *= inv;
+                for (int j = keys; j < len; j++) p[j] = 0.0f;
             }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, len, 1.0f, scores, len, base + 2 * D, ld,
+                        0.0f, out + (size_t)(seq_start[s] + first) * D + h * hd, D);
         }
     }
 }
