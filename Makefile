@@ -67,7 +67,7 @@ install: all
 	install -m 755 $(BUILD)/clipc $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
 clean:
 	rm -rf build build-san

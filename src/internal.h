@@ -51,6 +51,8 @@ int npy_write(const char *path, const char *dtype, int ndim, const int64_t *shap
 
 /* ---- util/fileio.c ----------------------------------------------------- */
 
+/* Opens a regular file for reading: its descriptor and size, or -1. */
+int open_regular_file(const char *path, size_t *len, clipc_error *err);
 int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *err);
 /* Creates path atomically: data goes to path.tmp.PID, is fsynced, renamed. */
 int write_file_atomic(const char *path, const void *data, size_t len, clipc_error *err);

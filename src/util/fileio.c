@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *err) {
+int open_regular_file(const char *path, size_t *len, clipc_error *err) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return clipc_fail(err, "%s: %s", path, strerror(errno));
     struct stat st;
@@ -18,7 +18,14 @@ int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *
         close(fd);
         return clipc_fail(err, "%s: not a regular file", path);
     }
-    size_t n = (size_t)st.st_size;
+    *len = (size_t)st.st_size;
+    return fd;
+}
+
+int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *err) {
+    size_t n;
+    int fd = open_regular_file(path, &n, err);
+    if (fd < 0) return -1;
     unsigned char *buf = malloc(n ? n : 1);
     if (!buf) {
         close(fd);

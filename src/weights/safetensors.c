@@ -39,14 +39,9 @@ void st_close(st_file *f) {
 
 int st_open(const char *path, st_file *f, clipc_error *err) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return clipc_fail(err, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return clipc_fail(err, "%s: not a regular file", path);
-    }
-    size_t len = (size_t)st.st_size;
+    size_t len;
+    int fd = open_regular_file(path, &len, err);
+    if (fd < 0) return -1;
     if (len < 8) {
         close(fd);
         return clipc_fail(err, "%s: not a safetensors file (only %zu bytes)", path, len);
