@@ -171,7 +171,35 @@ static void check_bad_files(void) {
     unlink(path);
 }
 
+/* Modes the shared reference lacks, against Pillow 9.4 (tests/data/modes,
+ * made by tools/gen_mode_fixtures.py). */
+static void check_more_modes(void) {
+    npy_array ref;
+    clipc_error err;
+    if (npy_read("tests/data/modes/expected_32.npy", &ref, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    FILE *f = fopen("tests/data/modes/files.txt", "r");
+    char name[128];
+    int i = 0;
+    float ours[3 * 32 * 32];
+    while (f && fscanf(f, "%127s", name) == 1) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/data/modes/%s", name);
+        int rc = clipc_preprocess_file(path, 32, ours, &err);
+        CHECK(rc == 0, "%s", err.message);
+        double d = rc ? INFINITY : max_abs_diff(ours, (float *)ref.data + (size_t)i * 3 * 32 * 32, 3 * 32 * 32);
+        CHECK(d == 0.0, "_transform(32) of %s differs from Pillow 9.4 by %.3g", name, d);
+        i++;
+    }
+    CHECK(i == 7 && (size_t)i * 3 * 32 * 32 == ref.count, "mode fixtures: %d images", i);
+    if (f) fclose(f);
+    npy_free(&ref);
+}
+
 void test_image(void) {
+    check_more_modes();
     cJSON *meta = load_json("preprocess/preprocess.json");
     CHECK(meta != NULL, "cannot read preprocess.json");
     if (!meta) return;

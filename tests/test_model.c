@@ -256,7 +256,57 @@ static void check_round_trip_and_errors(void) {
     clipc_model_free(a);
 }
 
+/* The two activations at known values, and the checkpoint switches that
+ * select GELU: OpenAI metadata "activation" and HF config hidden_act. */
+static void check_activations(void) {
+    float x[4] = {-2.0f, -0.5f, 1.0f, 3.0f}, y[4];
+    memcpy(y, x, sizeof x);
+    gelu_forward(y, 4); /* 0.5 x (1 + erf(x / sqrt 2)) */
+    const double gelu[4] = {-0.045500263896, -0.154268803, 0.841344746069, 2.995950129};
+    for (int i = 0; i < 4; i++) CHECK(fabs(y[i] - gelu[i]) < 1e-6, "gelu(%g) = %.9f", x[i], y[i]);
+    memcpy(y, x, sizeof x);
+    quick_gelu_forward(y, 4); /* x sigmoid(1.702 x) */
+    for (int i = 0; i < 4; i++) {
+        double want = x[i] / (1.0 + exp(-1.702 * x[i]));
+        CHECK(fabs(y[i] - want) < 1e-6 * (1 + fabs(want)), "quick_gelu(%g) = %.9f, want %.9f", x[i], y[i], want);
+    }
+
+    clipc_error err;
+    char dir[] = "/tmp/clipc_act_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    char cmd[1024], path[512];
+    snprintf(cmd, sizeof cmd, "cp %s %s/ && sed 's/\"quick_gelu\"/\"gelu\"/g' %s > %s/config.json", ref_path("tiny/model_hf.safetensors"),
+             dir, ref_path("tiny/config.json"), dir);
+    CHECK(run_cmd(cmd) == 0, "copy HF model");
+    snprintf(path, sizeof path, "%s/model_hf.safetensors", dir);
+    clipc_model *hf = clipc_model_load(path, &err);
+    CHECK(hf && clipc_model_config(hf)->activation == CLIPC_GELU, "HF hidden_act gelu: %s", hf ? "not GELU" : err.message);
+    clipc_model *openai = clipc_model_load(ref_path("tiny/model.safetensors"), &err);
+    if (hf && openai) {
+        npy_array tokens;
+        if (load_npy("tiny/tokens.npy", &tokens) == 0) {
+            float a[32], b[32];
+            clipc_encode_text(hf, tokens.data, 1, a, &err);
+            clipc_encode_text(openai, tokens.data, 1, b, &err);
+            CHECK(max_abs_diff(a, b, 32) > 1e-3, "GELU and QuickGELU give the same features");
+            npy_free(&tokens);
+        }
+        /* the OpenAI-naming switch survives a save/load round trip */
+        openai->cfg.activation = CLIPC_GELU;
+        snprintf(path, sizeof path, "%s/gelu.safetensors", dir);
+        CHECK(clipc_model_save(openai, path, &err) == 0, "%s", err.message);
+        clipc_model *back = clipc_model_load(path, &err);
+        CHECK(back && clipc_model_config(back)->activation == CLIPC_GELU, "metadata activation=gelu not honoured");
+        clipc_model_free(back);
+    }
+    clipc_model_free(hf);
+    clipc_model_free(openai);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run_cmd(cmd);
+}
+
 void test_model(void) {
+    check_activations();
     check_model("tiny", "model.safetensors");
     check_model("tiny", "model_hf.safetensors");
     check_model("tiny-rn", "model.safetensors");
