@@ -18,7 +18,7 @@ BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
 LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
 
-LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c)
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c)
 LIB_ASM := src/tokenizer/vocab_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)

@@ -204,9 +204,19 @@ void linear_forward(float *y, const float *x, const float *W, const float *b, in
 /* The same with row strides: y rows ldy apart, x rows ldx apart. */
 void gemm_rows(float *y, int ldy, const float *x, int ldx, const float *W, const float *b, int n, int in,
                int out, bool accumulate);
+/* Its backward: dx (+)= dy W (dx may be NULL), dW += dy^T x, db += sum dy. */
+void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int n,
+                     int in, int out, bool accumulate_dx);
 /* y[n, out] = x[n, in] · W[in, out]          (OpenAI's proj / text_projection) */
 void matmul_forward(float *y, const float *x, const float *W, int n, int in, int out);
+/* Its backward: dx = dy W^T, dW += x^T dy. */
+void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W, int n, int in, int out);
 void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim);
+/* Its backward from the input x: dx (=|+=) ..., dw += ..., db += ... */
+void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
+                        int dim, bool accumulate_dx);
+/* dx = dy * act'(x) for CLIPC_QUICK_GELU / CLIPC_GELU, x the pre-activation. */
+void activation_backward(float *dx, const float *dy, const float *x, size_t n, int activation);
 void quick_gelu_forward(float *x, size_t n);
 void gelu_forward(float *x, size_t n);
 void relu_forward(float *x, size_t n);
@@ -214,10 +224,18 @@ void relu_forward(float *x, size_t n);
  * sequences back to back; seq_start[s], seq_len[s] locate sequence s; causal
  * masks future positions; query_row (NULL = all rows) limits sequence s to
  * the query at absolute row query_row[s]. out [T, D] (only computed rows are
- * written). scratch needs attention_scratch floats. */
+ * written). scratch needs attention_scratch floats. For training, probs
+ * (non-NULL, with query_row NULL) receives each head's [len, len]
+ * probabilities at probs_offset[s] + h * len * len. */
 size_t attention_scratch(int max_len, int head_dim);
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
-                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch);
+                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch,
+                       float *probs, const size_t *probs_offset);
+/* Its backward from the kept probabilities: dqkv [T, 3D] is overwritten. */
+size_t attention_backward_scratch(int max_len, int head_dim);
+void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,
+                        const size_t *probs_offset, const int *seq_start, const int *seq_len, int n_seq, int D,
+                        int heads, float *scratch);
 /* conv2d (no bias), NCHW, square kernel, via im2col + GEMM. */
 size_t conv2d_scratch(int C, int H, int W, int k, int stride, int pad);
 void conv2d_forward(float *y, const float *x, const float *w, int N, int C, int H, int W, int Cout,

@@ -40,5 +40,6 @@ void test_tokenizer(void);
 void test_image(void);
 void test_cli(void);
 void test_util(void);
+void test_train(void);
 
 #endif

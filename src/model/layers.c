@@ -34,10 +34,31 @@ void linear_forward(float *y, const float *x, const float *W, const float *b, in
     gemm_rows(y, out, x, in, W, b, n, in, out, accumulate);
 }
 
+/* Backward of linear_forward (y = x W^T + b), accumulating into the grads:
+ *   dx (+)= dy W        dW += dy^T x        db += sum over rows of dy
+ * dx may be NULL (an input that needs no gradient); accumulate_dx adds to
+ * dx instead of overwriting it (a residual branch joining the stream). */
+void linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int n,
+                     int in, int out, bool accumulate_dx) {
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, W, in,
+                    accumulate_dx ? 1.0f : 0.0f, dx, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (db)
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < out; j++) db[j] += dy[(size_t)i * out + j];
+}
+
 /* y[n, out] = x[n, in] · W[in, out] — OpenAI stores proj matrices this way. */
 void matmul_forward(float *y, const float *x, const float *W, int n, int in, int out) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, in, W, out, 0.0f, y,
                 out);
+}
+
+/* Backward of matmul_forward: dx = dy W^T, dW += x^T dy. */
+void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W, int n, int in, int out) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, in, out, 1.0f, dy, out, W, out, 0.0f, dx, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, n, 1.0f, x, in, dy, out, 1.0f, dW, out);
 }
 
 /* LayerNorm over the last dimension, eps 1e-5 (nn.LayerNorm's default),
@@ -79,6 +100,37 @@ static inline float fast_expf(float x) {
  * split across threads, the plain inner loop is vectorised. */
 #define CHUNK 4096
 
+/* LayerNorm backward from the layer's input x (mean and rstd recomputed):
+ *   xhat = (x - mean) rstd,  g = dy w
+ *   dx (+)= rstd (g - mean(g) - xhat mean(g xhat)),  dw += dy xhat,  db += dy */
+void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
+                        int dim, bool accumulate_dx) {
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim, *dyi = dy + (size_t)i * dim;
+        float *dxi = dx + (size_t)i * dim;
+        float sum = 0.0f;
+        for (int j = 0; j < dim; j++) sum += xi[j];
+        float mean = sum / dim, var = 0.0f;
+        for (int j = 0; j < dim; j++) var += (xi[j] - mean) * (xi[j] - mean);
+        float rstd = 1.0f / sqrtf(var / dim + 1e-5f);
+        float g_mean = 0.0f, gx_mean = 0.0f;
+        for (int j = 0; j < dim; j++) {
+            float xhat = (xi[j] - mean) * rstd, g = dyi[j] * w[j];
+            g_mean += g;
+            gx_mean += g * xhat;
+            dw[j] += dyi[j] * xhat;
+            db[j] += dyi[j];
+        }
+        g_mean /= dim;
+        gx_mean /= dim;
+        for (int j = 0; j < dim; j++) {
+            float xhat = (xi[j] - mean) * rstd;
+            float v = rstd * (dyi[j] * w[j] - g_mean - xhat * gx_mean);
+            dxi[j] = accumulate_dx ? dxi[j] + v : v;
+        }
+    }
+}
+
 /* OpenAI's QuickGELU: x * sigmoid(1.702 x). */
 static void quick_gelu_chunk(float *restrict x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + fast_expf(-1.702f * x[i]));
@@ -93,6 +145,24 @@ void quick_gelu_forward(float *x, size_t n) {
 void gelu_forward(float *x, size_t n) {
 #pragma omp parallel for if (n > 65536)
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+/* Activation backward from the pre-activation x: dx = dy * act'(x).
+ *   QuickGELU: s + 1.702 x s (1 - s), s = sigmoid(1.702 x)
+ *   GELU:      Phi(x) + x phi(x) */
+void activation_backward(float *dx, const float *dy, const float *x, size_t n, int activation) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float d;
+        if (activation == CLIPC_GELU) {
+            float cdf = 0.5f * (1.0f + erff(x[i] * 0.70710678118654752f));
+            d = cdf + x[i] * 0.3989422804014327f * expf(-0.5f * x[i] * x[i]);
+        } else {
+            float sg = 1.0f / (1.0f + expf(-1.702f * x[i]));
+            d = sg + 1.702f * x[i] * sg * (1.0f - sg);
+        }
+        dx[i] = dy[i] * d;
+    }
 }
 
 void relu_forward(float *x, size_t n) {
@@ -113,7 +183,8 @@ size_t attention_scratch(int max_len, int head_dim) {
  * position and zeroes the rest. query_row[s] >= 0 restricts sequence s to
  * that one query (the pooled row); -1 computes every row. */
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
-                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch) {
+                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch,
+                       float *probs, const size_t *probs_offset) {
     int hd = D / heads, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = 0;
@@ -123,7 +194,9 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
         for (int h = 0; h < heads; h++) {
             int len = seq_len[s], first = 0, nq = len;
             if (query_row && query_row[s] >= 0) first = query_row[s] - seq_start[s], nq = 1;
-            float *scores = scratch + ((size_t)max_len * max_len + 16) * omp_get_thread_num();
+            /* Training keeps each head's probabilities for the backward pass. */
+            float *scores = probs ? probs + probs_offset[s] + (size_t)h * len * len
+                                  : scratch + ((size_t)max_len * max_len + 16) * omp_get_thread_num();
             const float *base = qkv + (size_t)seq_start[s] * ld + h * hd;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, len, hd, scale, base + (size_t)first * ld, ld,
                         base + D, ld, 0.0f, scores, len);
@@ -143,6 +216,53 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, len, 1.0f, scores, len, base + 2 * D, ld,
                         0.0f, out + (size_t)(seq_start[s] + first) * D + h * hd, D);
+        }
+    }
+}
+
+size_t attention_backward_scratch(int max_len, int head_dim) {
+    (void)head_dim;
+    return ((size_t)max_len * max_len + 16) * (size_t)omp_get_max_threads();
+}
+
+/* Backward of attention_forward for every row, from the probabilities P it
+ * kept. Per (sequence, head), with O = P V and S = scale Q K^T:
+ *   dV = P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dP P)),
+ *   dQ = scale dS K,  dK = scale dS^T Q
+ * dqkv [T, 3D] is overwritten. */
+void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,
+                        const size_t *probs_offset, const int *seq_start, const int *seq_len, int n_seq, int D,
+                        int heads, float *scratch) {
+    int hd = D / heads, ld = 3 * D;
+    float scale = 1.0f / sqrtf((float)hd);
+    int max_len = 0;
+    for (int s = 0; s < n_seq; s++) max_len = seq_len[s] > max_len ? seq_len[s] : max_len;
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int s = 0; s < n_seq; s++) {
+        for (int h = 0; h < heads; h++) {
+            int len = seq_len[s];
+            const float *P = probs + probs_offset[s] + (size_t)h * len * len;
+            const float *base = qkv + (size_t)seq_start[s] * ld + h * hd;
+            float *dbase = dqkv + (size_t)seq_start[s] * ld + h * hd;
+            const float *dO = dout + (size_t)seq_start[s] * D + h * hd;
+            float *dS = scratch + ((size_t)max_len * max_len + 16) * omp_get_thread_num();
+            /* dV = P^T dO */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, len, hd, len, 1.0f, P, len, dO, D, 0.0f,
+                        dbase + 2 * D, ld);
+            /* dP = dO V^T, then the softmax Jacobian in place */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, len, len, hd, 1.0f, dO, D, base + 2 * D, ld, 0.0f,
+                        dS, len);
+            for (int i = 0; i < len; i++) {
+                const float *p = P + (size_t)i * len;
+                float *d = dS + (size_t)i * len, dot = 0.0f;
+                for (int j = 0; j < len; j++) dot += d[j] * p[j];
+                for (int j = 0; j < len; j++) d[j] = p[j] * (d[j] - dot); /* masked p = 0 gives 0 */
+            }
+            /* dQ = scale dS K, dK = scale dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, len, hd, len, scale, dS, len, base + D, ld, 0.0f,
+                        dbase, ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, len, hd, len, scale, dS, len, base, ld, 0.0f,
+                        dbase + D, ld);
         }
     }
 }

@@ -93,7 +93,7 @@ static void attention_pool(clipc_model *m, const float *x, int n, int E, int S2,
     gemm_rows(qkv + E, 3 * E, tok, E, P + L->ap_k_w, P + L->ap_k_b, T, E, E, false);
     gemm_rows(qkv + 2 * E, 3 * E, tok, E, P + L->ap_v_w, P + L->ap_v_b, T, E, E, false);
     gemm_rows(qkv, 3 * E * N, tok, E * N, P + L->ap_q_w, P + L->ap_q_b, n, E, E, false);
-    attention_forward(att, qkv, start, len, start, n, E, c->vision_heads, false, scratch);
+    attention_forward(att, qkv, start, len, start, n, E, c->vision_heads, false, scratch, NULL, NULL);
     for (int i = 0; i < n; i++) memcpy(rows + (size_t)i * E, att + (size_t)i * N * E, (size_t)E * sizeof *rows);
     linear_forward(out, rows, P + L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false);
     free(start);

@@ -38,7 +38,7 @@ static void block_forward(clipc_model *m, const block_offsets *b, int D, int hea
     char name[128];
     layernorm_forward(ln, x, P + b->ln1_w, P + b->ln1_b, T, D);
     linear_forward(qkv, ln, P + b->qkv_w, P + b->qkv_b, T, D, 3 * D, false);
-    attention_forward(att, qkv, pk->start, pk->len, NULL, pk->n_seq, D, heads, causal, scratch);
+    attention_forward(att, qkv, pk->start, pk->len, NULL, pk->n_seq, D, heads, causal, scratch, NULL, NULL);
     if (tap_prefix) { /* block 0's sub-layer outputs, for the reference tests */
         model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.ln_1", tap_prefix), name), ln, T, D);
         linear_forward(ln, att, P + b->out_w, P + b->out_b, T, D, D, false);
@@ -74,7 +74,7 @@ static void last_block_pooled(clipc_model *m, const block_offsets *b, int D, int
     for (int s = 0; s < n; s++) memcpy(rows + (size_t)s * D, ln + (size_t)pool_row[s] * D, (size_t)D * sizeof *rows);
     linear_forward(q, rows, P + b->qkv_w, P + b->qkv_b, n, D, D, false);
     for (int s = 0; s < n; s++) memcpy(qkv + (size_t)pool_row[s] * 3 * D, q + (size_t)s * D, (size_t)D * sizeof *q);
-    attention_forward(att, qkv, pk->start, pk->len, pool_row, n, D, heads, causal, scratch);
+    attention_forward(att, qkv, pk->start, pk->len, pool_row, n, D, heads, causal, scratch, NULL, NULL);
     for (int s = 0; s < n; s++) {
         memcpy(rows + (size_t)s * D, att + (size_t)pool_row[s] * D, (size_t)D * sizeof *rows);
         memcpy(pooled + (size_t)s * D, x + (size_t)pool_row[s] * D, (size_t)D * sizeof *pooled);

@@ -1,0 +1,320 @@
+/* towers.c — the image (ViT) and text towers for training: forward passes
+ * that keep every activation the backward pass needs, and the backward
+ * passes, each layer's gradient written next to the step that produced it.
+ * The maths of every layer is in model/layers.c, forward beside backward.
+ *
+ * Block forward (as in transformer.c):       Block backward, in reverse:
+ *   ln1   = LN1(x_in)                          d_fc_act = dx W_proj      (+ dW_proj, db_proj)
+ *   qkv   = ln1 W_qkv^T + b                    d_fc_pre = d_fc_act act'(fc_pre)
+ *   att   = attention(qkv)                     d_ln2    = d_fc_pre W_fc  (+ dW_fc, db_fc)
+ *   x_mid = x_in + att W_out^T + b             dx      += LN2'(d_ln2)    (now d x_mid)
+ *   ln2   = LN2(x_mid)                         d_att    = dx W_out       (+ dW_out, db_out)
+ *   fc_pre = ln2 W_fc^T + b                    d_qkv    = attention'(d_att)
+ *   fc_act = act(fc_pre)                       d_ln1    = d_qkv W_qkv    (+ dW_qkv, db_qkv)
+ *   x_out = x_mid + fc_act W_proj^T + b        dx      += LN1'(d_ln1)    (now d x_in)
+ */
+#include "train.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void tower_cache_free(tower_cache *c) {
+    free(c->mem);
+    free(c->blocks);
+    free(c->start);
+    memset(c, 0, sizeof *c);
+}
+
+/* Bump allocation inside the cache's one buffer. */
+typedef struct bump {
+    float *p;
+    size_t left;
+} bump;
+
+static float *take(bump *b, size_t n) {
+    n = (n + 15) / 16 * 16;
+    if (n > b->left) return NULL;
+    float *r = b->p;
+    b->p += n;
+    b->left -= n;
+    return r;
+}
+
+/* Sets up packing arrays and the activation buffer for n sequences of the
+ * given lengths; extra = floats the tower needs beyond the blocks. */
+static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *lens, int D, int heads, int layers,
+                      size_t extra, bump *b, clipc_error *err) {
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    c->D = D;
+    c->start = malloc((size_t)n * 3 * sizeof(int) + (size_t)n * sizeof(size_t));
+    c->blocks = calloc((size_t)layers, sizeof *c->blocks);
+    if (!c->start || !c->blocks) {
+        tower_cache_free(c);
+        return clipc_fail(err, "out of memory");
+    }
+    c->len = c->start + n;
+    c->pool_row = c->start + 2 * n;
+    c->probs_offset = (size_t *)(c->start + 3 * n);
+    size_t probs = 0;
+    for (int i = 0; i < n; i++) {
+        c->start[i] = c->T;
+        c->len[i] = lens[i];
+        c->T += lens[i];
+        c->probs_offset[i] = probs;
+        probs += (size_t)heads * lens[i] * lens[i];
+        c->max_len = lens[i] > c->max_len ? lens[i] : c->max_len;
+    }
+    size_t T = (size_t)c->T;
+    size_t per_block = 16 * T * D + probs + 10 * 16; /* see the takes below */
+    size_t total = extra + (size_t)layers * per_block + 2 * T * D + 2 * (size_t)n * D + 10 * 16;
+    c->mem = malloc(total * sizeof(float));
+    if (!c->mem) {
+        tower_cache_free(c);
+        return clipc_fail(err, "out of memory for %zu MiB of training activations", total * 4 >> 20);
+    }
+    b->p = c->mem;
+    b->left = total;
+    c->x0 = take(b, T * D);
+    for (int l = 0; l < layers; l++) {
+        block_cache *k = &c->blocks[l];
+        k->x_in = take(b, T * D);
+        k->ln1 = take(b, T * D);
+        k->qkv = take(b, 3 * T * D);
+        k->probs = take(b, probs);
+        k->att = take(b, T * D);
+        k->x_mid = take(b, T * D);
+        k->ln2 = take(b, T * D);
+        k->fc_pre = take(b, 4 * T * D);
+        k->fc_act = take(b, 4 * T * D);
+    }
+    c->x_out = take(b, T * D);
+    c->pooled_in = take(b, (size_t)n * D);
+    c->pooled = take(b, (size_t)n * D);
+    (void)m;
+    return 0;
+}
+
+static void block_forward_train(const clipc_model *m, const block_offsets *bo, int heads, bool causal,
+                                const tower_cache *c, block_cache *k, float *x_out, float *scratch) {
+    const float *P = m->params;
+    int T = c->T, D = c->D;
+    layernorm_forward(k->ln1, k->x_in, P + bo->ln1_w, P + bo->ln1_b, T, D);
+    linear_forward(k->qkv, k->ln1, P + bo->qkv_w, P + bo->qkv_b, T, D, 3 * D, false);
+    attention_forward(k->att, k->qkv, c->start, c->len, NULL, c->n, D, heads, causal, scratch, k->probs,
+                      c->probs_offset);
+    memcpy(k->x_mid, k->x_in, (size_t)T * D * sizeof(float));
+    linear_forward(k->x_mid, k->att, P + bo->out_w, P + bo->out_b, T, D, D, true);
+    layernorm_forward(k->ln2, k->x_mid, P + bo->ln2_w, P + bo->ln2_b, T, D);
+    linear_forward(k->fc_pre, k->ln2, P + bo->fc_w, P + bo->fc_b, T, D, 4 * D, false);
+    memcpy(k->fc_act, k->fc_pre, (size_t)T * 4 * D * sizeof(float));
+    if (m->cfg.activation == CLIPC_GELU)
+        gelu_forward(k->fc_act, (size_t)T * 4 * D);
+    else
+        quick_gelu_forward(k->fc_act, (size_t)T * 4 * D);
+    memcpy(x_out, k->x_mid, (size_t)T * D * sizeof(float));
+    linear_forward(x_out, k->fc_act, P + bo->proj_w, P + bo->proj_b, T, 4 * D, D, true);
+}
+
+/* dx: gradient w.r.t. the block's output in, w.r.t. its input out.
+ * work: 9 T D floats + attention_backward_scratch. */
+static void block_backward(const clipc_model *m, const block_offsets *bo, int heads, const tower_cache *c,
+                           const block_cache *k, float *dx, float *G, float *work) {
+    const float *P = m->params;
+    int T = c->T, D = c->D;
+    float *d_fc = work, *d_ln = d_fc + (size_t)T * 4 * D, *d_qkv = d_ln + (size_t)T * D;
+    float *scratch = d_qkv + (size_t)T * 3 * D;
+    linear_backward(d_fc, G + bo->proj_w, G + bo->proj_b, dx, k->fc_act, P + bo->proj_w, T, 4 * D, D, false);
+    activation_backward(d_fc, d_fc, k->fc_pre, (size_t)T * 4 * D, m->cfg.activation);
+    linear_backward(d_ln, G + bo->fc_w, G + bo->fc_b, d_fc, k->ln2, P + bo->fc_w, T, D, 4 * D, false);
+    layernorm_backward(dx, G + bo->ln2_w, G + bo->ln2_b, d_ln, k->x_mid, P + bo->ln2_w, T, D, true);
+    float *d_att = d_ln;
+    linear_backward(d_att, G + bo->out_w, G + bo->out_b, dx, k->att, P + bo->out_w, T, D, D, false);
+    attention_backward(d_qkv, d_att, k->qkv, k->probs, c->probs_offset, c->start, c->len, c->n, D, heads, scratch);
+    linear_backward(d_ln, G + bo->qkv_w, G + bo->qkv_b, d_qkv, k->ln1, P + bo->qkv_w, T, D, 3 * D, false);
+    layernorm_backward(dx, G + bo->ln1_w, G + bo->ln1_b, d_ln, k->x_in, P + bo->ln1_w, T, D, true);
+}
+
+static size_t block_backward_work(const tower_cache *c, int heads) {
+    return (size_t)c->T * c->D * 8 + attention_backward_scratch(c->max_len, c->D / heads) + 16;
+}
+
+/* All blocks forward from blocks[0].x_in; the pooled rows after. */
+static int blocks_forward(const clipc_model *m, const block_offsets *bos, int layers, int heads, bool causal,
+                          tower_cache *c, clipc_error *err) {
+    float *scratch = malloc(attention_scratch(c->max_len, c->D / heads) * sizeof(float));
+    if (!scratch) return clipc_fail(err, "out of memory");
+    for (int l = 0; l < layers; l++)
+        block_forward_train(m, &bos[l], heads, causal, c, &c->blocks[l], l + 1 < layers ? c->blocks[l + 1].x_in : c->x_out,
+                            scratch);
+    free(scratch);
+    for (int i = 0; i < c->n; i++)
+        memcpy(c->pooled_in + (size_t)i * c->D, c->x_out + (size_t)c->pool_row[i] * c->D, (size_t)c->D * sizeof(float));
+    return 0;
+}
+
+/* From d features back to dx0 = d(blocks[0].x_in), returned malloc'd [T, D]. */
+static float *head_and_blocks_backward(const clipc_model *m, const block_offsets *bos, int layers, int heads,
+                                       const tower_cache *c, size_t ln_w, size_t ln_b, size_t proj,
+                                       const float *dfeat, float *G) {
+    int D = c->D, n = c->n, E = m->cfg.embed_dim;
+    float *dx = calloc((size_t)c->T * D, sizeof *dx);
+    float *dpool = malloc((size_t)n * D * 2 * sizeof *dpool);
+    float *work = malloc(block_backward_work(c, heads) * sizeof *work);
+    if (!dx || !dpool || !work) {
+        free(dx);
+        free(dpool);
+        free(work);
+        return NULL;
+    }
+    /* features = LN(pooled_in) @ proj */
+    matmul_backward(dpool, G + proj, dfeat, c->pooled, m->params + proj, n, D, E);
+    layernorm_backward(dpool + (size_t)n * D, G + ln_w, G + ln_b, dpool, c->pooled_in, m->params + ln_w, n, D, false);
+    for (int i = 0; i < n; i++)
+        memcpy(dx + (size_t)c->pool_row[i] * D, dpool + (size_t)(n + i) * D, (size_t)D * sizeof *dx);
+    for (int l = layers - 1; l >= 0; l--) block_backward(m, &bos[l], heads, c, &c->blocks[l], dx, G, work);
+    free(dpool);
+    free(work);
+    return dx;
+}
+
+/* ---- ViT ------------------------------------------------------------------------ */
+
+int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *features, tower_cache *c,
+                      clipc_error *err) {
+    const clipc_config *cfg = &m->cfg;
+    const float *Pm = m->params;
+    const model_layout *L = &m->L;
+    int R = cfg->image_resolution, P = cfg->vision_patch_size, G = R / P, S = G * G + 1, D = cfg->vision_width;
+    int K = 3 * P * P;
+    int *lens = calloc((size_t)(n > 0 ? n : 1), sizeof *lens);
+    if (!lens) return clipc_fail(err, "out of memory");
+    for (int i = 0; i < n; i++) lens[i] = S;
+    bump b;
+    size_t extra = (size_t)n * G * G * K + (size_t)n * G * G * D;
+    int rc = cache_init(c, m, n, lens, D, cfg->vision_heads, cfg->vision_layers, extra, &b, err);
+    free(lens);
+    if (rc) return -1;
+    for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i]; /* the class token */
+    c->patches = take(&b, (size_t)n * G * G * K);
+    float *emb = take(&b, (size_t)n * G * G * D);
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < G * G; p++) {
+            int py = p / G, px = p % G;
+            float *dst = c->patches + ((size_t)i * G * G + p) * K;
+            for (int ch = 0; ch < 3; ch++)
+                for (int ky = 0; ky < P; ky++)
+                    for (int kx = 0; kx < P; kx++)
+                        *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
+        }
+    linear_forward(emb, c->patches, Pm + L->v_conv, NULL, n * G * G, K, D, false);
+    const float *cls = Pm + L->v_class, *pos = Pm + L->v_pos;
+    for (int i = 0; i < n; i++) {
+        float *row = c->x0 + (size_t)i * S * D;
+        for (int d = 0; d < D; d++) row[d] = cls[d] + pos[d];
+        for (int p = 0; p < G * G; p++)
+            for (int d = 0; d < D; d++)
+                row[(size_t)(p + 1) * D + d] = emb[((size_t)i * G * G + p) * D + d] + pos[(size_t)(p + 1) * D + d];
+    }
+    layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D);
+    if (blocks_forward(m, L->v_blocks, cfg->vision_layers, cfg->vision_heads, false, c, err)) return -1;
+    layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);
+    matmul_forward(features, c->pooled, Pm + L->v_proj, n, D, cfg->embed_dim);
+    return 0;
+}
+
+int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *G,
+                       clipc_error *err) {
+    const clipc_config *cfg = &m->cfg;
+    const model_layout *L = &m->L;
+    int P = cfg->vision_patch_size, Gs = cfg->image_resolution / P, S = Gs * Gs + 1, D = c->D, n = c->n;
+    int K = 3 * P * P;
+    float *dx = head_and_blocks_backward(m, L->v_blocks, cfg->vision_layers, cfg->vision_heads, c, L->v_ln_post_w,
+                                         L->v_ln_post_b, L->v_proj, dfeatures, G);
+    float *dx0 = malloc((size_t)c->T * D * sizeof *dx0);
+    float *demb = malloc((size_t)n * Gs * Gs * D * sizeof *demb);
+    if (!dx || !dx0 || !demb) {
+        free(dx);
+        free(dx0);
+        free(demb);
+        return clipc_fail(err, "out of memory in the backward pass");
+    }
+    layernorm_backward(dx0, G + L->v_ln_pre_w, G + L->v_ln_pre_b, dx, c->x0, m->params + L->v_ln_pre_w, c->T, D, false);
+    for (int i = 0; i < n; i++) {
+        const float *row = dx0 + (size_t)i * S * D;
+        for (int d = 0; d < D; d++) G[L->v_class + d] += row[d];
+        for (int p = 0; p < S; p++)
+            for (int d = 0; d < D; d++) G[L->v_pos + (size_t)p * D + d] += row[(size_t)p * D + d];
+        memcpy(demb + (size_t)i * Gs * Gs * D, row + D, (size_t)Gs * Gs * D * sizeof *demb);
+    }
+    linear_backward(NULL, G + L->v_conv, NULL, demb, c->patches, m->params + L->v_conv, n * Gs * Gs, K, D, false);
+    free(dx);
+    free(dx0);
+    free(demb);
+    return 0;
+}
+
+/* ---- text ---------------------------------------------------------------------- */
+
+int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float *features, tower_cache *c,
+                       clipc_error *err) {
+    const clipc_config *cfg = &m->cfg;
+    const float *Pm = m->params;
+    const model_layout *L = &m->L;
+    int D = cfg->text_width, ctx = cfg->context_length;
+    int *lens = calloc((size_t)(n > 0 ? n : 1), sizeof *lens);
+    if (!lens) return clipc_fail(err, "out of memory");
+    for (int i = 0; i < n; i++) { /* run up to each text's EOT (its largest id) */
+        const int32_t *row = tokens + (size_t)i * ctx;
+        int best = 0;
+        for (int p = 0; p < ctx; p++) {
+            if (row[p] < 0 || row[p] >= cfg->vocab_size) {
+                free(lens);
+                return clipc_fail(err, "text %d: token id %d is outside the vocabulary", i, row[p]);
+            }
+            if (row[p] > row[best]) best = p;
+        }
+        lens[i] = best + 1;
+    }
+    bump b;
+    int rc = cache_init(c, m, n, lens, D, cfg->text_heads, cfg->text_layers, 0, &b, err);
+    free(lens);
+    if (rc) return -1;
+    c->tokens = tokens;
+    for (int i = 0; i < n; i++) {
+        c->pool_row[i] = c->start[i] + c->len[i] - 1;
+        for (int p = 0; p < c->len[i]; p++) {
+            const float *e = Pm + L->t_tok + (size_t)tokens[(size_t)i * ctx + p] * D;
+            const float *pe = Pm + L->t_pos + (size_t)p * D;
+            float *x = c->x0 + (size_t)(c->start[i] + p) * D;
+            for (int d = 0; d < D; d++) x[d] = e[d] + pe[d];
+        }
+    }
+    memcpy(c->blocks[0].x_in, c->x0, (size_t)c->T * D * sizeof(float));
+    if (blocks_forward(m, L->t_blocks, cfg->text_layers, cfg->text_heads, true, c, err)) return -1;
+    layernorm_forward(c->pooled, c->pooled_in, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);
+    matmul_forward(features, c->pooled, Pm + L->t_proj, n, D, cfg->embed_dim);
+    return 0;
+}
+
+int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *G,
+                        clipc_error *err) {
+    const clipc_config *cfg = &m->cfg;
+    const model_layout *L = &m->L;
+    int D = c->D, ctx = cfg->context_length;
+    float *dx = head_and_blocks_backward(m, L->t_blocks, cfg->text_layers, cfg->text_heads, c, L->t_ln_w, L->t_ln_b,
+                                         L->t_proj, dfeatures, G);
+    if (!dx) return clipc_fail(err, "out of memory in the backward pass");
+    /* x0 = token_embedding[token] + positional_embedding[position] */
+    for (int i = 0; i < c->n; i++)
+        for (int p = 0; p < c->len[i]; p++) {
+            const float *g = dx + (size_t)(c->start[i] + p) * D;
+            float *gt = G + L->t_tok + (size_t)c->tokens[(size_t)i * ctx + p] * D, *gp = G + L->t_pos + (size_t)p * D;
+            for (int d = 0; d < D; d++) {
+                gt[d] += g[d];
+                gp[d] += g[d];
+            }
+        }
+    free(dx);
+    return 0;
+}

@@ -1,0 +1,85 @@
+/* train.h — training internals: the towers' forward passes that keep their
+ * activations, their backward passes, the contrastive losses and AdamW.
+ * Gradients live in one float array laid out exactly like the parameters
+ * (model->table offsets), so every kernel indexes both the same way. */
+#ifndef CLIPC_TRAIN_H
+#define CLIPC_TRAIN_H
+
+#include "../internal.h"
+
+/* What one residual block keeps for its backward pass. */
+typedef struct block_cache {
+    float *x_in, *ln1, *qkv, *probs, *att, *x_mid, *ln2, *fc_pre, *fc_act;
+} block_cache;
+
+/* What one tower's forward pass keeps. Owns one allocation (mem). */
+typedef struct tower_cache {
+    int n, T, D, max_len;
+    int *start, *len, *pool_row;  /* packing: sequences back to back */
+    size_t *probs_offset;
+    float *patches;               /* ViT: unrolled patches [n*G*G, 3*P*P] */
+    const int32_t *tokens;        /* text: the caller's token rows */
+    float *x0;                    /* embeddings + positions [T, D] */
+    block_cache *blocks;
+    float *x_out;                 /* after the last block [T, D] */
+    float *pooled_in, *pooled;    /* pooled rows before / after the final LayerNorm [n, D] */
+    void *mem;
+} tower_cache;
+
+void tower_cache_free(tower_cache *c);
+
+/* Forward passes that fill a cache; features [n, embed_dim] as encode_*. */
+int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *features, tower_cache *c,
+                      clipc_error *err);
+int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float *features, tower_cache *c,
+                       clipc_error *err);
+/* Backward passes: dfeatures [n, embed_dim] in, parameter gradients added
+ * into grads (laid out like model->params). */
+int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads,
+                       clipc_error *err);
+int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads,
+                        clipc_error *err);
+
+/* ---- losses (loss.c) ----------------------------------------------------- */
+
+typedef struct loss_metrics {
+    float loss;
+    float pos_sim;       /* mean cosine of the matching pairs */
+    float hard_neg_sim;  /* mean over rows of the largest non-matching cosine */
+    float margin;        /* pos_sim - hard_neg_sim */
+    float acc_i2t, acc_t2i; /* in-batch retrieval accuracy */
+} loss_metrics;
+
+/* CLIP's symmetric InfoNCE on un-normalised features img, txt [B, E]:
+ *   logits = exp(logit_scale) * norm(img) norm(txt)^T
+ *   loss = (CE(logits, arange) + CE(logits^T, arange)) / 2
+ * Writes d_img, d_txt [B, E] and *d_logit_scale (gradients of the loss).
+ * Returns 0, or -1 when out of memory. */
+int clip_loss(const float *img, const float *txt, int B, int E, float logit_scale, float *d_img, float *d_txt,
+               float *d_logit_scale, loss_metrics *out);
+
+/* SigLIP's sigmoid loss: logits = exp(t') cos + b, z = +1 on the diagonal and
+ * -1 elsewhere, loss = -(1/B) sum_ij log sigmoid(z_ij logits_ij).
+ * Writes d_img, d_txt, *d_t_prime and *d_bias. */
+int siglip_loss(const float *img, const float *txt, int B, int E, float t_prime, float bias, float *d_img,
+                 float *d_txt, float *d_t_prime, float *d_bias, loss_metrics *out);
+
+/* ---- AdamW (adamw.c) ----------------------------------------------------- */
+
+typedef struct adamw {
+    float lr, beta1, beta2, eps, weight_decay;
+    long step;
+    float *m, *v;        /* first and second moments, like params */
+    unsigned char *decay;/* per float: 1 where weight decay applies */
+    size_t count;
+} adamw;
+
+/* Decay applies to tensors with two or more dimensions; gains, biases, the
+ * class embedding and logit_scale (all ndim < 2) get none. */
+int adamw_init(adamw *opt, const clipc_model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+               clipc_error *err);
+void adamw_free(adamw *opt);
+/* One step of PyTorch's AdamW with the current opt->lr. */
+void adamw_step(adamw *opt, float *params, const float *grads);
+
+#endif
