@@ -54,6 +54,7 @@ typedef struct clipc_config {
     int text_heads;
     int text_layers;
     int activation;            /* CLIPC_QUICK_GELU or CLIPC_GELU */
+    int has_logit_bias;        /* SigLIP-trained: a learnable scalar "logit_bias" */
 } clipc_config;
 
 typedef struct clipc_model clipc_model;

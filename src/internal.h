@@ -127,7 +127,7 @@ typedef struct param_spec {
     float init_std;
 } param_spec;
 
-enum param_init { PI_NORMAL, PI_ONES, PI_ZEROS, PI_LOGIT_SCALE, PI_BN_VAR };
+enum param_init { PI_NORMAL, PI_ONES, PI_ZEROS, PI_LOGIT_SCALE, PI_BN_VAR, PI_LOGIT_BIAS };
 
 typedef struct param_table {
     param_spec *items;
@@ -164,6 +164,7 @@ typedef struct model_layout {
     size_t t_tok, t_pos, t_ln_w, t_ln_b, t_proj;
     block_offsets *t_blocks;
     size_t logit_scale;
+    size_t logit_bias; /* SigLIP only (cfg.has_logit_bias) */
 } model_layout;
 
 int params_build(const clipc_config *cfg, param_table *table, model_layout *layout,
@@ -279,6 +280,8 @@ void image_to_rgb(const image *im, unsigned char *rgb);
 /* _transform(size) up to ToTensor: resize short side, center-crop, RGB.
  * rgb receives size*size*3 bytes. */
 int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err);
+/* ToTensor + Normalize(CLIP mean, std): packed RGB -> [3, size, size]. */
+void image_normalize(const unsigned char *rgb, int size, float *out);
 
 /* ---- tokenizer/clean.c --------------------------------------------------- */
 

@@ -407,7 +407,67 @@ static void check_clip_loss(void) {
     CHECK(lm.acc_i2t >= 0 && lm.acc_i2t <= 1 && lm.margin == lm.pos_sim - lm.hard_neg_sim, "metrics");
 }
 
+/* K micro-batches of B give the loss and gradients of one batch of K*B
+ * with all K*B negatives (feature caching), for both losses. */
+static void check_accumulation(void) {
+    clipc_error err;
+    npy_array images, tokens;
+    if (load_npy("tiny/images.npy", &images) || load_npy("tiny/tokens.npy", &tokens)) return;
+    for (int loss = 0; loss < 2; loss++) {
+        clipc_model *m = clipc_model_init("tiny", 5, &err);
+        if (loss == LOSS_SIGLIP) { /* a SigLIP model: logit_bias, t' = ln 10 */
+            clipc_config c = m->cfg;
+            clipc_model_free(m);
+            c.has_logit_bias = 1;
+            m = model_new(&c, &err);
+            clipc_model *src = clipc_model_init("tiny", 5, &err);
+            for (int i = 0; i < src->table.count; i++)
+                memcpy(m->params + src->table.items[i].offset, src->params + src->table.items[i].offset,
+                       src->table.items[i].numel * sizeof(float));
+            clipc_model_free(src);
+            m->params[m->L.logit_scale] = logf(10.0f);
+            m->params[m->L.logit_bias] = -10.0f;
+        }
+        train_options o = {.loss = loss, .batch = 8, .accum = 1, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.98f,
+                           .eps = 1e-6f, .weight_decay = 0.2f, .warmup = 1, .total_steps = 10};
+        trainer one, four;
+        CHECK(trainer_init(&one, m, &o, &err) == 0, "%s", err.message);
+        o.batch = 2, o.accum = 4;
+        CHECK(trainer_init(&four, m, &o, &err) == 0, "%s", err.message);
+        loss_metrics a, b;
+        CHECK(trainer_compute_grads(&one, images.data, tokens.data, &a, &err) == 0, "%s", err.message);
+        CHECK(trainer_compute_grads(&four, images.data, tokens.data, &b, &err) == 0, "%s", err.message);
+        double gmax = 0, diff = 0;
+        for (size_t i = 0; i < m->table.total; i++) {
+            gmax = fmax(gmax, fabs(one.grads[i]));
+            diff = fmax(diff, fabs((double)one.grads[i] - four.grads[i]));
+        }
+        CHECK(fabsf(a.loss - b.loss) <= 1e-6f * fabsf(a.loss), "%s: loss %.7f (1x8) vs %.7f (4x2)",
+              loss ? "SigLIP" : "CLIP", a.loss, b.loss);
+        CHECK(diff <= 1e-5 * gmax, "%s: gradients of 1x8 and 4x2 differ by %.3g (max %.3g)", loss ? "SigLIP" : "CLIP",
+              diff, gmax);
+        printf("  accumulation (%s): 4 x 2 vs 1 x 8: loss %.7f vs %.7f, gradients within %.2g of %.2g\n",
+               loss ? "SigLIP" : "CLIP", b.loss, a.loss, diff, gmax);
+        trainer_free(&one);
+        trainer_free(&four);
+        clipc_model_free(m);
+    }
+    npy_free(&images);
+    npy_free(&tokens);
+}
+
+/* The learning-rate schedule: linear warm-up, then cosine to zero. */
+static void check_schedule(void) {
+    CHECK(fabsf(lr_at(1.0f, 0, 10, 110) - 0.1f) < 1e-6f && fabsf(lr_at(1.0f, 9, 10, 110) - 1.0f) < 1e-6f,
+          "warm-up is linear to the base rate");
+    CHECK(fabsf(lr_at(1.0f, 10, 10, 110) - 1.0f) < 1e-6f && fabsf(lr_at(1.0f, 60, 10, 110) - 0.5f) < 1e-6f &&
+              lr_at(1.0f, 110, 10, 110) < 1e-6f,
+          "cosine decay: 1 at the end of warm-up, 0.5 half-way, 0 at the end");
+}
+
 void test_train(void) {
+    check_schedule();
+    check_accumulation();
     check_linear();
     check_matmul();
     check_layernorm();

@@ -47,7 +47,7 @@ int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_e
     return 0;
 }
 
-static void normalize(const unsigned char *rgb, int size, float *out) {
+void image_normalize(const unsigned char *rgb, int size, float *out) {
     size_t plane = (size_t)size * size;
     for (int c = 0; c < 3; c++)
         for (size_t i = 0; i < plane; i++)
@@ -60,7 +60,7 @@ int clipc_preprocess_memory(const void *data, size_t len, const char *name, int 
     if (image_decode(data, len, name, &im, err)) return -1;
     unsigned char *rgb = malloc((size_t)size * size * 3);
     int rc = rgb ? image_resize_crop_rgb(&im, size, rgb, err) : clipc_fail(err, "out of memory");
-    if (rc == 0) normalize(rgb, size, out);
+    if (rc == 0) image_normalize(rgb, size, out);
     if (rc != 0 && rgb) clipc_fail_prefix(err, name);
     free(rgb);
     image_free(&im);

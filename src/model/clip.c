@@ -75,15 +75,25 @@ typedef struct arch {
     clipc_config cfg;
 } arch;
 
-/* OpenAI's published configurations, plus the two tiny test configurations
- * of the reference fixtures. */
+/* OpenAI's published configurations, the two tiny test configurations of
+ * the reference fixtures, and a small ViT sized for Fashion-MNIST (28x28
+ * gray images, patch 4: 49 patches) that trains on two cores. */
+#define VIT(E, R, L, W, P, H, TW, TH, TL)                                                                   \
+    {.vision_tower = CLIPC_VIT, .embed_dim = E, .image_resolution = R, .vision_layers = L, .vision_width = W, \
+     .vision_patch_size = P, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,   \
+     .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU}
+#define RESNET(E, R, L0, L1, L2, L3, W, H, TW, TH, TL)                                                          \
+    {.vision_tower = CLIPC_RESNET, .embed_dim = E, .image_resolution = R, .vision_resnet_layers = {L0, L1, L2, L3}, \
+     .vision_width = W, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,           \
+     .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU}
 static const arch ARCHS[] = {
-    {"ViT-B-32", {CLIPC_VIT, 512, 224, 12, {0}, 768, 32, 12, 77, 49408, 512, 8, 12, CLIPC_QUICK_GELU}},
-    {"ViT-B-16", {CLIPC_VIT, 512, 224, 12, {0}, 768, 16, 12, 77, 49408, 512, 8, 12, CLIPC_QUICK_GELU}},
-    {"ViT-L-14", {CLIPC_VIT, 768, 224, 24, {0}, 1024, 14, 16, 77, 49408, 768, 12, 12, CLIPC_QUICK_GELU}},
-    {"RN50", {CLIPC_RESNET, 1024, 224, 0, {3, 4, 6, 3}, 64, 0, 32, 77, 49408, 512, 8, 12, CLIPC_QUICK_GELU}},
-    {"tiny", {CLIPC_VIT, 32, 32, 2, {0}, 64, 8, 1, 77, 49408, 32, 1, 2, CLIPC_QUICK_GELU}},
-    {"tiny-rn", {CLIPC_RESNET, 32, 64, 0, {2, 1, 1, 1}, 8, 0, 4, 77, 49408, 16, 2, 2, CLIPC_QUICK_GELU}},
+    {"ViT-B-32", VIT(512, 224, 12, 768, 32, 12, 512, 8, 12)},
+    {"ViT-B-16", VIT(512, 224, 12, 768, 16, 12, 512, 8, 12)},
+    {"ViT-L-14", VIT(768, 224, 24, 1024, 14, 16, 768, 12, 12)},
+    {"RN50", RESNET(1024, 224, 3, 4, 6, 3, 64, 32, 512, 8, 12)},
+    {"tiny", VIT(32, 32, 2, 64, 8, 1, 32, 1, 2)},
+    {"tiny-rn", RESNET(32, 64, 2, 1, 1, 1, 8, 4, 16, 2, 2)},
+    {"fmnist", VIT(64, 28, 4, 128, 4, 4, 128, 4, 2)},
 };
 #define N_ARCHS (sizeof ARCHS / sizeof *ARCHS)
 
@@ -120,6 +130,7 @@ clipc_model *clipc_model_init(const char *name, uint64_t seed, clipc_error *err)
             case PI_ONES: case PI_BN_VAR: dst[j] = 1.0f; break;
             case PI_ZEROS: dst[j] = 0.0f; break;
             case PI_LOGIT_SCALE: dst[j] = (float)log(1.0 / 0.07); break; /* CLIP paper, sec. 2.5 */
+            case PI_LOGIT_BIAS: dst[j] = -10.0f; break;                 /* SigLIP paper, sec. 3.2 */
             }
         }
     }

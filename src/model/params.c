@@ -185,6 +185,7 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
     L->t_ln_b = add(t, PI_ZEROS, 0, 1, SHAPE(Wt), "ln_final.bias");
     L->t_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->embed_dim), "text_projection");
     L->logit_scale = add(t, PI_LOGIT_SCALE, 0, 0, NULL, "logit_scale");
+    if (c->has_logit_bias) L->logit_bias = add(t, PI_LOGIT_BIAS, 0, 0, NULL, "logit_bias");
     if (t->oom) {
             params_free(t, L);
             return clipc_fail(err, "out of memory building the parameter table");

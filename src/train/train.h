@@ -64,6 +64,26 @@ int clip_loss(const float *img, const float *txt, int B, int E, float logit_scal
 int siglip_loss(const float *img, const float *txt, int B, int E, float t_prime, float bias, float *d_img,
                  float *d_txt, float *d_t_prime, float *d_bias, loss_metrics *out);
 
+/* ---- data (data.c) ---------------------------------------------------------- */
+
+#define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
+extern const char *const FMNIST_CLASSES[10];
+
+typedef struct fmnist {
+    unsigned char *images; /* count x height x width, uint8 */
+    unsigned char *labels;
+    int count, height, width;
+} fmnist;
+
+int fmnist_load(const char *dir, bool train, fmnist *out, clipc_error *err);
+void fmnist_free(fmnist *d);
+/* Image index as CLIP input [3, R, R]. */
+int fmnist_pixels(const fmnist *d, int index, int R, float *out, clipc_error *err);
+/* A caption for label, chosen by (seed, step, index). */
+void fmnist_caption(int label, uint64_t seed, long step, int index, char *out, size_t cap);
+/* The i-th sample of an epoch's seeded permutation (perm_cache: count ints). */
+int data_order_index(uint64_t seed, long epoch, int count, int i, int *perm_cache, long *cached_epoch);
+
 /* ---- AdamW (adamw.c) ----------------------------------------------------- */
 
 typedef struct adamw {
@@ -81,5 +101,38 @@ int adamw_init(adamw *opt, const clipc_model *m, float lr, float beta1, float be
 void adamw_free(adamw *opt);
 /* One step of PyTorch's AdamW with the current opt->lr. */
 void adamw_step(adamw *opt, float *params, const float *grads);
+
+/* ---- the training step (trainer.c) -------------------------------------------- */
+
+enum train_loss { LOSS_CLIP = 0, LOSS_SIGLIP = 1 };
+
+typedef struct train_options {
+    int loss;                  /* LOSS_CLIP or LOSS_SIGLIP */
+    int batch, accum;          /* a step is accum micro-batches of batch pairs */
+    float lr, beta1, beta2, eps, weight_decay, grad_clip; /* grad_clip <= 0: none */
+    long warmup, total_steps;
+} train_options;
+
+typedef struct trainer {
+    clipc_model *m;
+    train_options o;
+    adamw opt;          /* opt.step = steps taken */
+    float *grads;       /* like m->params */
+} trainer;
+
+typedef struct step_stats {
+    loss_metrics metrics;
+    float grad_norm, lr, logit_scale;
+} step_stats;
+
+float lr_at(float base, long step, long warmup, long total);
+int trainer_init(trainer *t, clipc_model *m, const train_options *o, clipc_error *err);
+void trainer_free(trainer *t);
+/* Loss and gradients (into t->grads) of accum * batch pairs:
+ * pixels [accum*batch, 3, R, R], tokens [accum*batch, context]. */
+int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens, loss_metrics *lm, clipc_error *err);
+/* A whole step: gradients, clipping, AdamW, logit_scale clamp. Refuses a
+ * non-finite loss or gradient without changing the parameters. */
+int trainer_step(trainer *t, const float *pixels, const int32_t *tokens, step_stats *st, clipc_error *err);
 
 #endif

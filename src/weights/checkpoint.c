@@ -187,6 +187,7 @@ static void hf_source(const char *name, source *s) {
         {"ln_final.bias", "text_model.final_layer_norm.bias", false},
         {"text_projection", "text_projection.weight", true},
         {"logit_scale", "logit_scale", false},
+        {"logit_bias", "logit_bias", false},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         if (!strcmp(name, fixed[i].openai)) {
@@ -318,6 +319,7 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     memset(&cfg, 0, sizeof cfg);
     enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF : NAMING_OPENAI;
     int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
+    cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
     clipc_model *m = NULL;
     if (rc == 0) m = model_new(&cfg, err);
     if (m && load_params(&f, naming, &m->table, m->params, m->source_dtype, err)) {
