@@ -191,6 +191,17 @@ struct clipc_model {
 int config_validate(const clipc_config *cfg, clipc_error *err);
 /* A model with its parameter table built and parameters zeroed. */
 clipc_model *model_new(const clipc_config *cfg, clipc_error *err);
+/* A named architecture's config (NULL if unknown). */
+const clipc_config *arch_config(const char *name);
+/* Fills the model's parameters with its initialisation, from seed. */
+void model_randomize(clipc_model *m, uint64_t seed);
+/* The config as safetensors string metadata; returns the count. */
+#define MODEL_META_MAX 20
+int model_metadata(const clipc_model *m, char values[][64], const char **keys);
+/* Saves the model plus extra F32 tensors and metadata in one file. */
+int model_save_with(const clipc_model *m, const char *path, const char *dtype, const st_out_tensor *extra,
+                    int n_extra, const char *const *extra_keys, const char *const *extra_values, int n_extra_meta,
+                    clipc_error *err);
 
 /* ---- weights/checkpoint.c ------------------------------------------------ */
 

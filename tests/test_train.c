@@ -456,6 +456,34 @@ static void check_accumulation(void) {
     npy_free(&tokens);
 }
 
+/* A non-finite loss stops the step before the weights change. */
+static void check_divergence(void) {
+    clipc_error err;
+    clipc_model *m = clipc_model_init("tiny", 2, &err);
+    npy_array images, tokens;
+    if (!m || load_npy("tiny/images.npy", &images) || load_npy("tiny/tokens.npy", &tokens)) return;
+    train_options o = {.batch = 4, .accum = 1, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f,
+                       .weight_decay = 0.2f, .grad_clip = 1.0f, .warmup = 1, .total_steps = 10};
+    trainer t;
+    CHECK(trainer_init(&t, m, &o, &err) == 0, "%s", err.message);
+    float *before = malloc(m->table.total * sizeof *before);
+    memcpy(before, m->params, m->table.total * sizeof *before);
+    ((float *)images.data)[100] = NAN;
+    step_stats st;
+    CHECK(trainer_step(&t, images.data, tokens.data, &st, &err) == -1 && strstr(err.message, "diverged at step 1"),
+          "a NaN batch: %s", err.message);
+    CHECK(!memcmp(before, m->params, m->table.total * sizeof *before) && t.opt.step == 0,
+          "a diverged step changed the parameters");
+    ((float *)images.data)[100] = 0.0f;
+    CHECK(trainer_step(&t, images.data, tokens.data, &st, &err) == 0 && t.opt.step == 1 && st.grad_norm > 0,
+          "a good step after the refused one: %s", err.message);
+    free(before);
+    trainer_free(&t);
+    npy_free(&images);
+    npy_free(&tokens);
+    clipc_model_free(m);
+}
+
 /* The learning-rate schedule: linear warm-up, then cosine to zero. */
 static void check_schedule(void) {
     CHECK(fabsf(lr_at(1.0f, 0, 10, 110) - 0.1f) < 1e-6f && fabsf(lr_at(1.0f, 9, 10, 110) - 1.0f) < 1e-6f,
@@ -467,6 +495,7 @@ static void check_schedule(void) {
 
 void test_train(void) {
     check_schedule();
+    check_divergence();
     check_accumulation();
     check_linear();
     check_matmul();

@@ -31,5 +31,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 
 #endif

@@ -24,6 +24,8 @@ static const char USAGE[] =
     "        [--raw] -o OUT.npy                 float32 embeddings, L2-normalised unless --raw\n"
     "  classify -m MODEL --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
     "                                          zero-shot classification\n"
+    "  train --data fashion-mnist --out DIR (--steps N | --epochs E) [--resume] ...\n"
+    "                                          contrastive training from scratch (see train --help)\n"
     "\n"
     "Run 'clipc COMMAND --help' for a command's details.\n";
 
@@ -95,6 +97,7 @@ int main(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } commands[] = {
         {"init", cmd_init},         {"info", cmd_info},   {"tokenize", cmd_tokenize},
         {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
+        {"train", cmd_train},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);

@@ -93,7 +93,7 @@ static const arch ARCHS[] = {
     {"RN50", RESNET(1024, 224, 3, 4, 6, 3, 64, 32, 512, 8, 12)},
     {"tiny", VIT(32, 32, 2, 64, 8, 1, 32, 1, 2)},
     {"tiny-rn", RESNET(32, 64, 2, 1, 1, 1, 8, 4, 16, 2, 2)},
-    {"fmnist", VIT(64, 28, 4, 128, 4, 4, 128, 4, 2)},
+    {"fmnist", VIT(64, 28, 4, 64, 4, 4, 64, 4, 2)},
 };
 #define N_ARCHS (sizeof ARCHS / sizeof *ARCHS)
 
@@ -104,21 +104,13 @@ const char *const *clipc_arch_names(void) {
     return names;
 }
 
-clipc_model *clipc_model_init(const char *name, uint64_t seed, clipc_error *err) {
-    const arch *a = NULL;
+const clipc_config *arch_config(const char *name) {
     for (size_t i = 0; i < N_ARCHS; i++)
-        if (!strcmp(ARCHS[i].name, name)) a = &ARCHS[i];
-    if (!a) {
-        char list[256] = "";
-        for (size_t i = 0; i < N_ARCHS; i++) {
-            strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
-            strncat(list, ARCHS[i].name, sizeof list - strlen(list) - 1);
-        }
-        clipc_fail(err, "unknown architecture '%s' (known: %s)", name, list);
-        return NULL;
-    }
-    clipc_model *m = model_new(&a->cfg, err);
-    if (!m) return NULL;
+        if (!strcmp(ARCHS[i].name, name)) return &ARCHS[i].cfg;
+    return NULL;
+}
+
+void model_randomize(clipc_model *m, uint64_t seed) {
     rng r;
     rng_seed(&r, seed);
     for (int i = 0; i < m->table.count; i++) {
@@ -134,6 +126,21 @@ clipc_model *clipc_model_init(const char *name, uint64_t seed, clipc_error *err)
             }
         }
     }
+}
+
+clipc_model *clipc_model_init(const char *name, uint64_t seed, clipc_error *err) {
+    const clipc_config *cfg = arch_config(name);
+    if (!cfg) {
+        char list[256] = "";
+        for (size_t i = 0; i < N_ARCHS; i++) {
+            strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+            strncat(list, ARCHS[i].name, sizeof list - strlen(list) - 1);
+        }
+        clipc_fail(err, "unknown architecture '%s' (known: %s)", name, list);
+        return NULL;
+    }
+    clipc_model *m = model_new(cfg, err);
+    if (m) model_randomize(m, seed);
     return m;
 }
 
@@ -143,29 +150,12 @@ int clipc_model_save(const clipc_model *m, const char *path, clipc_error *err) {
     return clipc_model_save_as(m, path, "F32", err);
 }
 
-int clipc_model_save_as(const clipc_model *m, const char *path, const char *dtype, clipc_error *err) {
+/* The constructor arguments of clip.model.CLIP, as the reference files and
+ * OpenCLIP tooling record them, as string metadata. */
+int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
     const clipc_config *c = &m->cfg;
-    int st_dtype = !strcmp(dtype, "F32") ? ST_F32 : !strcmp(dtype, "F16") ? ST_F16 : !strcmp(dtype, "BF16") ? ST_BF16 : -1;
-    if (st_dtype < 0) return clipc_fail(err, "unknown dtype '%s' (F32, F16 or BF16)", dtype);
-    st_out_tensor *ts = calloc((size_t)m->table.count, sizeof *ts);
-    if (!ts) return clipc_fail(err, "out of memory");
-    for (int i = 0; i < m->table.count; i++) {
-        const param_spec *p = &m->table.items[i];
-        ts[i].name = p->name;
-        ts[i].ndim = p->ndim;
-        memcpy(ts[i].shape, p->shape, sizeof p->shape);
-        ts[i].data = m->params + p->offset;
-        /* logit_scale and BatchNorm statistics stay F32, as mixed-precision
-         * checkpoints keep them */
-        bool keep32 = p->ndim == 0 || strstr(p->name, "running_") != NULL;
-        ts[i].dtype = keep32 ? ST_F32 : st_dtype;
-    }
-    /* The constructor arguments of clip.model.CLIP, as the reference files
-     * and OpenCLIP tooling record them. */
-    char v[16][64];
-    const char *keys[16];
     int k = 0;
-#define META(key, ...) (keys[k] = key, snprintf(v[k], sizeof v[k], __VA_ARGS__), k++)
+#define META(key, ...) (keys[k] = key, snprintf(values[k], 64, __VA_ARGS__), k++)
     META("naming", "openai");
     META("format", "pt");
     META("embed_dim", "%d", c->embed_dim);
@@ -189,11 +179,49 @@ int clipc_model_save_as(const clipc_model *m, const char *path, const char *dtyp
     META("transformer_layers", "%d", c->text_layers);
     META("activation", "%s", c->activation == CLIPC_GELU ? "gelu" : "quick_gelu");
 #undef META
-    const char *values[16];
-    for (int i = 0; i < k; i++) values[i] = v[i];
-    int rc = st_write(path, ts, m->table.count, keys, values, k, err);
+    return k;
+}
+
+int model_save_with(const clipc_model *m, const char *path, const char *dtype, const st_out_tensor *extra,
+                    int n_extra, const char *const *extra_keys, const char *const *extra_values, int n_extra_meta,
+                    clipc_error *err) {
+    int st_dtype = !strcmp(dtype, "F32") ? ST_F32 : !strcmp(dtype, "F16") ? ST_F16 : !strcmp(dtype, "BF16") ? ST_BF16 : -1;
+    if (st_dtype < 0) return clipc_fail(err, "unknown dtype '%s' (F32, F16 or BF16)", dtype);
+    st_out_tensor *ts = calloc((size_t)(m->table.count + n_extra), sizeof *ts);
+    char (*values)[64] = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *values);
+    const char **keys = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *keys);
+    const char **vals = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *vals);
+    int rc = -1;
+    if (!ts || !values || !keys || !vals) {
+        clipc_fail(err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < m->table.count; i++) {
+        const param_spec *p = &m->table.items[i];
+        ts[i].name = p->name;
+        ts[i].ndim = p->ndim;
+        memcpy(ts[i].shape, p->shape, sizeof p->shape);
+        ts[i].data = m->params + p->offset;
+        /* logit_scale and BatchNorm statistics stay F32, as mixed-precision
+         * checkpoints keep them */
+        bool keep32 = p->ndim == 0 || strstr(p->name, "running_") != NULL;
+        ts[i].dtype = keep32 ? ST_F32 : st_dtype;
+    }
+    for (int i = 0; i < n_extra; i++) ts[m->table.count + i] = extra[i];
+    int k = model_metadata(m, values, keys);
+    for (int i = 0; i < k; i++) vals[i] = values[i];
+    for (int i = 0; i < n_extra_meta; i++) keys[k + i] = extra_keys[i], vals[k + i] = extra_values[i];
+    rc = st_write(path, ts, m->table.count + n_extra, keys, vals, k + n_extra_meta, err);
+done:
     free(ts);
+    free(values);
+    free(keys);
+    free(vals);
     return rc;
+}
+
+int clipc_model_save_as(const clipc_model *m, const char *path, const char *dtype, clipc_error *err) {
+    return model_save_with(m, path, dtype, NULL, 0, NULL, NULL, 0, err);
 }
 
 /* ---- accessors ------------------------------------------------------------ */

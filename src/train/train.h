@@ -135,4 +135,36 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
  * non-finite loss or gradient without changing the parameters. */
 int trainer_step(trainer *t, const float *pixels, const int32_t *tokens, step_stats *st, clipc_error *err);
 
+/* ---- checkpoints (state.c) ------------------------------------------------------ */
+
+/* Model + AdamW moments + step/options, atomically, in one safetensors file
+ * that clipc_model_load also reads (it skips the optimizer.* tensors). */
+int train_checkpoint_save(const trainer *t, const char *path, uint64_t seed, clipc_error *err);
+/* Loads a checkpoint into a new model and an initialised trainer (options
+ * from the file); *step = steps already taken. */
+int train_checkpoint_load(const char *path, clipc_model **model, train_options *o, uint64_t *seed, long *step,
+                          trainer *t, clipc_error *err);
+
+/* ---- background batches (loader.c) ------------------------------------------------- */
+
+typedef struct loader loader;
+/* Produces the batches of steps first .. end-1 (batch_pairs pairs each). */
+loader *loader_start(const fmnist *data, int batch_pairs, int resolution, int context, uint64_t seed, long first,
+                     long end, clipc_error *err);
+/* Waits for step's batch; valid until loader_release(step). */
+int loader_get(loader *l, long step, const float **pixels, const int32_t **tokens, clipc_error *err);
+void loader_release(loader *l, long step);
+void loader_stop(loader *l);
+
+/* ---- evaluation (evaluate.c) ---------------------------------------------------------- */
+
+/* Zero-shot top-1 on the first limit (0 = all) images with one template. */
+int fmnist_zeroshot(clipc_model *m, clipc_tokenizer *tok, const fmnist *test, int limit, const char *template,
+                    float *top1, clipc_error *err);
+
+/* ---- curves (curve.c) --------------------------------------------------------------- */
+
+int write_curve_svg(const char *path, const long *steps, const float *loss, int n, const long *eval_steps,
+                    const float *acc, int n_eval, long total_steps, clipc_error *err);
+
 #endif

@@ -223,6 +223,8 @@ static bool ignorable(const char *name) {
         size_t k = strlen(suffixes[i]);
         if (n >= k && !strcmp(name + n - k, suffixes[i])) return true;
     }
+    /* clipc's training checkpoints add the optimiser state */
+    if (!strncmp(name, "optimizer.", 10)) return true;
     /* OpenAI's JIT archives carry these scalars; build_model() drops them. */
     return !strcmp(name, "input_resolution") || !strcmp(name, "context_length") || !strcmp(name, "vocab_size");
 }

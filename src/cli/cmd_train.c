@@ -1,0 +1,321 @@
+/* cmd_train.c — `clipc train`: contrastive training from scratch on
+ * Fashion-MNIST image/caption pairs, with checkpoints, resume, a JSONL log,
+ * a learning-curve picture and periodic zero-shot evaluation. */
+#include "cli.h"
+#include "../train/train.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
+static const char TRAIN_USAGE[] =
+    "usage: clipc train --data fashion-mnist --out DIR [--arch NAME] [--batch B] [--accum K]\n"
+    "                   (--steps N | --epochs E) [--lr LR] [--wd WD] [--warmup STEPS] [--loss clip|siglip]\n"
+    "                   [--eval-every N] [--eval-limit N] [--grad-clip C] [--seed S] [--stop-at STEP] [--resume]\n"
+    "  Trains a CLIP model (default arch: fmnist) on Fashion-MNIST images paired with captions\n"
+    "  generated from their labels. DIR receives checkpoint.safetensors (model + optimiser, for\n"
+    "  --resume), model.safetensors (for embed/classify), log.jsonl and curve.svg.\n"
+    "  Defaults: --batch 128 --accum 1 --lr 5e-4 --wd 0.2 --warmup 5%% of the steps (at most 500)\n"
+    "  --loss clip --eval-every 500 --grad-clip 1 --seed 0. --eval-limit evaluates on the first N\n"
+    "  test images only; --stop-at ends this session after STEP, with a checkpoint to --resume from.\n"
+    "  The dataset is read from " FMNIST_DIR " (or $CLIPC_FASHION_MNIST_DIR).\n";
+
+typedef struct history {
+    long *steps, *eval_steps;
+    float *loss, *acc;
+    int n, n_eval, cap, cap_eval;
+} history;
+
+static void history_add(history *h, long step, float loss) {
+    if (h->n == h->cap) {
+        h->cap = h->cap ? 2 * h->cap : 1024;
+        long *s = realloc(h->steps, (size_t)h->cap * sizeof *s);
+        float *l = realloc(h->loss, (size_t)h->cap * sizeof *l);
+        if (!s || !l) { /* the curve is a convenience: keep what we have */
+            if (s) h->steps = s;
+            if (l) h->loss = l;
+            h->cap = h->n;
+            return;
+        }
+        h->steps = s, h->loss = l;
+    }
+    h->steps[h->n] = step, h->loss[h->n++] = loss;
+}
+
+static void history_eval(history *h, long step, float acc) {
+    if (h->n_eval == h->cap_eval) {
+        h->cap_eval = h->cap_eval ? 2 * h->cap_eval : 64;
+        long *s = realloc(h->eval_steps, (size_t)h->cap_eval * sizeof *s);
+        float *a = realloc(h->acc, (size_t)h->cap_eval * sizeof *a);
+        if (!s || !a) {
+            if (s) h->eval_steps = s;
+            if (a) h->acc = a;
+            h->cap_eval = h->n_eval;
+            return;
+        }
+        h->eval_steps = s, h->acc = a;
+    }
+    h->eval_steps[h->n_eval] = step, h->acc[h->n_eval++] = acc;
+}
+
+/* On resume, the curve continues from the log of the earlier run(s). */
+static void history_from_log(history *h, const char *path, long up_to) {
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    while (f && getline(&line, &cap, f) > 0) {
+        cJSON *j = cJSON_Parse(line);
+        cJSON *st = cJSON_GetObjectItem(j, "step"), *loss = cJSON_GetObjectItem(j, "loss"),
+              *acc = cJSON_GetObjectItem(j, "zeroshot_top1");
+        if (cJSON_IsNumber(st) && st->valuedouble <= up_to) {
+            if (cJSON_IsNumber(acc)) history_eval(h, (long)st->valuedouble, (float)acc->valuedouble);
+            else if (cJSON_IsNumber(loss)) history_add(h, (long)st->valuedouble, (float)loss->valuedouble);
+        }
+        cJSON_Delete(j);
+    }
+    free(line);
+    if (f) fclose(f);
+}
+
+typedef struct args {
+    const char *data, *out, *arch;
+    long batch, accum, steps, epochs, warmup, eval_every, seed, eval_limit, stop_at;
+    double lr, wd, grad_clip;
+    int loss;
+    bool resume, given_batch, given_accum, given_loss;
+} args;
+
+static int parse(int argc, char **argv, args *a) {
+    *a = (args){.arch = "fmnist", .batch = 128, .accum = 1, .warmup = -1, .eval_every = 500, .lr = 5e-4, .wd = 0.2,
+                .grad_clip = 1.0};
+    for (int i = 0; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool takes = true;
+        if (!strcmp(f, "--data") && v) a->data = v;
+        else if (!strcmp(f, "--out") && v) a->out = v;
+        else if (!strcmp(f, "--arch") && v) a->arch = v;
+        else if (!strcmp(f, "--loss") && v) {
+            if (strcmp(v, "clip") && strcmp(v, "siglip")) return cli_error("--loss: '%s' is not clip or siglip", v);
+            a->loss = !strcmp(v, "siglip") ? LOSS_SIGLIP : LOSS_CLIP;
+            a->given_loss = true;
+        } else if (!strcmp(f, "--batch")) {
+            if (!cli_int(f, v, 2, 65536, &a->batch)) return 1;
+            a->given_batch = true;
+        } else if (!strcmp(f, "--accum")) {
+            if (!cli_int(f, v, 1, 4096, &a->accum)) return 1;
+            a->given_accum = true;
+        } else if (!strcmp(f, "--steps")) {
+            if (!cli_int(f, v, 1, 100000000, &a->steps)) return 1;
+        } else if (!strcmp(f, "--epochs")) {
+            if (!cli_int(f, v, 1, 100000, &a->epochs)) return 1;
+        } else if (!strcmp(f, "--warmup")) {
+            if (!cli_int(f, v, 0, 100000000, &a->warmup)) return 1;
+        } else if (!strcmp(f, "--eval-every")) {
+            if (!cli_int(f, v, 1, 100000000, &a->eval_every)) return 1;
+        } else if (!strcmp(f, "--eval-limit")) {
+            if (!cli_int(f, v, 1, 100000000, &a->eval_limit)) return 1;
+        } else if (!strcmp(f, "--stop-at")) {
+            if (!cli_int(f, v, 1, 100000000, &a->stop_at)) return 1;
+        } else if (!strcmp(f, "--seed")) {
+            if (!cli_int(f, v, 0, 0x7fffffffffffffffL, &a->seed)) return 1;
+        } else if (!strcmp(f, "--lr") || !strcmp(f, "--wd") || !strcmp(f, "--grad-clip")) {
+            char *end;
+            double d = v ? strtod(v, &end) : 0;
+            if (!v || *end || !(d >= 0) || d > 10) return cli_error("%s: '%s' is not a number in 0..10", f, v ? v : "");
+            *(!strcmp(f, "--lr") ? &a->lr : !strcmp(f, "--wd") ? &a->wd : &a->grad_clip) = d;
+        } else {
+            takes = false;
+            if (!strcmp(f, "--resume")) a->resume = true;
+            else if (!strcmp(f, "--help")) {
+                printf(TRAIN_USAGE);
+                return -1;
+            } else return cli_error("train: unexpected argument '%s' (see clipc train --help)", f);
+        }
+        if (takes) i++;
+    }
+    if (!a->out) return cli_error("train: needs --out DIR");
+    if (!a->data && a->resume) a->data = "fashion-mnist";
+    if (!a->data) return cli_error("train: needs --data fashion-mnist");
+    if (strcmp(a->data, "fashion-mnist"))
+        return cli_error("train: --data %s: only 'fashion-mnist' is supported in this version", a->data);
+    if (!a->resume && !a->steps == !a->epochs) return cli_error("train: give exactly one of --steps and --epochs");
+    return 0;
+}
+
+/* Saves checkpoint.safetensors (for --resume) and model.safetensors. */
+static int save(const trainer *t, const char *out, uint64_t seed) {
+    char path[4096];
+    clipc_error err;
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", out);
+    if (train_checkpoint_save(t, path, seed, &err)) return cli_error("%s", err.message);
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    if (clipc_model_save(t->m, path, &err)) return cli_error("%s", err.message);
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    args a;
+    int rc = parse(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (mkdir(a.out, 0755) != 0 && errno != EEXIST) return cli_error("%s: %s", a.out, strerror(errno));
+    char ckpt[4096], log_path[4096], curve[4096];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", a.out);
+    snprintf(log_path, sizeof log_path, "%s/log.jsonl", a.out);
+    snprintf(curve, sizeof curve, "%s/curve.svg", a.out);
+    clipc_error err;
+    fmnist train, test;
+    const char *dir = getenv("CLIPC_FASHION_MNIST_DIR") ? getenv("CLIPC_FASHION_MNIST_DIR") : FMNIST_DIR;
+    if (fmnist_load(dir, true, &train, &err)) return cli_error("%s", err.message);
+    if (fmnist_load(dir, false, &test, &err)) {
+        fmnist_free(&train);
+        return cli_error("%s", err.message);
+    }
+
+    clipc_model *m = NULL;
+    trainer t = {0};
+    train_options o = {.loss = a.loss, .batch = (int)a.batch, .accum = (int)a.accum, .lr = (float)a.lr, .beta1 = 0.9f,
+                       .beta2 = 0.98f, .eps = 1e-6f, .weight_decay = (float)a.wd, .grad_clip = (float)a.grad_clip};
+    uint64_t seed = (uint64_t)a.seed;
+    long step = 0;
+    if (a.resume) {
+        if (train_checkpoint_load(ckpt, &m, &o, &seed, &step, &t, &err)) {
+            rc = cli_error("--resume: %s", err.message);
+            goto done;
+        }
+        if ((a.given_batch && a.batch != o.batch) || (a.given_accum && a.accum != o.accum) ||
+            (a.given_loss && a.loss != o.loss)) {
+            rc = cli_error("--resume: the checkpoint was trained with --batch %d --accum %d --loss %s", o.batch, o.accum,
+                           o.loss == LOSS_SIGLIP ? "siglip" : "clip");
+            goto done;
+        }
+        fprintf(stderr, "resuming %s at step %ld of %ld\n", ckpt, step, o.total_steps);
+    } else {
+        if (access(ckpt, F_OK) == 0) {
+            rc = cli_error("%s already holds a run: use --resume, or another --out", a.out);
+            goto done;
+        }
+        const clipc_config *base = arch_config(a.arch);
+        if (!base) {
+            clipc_model *probe = clipc_model_init(a.arch, 0, &err); /* for its error message */
+            clipc_model_free(probe);
+            rc = cli_error("%s", err.message);
+            goto done;
+        }
+        clipc_config cfg = *base;
+        cfg.has_logit_bias = a.loss == LOSS_SIGLIP;
+        if (cfg.vision_tower != CLIPC_VIT) {
+            rc = cli_error("train: --arch %s: training supports ViT image towers", a.arch);
+            goto done;
+        }
+        if (!(m = model_new(&cfg, &err))) {
+            rc = cli_error("%s", err.message);
+            goto done;
+        }
+        model_randomize(m, seed);
+        if (a.loss == LOSS_SIGLIP) m->params[m->L.logit_scale] = logf(10.0f); /* SigLIP: t' = ln 10, b = -10 */
+        long per_epoch = (train.count + a.batch * a.accum - 1) / (a.batch * a.accum);
+        o.total_steps = a.steps ? a.steps : a.epochs * per_epoch;
+        o.warmup = a.warmup >= 0 ? a.warmup : (o.total_steps / 20 < 500 ? o.total_steps / 20 : 500);
+        if (trainer_init(&t, m, &o, &err)) {
+            rc = cli_error("%s", err.message);
+            goto done;
+        }
+        remove(log_path);
+    }
+    const clipc_config *c = clipc_model_config(m);
+    int N = o.batch * o.accum;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    loader *ld = tok ? loader_start(&train, N, c->image_resolution, c->context_length, seed, step, o.total_steps, &err) : NULL;
+    FILE *log = fopen(log_path, "a");
+    history h = {0};
+    if (!tok || !ld || !log) {
+        rc = cli_error("%s", !log ? "cannot open the log" : err.message);
+        clipc_tokenizer_free(tok);
+        loader_stop(ld);
+        if (log) fclose(log);
+        goto done;
+    }
+    history_from_log(&h, log_path, step);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    fprintf(stderr, "training %s (%zu parameters) on %d Fashion-MNIST pairs: %ld steps of %d x %d pairs, %s loss\n",
+            a.resume ? "resumed model" : a.arch, clipc_model_param_count(m), train.count, o.total_steps, o.accum, o.batch,
+            o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
+    double start = cli_now(), last_print = 0;
+    long first = step;
+    long stop = a.stop_at > 0 && a.stop_at < o.total_steps ? a.stop_at : o.total_steps;
+    while (step < stop && !interrupted) {
+        const float *pixels;
+        const int32_t *tokens;
+        step_stats st;
+        if (loader_get(ld, step, &pixels, &tokens, &err)) {
+            rc = cli_error("data: %s", err.message);
+            break;
+        }
+        int fail = trainer_step(&t, pixels, tokens, &st, &err);
+        loader_release(ld, step);
+        if (fail) {
+            rc = cli_error("%s; the last good checkpoint is %s", err.message, ckpt);
+            break;
+        }
+        step++;
+        double now = cli_now(), rate = (double)(step - first) * N / (now - start);
+        const loss_metrics *lm = &st.metrics;
+        fprintf(log,
+                "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6g, \"logit_scale\": %.4f, \"grad_norm\": %.4f, "
+                "\"pos_sim\": %.4f, \"hard_neg_sim\": %.4f, \"margin\": %.4f, \"acc_i2t\": %.4f, \"acc_t2i\": %.4f, "
+                "\"pairs_per_s\": %.1f, \"elapsed_s\": %.1f}\n",
+                step, lm->loss, st.lr, st.logit_scale, st.grad_norm, lm->pos_sim, lm->hard_neg_sim, lm->margin,
+                lm->acc_i2t, lm->acc_t2i, rate, now - start);
+        history_add(&h, step, lm->loss);
+        if (now - last_print > (cli_progress_enabled() ? 0.5 : 30.0) || step == o.total_steps) {
+            double eta = (o.total_steps - step) * N / (rate > 0 ? rate : 1);
+            fprintf(stderr, "%sstep %ld/%ld  loss %.4f  lr %.3g  scale %.2f  i2t %.2f  %.0f pairs/s  ETA %.0fs%s",
+                    cli_progress_enabled() ? "\r" : "", step, o.total_steps, lm->loss, st.lr, st.logit_scale,
+                    lm->acc_i2t, rate, eta, cli_progress_enabled() ? "   " : "\n");
+            last_print = now;
+        }
+        if (step % a.eval_every == 0 || step == o.total_steps) {
+            float acc;
+            if (fmnist_zeroshot(m, tok, &test, (int)a.eval_limit, "a photo of a {}.", &acc, &err)) {
+                rc = cli_error("evaluation: %s", err.message);
+                break;
+            }
+            fprintf(log, "{\"step\": %ld, \"zeroshot_top1\": %.4f, \"elapsed_s\": %.1f}\n", step, acc, cli_now() - start);
+            history_eval(&h, step, acc);
+            int n_eval = a.eval_limit > 0 && a.eval_limit < test.count ? (int)a.eval_limit : test.count;
+            fprintf(stderr, "%sstep %ld: zero-shot top-1 on %d test images: %.2f%%\n",
+                    cli_progress_enabled() ? "\n" : "", step, n_eval, 100.0 * acc);
+            if ((rc = save(&t, a.out, seed))) break;
+            fflush(log);
+            if (write_curve_svg(curve, h.steps, h.loss, h.n, h.eval_steps, h.acc, h.n_eval, o.total_steps, &err))
+                fprintf(stderr, "clipc: warning: %s\n", err.message);
+        }
+    }
+    if (interrupted && rc == 0) {
+        fprintf(stderr, "\ninterrupted at step %ld: saving a checkpoint (resume with --resume)\n", step);
+        rc = save(&t, a.out, seed) ? 1 : 130;
+    } else if (rc == 0 && step < o.total_steps) {
+        fprintf(stderr, "stopped at step %ld of %ld (--stop-at): resume with --resume\n", step, o.total_steps);
+        rc = save(&t, a.out, seed);
+    }
+    loader_stop(ld);
+    clipc_tokenizer_free(tok);
+    fclose(log);
+    free(h.steps), free(h.loss), free(h.eval_steps), free(h.acc);
+done:
+    if (t.grads) trainer_free(&t);
+    clipc_model_free(m);
+    fmnist_free(&train);
+    fmnist_free(&test);
+    return rc;
+}
