@@ -286,6 +286,8 @@ int image_decode(const unsigned char *data, size_t len, const char *name, image 
 void image_free(image *im);
 /* Pillow's Image.resize(size, BICUBIC) (NEAREST for P and 1). */
 int image_resize(const image *in, int width, int height, image *out, clipc_error *err);
+/* Pillow's Image.crop((x, y, x + w, y + h)). */
+int image_crop(const image *in, int x, int y, int w, int h, image *out, clipc_error *err);
 /* Pillow's convert('RGB') into packed uint8 RGB. */
 void image_to_rgb(const image *im, unsigned char *rgb);
 /* _transform(size) up to ToTensor: resize short side, center-crop, RGB.

@@ -256,3 +256,18 @@ void image_to_rgb(const image *im, unsigned char *rgb) {
         }
     }
 }
+
+/* A copy of the w x h region at (x, y), as Pillow's Image.crop. */
+int image_crop(const image *in, int x, int y, int w, int h, image *out, clipc_error *err) {
+    size_t esz = (size_t)in->channels * (in->mode == IM_I ? 4 : 1);
+    if (x < 0 || y < 0 || w < 1 || h < 1 || x + w > in->width || y + h > in->height)
+        return clipc_fail(err, "crop box outside the image");
+    *out = *in;
+    out->width = w;
+    out->height = h;
+    out->pixels = malloc((size_t)w * h * esz);
+    if (!out->pixels) return clipc_fail(err, "out of memory");
+    for (int r = 0; r < h; r++)
+        memcpy(out->pixels + (size_t)r * w * esz, in->pixels + ((size_t)(y + r) * in->width + x) * esz, (size_t)w * esz);
+    return 0;
+}

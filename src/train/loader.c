@@ -5,6 +5,7 @@
 #include "train.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,7 +13,7 @@ struct loader {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t changed;
-    const fmnist *data;
+    pair_source src;
     clipc_tokenizer *tok;
     int N, R, ctx;
     uint64_t seed;
@@ -26,19 +27,49 @@ struct loader {
     long perm_epoch;
     clipc_error err;
     bool failed;
+    long skipped;            /* unreadable images replaced by the next sample */
+    char first_skip[512];
 };
+
+/* Sample idx of the source into slot position i. A CSV image that cannot
+ * be read is replaced by the next sample (and counted); training goes on. */
+static int fill_one(loader *l, int slot, long step, int i, int idx) {
+    float *px = l->pixels[slot] + (size_t)i * 3 * l->R * l->R;
+    char caption[256];
+    const char *text = caption;
+    if (l->src.fm) {
+        fmnist_caption(l->src.fm->labels[idx], l->seed, step, i, caption, sizeof caption);
+        if (fmnist_pixels(l->src.fm, idx, l->R, px, &l->err)) return -1;
+    } else {
+        clipc_error e;
+        int tries = 0;
+        while (augmented_pixels(l->src.csv->paths[idx], l->R, l->seed, step, i, px, &e)) {
+            pthread_mutex_lock(&l->lock);
+            if (l->skipped++ == 0) snprintf(l->first_skip, sizeof l->first_skip, "%s", e.message);
+            pthread_mutex_unlock(&l->lock);
+            idx = (idx + 1) % l->src.count;
+            if (++tries == l->src.count) return clipc_fail(&l->err, "no readable image in the data (%s)", e.message);
+        }
+        text = l->src.csv->captions[idx];
+    }
+    return clipc_tokenize(l->tok, text, l->ctx, 1, l->tokens[slot] + (size_t)i * l->ctx, &l->err);
+}
 
 static int fill(loader *l, int slot, long step) {
     for (int i = 0; i < l->N; i++) {
-        long g = step * l->N + i, epoch = g / l->data->count;
-        int idx = data_order_index(l->seed, epoch, l->data->count, (int)(g % l->data->count), l->perm, &l->perm_epoch);
-        char caption[160];
-        fmnist_caption(l->data->labels[idx], l->seed, step, i, caption, sizeof caption);
-        if (fmnist_pixels(l->data, idx, l->R, l->pixels[slot] + (size_t)i * 3 * l->R * l->R, &l->err) ||
-            clipc_tokenize(l->tok, caption, l->ctx, 1, l->tokens[slot] + (size_t)i * l->ctx, &l->err))
-            return -1;
+        long g = step * l->N + i, epoch = g / l->src.count;
+        int idx = data_order_index(l->seed, epoch, l->src.count, (int)(g % l->src.count), l->perm, &l->perm_epoch);
+        if (fill_one(l, slot, step, i, idx)) return -1;
     }
     return 0;
+}
+
+long loader_skipped(loader *l, char *first, size_t cap) {
+    pthread_mutex_lock(&l->lock);
+    long n = l->skipped;
+    snprintf(first, cap, "%s", l->first_skip);
+    pthread_mutex_unlock(&l->lock);
+    return n;
 }
 
 static void *run(void *arg) {
@@ -67,17 +98,17 @@ static void *run(void *arg) {
     return NULL;
 }
 
-loader *loader_start(const fmnist *data, int batch_pairs, int resolution, int context, uint64_t seed, long first,
+loader *loader_start(pair_source src, int batch_pairs, int resolution, int context, uint64_t seed, long first,
                      long end, clipc_error *err) {
     loader *l = calloc(1, sizeof *l);
     if (!l) {
         clipc_fail(err, "out of memory");
         return NULL;
     }
-    l->data = data, l->N = batch_pairs, l->R = resolution, l->ctx = context, l->seed = seed;
+    l->src = src, l->N = batch_pairs, l->R = resolution, l->ctx = context, l->seed = seed;
     l->next = first, l->end = end, l->ready[0] = l->ready[1] = -1, l->perm_epoch = -1;
     l->tok = clipc_tokenizer_new(err);
-    l->perm = malloc((size_t)data->count * sizeof *l->perm);
+    l->perm = malloc((size_t)src.count * sizeof *l->perm);
     for (int s = 0; s < 2; s++) {
         l->pixels[s] = malloc((size_t)batch_pairs * 3 * resolution * resolution * sizeof(float));
         l->tokens[s] = malloc((size_t)batch_pairs * context * sizeof(int32_t));

@@ -84,6 +84,20 @@ void fmnist_caption(int label, uint64_t seed, long step, int index, char *out, s
 /* The i-th sample of an epoch's seeded permutation (perm_cache: count ints). */
 int data_order_index(uint64_t seed, long epoch, int count, int i, int *perm_cache, long *cached_epoch);
 
+/* ---- CSV/TSV pairs (csv.c) ------------------------------------------------------ */
+
+typedef struct csv_pairs {
+    char **paths, **captions;
+    int count;
+} csv_pairs;
+
+/* sep 0 picks by extension: ',' for .csv, tab otherwise (OpenCLIP's default). */
+int csv_load(const char *path, const char *img_key, const char *caption_key, char sep, csv_pairs *out, clipc_error *err);
+void csv_free(csv_pairs *c);
+/* Decodes an image with RandomResizedCrop(R, scale (0.9, 1)) drawn from
+ * (seed, step, index), as CLIP input [3, R, R]. */
+int augmented_pixels(const char *path, int R, uint64_t seed, long step, int index, float *out, clipc_error *err);
+
 /* ---- AdamW (adamw.c) ----------------------------------------------------- */
 
 typedef struct adamw {
@@ -148,9 +162,17 @@ int train_checkpoint_load(const char *path, clipc_model **model, train_options *
 /* ---- background batches (loader.c) ------------------------------------------------- */
 
 typedef struct loader loader;
+/* Where pairs come from: Fashion-MNIST with generated captions, or a CSV. */
+typedef struct pair_source {
+    const fmnist *fm;
+    const csv_pairs *csv;
+    int count;
+} pair_source;
 /* Produces the batches of steps first .. end-1 (batch_pairs pairs each). */
-loader *loader_start(const fmnist *data, int batch_pairs, int resolution, int context, uint64_t seed, long first,
+loader *loader_start(pair_source src, int batch_pairs, int resolution, int context, uint64_t seed, long first,
                      long end, clipc_error *err);
+/* Unreadable images skipped so far, and the first one's message. */
+long loader_skipped(loader *l, char *first, size_t cap);
 /* Waits for step's batch; valid until loader_release(step). */
 int loader_get(loader *l, long step, const float **pixels, const int32_t **tokens, clipc_error *err);
 void loader_release(loader *l, long step);
