@@ -4,6 +4,7 @@
  * Prints which OpenBLAS kernel ran. Timings take the best of several runs
  * after a warm-up. */
 #include "../src/internal.h"
+#include "../src/train/train.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -86,6 +87,63 @@ static const char *CAPTIONS[] = {
     "a man riding a bicycle down a hill.", "a blurry photo of a train.",
 };
 
+/* Training throughput: whole optimisation steps (forward with activations,
+ * InfoNCE, backward, clipping, AdamW) on random images and real captions. */
+static void bench_train(const char *arch, int batch, int steps, clipc_tokenizer *tok, double peak) {
+    clipc_error err;
+    clipc_model *m = clipc_model_init(arch, 3, &err);
+    if (!m) {
+        printf("train %s: %s\n", arch, err.message);
+        return;
+    }
+    const clipc_config *c = clipc_model_config(m);
+    int R = c->image_resolution, ctx = c->context_length;
+    float *pixels = malloc((size_t)batch * 3 * R * R * sizeof *pixels);
+    int32_t *tokens = malloc((size_t)batch * ctx * sizeof *tokens);
+    rng r;
+    rng_seed(&r, 11);
+    for (size_t i = 0; i < (size_t)batch * 3 * R * R; i++) pixels[i] = (float)rng_normal(&r);
+    int total = 0;
+    for (int i = 0; i < batch; i++) {
+        clipc_tokenize(tok, CAPTIONS[i % 16], ctx, 1, tokens + (size_t)i * ctx, &err);
+        int len = 0;
+        while (tokens[(size_t)i * ctx + len] != CLIPC_EOT) len++;
+        total += len + 1;
+    }
+    train_options o = {.batch = batch, .accum = 1, .lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f,
+                       .weight_decay = 0.2f, .grad_clip = 1.0f, .warmup = 1, .total_steps = 1000};
+    trainer t;
+    if (trainer_init(&t, m, &o, &err)) {
+        printf("train %s: %s\n", arch, err.message);
+        clipc_model_free(m);
+        return;
+    }
+    step_stats st;
+    trainer_step(&t, pixels, tokens, &st, &err); /* warm-up */
+    double best = 1e30;
+    for (int i = 0; i < steps; i++) {
+        double t0 = now();
+        if (trainer_step(&t, pixels, tokens, &st, &err)) {
+            printf("train %s: %s\n", arch, err.message);
+            break;
+        }
+        double dt = now() - t0;
+        best = dt < best ? dt : best;
+    }
+    /* forward + backward = 3x the forward FLOPs (no pruned last block in training) */
+    double G = R / c->vision_patch_size, S = G * G + 1, D = c->vision_width, Dt = c->text_width;
+    double fwd = batch * 2 * (G * G * 3.0 * c->vision_patch_size * c->vision_patch_size * D +
+                              c->vision_layers * (S * 12 * D * D + 2 * S * S * D)) +
+                 2 * total * c->text_layers * 12 * Dt * Dt;
+    double gflops = 3 * fwd / best / 1e9;
+    printf("train %-8s batch %3d: %7.1f pairs/s  %6.1f GFLOP/s  %4.0f%% of peak  (%zu parameters)\n", arch, batch,
+           batch / best, gflops, 100 * gflops / peak, clipc_model_param_count(m));
+    trainer_free(&t);
+    clipc_model_free(m);
+    free(pixels);
+    free(tokens);
+}
+
 int main(void) {
     clipc_error err;
     int threads = omp_get_max_threads();
@@ -153,6 +211,8 @@ int main(void) {
         printf("encode_text   batch %2d: %7.1f texts/s   %6.1f GFLOP/s  %4.0f%% of peak\n", b, b / best, gflops,
                100 * gflops / peak);
     }
+    bench_train("fmnist", 256, 5, tok, peak);
+    bench_train("ViT-B-32", 32, 2, tok, peak);
     double peak_after = fma_peak();
     printf("FMA peak re-measured after the runs: %.1f GFLOP/s%s\n", peak_after,
            peak_after > 1.1 * peak ? " (higher: the machine was busier at the start; shares above are overstated)" : "");
