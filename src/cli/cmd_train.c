@@ -71,23 +71,31 @@ static void history_eval(history *h, long step, float acc) {
     h->eval_steps[h->n_eval] = step, h->acc[h->n_eval++] = acc;
 }
 
-/* On resume, the curve continues from the log of the earlier run(s). */
+/* On resume, the curve continues from the log of the earlier run(s), and
+ * the log is cut back to the checkpoint's step: lines a crashed session
+ * wrote after its last checkpoint would otherwise appear twice. */
 static void history_from_log(history *h, const char *path, long up_to) {
     FILE *f = fopen(path, "r");
+    if (!f) return;
+    char tmp[4200]; /* path + ".tmp" */
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *kept = fopen(tmp, "w");
     char *line = NULL;
     size_t cap = 0;
-    while (f && getline(&line, &cap, f) > 0) {
+    while (getline(&line, &cap, f) > 0) {
         cJSON *j = cJSON_Parse(line);
         cJSON *st = cJSON_GetObjectItem(j, "step"), *loss = cJSON_GetObjectItem(j, "loss"),
               *acc = cJSON_GetObjectItem(j, "zeroshot_top1");
         if (cJSON_IsNumber(st) && st->valuedouble <= up_to) {
             if (cJSON_IsNumber(acc)) history_eval(h, (long)st->valuedouble, (float)acc->valuedouble);
             else if (cJSON_IsNumber(loss)) history_add(h, (long)st->valuedouble, (float)loss->valuedouble);
+            if (kept) fputs(line, kept);
         }
         cJSON_Delete(j);
     }
     free(line);
-    if (f) fclose(f);
+    fclose(f);
+    if (kept && fclose(kept) == 0) rename(tmp, path);
 }
 
 typedef struct args {
@@ -252,8 +260,9 @@ int cmd_train(int argc, char **argv) {
     int N = o.batch * o.accum;
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
     loader *ld = tok ? loader_start(src, N, c->image_resolution, c->context_length, seed, step, o.total_steps, &err) : NULL;
-    FILE *log = fopen(log_path, "a");
     history h = {0};
+    history_from_log(&h, log_path, step);
+    FILE *log = fopen(log_path, "a");
     if (!tok || !ld || !log) {
         rc = cli_error("%s", !log ? "cannot open the log" : err.message);
         clipc_tokenizer_free(tok);
@@ -261,7 +270,6 @@ int cmd_train(int argc, char **argv) {
         if (log) fclose(log);
         goto done;
     }
-    history_from_log(&h, log_path, step);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss\n",
