@@ -323,7 +323,8 @@ static void check_train_csv(void) {
     fprintf(f, "a missing photo,does-not-exist.jpg\n");
     fprintf(f, "a corrupt photo,bad.jpg\n");
     fclose(f);
-    write_bytes("bad.jpg", "\xff\xd8\xff\xe0 not a jpeg", 20);
+    static const char not_a_jpeg[] = "\xff\xd8\xff\xe0 not a jpeg";
+    write_bytes("bad.jpg", not_a_jpeg, sizeof not_a_jpeg - 1);
     snprintf(args, sizeof args, "train --data %s --arch tiny --batch 6 --steps 2 --out %s/csvrun", path, dir);
     int rc = clipc(args);
     char *err = slurp("err.txt");

@@ -90,17 +90,19 @@ void layernorm_forward(float *y, const float *x, const float *w, const float *b,
  * dominates), 2^k through the exponent
  * bits. Inputs are clamped to [-87, 88], inside float's normal range. */
 static inline float fast_expf(float x) {
-    x = x < -87.0f ? -87.0f : x; /* vectorised with -fno-trapping-math */
-    x = x > 88.0f ? 88.0f : x;
-    /* k = round(x / ln2) by the 1.5 * 2^23 trick (vectorises; floorf does not) */
-    float k = (x * 1.44269504089f + 12582912.0f) - 12582912.0f;
-    float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
+    bool nan = x != x;
+    float y = nan ? 0.0f : x;        /* NaN would make the int conversion below undefined */
+    y = y < -87.0f ? -87.0f : y;     /* vectorised with -fno-trapping-math */
+    y = y > 88.0f ? 88.0f : y;
+    /* k = round(y / ln2) by the 1.5 * 2^23 trick (vectorises; floorf does not) */
+    float k = (y * 1.44269504089f + 12582912.0f) - 12582912.0f;
+    float r = y - k * 0.693145751953125f - k * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f +
                                    r * (0.008333334f + r * (0.0013888889f + r * 0.0001984127f))))));
-    int32_t bits = ((int32_t)k + 127) << 23;
+    int32_t bits = ((int32_t)k + 127) << 23; /* k in [-126, 127]: a positive shift */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return nan ? x : p * scale;      /* NaN in, NaN out: divergence stays visible */
 }
 
 /* Elementwise activations run over 4096-float chunks: the chunk loop is

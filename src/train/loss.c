@@ -82,16 +82,29 @@ static void features_backward(const float *u, const float *v, const float *nu, c
     normalise_backward(v, nv, d_txt, B, E);
 }
 
+/* What both losses start from: normalised features, their norms, the
+ * cosine matrix (and the metrics on it), and room for its gradient. */
+typedef struct pairs {
+    float *buf, *u, *v, *cos, *dcos, *nu, *nv;
+} pairs;
+
+static int pairs_begin(pairs *p, const float *img, const float *txt, int B, int E, loss_metrics *out) {
+    if (B < 1 || E < 1) return -1;
+    p->buf = malloc(((size_t)B * E * 2 + (size_t)B * B * 2 + (size_t)B * 2) * sizeof *p->buf);
+    if (!p->buf) return -1;
+    p->u = p->buf, p->v = p->u + (size_t)B * E, p->cos = p->v + (size_t)B * E, p->dcos = p->cos + (size_t)B * B;
+    p->nu = p->dcos + (size_t)B * B, p->nv = p->nu + B;
+    normalise(img, p->u, p->nu, B, E);
+    normalise(txt, p->v, p->nv, B, E);
+    cosines(p->u, p->v, B, E, p->cos, out);
+    return 0;
+}
+
 int clip_loss(const float *img, const float *txt, int B, int E, float logit_scale, float *d_img, float *d_txt,
                float *d_logit_scale, loss_metrics *out) {
-    if (B < 1 || E < 1) return -1;
-    float *buf = malloc(((size_t)B * E * 2 + (size_t)B * B * 2 + (size_t)B * 2) * sizeof *buf);
-    if (!buf) return -1;
-    float *u = buf, *v = u + (size_t)B * E, *cos = v + (size_t)B * E, *dcos = cos + (size_t)B * B;
-    float *nu = dcos + (size_t)B * B, *nv = nu + B;
-    normalise(img, u, nu, B, E);
-    normalise(txt, v, nv, B, E);
-    cosines(u, v, B, E, cos, out);
+    pairs p;
+    if (pairs_begin(&p, img, txt, B, E, out)) return -1;
+    float *u = p.u, *v = p.v, *cos = p.cos, *dcos = p.dcos, *nu = p.nu, *nv = p.nv;
     double s = exp((double)logit_scale), loss = 0, dscale = 0;
     memset(dcos, 0, (size_t)B * B * sizeof *dcos);
     for (int pass = 0; pass < 2; pass++) { /* rows: image -> text; columns: text -> image */
@@ -115,7 +128,7 @@ int clip_loss(const float *img, const float *txt, int B, int E, float logit_scal
     out->loss = (float)loss;
     *d_logit_scale = (float)dscale;
     features_backward(u, v, nu, nv, dcos, B, E, d_img, d_txt);
-    free(buf);
+    free(p.buf);
     return 0;
 }
 
@@ -125,14 +138,9 @@ static double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x)
 
 int siglip_loss(const float *img, const float *txt, int B, int E, float t_prime, float bias, float *d_img,
                  float *d_txt, float *d_t_prime, float *d_bias, loss_metrics *out) {
-    if (B < 1 || E < 1) return -1;
-    float *buf = malloc(((size_t)B * E * 2 + (size_t)B * B * 2 + (size_t)B * 2) * sizeof *buf);
-    if (!buf) return -1;
-    float *u = buf, *v = u + (size_t)B * E, *cos = v + (size_t)B * E, *dcos = cos + (size_t)B * B;
-    float *nu = dcos + (size_t)B * B, *nv = nu + B;
-    normalise(img, u, nu, B, E);
-    normalise(txt, v, nv, B, E);
-    cosines(u, v, B, E, cos, out);
+    pairs p;
+    if (pairs_begin(&p, img, txt, B, E, out)) return -1;
+    float *u = p.u, *v = p.v, *cos = p.cos, *dcos = p.dcos, *nu = p.nu, *nv = p.nv;
     double t = exp((double)t_prime), loss = 0, dt = 0, db = 0;
     for (int i = 0; i < B; i++)
         for (int j = 0; j < B; j++) {
@@ -148,6 +156,6 @@ int siglip_loss(const float *img, const float *txt, int B, int E, float t_prime,
     *d_t_prime = (float)dt;
     *d_bias = (float)db;
     features_backward(u, v, nu, nv, dcos, B, E, d_img, d_txt);
-    free(buf);
+    free(p.buf);
     return 0;
 }
