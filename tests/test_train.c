@@ -152,7 +152,7 @@ static float train_step_grads(clipc_model *m, const float *pixels, const int32_t
     memset(grads, 0, m->table.total * sizeof *grads);
     float *fi = malloc((size_t)B * E * sizeof *fi), *ft = malloc((size_t)B * E * sizeof *ft);
     float *di = malloc((size_t)B * E * sizeof *di), *dt = malloc((size_t)B * E * sizeof *dt);
-    tower_cache ci, ct;
+    tower_cache ci = {0}, ct = {0};
     CHECK(vit_train_forward(m, pixels, B, fi, &ci, &err) == 0, "%s", err.message);
     CHECK(text_train_forward(m, tokens, B, ft, &ct, &err) == 0, "%s", err.message);
     loss_metrics lm;

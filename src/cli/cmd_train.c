@@ -6,7 +6,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <malloc.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -183,11 +182,6 @@ int cmd_train(int argc, char **argv) {
     args a;
     int rc = parse(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
-    /* Every step allocates and frees the same large activation buffers:
-     * keep freed memory in the heap instead of returning it to the kernel,
-     * so the next step reuses those pages rather than faulting in new ones. */
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     if (mkdir(a.out, 0755) != 0 && errno != EEXIST) return cli_error("%s: %s", a.out, strerror(errno));
     char ckpt[4096], log_path[4096], curve[4096];
     snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", a.out);

@@ -41,18 +41,31 @@ static float *take(bump *b, size_t n) {
 }
 
 /* Sets up packing arrays and the activation buffer for n sequences of the
- * given lengths; extra = floats the tower needs beyond the blocks. */
+ * given lengths; extra = floats the tower needs beyond the blocks. The
+ * buffers of an earlier pass are reused when they are large enough, so a
+ * training loop does not fault in fresh pages every step. */
 static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *lens, int D, int heads, int layers,
                       size_t extra, bump *b, clipc_error *err) {
-    memset(c, 0, sizeof *c);
-    c->n = n;
-    c->D = D;
-    c->start = malloc((size_t)n * 3 * sizeof(int) + (size_t)n * sizeof(size_t));
-    c->blocks = calloc((size_t)layers, sizeof *c->blocks);
+    (void)m;
+    if (n > c->n_cap) {
+        free(c->start);
+        c->start = malloc((size_t)n * 3 * sizeof(int) + (size_t)n * sizeof(size_t));
+        c->n_cap = c->start ? n : 0;
+    }
+    if (layers > c->layers_cap) {
+        free(c->blocks);
+        c->blocks = calloc((size_t)layers, sizeof *c->blocks);
+        c->layers_cap = c->blocks ? layers : 0;
+    }
     if (!c->start || !c->blocks) {
         tower_cache_free(c);
         return clipc_fail(err, "out of memory");
     }
+    c->n = n;
+    c->D = D;
+    c->T = c->max_len = 0;
+    c->patches = NULL;
+    c->tokens = NULL;
     c->len = c->start + n;
     c->pool_row = c->start + 2 * n;
     c->probs_offset = (size_t *)(c->start + 3 * n);
@@ -68,13 +81,17 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
     size_t T = (size_t)c->T;
     size_t per_block = 16 * T * D + probs + 10 * 16; /* see the takes below */
     size_t total = extra + (size_t)layers * per_block + 2 * T * D + 2 * (size_t)n * D + 10 * 16;
-    c->mem = malloc(total * sizeof(float));
-    if (!c->mem) {
-        tower_cache_free(c);
-        return clipc_fail(err, "out of memory for %zu MiB of training activations", total * 4 >> 20);
+    if (total > c->mem_cap) {
+        free(c->mem);
+        c->mem = malloc(total * sizeof(float));
+        c->mem_cap = c->mem ? total : 0;
+        if (!c->mem) {
+            tower_cache_free(c);
+            return clipc_fail(err, "out of memory for %zu MiB of training activations", total * 4 >> 20);
+        }
     }
     b->p = c->mem;
-    b->left = total;
+    b->left = c->mem_cap;
     c->x0 = take(b, T * D);
     for (int l = 0; l < layers; l++) {
         block_cache *k = &c->blocks[l];
@@ -91,7 +108,6 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
     c->x_out = take(b, T * D);
     c->pooled_in = take(b, (size_t)n * D);
     c->pooled = take(b, (size_t)n * D);
-    (void)m;
     return 0;
 }
 

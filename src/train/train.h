@@ -23,12 +23,17 @@ typedef struct tower_cache {
     block_cache *blocks;
     float *x_out;                 /* after the last block [T, D] */
     float *pooled_in, *pooled;    /* pooled rows before / after the final LayerNorm [n, D] */
-    void *mem;
+    void *mem;                    /* the activations; kept between steps and grown on need */
+    size_t mem_cap;               /* floats */
+    int n_cap, layers_cap;        /* capacity of the packing arrays and of blocks */
 } tower_cache;
 
+/* Releases everything; a zeroed cache is empty. A cache may be reused for
+ * the next forward pass without freeing: its buffers are kept. */
 void tower_cache_free(tower_cache *c);
 
-/* Forward passes that fill a cache; features [n, embed_dim] as encode_*. */
+/* Forward passes that fill a cache (zeroed, or one from an earlier pass,
+ * whose buffers are reused); features [n, embed_dim] as encode_*. */
 int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *features, tower_cache *c,
                       clipc_error *err);
 int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float *features, tower_cache *c,
@@ -132,6 +137,7 @@ typedef struct trainer {
     train_options o;
     adamw opt;          /* opt.step = steps taken */
     float *grads;       /* like m->params */
+    tower_cache image, text; /* activations, reused from step to step */
 } trainer;
 
 typedef struct step_stats {

@@ -43,6 +43,8 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, clipc_error
 }
 
 void trainer_free(trainer *t) {
+    tower_cache_free(&t->image);
+    tower_cache_free(&t->text);
     free(t->grads);
     adamw_free(&t->opt);
     memset(t, 0, sizeof *t);
@@ -56,11 +58,7 @@ static int forward_micro(trainer *t, const float *pixels, const int32_t *tokens,
     const float *px = pixels + (size_t)k * B * 3 * R * R;
     const int32_t *tk = tokens + (size_t)k * B * ctx;
     if (vit_train_forward(t->m, px, B, fi + (size_t)k * B * E, ci, err)) return -1;
-    if (text_train_forward(t->m, tk, B, ft + (size_t)k * B * E, ct, err)) {
-        tower_cache_free(ci);
-        return -1;
-    }
-    return 0;
+    return text_train_forward(t->m, tk, B, ft + (size_t)k * B * E, ct, err);
 }
 
 int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens, loss_metrics *lm, clipc_error *err) {
@@ -70,15 +68,12 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
     float *buf = malloc((size_t)N * E * 4 * sizeof *buf);
     if (!buf) return clipc_fail(err, "out of memory");
     float *fi = buf, *ft = fi + (size_t)N * E, *di = ft + (size_t)N * E, *dt = di + (size_t)N * E;
-    tower_cache ci = {0}, ct = {0};
+    /* The caches hold one micro-batch's activations; their buffers are
+     * reused from pass to pass and step to step. */
+    tower_cache *ci = &t->image, *ct = &t->text;
     int rc = 0;
-    if (K > 1) /* 1. all features, no activations kept */
-        for (int k = 0; k < K && rc == 0; k++) {
-            rc = forward_micro(t, pixels, tokens, k, fi, ft, &ci, &ct, err);
-            if (rc == 0) tower_cache_free(&ci), tower_cache_free(&ct);
-        }
-    else
-        rc = forward_micro(t, pixels, tokens, 0, fi, ft, &ci, &ct, err);
+    /* 1. all features (with accumulation, each pass overwrites the last) */
+    for (int k = 0; k < (K > 1 ? K : 1) && rc == 0; k++) rc = forward_micro(t, pixels, tokens, k, fi, ft, ci, ct, err);
     /* 2. the loss over all N pairs */
     if (rc == 0) {
         float *P = m->params, *G = t->grads;
@@ -91,17 +86,13 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
     }
     /* 3. backward, micro-batch by micro-batch */
     for (int k = 0; k < K && rc == 0; k++) {
-        if (K > 1 && forward_micro(t, pixels, tokens, k, fi, ft, &ci, &ct, err)) {
+        if (K > 1 && forward_micro(t, pixels, tokens, k, fi, ft, ci, ct, err)) {
             rc = -1;
             break;
         }
-        rc = vit_train_backward(m, &ci, di + (size_t)k * B * E, t->grads, err);
-        if (rc == 0) rc = text_train_backward(m, &ct, dt + (size_t)k * B * E, t->grads, err);
-        tower_cache_free(&ci);
-        tower_cache_free(&ct);
+        rc = vit_train_backward(m, ci, di + (size_t)k * B * E, t->grads, err);
+        if (rc == 0) rc = text_train_backward(m, ct, dt + (size_t)k * B * E, t->grads, err);
     }
-    tower_cache_free(&ci); /* after a failure part-way; freeing twice is harmless */
-    tower_cache_free(&ct);
     free(buf);
     return rc;
 }
