@@ -282,20 +282,9 @@ int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, 
     int ctx = c->context_length;
     int *eot = malloc((size_t)(n > 0 ? n : 1) * sizeof *eot);
     if (!eot) return clipc_fail(err, "out of memory");
-    /* Pool at text.argmax(-1): the first position holding the largest id,
-     * which is EOT for every tokenized text. */
-    for (int i = 0; i < n; i++) {
-        const int32_t *row = tokens + (size_t)i * ctx;
-        int best = 0;
-        for (int p = 0; p < ctx; p++) {
-            if (row[p] < 0 || row[p] >= c->vocab_size) {
-                free(eot);
-                return clipc_fail(err, "text %d: token id %d at position %d is outside the vocabulary (0..%d)",
-                                  i, row[p], p, c->vocab_size - 1);
-            }
-            if (row[p] > row[best]) best = p;
-        }
-        eot[i] = best;
+    if (text_eot_positions(c, tokens, n, eot, err)) {
+        free(eot);
+        return -1;
     }
     for (int done = 0; done < n; done += TEXT_CHUNK) {
         int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK;

@@ -8,6 +8,41 @@
 #include "tower.h"
 
 #include <stdlib.h>
+#include <string.h>
+
+/* x [T, D] = token_embedding[token] + positional_embedding[position] for
+ * each sequence's first len[i] tokens, packed from row start[i]. */
+void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len, float *x) {
+    int D = m->cfg.text_width, ctx = m->cfg.context_length, T = n ? start[n - 1] + len[n - 1] : 0;
+    const float *tok = m->params + m->L.t_tok, *pos = m->params + m->L.t_pos;
+#pragma omp parallel for
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < len[i]; p++)
+            memcpy(x + (size_t)(start[i] + p) * D, tok + (size_t)tokens[(size_t)i * ctx + p] * D, (size_t)D * sizeof *x);
+    model_tap(m, "token_embedding", x, T, D);
+#pragma omp parallel for
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < len[i]; p++)
+            for (int d = 0; d < D; d++) x[(size_t)(start[i] + p) * D + d] += pos[(size_t)p * D + d];
+    model_tap(m, "text.embeddings", x, T, D);
+}
+
+/* Pooling positions: text.argmax(-1), the first position of the largest id
+ * (EOT for every tokenized text); ids outside the vocabulary are refused. */
+int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int *eot, clipc_error *err) {
+    for (int i = 0; i < n; i++) {
+        const int32_t *row = tokens + (size_t)i * c->context_length;
+        int best = 0;
+        for (int p = 0; p < c->context_length; p++) {
+            if (row[p] < 0 || row[p] >= c->vocab_size)
+                return clipc_fail(err, "text %d: token id %d at position %d is outside the vocabulary (0..%d)", i,
+                                  row[p], p, c->vocab_size - 1);
+            if (row[p] > row[best]) best = p;
+        }
+        eot[i] = best;
+    }
+    return 0;
+}
 
 size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len) {
     size_t D = (size_t)c->text_width;
@@ -20,7 +55,7 @@ int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, f
     const clipc_config *c = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
-    int D = c->text_width, ctx = c->context_length;
+    int D = c->text_width;
     int *start = malloc(3 * (size_t)n * sizeof *start);
     if (!start) return -1;
     int *len = start + n, *eot_row = start + 2 * n;
@@ -34,20 +69,7 @@ int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, f
     }
     arena *a = &m->scratch;
     float *x = arena_alloc(a, (size_t)T * D);
-    const float *tok = Pm + L->t_tok, *pos = Pm + L->t_pos;
-#pragma omp parallel for
-    for (int i = 0; i < n; i++)
-        for (int p = 0; p < len[i]; p++) {
-            const float *e = tok + (size_t)tokens[(size_t)i * ctx + p] * D;
-            float *row = x + (size_t)(start[i] + p) * D;
-            for (int d = 0; d < D; d++) row[d] = e[d];
-        }
-    model_tap(m, "token_embedding", x, T, D);
-#pragma omp parallel for
-    for (int i = 0; i < n; i++)
-        for (int p = 0; p < len[i]; p++)
-            for (int d = 0; d < D; d++) x[(size_t)(start[i] + p) * D + d] += pos[(size_t)p * D + d];
-    model_tap(m, "text.embeddings", x, T, D);
+    text_embed(m, tokens, n, start, len, x);
 
     packing pk = {start, len, n, T, max_len};
     float *pooled = arena_alloc(a, (size_t)n * D);

@@ -22,9 +22,12 @@ void model_tap(const clipc_model *m, const char *name, const float *x, int rows,
 /* Each tower: the arena size its forward pass needs for n inputs, and the
  * pass itself writing [n, embed_dim] features. */
 size_t vit_scratch(const clipc_config *c, int n);
+void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x);
 int vit_forward(clipc_model *m, const float *pixels, int n, float *out);
 size_t resnet_scratch(const clipc_config *c, int n);
 int resnet_forward(clipc_model *m, const float *pixels, int n, float *out);
+void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len, float *x);
+int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int *eot, clipc_error *err);
 size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len);
 int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, float *out);
 

@@ -7,6 +7,38 @@
 
 #include <stdlib.h>
 
+/* conv1 as a GEMM (each patch unrolled in the weight's (c, ky, kx) order
+ * into patches [n*G*G, 3*P*P], projected into emb [n*G*G, D]), then
+ * x [n*S, D] = [class_embedding; patches] + positional_embedding. Shared
+ * with training, which keeps patches for conv1's weight gradient. */
+void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x) {
+    const clipc_config *c = &m->cfg;
+    const float *Pm = m->params;
+    int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = G * G + 1, D = c->vision_width;
+    int K = 3 * P * P;
+#pragma omp parallel for collapse(2)
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < G * G; p++) {
+            int py = p / G, px = p % G;
+            float *dst = patches + ((size_t)i * G * G + p) * K;
+            for (int ch = 0; ch < 3; ch++)
+                for (int ky = 0; ky < P; ky++)
+                    for (int kx = 0; kx < P; kx++)
+                        *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
+        }
+    linear_forward(emb, patches, Pm + m->L.v_conv, NULL, n * G * G, K, D, false);
+    model_tap(m, "visual.conv1", emb, n * G * G, D);
+    const float *cls = Pm + m->L.v_class, *pos = Pm + m->L.v_pos;
+#pragma omp parallel for
+    for (int i = 0; i < n; i++) {
+        float *row = x + (size_t)i * S * D;
+        for (int d = 0; d < D; d++) row[d] = cls[d] + pos[d];
+        for (int p = 0; p < G * G; p++)
+            for (int d = 0; d < D; d++)
+                row[(size_t)(p + 1) * D + d] = emb[((size_t)i * G * G + p) * D + d] + pos[(size_t)(p + 1) * D + d];
+    }
+}
+
 size_t vit_scratch(const clipc_config *c, int n) {
     size_t G = (size_t)(c->image_resolution / c->vision_patch_size), S = G * G + 1, D = (size_t)c->vision_width;
     size_t P = (size_t)c->vision_patch_size, T = (size_t)n * S;
@@ -29,32 +61,10 @@ int vit_forward(clipc_model *m, const float *pixels, int n, float *out) {
         len[i] = S;
     }
 
-    /* conv1 as a GEMM: each patch unrolled in the weight's (c, ky, kx) order. */
     float *patches = arena_alloc(a, (size_t)n * G * G * K);
     float *emb = arena_alloc(a, (size_t)n * G * G * D);
-#pragma omp parallel for collapse(2)
-    for (int i = 0; i < n; i++)
-        for (int p = 0; p < G * G; p++) {
-            int py = p / G, px = p % G;
-            float *dst = patches + ((size_t)i * G * G + p) * K;
-            for (int ch = 0; ch < 3; ch++)
-                for (int ky = 0; ky < P; ky++)
-                    for (int kx = 0; kx < P; kx++)
-                        *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
-        }
-    linear_forward(emb, patches, Pm + L->v_conv, NULL, n * G * G, K, D, false);
-    model_tap(m, "visual.conv1", emb, n * G * G, D);
-
     float *x = arena_alloc(a, (size_t)T * D);
-    const float *cls = Pm + L->v_class, *pos = Pm + L->v_pos;
-#pragma omp parallel for
-    for (int i = 0; i < n; i++) {
-        float *row = x + (size_t)i * S * D;
-        for (int d = 0; d < D; d++) row[d] = cls[d] + pos[d];
-        for (int p = 0; p < G * G; p++)
-            for (int d = 0; d < D; d++)
-                row[(size_t)(p + 1) * D + d] = emb[((size_t)i * G * G + p) * D + d] + pos[(size_t)(p + 1) * D + d];
-    }
+    vit_embed(m, pixels, n, patches, emb, x);
     model_tap(m, "visual.embeddings", x, T, D);
     layernorm_forward(x, x, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, T, D);
     model_tap(m, "visual.ln_pre", x, T, D);

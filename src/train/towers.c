@@ -14,6 +14,7 @@
  *   x_out = x_mid + fc_act W_proj^T + b        dx      += LN1'(d_ln1)    (now d x_in)
  */
 #include "train.h"
+#include "../model/tower.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -214,24 +215,7 @@ int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *f
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i]; /* the class token */
     c->patches = take(&b, (size_t)n * G * G * K);
     float *emb = take(&b, (size_t)n * G * G * D);
-    for (int i = 0; i < n; i++)
-        for (int p = 0; p < G * G; p++) {
-            int py = p / G, px = p % G;
-            float *dst = c->patches + ((size_t)i * G * G + p) * K;
-            for (int ch = 0; ch < 3; ch++)
-                for (int ky = 0; ky < P; ky++)
-                    for (int kx = 0; kx < P; kx++)
-                        *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
-        }
-    linear_forward(emb, c->patches, Pm + L->v_conv, NULL, n * G * G, K, D, false);
-    const float *cls = Pm + L->v_class, *pos = Pm + L->v_pos;
-    for (int i = 0; i < n; i++) {
-        float *row = c->x0 + (size_t)i * S * D;
-        for (int d = 0; d < D; d++) row[d] = cls[d] + pos[d];
-        for (int p = 0; p < G * G; p++)
-            for (int d = 0; d < D; d++)
-                row[(size_t)(p + 1) * D + d] = emb[((size_t)i * G * G + p) * D + d] + pos[(size_t)(p + 1) * D + d];
-    }
+    vit_embed(m, pixels, n, c->patches, emb, c->x0);
     layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D);
     if (blocks_forward(m, L->v_blocks, cfg->vision_layers, cfg->vision_heads, false, c, err)) return -1;
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);
@@ -277,35 +261,21 @@ int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float
     const clipc_config *cfg = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
-    int D = cfg->text_width, ctx = cfg->context_length;
+    int D = cfg->text_width;
     int *lens = calloc((size_t)(n > 0 ? n : 1), sizeof *lens);
     if (!lens) return clipc_fail(err, "out of memory");
-    for (int i = 0; i < n; i++) { /* run up to each text's EOT (its largest id) */
-        const int32_t *row = tokens + (size_t)i * ctx;
-        int best = 0;
-        for (int p = 0; p < ctx; p++) {
-            if (row[p] < 0 || row[p] >= cfg->vocab_size) {
-                free(lens);
-                return clipc_fail(err, "text %d: token id %d is outside the vocabulary", i, row[p]);
-            }
-            if (row[p] > row[best]) best = p;
-        }
-        lens[i] = best + 1;
+    if (text_eot_positions(cfg, tokens, n, lens, err)) { /* run up to each text's EOT */
+        free(lens);
+        return -1;
     }
+    for (int i = 0; i < n; i++) lens[i]++;
     bump b;
     int rc = cache_init(c, m, n, lens, D, cfg->text_heads, cfg->text_layers, 0, &b, err);
     free(lens);
     if (rc) return -1;
     c->tokens = tokens;
-    for (int i = 0; i < n; i++) {
-        c->pool_row[i] = c->start[i] + c->len[i] - 1;
-        for (int p = 0; p < c->len[i]; p++) {
-            const float *e = Pm + L->t_tok + (size_t)tokens[(size_t)i * ctx + p] * D;
-            const float *pe = Pm + L->t_pos + (size_t)p * D;
-            float *x = c->x0 + (size_t)(c->start[i] + p) * D;
-            for (int d = 0; d < D; d++) x[d] = e[d] + pe[d];
-        }
-    }
+    for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i] + c->len[i] - 1;
+    text_embed(m, tokens, n, c->start, c->len, c->x0);
     memcpy(c->blocks[0].x_in, c->x0, (size_t)c->T * D * sizeof(float));
     if (blocks_forward(m, L->t_blocks, cfg->text_layers, cfg->text_heads, true, c, err)) return -1;
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);
