@@ -3,7 +3,7 @@
 #   make test       run every test (ends with "N passed, N failed")
 #   make bench      throughput and share of the machine's peak
 #   make sanitize   the tests under AddressSanitizer + UBSan
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   (binary, libraries, header, pkg-config file, default model)
 
 CC      ?= cc
 PREFIX  ?= /usr/local
@@ -16,9 +16,9 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llbfgs -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
 
-LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c)
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c)
 LIB_ASM := src/tokenizer/vocab_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
@@ -67,6 +67,8 @@ install: all
 	install -m 755 $(BUILD)/clipc $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
+	install -d $(DESTDIR)$(PREFIX)/share/clipc
+	install -m 644 models/clipc-fmnist.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
 clean:

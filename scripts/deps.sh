@@ -10,6 +10,7 @@ PACKAGES=(
   libpng-dev zlib1g-dev    # PNG decoding; zlib also inflates the built-in BPE vocabulary
   libcjson-dev             # safetensors headers, config.json
   libutf8proc-dev          # Unicode categories, case mapping, NFC/NFKC for the tokenizer
+  liblbfgs-dev             # L-BFGS for the linear probe's logistic regression
   dataset-fashion-mnist    # the training data of `clipc train --data fashion-mnist`
 )
 missing=()

@@ -295,6 +295,9 @@ void image_to_rgb(const image *im, unsigned char *rgb);
 int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err);
 /* ToTensor + Normalize(CLIP mean, std): packed RGB -> [3, size, size]. */
 void image_normalize(const unsigned char *rgb, int size, float *out);
+/* RGB pixels [height, width, 3] as a PNG file in memory (*out malloc'd). */
+int image_encode_png(const unsigned char *rgb, int width, int height, unsigned char **out, size_t *len,
+                     clipc_error *err);
 
 /* ---- tokenizer/clean.c --------------------------------------------------- */
 

@@ -41,5 +41,6 @@ void test_image(void);
 void test_cli(void);
 void test_util(void);
 void test_train(void);
+void test_eval(void);
 
 #endif

@@ -3,6 +3,8 @@
  * input, a non-zero exit, no crash, no output file left behind. */
 #include "test.h"
 
+#include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,7 +15,7 @@ static char dir[] = "/tmp/clipc_cli_XXXXXX";
 /* Runs `clipc ARGS`, stdout to dir/out.txt and stderr to dir/err.txt;
  * returns the exit status. */
 static int clipc(const char *args) {
-    char cmd[8192];
+    char cmd[16384];
     snprintf(cmd, sizeof cmd, "%s %s >%s/out.txt 2>%s/err.txt", clipc_binary, args, dir, dir);
     return run_cmd(cmd);
 }
@@ -338,6 +340,209 @@ static void check_train_csv(void) {
     expect_error(args, "no 'image' column (--csv-img-key)", NULL);
 }
 
+/* Parses dir/NAME as JSON (NULL when missing or malformed). */
+static cJSON *read_json(const char *name) {
+    char *text = slurp(name);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    return j;
+}
+
+static double json_number(const cJSON *j, const char *object, const char *key) {
+    const cJSON *o = object ? cJSON_GetObjectItem(j, object) : j, *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+static void link_image(const char *images_dir, const char *sub, const char *name) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/%s && ln -sf %s/%s %s/%s/%s", dir, sub, images_dir, name, dir, sub, name);
+    run_cmd(cmd);
+}
+
+/* clipc eval on small folders and CSVs of the reference photos, with the
+ * random tiny model: the files and JSON layout, agreement with `classify`,
+ * and the errors. (The metrics themselves are checked in test_eval.c.) */
+static void check_eval(void) {
+    char args[8192], tiny[512], images[4096];
+    snprintf(tiny, sizeof tiny, "%s", ref_path("tiny/model.safetensors"));
+    if (!realpath(ref_path("preprocess/images"), images)) snprintf(images, sizeof images, "/nonexistent");
+    const char *cats[] = {"chelsea_224x224.png", "chelsea_451x300.png", "chelsea_gray_259x300.jpg", "chelsea_rgba_300x200.png"};
+    const char *rockets[] = {"rocket_427x640_q85.jpg", "rocket_exif6_320x480.jpg", "rocket_small_60x90.png"};
+    const char *cups[] = {"coffee_600x400_q90.jpg", "coffee_palette_200x150.png", "coffee_progressive_480x320.jpg"};
+    for (int i = 0; i < 4; i++) link_image(images, i < 2 ? "ev/train/cat" : "ev/test/cat", cats[i]);
+    for (int i = 0; i < 3; i++) link_image(images, i < 2 ? "ev/train/space_rocket" : "ev/test/space_rocket", rockets[i]);
+    for (int i = 0; i < 3; i++) link_image(images, i < 2 ? "ev/train/mug" : "ev/test/mug", cups[i]);
+    for (int i = 0; i < 3; i++) link_image(images, "ev/all/mug", cups[i]);
+    for (int i = 0; i < 3; i++) link_image(images, "ev/all/space_rocket", rockets[i]);
+    for (int i = 0; i < 4; i++) link_image(images, "ev/all/cat", cats[i]);
+
+    /* zero-shot on a folder of class folders: classes sorted, '_' read as a space */
+    snprintf(args, sizeof args, "eval zeroshot -m %s --dataset %s/ev/all --templates simple --out %s/evout", tiny, dir, dir);
+    int rc = clipc(args);
+    char *out = slurp("out.txt");
+    cJSON *j = read_json("evout/zeroshot.json");
+    const cJSON *names = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "details"), "classnames");
+    const cJSON *matrix = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "details"), "confusion_matrix");
+    CHECK(rc == 0 && j && !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "task")), "zeroshot_classification") &&
+              !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "dataset")), "all") &&
+              cJSON_GetArraySize(names) == 3 && !strcmp(cJSON_GetStringValue(cJSON_GetArrayItem(names, 1)), "mug") &&
+              !strcmp(cJSON_GetStringValue(cJSON_GetArrayItem(names, 2)), "space rocket") &&
+              json_number(j, "details", "n_samples") == 10 && exists("evout/confusion.svg") &&
+              strstr(out, "confusion matrix"),
+          "eval zeroshot on a folder: exit %d, %s", rc, out);
+    /* top-1 must agree with `clipc classify` image by image */
+    int diagonal = 0, total = 0;
+    for (int r = 0; r < cJSON_GetArraySize(matrix); r++)
+        for (int k = 0; k < 3; k++) {
+            int v = (int)cJSON_GetArrayItem(cJSON_GetArrayItem(matrix, r), k)->valuedouble;
+            total += v;
+            diagonal += r == k ? v : 0;
+        }
+    int agree = 0;
+    const char *const *groups[3] = {cats, cups, rockets};
+    const int sizes[3] = {4, 3, 3};
+    const char *label_of[3] = {"cat", "mug", "space rocket"};
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < sizes[c]; i++) {
+            snprintf(args, sizeof args, "classify -m %s --labels \"cat,mug,space rocket\" --templates simple --top 1 --json %s/%s",
+                     tiny, images, groups[c][i]);
+            clipc(args);
+            cJSON *cj = read_json("out.txt");
+            const cJSON *pred = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(cj, 0), "predictions"), 0), "label");
+            agree += cJSON_IsString(pred) && !strcmp(pred->valuestring, label_of[c]);
+            cJSON_Delete(cj);
+        }
+    CHECK(total == 10 && fabs(json_number(j, "metrics", "acc1") - diagonal / 10.0) < 1e-9 && diagonal == agree,
+          "zero-shot top-1 %g, confusion diagonal %d of %d, classify agrees on %d", json_number(j, "metrics", "acc1"),
+          diagonal, total, agree);
+    CHECK(json_number(j, "metrics", "acc5") == 1.0, "top-5 of 3 classes is always 1: %g", json_number(j, "metrics", "acc5"));
+    cJSON_Delete(j);
+    free(out);
+
+    /* the same run twice gives the same JSON */
+    char *first = slurp("evout/zeroshot.json");
+    snprintf(args, sizeof args, "eval zeroshot -m %s --dataset %s/ev/all --templates simple --out %s/evout", tiny, dir, dir);
+    clipc(args);
+    char *second = slurp("evout/zeroshot.json");
+    CHECK(!strcmp(first, second), "eval zeroshot is not reproducible run to run");
+    free(first), free(second);
+
+    /* a CSV of path + label, with class names from a file */
+    char path[512];
+    snprintf(path, sizeof path, "%s/labels.csv", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "filepath,label\n%s/%s,0\n%s/%s,1\n%s/%s,1\n", images, cats[0], images, cups[0], images, cups[1]);
+    fclose(f);
+    write_bytes("names.txt", "cat\nmug\n", 8);
+    snprintf(args, sizeof args, "eval zeroshot -m %s --dataset %s --classnames %s/names.txt --out %s/evcsv", tiny, path, dir, dir);
+    rc = clipc(args);
+    j = read_json("evcsv/zeroshot.json");
+    names = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "details"), "classnames");
+    CHECK(rc == 0 && json_number(j, "details", "n_samples") == 3 && json_number(j, "details", "n_templates") == 80 &&
+              !strcmp(cJSON_GetStringValue(cJSON_GetArrayItem(names, 1)), "mug"),
+          "eval zeroshot on a CSV: exit %d", rc);
+    cJSON_Delete(j);
+    write_bytes("names3.txt", "cat\nmug\ndog\n", 12);
+    snprintf(args, sizeof args, "eval zeroshot -m %s --dataset %s --classnames %s/names3.txt --out %s/evcsv2", tiny, path, dir, dir);
+    expect_error(args, "names3.txt: more than the dataset's 2 classes", "evcsv2/zeroshot.json");
+
+    /* linear probe on DIR/train + DIR/test */
+    snprintf(args, sizeof args, "eval linear-probe -m %s --dataset %s/ev --out %s/evlp", tiny, dir, dir);
+    rc = clipc(args);
+    j = read_json("evlp/linear_probe.json");
+    double lp = json_number(j, "metrics", "lp_acc1");
+    CHECK(rc == 0 && !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "task")), "linear_probe") && lp >= 0 && lp <= 1 &&
+              json_number(j, "details", "n_val") == 1 && json_number(j, "details", "n_fit") == 5 &&
+              json_number(j, "details", "l2_lambda") > 0,
+          "eval linear-probe: exit %d, lp_acc1 %g", rc, lp);
+    cJSON_Delete(j);
+    snprintf(args, sizeof args, "eval linear-probe -m %s --dataset %s/ev/all --out %s/evlp2", tiny, dir, dir);
+    expect_error(args, "has no train/ and test/ sub-folders", NULL);
+
+    /* retrieval: 4 images, one with three captions and one with two */
+    snprintf(path, sizeof path, "%s/captions.csv", dir);
+    f = fopen(path, "w");
+    fprintf(f, "filepath,title\n%s/%s,a cat\n%s/%s,a mug of coffee\n%s/%s,a cat on a table\n%s/%s,a rocket\n"
+               "%s/%s,a tabby cat\n%s/%s,a launch\n%s/%s,coffee\n",
+            images, cats[0], images, cups[0], images, cats[0], images, rockets[0], images, cats[0], images, rockets[0],
+            images, cups[1]);
+    fclose(f);
+    snprintf(args, sizeof args, "eval retrieval -m %s --data %s --out %s/evret", tiny, path, dir);
+    rc = clipc(args);
+    j = read_json("evret/retrieval.json");
+    double r1 = json_number(j, "metrics", "image_retrieval_recall@1"), r10 = json_number(j, "metrics", "image_retrieval_recall@10");
+    double t10 = json_number(j, "metrics", "text_retrieval_recall@10");
+    CHECK(rc == 0 && json_number(j, "details", "n_images") == 4 && json_number(j, "details", "n_captions") == 7 &&
+              r1 >= 0 && r1 <= 1 && r10 == 1 && t10 == 1,
+          "eval retrieval: exit %d, R@1 %g, R@10 %g/%g (10 > 4 images: every query hits)", rc, r1, r10, t10);
+    cJSON_Delete(j);
+    snprintf(args, sizeof args, "eval retrieval -m %s --out %s/evret2", tiny, dir);
+    expect_error(args, "needs --data FILE.csv", NULL);
+
+    /* retrieve: k best images per query, from the folder */
+    snprintf(args, sizeof args, "retrieve -m %s --dataset %s/ev/all -k 3 \"a cat\" \"a mug\"", tiny, dir);
+    rc = clipc(args);
+    out = slurp("out.txt");
+    int lines = 0;
+    for (char *p = out; *p; p++) lines += *p == '\n';
+    CHECK(rc == 0 && lines == 8 && strstr(out, "\"a mug\"\n   1. ") && strstr(out, "   3. "), "retrieve: exit %d, %s", rc, out);
+    free(out);
+
+    expect_error("eval zeroshot --dataset /nonexistent/x", "/nonexistent/x: no such dataset", NULL);
+    expect_error("eval bogus --dataset fashion-mnist", "unknown task 'bogus'", NULL);
+    expect_error("eval zeroshot --dataset fashion-mnist --shots x", "--shots: 'x' is not an integer", NULL);
+    expect_error("retrieve \"\"", "query 1 is empty", NULL);
+}
+
+/* The shipped model, found without -m: its zero-shot result on the
+ * Fashion-MNIST test set equals the committed evaluation JSON, and text
+ * queries find the right clothes. */
+static void check_default_model(void) {
+    char args[8192], models[4096], want_path[4200];
+    snprintf(models, sizeof models, "%s", clipc_binary);
+    char *slash = strrchr(models, '/');
+    snprintf(slash ? slash : models, sizeof models - (size_t)(slash ? slash - models : 0), "%s", slash ? "/../models" : "models");
+    snprintf(want_path, sizeof want_path, "%s/clipc-fmnist.zeroshot.json", models);
+    unsigned char *text;
+    size_t len;
+    clipc_error err;
+    cJSON *want = NULL;
+    if (read_file(want_path, &text, &len, &err) == 0) {
+        char *z = realloc(text, len + 1);
+        z[len] = 0;
+        want = cJSON_Parse(z);
+        free(z);
+    }
+    CHECK(want != NULL, "cannot read %s", want_path);
+    snprintf(args, sizeof args, "eval zeroshot --dataset fashion-mnist --out %s/evdefault", dir);
+    int rc = clipc(args);
+    cJSON *got = read_json("evdefault/zeroshot.json");
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(got, "metrics"));
+    char *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(want, "metrics"));
+    char *c = cJSON_PrintUnformatted(cJSON_GetObjectItem(cJSON_GetObjectItem(got, "details"), "confusion_matrix"));
+    char *d = cJSON_PrintUnformatted(cJSON_GetObjectItem(cJSON_GetObjectItem(want, "details"), "confusion_matrix"));
+    CHECK(rc == 0 && a && b && !strcmp(a, b) && c && d && !strcmp(c, d) && json_number(got, "metrics", "acc1") >= 0.90,
+          "shipped model on Fashion-MNIST test: exit %d, metrics %s, committed %s", rc, a ? a : "-", b ? b : "-");
+    free(a), free(b), free(c), free(d);
+    cJSON_Delete(got);
+    cJSON_Delete(want);
+
+    rc = clipc("retrieve -k 5 \"a pair of trousers\" \"a handbag\"");
+    char *out = slurp("out.txt");
+    int trousers = 0, bags = 0;
+    for (char *p = strstr(out, "(trouser)"); p; p = strstr(p + 1, "(trouser)")) trousers++;
+    for (char *p = strstr(out, "(bag)"); p; p = strstr(p + 1, "(bag)")) bags++;
+    CHECK(rc == 0 && trousers == 5 && bags == 5, "retrieve with the shipped model: %d trousers, %d bags of 5: %s",
+          trousers, bags, out);
+    free(out);
+    snprintf(args, sizeof args, "CLIPC_MODEL=/nonexistent/m.safetensors %s info >%s/out.txt 2>%s/err.txt", clipc_binary,
+             dir, dir);
+    rc = run_cmd(args);
+    char *e = slurp("err.txt");
+    CHECK(rc == 1 && strstr(e, "/nonexistent/m.safetensors"), "CLIPC_MODEL pointing nowhere: exit %d, %s", rc, e);
+    free(e);
+}
+
 void test_cli(void) {
     if (!mkdtemp(dir)) {
         CHECK(0, "mkdtemp");
@@ -347,6 +552,8 @@ void test_cli(void) {
     check_errors();
     check_train();
     check_train_csv();
+    check_eval();
+    check_default_model();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);

@@ -18,8 +18,16 @@ int cli_collect(int argc, char **argv, int i, const char ***out, int *count);
 bool cli_progress_enabled(void);
 void cli_progress(const char *what, long done, long total, double start_time);
 double cli_now(void);
-/* Loads a model, printing the error; NULL on failure. */
+/* The model shipped with clipc, used when -m is left out: $CLIPC_MODEL,
+ * else models/DEFAULT_MODEL_FILE beside the build (build/clipc ->
+ * models/), else PREFIX/share/clipc/ of an installed binary. */
+#define DEFAULT_MODEL_FILE "clipc-fmnist.safetensors"
+/* Loads a model (path NULL: the default one), printing the error; NULL on failure. */
 clipc_model *cli_load_model(const char *path);
+/* --templates: "imagenet" (OpenAI's 80), "simple" ("a photo of a {}."), or a
+ * file with one template per line. *text is the file's text (free it, and
+ * then *templates, when non-NULL). Returns 0 or 1 after reporting. */
+int cli_templates(const char *arg, char **text, const char ***templates, int *n);
 
 /* Encodes image files in batches, decoding on all cores; features [n, E].
  * Returns 0, or 1 after reporting the first failing file. */
@@ -32,5 +40,7 @@ int cmd_preprocess(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_retrieve(int argc, char **argv);
 
 #endif

@@ -58,7 +58,7 @@ int cmd_embed(int argc, char **argv) {
         else if (!strcmp(argv[i], "--image")) i = cli_collect(argc, argv, i + 1, &images, &n_images) - 1;
         else if (!strcmp(argv[i], "--text")) i = cli_collect(argc, argv, i + 1, &texts, &n_texts) - 1;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc embed -m MODEL (--image FILE... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
+            printf("usage: clipc embed [-m MODEL] (--image FILE... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
                    "                   [--raw] [--truncate] -o OUT.npy\n"
                    "  writes float32 [n, embed_dim] rows in input order; L2-normalised unless --raw\n"
                    "  (--raw gives encode_image / encode_text). --truncate cuts texts longer than the context.\n");
@@ -141,6 +141,7 @@ static int split_labels(char *list, char ***labels, int *n) {
 
 /* Templates from a file: one per line, each with "{}". */
 static int read_templates(const char *path, char **text, const char ***templates, int *n) {
+    *templates = NULL;
     unsigned char *data;
     size_t len;
     clipc_error err;
@@ -172,6 +173,20 @@ static int read_templates(const char *path, char **text, const char ***templates
     return 0;
 }
 
+int cli_templates(const char *arg, char **text, const char ***templates, int *n) {
+    static const char *simple[] = {"a photo of a {}."};
+    *text = NULL;
+    if (!strcmp(arg, "imagenet")) {
+        *templates = (const char **)clipc_imagenet_templates(n);
+        return 0;
+    }
+    if (!strcmp(arg, "simple")) {
+        *templates = simple, *n = 1;
+        return 0;
+    }
+    return read_templates(arg, text, templates, n);
+}
+
 static void json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -198,7 +213,7 @@ int cmd_classify(int argc, char **argv) {
             if (!cli_int("--top", i + 1 < argc ? argv[++i] : NULL, 1, 100000, &top)) return 1;
         } else if (!strcmp(argv[i], "--json")) json = true;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc classify -m MODEL --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
+            printf("usage: clipc classify [-m MODEL] --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
                    "  class embeddings average the prompt templates (OpenAI's 80 ImageNet ones by default;\n"
                    "  'simple' is \"a photo of a {}.\", FILE has one template with {} per line);\n"
                    "  probabilities are softmax(logit_scale * cosine)\n");
@@ -218,13 +233,8 @@ int cmd_classify(int argc, char **argv) {
     char *labels_copy = strdup(labels_arg), **labels = NULL, *template_text = NULL;
     const char **templates = NULL;
     int n_labels = 0, n_templates = 0, rc = 0;
-    static const char *simple[] = {"a photo of a {}."};
     rc = labels_copy ? split_labels(labels_copy, &labels, &n_labels) : cli_error("out of memory");
-    if (rc == 0) {
-        if (!strcmp(templates_arg, "imagenet")) templates = (const char **)clipc_imagenet_templates(&n_templates);
-        else if (!strcmp(templates_arg, "simple")) templates = simple, n_templates = 1;
-        else rc = read_templates(templates_arg, &template_text, &templates, &n_templates);
-    }
+    if (rc == 0) rc = cli_templates(templates_arg, &template_text, &templates, &n_templates);
     clipc_model *m = rc == 0 ? cli_load_model(model_path) : NULL;
     if (!m) rc = 1;
     float *weights = NULL, *features = NULL, *probs = NULL;

@@ -33,14 +33,14 @@ int cmd_init(int argc, char **argv) {
 }
 
 int cmd_info(int argc, char **argv) {
-    if (argc != 1 || !strcmp(argv[0], "--help")) {
-        printf("usage: clipc info MODEL.safetensors\n");
+    if (argc > 1 || (argc == 1 && !strcmp(argv[0], "--help"))) {
+        printf("usage: clipc info [MODEL.safetensors]   (default: the shipped model)\n");
         return argc == 1 ? 0 : 1;
     }
-    clipc_model *m = cli_load_model(argv[0]);
+    clipc_model *m = cli_load_model(argc ? argv[0] : NULL);
     if (!m) return 1;
     const clipc_config *c = clipc_model_config(m);
-    printf("file:           %s\n", argv[0]);
+    printf("file:           %s\n", argc ? argv[0] : "the default model (" DEFAULT_MODEL_FILE ")");
     if (c->vision_tower == CLIPC_VIT)
         printf("vision:         ViT, width %d, %d layers, %d heads, patch %d, %dx%d input\n", c->vision_width,
                c->vision_layers, c->vision_heads, c->vision_patch_size, c->image_resolution, c->image_resolution);

@@ -15,18 +15,23 @@ static const char USAGE[] =
     "usage: clipc COMMAND [OPTIONS]\n"
     "\n"
     "  init --arch NAME [--seed N] -o FILE     random model (ViT-B-32, ViT-B-16, ViT-L-14, RN50, tiny, tiny-rn)\n"
-    "  info FILE                               architecture, parameter count, dtypes\n"
+    "  info [FILE]                             architecture, parameter count, dtypes\n"
     "  tokenize [--context N] [--truncate] [--ids] TEXT...\n"
     "                                          one line of token ids per text\n"
     "  preprocess [--size N] IMAGE... -o FILE.npy\n"
     "                                          OpenAI's _transform(N) as float32 [n,3,N,N]\n"
-    "  embed -m MODEL (--image FILE... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
+    "  embed [-m MODEL] (--image FILE... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
     "        [--raw] -o OUT.npy                 float32 embeddings, L2-normalised unless --raw\n"
-    "  classify -m MODEL --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
+    "  classify [-m MODEL] --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
     "                                          zero-shot classification\n"
     "  train --data fashion-mnist --out DIR (--steps N | --epochs E) [--resume] ...\n"
     "                                          contrastive training from scratch (see train --help)\n"
+    "  eval zeroshot|retrieval|linear-probe [-m MODEL] --dataset|--data ...\n"
+    "                                          CLIP_benchmark-style evaluation (see eval --help)\n"
+    "  retrieve [-m MODEL] --dataset D [-k K] QUERY...\n"
+    "                                          the dataset's images that best match each text\n"
     "\n"
+    "-m defaults to the shipped Fashion-MNIST model (models/" DEFAULT_MODEL_FILE ").\n"
     "Run 'clipc COMMAND --help' for a command's details.\n";
 
 int cli_error(const char *fmt, ...) {
@@ -82,9 +87,30 @@ void cli_progress(const char *what, long done, long total, double start) {
     fflush(stderr);
 }
 
+/* Where the default model lives, relative to this executable. */
+static const char *default_model_path(char *buf, size_t cap) {
+    const char *env = getenv("CLIPC_MODEL");
+    if (env && *env) return env;
+    char exe[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) return NULL;
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) return NULL;
+    *slash = '\0'; /* the executable's directory */
+    static const char *const places[] = {"%s/../models/%s", "%s/../share/clipc/%s"};
+    for (size_t i = 0; i < sizeof places / sizeof *places; i++) {
+        snprintf(buf, cap, places[i], exe, DEFAULT_MODEL_FILE);
+        if (access(buf, R_OK) == 0) return buf;
+    }
+    return NULL;
+}
+
 clipc_model *cli_load_model(const char *path) {
-    if (!path) {
-        cli_error("no model given: use -m MODEL.safetensors");
+    char buf[4200];
+    if (!path && !(path = default_model_path(buf, sizeof buf))) {
+        cli_error("no -m MODEL given, and the default model " DEFAULT_MODEL_FILE
+                  " is not in models/ beside the build nor in share/clipc/ (set CLIPC_MODEL)");
         return NULL;
     }
     clipc_error err;
@@ -97,7 +123,7 @@ int main(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } commands[] = {
         {"init", cmd_init},         {"info", cmd_info},   {"tokenize", cmd_tokenize},
         {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
-        {"train", cmd_train},
+        {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);

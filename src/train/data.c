@@ -101,9 +101,13 @@ void fmnist_free(fmnist *d) {
 
 /* A 28x28 gray digit as _transform(R) would give it: bicubic resize (when R
  * differs), gray to RGB, CLIP normalisation. */
+image fmnist_image(const fmnist *d, int index) {
+    return (image){.mode = IM_L, .width = d->width, .height = d->height, .channels = 1,
+                   .pixels = d->images + (size_t)index * d->width * d->height};
+}
+
 int fmnist_pixels(const fmnist *d, int index, int R, float *out, clipc_error *err) {
-    image im = {.mode = IM_L, .width = d->width, .height = d->height, .channels = 1,
-                .pixels = d->images + (size_t)index * d->width * d->height};
+    image im = fmnist_image(d, index);
     unsigned char *rgb = malloc((size_t)R * R * 3);
     if (!rgb) return clipc_fail(err, "out of memory");
     int rc = image_resize_crop_rgb(&im, R, rgb, err);

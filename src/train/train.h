@@ -82,6 +82,8 @@ typedef struct fmnist {
 
 int fmnist_load(const char *dir, bool train, fmnist *out, clipc_error *err);
 void fmnist_free(fmnist *d);
+/* Image index as an 8-bit gray image (pixels point into d). */
+image fmnist_image(const fmnist *d, int index);
 /* Image index as CLIP input [3, R, R]. */
 int fmnist_pixels(const fmnist *d, int index, int R, float *out, clipc_error *err);
 /* A caption for label, chosen by (seed, step, index). */

@@ -1,0 +1,511 @@
+/* cmd_eval.c — `clipc eval zeroshot|retrieval|linear-probe` and
+ * `clipc retrieve`: evaluation as LAION's CLIP_benchmark reports it (its
+ * JSON layout: dataset, model, task, metrics), plus a confusion-matrix
+ * picture, and text→image look-ups over a labelled image set. */
+#include "cli.h"
+#include "../eval/eval.h"
+
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char EVAL_USAGE[] =
+    "usage: clipc eval TASK [-m MODEL] ...   (-m defaults to the shipped model)\n"
+    "\n"
+    "  clipc eval zeroshot [-m MODEL] --dataset fashion-mnist|DIR|FILE.csv [--classnames FILE]\n"
+    "                      [--templates simple|imagenet|FILE] [--out DIR]\n"
+    "      top-1, top-5, mean per-class recall, confusion matrix (text, and DIR/confusion.svg)\n"
+    "      and DIR/zeroshot.json. DIR datasets have one sub-folder per class; a CSV has the\n"
+    "      columns --csv-img-key (filepath) and --csv-label-key (label). Templates default to\n"
+    "      'simple' (\"a photo of a {}.\") for fashion-mnist and 'imagenet' (OpenAI's 80) otherwise.\n"
+    "\n"
+    "  clipc eval retrieval [-m MODEL] --data FILE.csv [--csv-img-key filepath] [--csv-caption-key title]\n"
+    "                       [--out DIR]\n"
+    "      image->text and text->image recall@1/5/10; rows with the same image give it several captions.\n"
+    "\n"
+    "  clipc eval linear-probe [-m MODEL] --dataset fashion-mnist|DIR|FILE.csv [--test-dataset D]\n"
+    "                          [--shots K] [--seed N] [--out DIR]\n"
+    "      logistic regression on frozen image features; L2 strength swept on a validation split\n"
+    "      of the training set. fashion-mnist uses its train/test parts; a DIR with train/ and\n"
+    "      test/ sub-folders uses those; otherwise give --test-dataset.\n"
+    "\n"
+    "  Results go to --out DIR (default clipc-eval/); --json prints the JSON to stdout as well.\n";
+
+typedef struct eval_args {
+    const char *model, *dataset, *test_dataset, *data, *classnames, *templates, *out;
+    const char *img_key, *label_key, *caption_key;
+    long shots, seed;
+    bool json;
+} eval_args;
+
+static int parse_eval_args(int argc, char **argv, eval_args *a) {
+    *a = (eval_args){.out = "clipc-eval", .img_key = "filepath", .label_key = "label", .caption_key = "title",
+                     .seed = 0};
+    for (int i = 0; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char **slot = !strcmp(f, "-m")                ? &a->model
+                            : !strcmp(f, "--dataset")       ? &a->dataset
+                            : !strcmp(f, "--test-dataset")  ? &a->test_dataset
+                            : !strcmp(f, "--data")          ? &a->data
+                            : !strcmp(f, "--classnames")    ? &a->classnames
+                            : !strcmp(f, "--templates")     ? &a->templates
+                            : !strcmp(f, "--out")           ? &a->out
+                            : !strcmp(f, "--csv-img-key")   ? &a->img_key
+                            : !strcmp(f, "--csv-label-key") ? &a->label_key
+                            : !strcmp(f, "--csv-caption-key") ? &a->caption_key
+                                                            : NULL;
+        if (slot) {
+            if (!v) return cli_error("%s needs a value", f);
+            *slot = v;
+            i++;
+        } else if (!strcmp(f, "--shots")) {
+            if (!cli_int("--shots", v, 1, 1000000, &a->shots)) return 1;
+            i++;
+        } else if (!strcmp(f, "--seed")) {
+            if (!cli_int("--seed", v, 0, 1L << 62, &a->seed)) return 1;
+            i++;
+        } else if (!strcmp(f, "--json")) a->json = true;
+        else return cli_error("eval: unexpected argument '%s' (see clipc eval --help)", f);
+    }
+    return 0;
+}
+
+/* Progress with a start time: the context is the label, the start kept here. */
+typedef struct progress_ctx {
+    const char *what;
+    double start;
+} progress_ctx;
+
+static void progress_cb(void *ctx, long done, long total) {
+    progress_ctx *p = ctx;
+    cli_progress(p->what, done, total, p->start);
+}
+
+static int features_of(clipc_model *m, const image_set *s, const char *what, float **features) {
+    int E = clipc_model_config(m)->embed_dim;
+    *features = malloc((size_t)s->count * E * sizeof **features);
+    if (!*features) return cli_error("out of memory");
+    progress_ctx p = {what, cli_now()};
+    clipc_error err;
+    if (image_set_features(m, s, 0, s->count, *features, progress_cb, &p, &err)) return cli_error("%s", err.message);
+    return 0;
+}
+
+static int make_out_dir(const char *dir) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return cli_error("%s: %s", dir, strerror(errno));
+    return 0;
+}
+
+/* CLIP_benchmark's result layout, written atomically to DIR/NAME.json. */
+static int write_result(const eval_args *a, const char *file, const char *dataset, const char *task, cJSON *metrics,
+                        cJSON *extra) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "dataset", dataset);
+    cJSON_AddStringToObject(root, "model", a->model ? a->model : DEFAULT_MODEL_FILE);
+    cJSON_AddStringToObject(root, "pretrained", a->model ? a->model : DEFAULT_MODEL_FILE);
+    cJSON_AddStringToObject(root, "task", task);
+    cJSON_AddItemToObject(root, "metrics", metrics);
+    cJSON_AddStringToObject(root, "language", "en");
+    if (extra) cJSON_AddItemToObject(root, "details", extra);
+    char *text = cJSON_Print(root), path[4096];
+    cJSON_Delete(root);
+    if (!text) return cli_error("out of memory");
+    snprintf(path, sizeof path, "%s/%s", a->out, file);
+    clipc_error err;
+    int rc = write_file_atomic(path, text, strlen(text), &err) ? cli_error("%s", err.message) : 0;
+    if (rc == 0 && a->json) printf("%s\n", text);
+    fflush(stdout); /* results before the file notes on stderr */
+    if (rc == 0) fprintf(stderr, "wrote %s\n", path);
+    free(text);
+    return rc;
+}
+
+static void print_metrics(const class_metrics *cm, char *const *names, bool matrix) {
+    printf("  top-1 %.2f%%   top-%d %.2f%%   mean per-class recall %.2f%%\n", 100 * cm->acc1,
+           cm->n_classes < 5 ? cm->n_classes : 5, 100 * cm->acc5, 100 * cm->mean_per_class_recall);
+    if (!matrix || cm->n_classes > 30) return;
+    int C = cm->n_classes, w = 12;
+    printf("\nconfusion matrix (rows: true class, columns: predicted)\n%*s", w, "");
+    for (int k = 0; k < C; k++) printf(" %6.6s", names[k]);
+    printf("  recall\n");
+    for (int r = 0; r < C; r++) {
+        long total = 0;
+        for (int k = 0; k < C; k++) total += cm->confusion[(size_t)r * C + k];
+        printf("%*.*s", w, w, names[r]);
+        for (int k = 0; k < C; k++) printf(" %6ld", cm->confusion[(size_t)r * C + k]);
+        printf("  %5.1f%%\n", total ? 100.0 * cm->confusion[(size_t)r * C + r] / total : 0.0);
+    }
+}
+
+static cJSON *class_metrics_json(const class_metrics *cm, const char *prefix) {
+    cJSON *m = cJSON_CreateObject();
+    char key[64];
+    snprintf(key, sizeof key, "%sacc1", prefix);
+    cJSON_AddNumberToObject(m, key, cm->acc1);
+    snprintf(key, sizeof key, "%sacc5", prefix);
+    cJSON_AddNumberToObject(m, key, cm->acc5);
+    snprintf(key, sizeof key, "%smean_per_class_recall", prefix);
+    cJSON_AddNumberToObject(m, key, cm->mean_per_class_recall);
+    return m;
+}
+
+static cJSON *confusion_json(const class_metrics *cm, char *const *names) {
+    cJSON *d = cJSON_CreateObject(), *rows = cJSON_AddArrayToObject(d, "confusion_matrix");
+    cJSON_AddItemToObject(d, "classnames", cJSON_CreateStringArray((const char *const *)names, cm->n_classes));
+    for (int r = 0; r < cm->n_classes; r++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int k = 0; k < cm->n_classes; k++)
+            cJSON_AddItemToArray(row, cJSON_CreateNumber((double)cm->confusion[(size_t)r * cm->n_classes + k]));
+        cJSON_AddItemToArray(rows, row);
+    }
+    return d;
+}
+
+/* ---- zero-shot ---------------------------------------------------------------- */
+
+static int eval_zeroshot(const eval_args *a) {
+    if (!a->dataset) return cli_error("eval zeroshot: needs --dataset fashion-mnist|DIR|FILE.csv");
+    image_set set;
+    clipc_error err;
+    if (image_set_open(a->dataset, "test", a->img_key, a->label_key, &set, &err)) return cli_error("%s", err.message);
+    int rc = 0;
+    if (a->classnames && image_set_read_classnames(&set, a->classnames, &err)) rc = cli_error("%s", err.message);
+    const char *template_arg = a->templates ? a->templates : set.paths ? "imagenet" : "simple";
+    char *template_text = NULL;
+    const char **templates = NULL;
+    int n_templates = 0;
+    if (rc == 0) rc = cli_templates(template_arg, &template_text, &templates, &n_templates);
+    clipc_model *m = rc == 0 ? cli_load_model(a->model) : NULL;
+    if (!m) rc = 1;
+    if (rc == 0) rc = make_out_dir(a->out);
+    float *features = NULL, *weights = NULL, *scores = NULL;
+    class_metrics cm = {0};
+    clipc_tokenizer *tok = NULL;
+    if (rc == 0) {
+        int E = clipc_model_config(m)->embed_dim, C = set.n_classes;
+        weights = malloc((size_t)C * E * sizeof *weights);
+        scores = malloc((size_t)set.count * C * sizeof *scores);
+        tok = clipc_tokenizer_new(&err);
+        if (!weights || !scores || !tok) rc = cli_error("%s", tok ? "out of memory" : err.message);
+        else if (clipc_zeroshot_classifier(m, tok, (const char *const *)set.class_names, C, templates, n_templates,
+                                           weights, &err))
+            rc = cli_error("%s", err.message);
+        if (rc == 0) rc = features_of(m, &set, "images", &features);
+        if (rc == 0) {
+            /* cosine against each class embedding; logit_scale does not change the order */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, set.count, C, E, 1.0f, features, E, weights, E, 0.0f,
+                        scores, C);
+            if (classification_metrics(scores, set.count, C, set.labels, &cm, &err)) rc = cli_error("%s", err.message);
+        }
+    }
+    if (rc == 0) {
+        printf("zero-shot classification of %s: %d images, %d classes, %d template%s\n", set.name, set.count,
+               set.n_classes, n_templates, n_templates == 1 ? "" : "s");
+        print_metrics(&cm, set.class_names, true);
+        fflush(stdout);
+        char svg[4096], title[256];
+        snprintf(svg, sizeof svg, "%s/confusion.svg", a->out);
+        snprintf(title, sizeof title, "zero-shot %s: top-1 %.2f%%", set.name, 100 * cm.acc1);
+        if (write_confusion_svg(svg, &cm, set.class_names, title, &err)) rc = cli_error("%s", err.message);
+        else fprintf(stderr, "wrote %s\n", svg);
+    }
+    if (rc == 0) {
+        cJSON *details = confusion_json(&cm, set.class_names);
+        cJSON_AddNumberToObject(details, "n_samples", set.count);
+        cJSON_AddNumberToObject(details, "n_templates", n_templates);
+        rc = write_result(a, "zeroshot.json", set.name, "zeroshot_classification", class_metrics_json(&cm, ""), details);
+    }
+    class_metrics_free(&cm);
+    clipc_tokenizer_free(tok);
+    free(features), free(weights), free(scores);
+    if (template_text) free((void *)templates);
+    free(template_text);
+    clipc_model_free(m);
+    image_set_free(&set);
+    return rc;
+}
+
+/* ---- retrieval ---------------------------------------------------------------- */
+
+static int compare_path_index(const void *x, const void *y, void *paths) {
+    const int *a = x, *b = y;
+    int c = strcmp(((char **)paths)[*a], ((char **)paths)[*b]);
+    return c ? c : (*a > *b) - (*a < *b);
+}
+
+/* Texts in batches, L2-normalised features [n, E]. */
+static int text_features(clipc_model *m, char *const *texts, int n, float *features) {
+    const clipc_config *c = clipc_model_config(m);
+    enum { TEXT_BATCH = 256 };
+    int32_t *tokens = malloc((size_t)TEXT_BATCH * c->context_length * sizeof *tokens);
+    clipc_error err;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    int rc = tokens && tok ? 0 : cli_error("%s", tok ? "out of memory" : err.message);
+    double start = cli_now();
+    for (int done = 0; done < n && rc == 0; done += TEXT_BATCH) {
+        int b = n - done < TEXT_BATCH ? n - done : TEXT_BATCH;
+        for (int i = 0; i < b && rc == 0; i++) /* CLIP_benchmark's tokenizers truncate to the context */
+            if (clipc_tokenize(tok, texts[done + i], c->context_length, 1, tokens + (size_t)i * c->context_length, &err))
+                rc = cli_error("caption %d: %s", done + i + 1, err.message);
+        if (rc == 0 && clipc_encode_text(m, tokens, b, features + (size_t)done * c->embed_dim, &err))
+            rc = cli_error("%s", err.message);
+        if (rc == 0) clipc_normalize_rows(features + (size_t)done * c->embed_dim, b, c->embed_dim);
+        if (rc == 0) cli_progress("texts", done + b, n, start);
+    }
+    free(tokens);
+    clipc_tokenizer_free(tok);
+    return rc;
+}
+
+static int eval_retrieval(const eval_args *a) {
+    if (!a->data) return cli_error("eval retrieval: needs --data FILE.csv (image path and caption columns)");
+    csv_pairs rows;
+    clipc_error err;
+    if (csv_load(a->data, a->img_key, a->caption_key, 0, &rows, &err)) return cli_error("%s", err.message);
+    /* One image per distinct path (in order of first appearance), each row one caption. */
+    int n = rows.count, n_img = 0;
+    int *order = malloc((size_t)n * sizeof *order), *text_image = malloc((size_t)n * sizeof *text_image);
+    int *first_row = malloc((size_t)n * sizeof *first_row);
+    image_set images = {0};
+    images.paths = malloc((size_t)n * sizeof *images.paths);
+    int rc = order && text_image && first_row && images.paths ? 0 : cli_error("out of memory");
+    if (rc == 0) {
+        for (int i = 0; i < n; i++) order[i] = i;
+        qsort_r(order, (size_t)n, sizeof *order, compare_path_index, rows.paths);
+        for (int s = 0; s < n;) { /* each run of equal paths: one image, named by its first row */
+            int e = s;
+            while (e < n && !strcmp(rows.paths[order[e]], rows.paths[order[s]])) e++;
+            for (int j = s; j < e; j++) first_row[order[j]] = order[s];
+            s = e;
+        }
+        for (int i = 0; i < n; i++) {
+            if (first_row[i] == i) {
+                text_image[i] = n_img;
+                images.paths[n_img++] = rows.paths[i];
+            } else text_image[i] = text_image[first_row[i]];
+        }
+        images.count = n_img;
+    }
+    clipc_model *m = rc == 0 ? cli_load_model(a->model) : NULL;
+    if (!m) rc = 1;
+    if (rc == 0) rc = make_out_dir(a->out);
+    float *img_feats = NULL, *txt_feats = NULL;
+    if (rc == 0) rc = features_of(m, &images, "images", &img_feats);
+    if (rc == 0) {
+        int E = clipc_model_config(m)->embed_dim;
+        txt_feats = malloc((size_t)n * E * sizeof *txt_feats);
+        rc = txt_feats ? text_features(m, rows.captions, n, txt_feats) : cli_error("out of memory");
+        static const int ks[3] = {1, 5, 10};
+        double i2t[3], t2i[3];
+        if (rc == 0 && retrieval_recall(img_feats, n_img, txt_feats, n, E, text_image, ks, 3, i2t, t2i, &err))
+            rc = cli_error("%s", err.message);
+        if (rc == 0) {
+            printf("retrieval on %s: %d images, %d captions\n", a->data, n_img, n);
+            printf("  image->text  R@1 %.2f%%  R@5 %.2f%%  R@10 %.2f%%\n", 100 * i2t[0], 100 * i2t[1], 100 * i2t[2]);
+            printf("  text->image  R@1 %.2f%%  R@5 %.2f%%  R@10 %.2f%%\n", 100 * t2i[0], 100 * t2i[1], 100 * t2i[2]);
+            /* CLIP_benchmark's names: "image retrieval" is text->image, "text retrieval" image->text */
+            cJSON *metrics = cJSON_CreateObject();
+            char key[64];
+            for (int j = 0; j < 3; j++) {
+                snprintf(key, sizeof key, "image_retrieval_recall@%d", ks[j]);
+                cJSON_AddNumberToObject(metrics, key, t2i[j]);
+                snprintf(key, sizeof key, "text_retrieval_recall@%d", ks[j]);
+                cJSON_AddNumberToObject(metrics, key, i2t[j]);
+            }
+            cJSON *details = cJSON_CreateObject();
+            cJSON_AddNumberToObject(details, "n_images", n_img);
+            cJSON_AddNumberToObject(details, "n_captions", n);
+            const char *base = strrchr(a->data, '/');
+            rc = write_result(a, "retrieval.json", base ? base + 1 : a->data, "zeroshot_retrieval", metrics, details);
+        }
+    }
+    free(img_feats), free(txt_feats), free(order), free(text_image), free(first_row), free(images.paths);
+    csv_free(&rows);
+    clipc_model_free(m);
+    return rc;
+}
+
+/* ---- linear probe --------------------------------------------------------------- */
+
+static int open_probe_sets(const eval_args *a, image_set *train, image_set *test) {
+    clipc_error err;
+    struct stat st;
+    char train_dir[4096], test_dir[4096];
+    const char *train_spec = a->dataset, *test_spec = a->test_dataset;
+    if (strcmp(a->dataset, "fashion-mnist") && !test_spec) { /* DIR/train + DIR/test */
+        snprintf(train_dir, sizeof train_dir, "%s/train", a->dataset);
+        snprintf(test_dir, sizeof test_dir, "%s/test", a->dataset);
+        if (stat(train_dir, &st) || !S_ISDIR(st.st_mode) || stat(test_dir, &st) || !S_ISDIR(st.st_mode))
+            return cli_error("eval linear-probe: %s has no train/ and test/ sub-folders; give --test-dataset",
+                             a->dataset);
+        train_spec = train_dir, test_spec = test_dir;
+    }
+    if (!test_spec) test_spec = "fashion-mnist";
+    if (image_set_open(train_spec, "train", a->img_key, a->label_key, train, &err)) return cli_error("%s", err.message);
+    if (image_set_open(test_spec, "test", a->img_key, a->label_key, test, &err) ||
+        image_set_align_classes(train, test, &err))
+        return cli_error("%s", err.message);
+    if (a->classnames && image_set_read_classnames(train, a->classnames, &err)) return cli_error("%s", err.message);
+    return 0;
+}
+
+static int eval_linear_probe(const eval_args *a) {
+    if (!a->dataset) return cli_error("eval linear-probe: needs --dataset fashion-mnist|DIR|FILE.csv");
+    image_set train = {0}, test = {0};
+    int rc = open_probe_sets(a, &train, &test);
+    clipc_model *m = rc == 0 ? cli_load_model(a->model) : NULL;
+    if (!m) rc = 1;
+    if (rc == 0) rc = make_out_dir(a->out);
+    float *ftr = NULL, *fte = NULL;
+    probe_result pr = {0};
+    if (rc == 0) rc = features_of(m, &train, "train images", &ftr);
+    if (rc == 0) rc = features_of(m, &test, "test images", &fte);
+    if (rc == 0) {
+        clipc_error err;
+        int E = clipc_model_config(m)->embed_dim;
+        fprintf(stderr, "fitting logistic regression (L2 sweep 1e-6..1e2)...\n");
+        double start = cli_now();
+        if (linear_probe(ftr, train.labels, train.count, fte, test.labels, test.count, E, train.n_classes,
+                         (int)a->shots, (uint64_t)a->seed, &pr, &err))
+            rc = cli_error("%s", err.message);
+        else fprintf(stderr, "fitted in %.1f s\n", cli_now() - start);
+    }
+    if (rc == 0) {
+        printf("linear probe on %s: %d training images, %d test images, %d classes, embed dim %d\n", train.name,
+               train.count, test.count, train.n_classes, clipc_model_config(m)->embed_dim);
+        if (a->shots) printf("  %ld-shot: %d images to fit, %d to validate\n", a->shots, pr.n_train, pr.n_val);
+        printf("  L2 strength %.3g chosen on %d validation images (top-1 %.2f%% there)\n", pr.lambda, pr.n_val,
+               100 * pr.val_acc1);
+        print_metrics(&pr.test, train.class_names, false);
+        cJSON *metrics = class_metrics_json(&pr.test, "lp_");
+        cJSON *details = confusion_json(&pr.test, train.class_names);
+        cJSON_AddNumberToObject(details, "l2_lambda", pr.lambda);
+        cJSON_AddNumberToObject(details, "val_acc1", pr.val_acc1);
+        cJSON_AddNumberToObject(details, "n_fit", pr.n_train);
+        cJSON_AddNumberToObject(details, "n_val", pr.n_val);
+        cJSON_AddNumberToObject(details, "shots", (double)a->shots);
+        cJSON_AddNumberToObject(details, "seed", (double)a->seed);
+        rc = write_result(a, a->shots ? "linear_probe_fewshot.json" : "linear_probe.json", train.name, "linear_probe",
+                          metrics, details);
+    }
+    class_metrics_free(&pr.test);
+    free(ftr), free(fte);
+    clipc_model_free(m);
+    image_set_free(&train);
+    image_set_free(&test);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv) {
+    if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
+        fputs(EVAL_USAGE, argc < 1 ? stderr : stdout);
+        return argc < 1 ? 2 : 0;
+    }
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help")) {
+            fputs(EVAL_USAGE, stdout);
+            return 0;
+        }
+    eval_args a;
+    if (parse_eval_args(argc - 1, argv + 1, &a)) return 1;
+    if (!strcmp(argv[0], "zeroshot")) return eval_zeroshot(&a);
+    if (!strcmp(argv[0], "retrieval")) return eval_retrieval(&a);
+    if (!strcmp(argv[0], "linear-probe")) return eval_linear_probe(&a);
+    return cli_error("eval: unknown task '%s' (zeroshot, retrieval, linear-probe)", argv[0]);
+}
+
+/* ---- retrieve ---------------------------------------------------------------- */
+
+int cmd_retrieve(int argc, char **argv) {
+    const char *model = NULL, *dataset = "fashion-mnist", *split = "test", *sheet = NULL;
+    long k = 5;
+    const char **queries = malloc((size_t)(argc + 1) * sizeof *queries);
+    int n_queries = 0;
+    if (!queries) return cli_error("out of memory");
+    for (int i = 0; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "-m") && v) model = argv[++i];
+        else if (!strcmp(argv[i], "--dataset") && v) dataset = argv[++i];
+        else if (!strcmp(argv[i], "--split") && v) split = argv[++i];
+        else if (!strcmp(argv[i], "--sheet") && v) sheet = argv[++i];
+        else if (!strcmp(argv[i], "-k")) {
+            if (!cli_int("-k", v, 1, 1000, &k)) {
+                free(queries);
+                return 1;
+            }
+            i++;
+        } else if (!strcmp(argv[i], "--help")) {
+            printf("usage: clipc retrieve [-m MODEL] [--dataset fashion-mnist|DIR|FILE.csv] [--split test|train] [-k K]\n"
+                   "                      [--sheet FILE.svg] QUERY...\n"
+                   "  the K images of the dataset (default: the Fashion-MNIST test set) closest to each text\n"
+                   "  query (cosine of L2-normalised embeddings), with their class; --sheet draws them.\n"
+                   "  -m defaults to the shipped model\n");
+            free(queries);
+            return 0;
+        } else if (!strcmp(argv[i], "--")) {
+            while (++i < argc) queries[n_queries++] = argv[i];
+        } else if (argv[i][0] == '-') {
+            free(queries);
+            return cli_error("retrieve: unexpected argument '%s'", argv[i]);
+        } else queries[n_queries++] = argv[i];
+    }
+    if (n_queries == 0) {
+        free(queries);
+        return cli_error("retrieve: no query text given");
+    }
+    for (int q = 0; q < n_queries; q++)
+        if (!queries[q][0]) {
+            free(queries);
+            return cli_error("retrieve: query %d is empty", q + 1);
+        }
+    image_set set;
+    clipc_error err;
+    if (image_set_open(dataset, split, "filepath", "label", &set, &err)) {
+        free(queries);
+        return cli_error("%s", err.message);
+    }
+    clipc_model *m = cli_load_model(model);
+    int rc = m ? 0 : 1;
+    float *img = NULL, *txt = NULL, *scores = NULL, *top_scores = NULL;
+    int *top = NULL, E = m ? clipc_model_config(m)->embed_dim : 0;
+    if (k > set.count) k = set.count;
+    if (rc == 0) rc = features_of(m, &set, "images", &img);
+    if (rc == 0) {
+        txt = malloc((size_t)n_queries * E * sizeof *txt);
+        scores = malloc((size_t)set.count * sizeof *scores);
+        top = malloc((size_t)n_queries * k * sizeof *top);
+        top_scores = malloc((size_t)n_queries * k * sizeof *top_scores);
+        rc = txt && scores && top && top_scores ? text_features(m, (char *const *)queries, n_queries, txt)
+                                                : cli_error("out of memory");
+    }
+    for (int q = 0; q < n_queries && rc == 0; q++) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, set.count, E, 1.0f, img, E, txt + (size_t)q * E, 1, 0.0f, scores, 1);
+        printf("\"%s\"\n", queries[q]);
+        /* top k by repeated selection, ties to the lower index (as rank_of) */
+        for (int r = 0; r < k; r++) {
+            int best = -1;
+            for (int i = 0; i < set.count; i++)
+                if (scores[i] > -2.0f && (best < 0 || scores[i] > scores[best])) best = i;
+            top[(size_t)q * k + r] = best, top_scores[(size_t)q * k + r] = scores[best];
+            if (set.paths) printf("  %2d. %.4f  %s  (%s)\n", r + 1, scores[best], set.paths[best],
+                                  set.class_names[set.labels[best]]);
+            else printf("  %2d. %.4f  %s image %d  (%s)\n", r + 1, scores[best], set.name, best,
+                        set.class_names[set.labels[best]]);
+            scores[best] = -3.0f; /* cosines are >= -1: taken */
+        }
+    }
+    if (rc == 0 && sheet) {
+        fflush(stdout);
+        if (write_retrieval_sheet(sheet, &set, queries, n_queries, (int)k, top, top_scores, &err))
+            rc = cli_error("%s", err.message);
+        else fprintf(stderr, "wrote %s\n", sheet);
+    }
+    free(img), free(txt), free(scores), free(top), free(top_scores), free(queries);
+    clipc_model_free(m);
+    image_set_free(&set);
+    return rc;
+}
