@@ -17,6 +17,13 @@ BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
 LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llbfgs -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
+# Data-parallel training over MPI when OpenMPI's development files are
+# installed (MPI=0 builds without; `clipc train` then runs one process).
+MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
+ifeq ($(MPI),1)
+CFLAGS  += -DCLIPC_MPI $(shell pkg-config --cflags ompi-c)
+LDLIBS  += $(shell pkg-config --libs ompi-c)
+endif
 
 LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c)
 LIB_ASM := src/tokenizer/vocab_blob.S

@@ -113,7 +113,7 @@ static void bench_train(const char *arch, int batch, int steps, clipc_tokenizer 
     train_options o = {.batch = batch, .accum = 1, .lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f,
                        .weight_decay = 0.2f, .grad_clip = 1.0f, .warmup = 1, .total_steps = 1000};
     trainer t;
-    if (trainer_init(&t, m, &o, &err)) {
+    if (trainer_init(&t, m, &o, NULL, &err)) {
         printf("train %s: %s\n", arch, err.message);
         clipc_model_free(m);
         return;

@@ -12,6 +12,7 @@ PACKAGES=(
   libutf8proc-dev          # Unicode categories, case mapping, NFC/NFKC for the tokenizer
   liblbfgs-dev             # L-BFGS for the linear probe's logistic regression
   dataset-fashion-mnist    # the training data of `clipc train --data fashion-mnist`
+  openmpi-bin libopenmpi-dev  # data-parallel training: mpirun -np N clipc train ...
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

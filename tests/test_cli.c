@@ -543,6 +543,121 @@ static void check_default_model(void) {
     free(e);
 }
 
+/* Relative difference of two models' parameters: over the whole parameter
+ * vector, ||a - b|| / ||b||, and the largest per tensor (with its name). */
+static double model_difference(const char *pa, const char *pb, double *worst_tensor, char *worst, size_t cap) {
+    clipc_error err;
+    clipc_model *a = clipc_model_load(pa, &err), *b = a ? clipc_model_load(pb, &err) : NULL;
+    double all_diff = 0, all_norm = 0;
+    *worst_tensor = a && b ? 0 : INFINITY;
+    snprintf(worst, cap, "%s", a && b ? "-" : err.message);
+    for (int i = 0; a && b && i < a->table.count; i++) {
+        const param_spec *p = &a->table.items[i];
+        double diff = 0, norm = 0;
+        for (size_t k = 0; k < p->numel; k++) {
+            double x = a->params[p->offset + k], y = b->params[p->offset + k];
+            diff += (x - y) * (x - y);
+            norm += y * y;
+        }
+        all_diff += diff, all_norm += norm;
+        double rel = sqrt(diff) / (sqrt(norm) > 1e-12 ? sqrt(norm) : 1e-12);
+        if (rel > *worst_tensor) *worst_tensor = rel, snprintf(worst, cap, "%s", p->name);
+    }
+    clipc_model_free(a);
+    clipc_model_free(b);
+    return a && b ? sqrt(all_diff) / sqrt(all_norm) : INFINITY;
+}
+
+/* Largest relative difference between the per-step losses of two logs. */
+static double log_difference(const char *a, const char *b, int *steps) {
+    char *ta = slurp(a), *tb = slurp(b), *pa = ta, *pb = tb;
+    double max = 0;
+    *steps = 0;
+    for (;;) {
+        pa = strstr(pa, "\"loss\": "), pb = pb ? strstr(pb, "\"loss\": ") : NULL;
+        if (!pa || !pb) {
+            if (pa || pb) max = INFINITY; /* different numbers of steps */
+            break;
+        }
+        double x = strtod(pa + 8, &pa), y = strtod(pb + 8, &pb), rel = fabs(x - y) / fabs(y);
+        if (rel > max) max = rel;
+        ++*steps;
+    }
+    free(ta), free(tb);
+    return max;
+}
+
+/* mpirun -np 2 gives the losses and weights of one process with the same
+ * global batch, for both losses, with and without accumulation; a rank
+ * killed mid-run ends the job with an error naming it, and the last
+ * checkpoint loads and resumes on a different number of ranks. */
+static void check_mpi(void) {
+    char cmd[16384], out1[600], out2[600];
+    snprintf(cmd, sizeof cmd, "%s --version | grep -q 'with MPI'", clipc_binary);
+    if (run_cmd(cmd) != 0) {
+        printf("  (MPI tests skipped: this clipc was built without MPI)\n");
+        return;
+    }
+    CHECK(run_cmd("command -v mpirun >/dev/null") == 0, "mpirun is not installed (Debian's openmpi-bin)");
+    const char *mpirun = "mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np 2";
+    static const struct { const char *loss; int accum; } runs[] = {{"clip", 1}, {"clip", 2}, {"siglip", 1}, {"siglip", 2}};
+    for (int r = 0; r < 4; r++) {
+        const char *common = "--data fashion-mnist --arch fmnist --batch 16 --steps 20 --lr 1e-3 --eval-every 1000 --eval-limit 50";
+        snprintf(out1, sizeof out1, "%s/mpi_%s_%d_one", dir, runs[r].loss, runs[r].accum);
+        snprintf(out2, sizeof out2, "%s/mpi_%s_%d_two", dir, runs[r].loss, runs[r].accum);
+        snprintf(cmd, sizeof cmd, "%s train %s --loss %s --accum %d --out %s >%s/out.txt 2>%s/err.txt", clipc_binary,
+                 common, runs[r].loss, runs[r].accum, out1, dir, dir);
+        int rc1 = run_cmd(cmd);
+        snprintf(cmd, sizeof cmd, "%s %s train %s --loss %s --accum %d --out %s >%s/out.txt 2>%s/err.txt", mpirun,
+                 clipc_binary, common, runs[r].loss, runs[r].accum, out2, dir, dir);
+        int rc2 = run_cmd(cmd);
+        char *err = slurp("err.txt");
+        CHECK(rc1 == 0 && rc2 == 0 && strstr(err, "data-parallel over 2 ranks: 8 pairs"),
+              "%s accum %d: one process exit %d, mpirun exit %d: %s", runs[r].loss, runs[r].accum, rc1, rc2, err);
+        free(err);
+        char la[700], lb[700], ma[700], mb[700], worst[160];
+        snprintf(la, sizeof la, "%s/log.jsonl", out1 + strlen(dir) + 1);
+        snprintf(lb, sizeof lb, "%s/log.jsonl", out2 + strlen(dir) + 1);
+        snprintf(ma, sizeof ma, "%s/model.safetensors", out1);
+        snprintf(mb, sizeof mb, "%s/model.safetensors", out2);
+        int steps;
+        double worst_tensor, dl = log_difference(la, lb, &steps);
+        double dw = model_difference(mb, ma, &worst_tensor, worst, sizeof worst);
+        printf("  mpirun -np 2 vs one process, %s loss, accum %d: %d losses within %.1e; weights within %.1e "
+               "(worst tensor %.1e, %s)\n", runs[r].loss, runs[r].accum, steps, dl, dw, worst_tensor, worst);
+        /* Per tensor, zero-initialised biases that moved little measure
+         * float rounding against a small norm; hence the looser bound. */
+        CHECK(steps == 20 && dl <= 1e-5 && dw <= 1e-5 && worst_tensor <= 1e-4,
+              "%s accum %d: %d steps, losses differ by %.2g, weights by %.2g (worst tensor %.2g, %s)", runs[r].loss,
+              runs[r].accum, steps, dl, dw, worst_tensor, worst);
+    }
+
+    /* Kill rank 1 once a checkpoint exists. */
+    snprintf(out2, sizeof out2, "%s/mpi_kill", dir);
+    snprintf(cmd, sizeof cmd,
+             "%s %s train --data fashion-mnist --arch fmnist --batch 16 --steps 100000 --eval-every 10 --eval-limit 20 "
+             "--out %s >%s/out.txt 2>%s/err.txt & job=$!; "
+             "for i in $(seq 600); do [ -f %s/checkpoint.safetensors ] && break; sleep 0.1; done; sleep 0.5; "
+             "for p in $(pgrep -f 'clipc train --data fashion-mnist --arch fmnist --batch 16 --steps 100000'); do "
+             "  grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && kill -9 $p; done; "
+             "wait $job",
+             mpirun, clipc_binary, out2, dir, dir, out2);
+    int rc = run_cmd(cmd);
+    char *err = slurp("err.txt");
+    CHECK(rc != 0 && strstr(err, "rank 1") && (strstr(err, "signal 9") || strstr(err, "Killed")),
+          "killed rank: mpirun exit %d, stderr: %s", rc, err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "info %s/checkpoint.safetensors", out2);
+    CHECK(clipc(cmd) == 0, "the last checkpoint of the killed job does not load");
+    /* resume with one process: the step count continues and no temporary is left */
+    snprintf(cmd, sizeof cmd, "train --resume --out %s --stop-at 30", out2);
+    rc = clipc(cmd);
+    err = slurp("err.txt");
+    snprintf(cmd, sizeof cmd, "ls %s | grep -q '\\.tmp\\.'", out2);
+    CHECK(rc == 0 && strstr(err, "resuming") && run_cmd(cmd) != 0, "resume after the kill: exit %d, %s", rc, err);
+    free(err);
+}
+
 void test_cli(void) {
     if (!mkdtemp(dir)) {
         CHECK(0, "mkdtemp");
@@ -554,6 +669,7 @@ void test_cli(void) {
     check_train_csv();
     check_eval();
     check_default_model();
+    check_mpi();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);

@@ -431,9 +431,9 @@ static void check_accumulation(void) {
         train_options o = {.loss = loss, .batch = 8, .accum = 1, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.98f,
                            .eps = 1e-6f, .weight_decay = 0.2f, .warmup = 1, .total_steps = 10};
         trainer one, four;
-        CHECK(trainer_init(&one, m, &o, &err) == 0, "%s", err.message);
+        CHECK(trainer_init(&one, m, &o, NULL, &err) == 0, "%s", err.message);
         o.batch = 2, o.accum = 4;
-        CHECK(trainer_init(&four, m, &o, &err) == 0, "%s", err.message);
+        CHECK(trainer_init(&four, m, &o, NULL, &err) == 0, "%s", err.message);
         loss_metrics a, b;
         CHECK(trainer_compute_grads(&one, images.data, tokens.data, &a, &err) == 0, "%s", err.message);
         CHECK(trainer_compute_grads(&four, images.data, tokens.data, &b, &err) == 0, "%s", err.message);
@@ -465,7 +465,7 @@ static void check_divergence(void) {
     train_options o = {.batch = 4, .accum = 1, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f,
                        .weight_decay = 0.2f, .grad_clip = 1.0f, .warmup = 1, .total_steps = 10};
     trainer t;
-    CHECK(trainer_init(&t, m, &o, &err) == 0, "%s", err.message);
+    CHECK(trainer_init(&t, m, &o, NULL, &err) == 0, "%s", err.message);
     float *before = malloc(m->table.total * sizeof *before);
     memcpy(before, m->params, m->table.total * sizeof *before);
     ((float *)images.data)[100] = NAN;

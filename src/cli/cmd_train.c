@@ -5,6 +5,7 @@
 #include "../train/train.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -30,7 +31,10 @@ static const char TRAIN_USAGE[] =
     "  Defaults: --batch 128 --accum 1 --lr 5e-4 --wd 0.2 --warmup 5%% of the steps (at most 500)\n"
     "  --loss clip --eval-every 500 --grad-clip 1 --seed 0. --eval-limit evaluates on the first N\n"
     "  test images only; --stop-at ends this session after STEP, with a checkpoint to --resume from.\n"
-    "  The dataset is read from " FMNIST_DIR " (or $CLIPC_FASHION_MNIST_DIR).\n";
+    "  The dataset is read from " FMNIST_DIR " (or $CLIPC_FASHION_MNIST_DIR).\n"
+    "  Under mpirun (mpirun -np R clipc train ...), --batch is the global batch: each rank takes\n"
+    "  batch/R pairs of every micro-batch, the loss sees all of them, and rank 0 writes the log\n"
+    "  and checkpoints. A run resumes with any number of ranks.\n";
 
 typedef struct history {
     long *steps, *eval_steps;
@@ -178,8 +182,42 @@ static int save(const trainer *t, const char *out, uint64_t seed) {
     return 0;
 }
 
+/* Removes what a killed run's atomic writes left half-done (NAME.tmp.PID). */
+static void remove_stale_temporaries(const char *out) {
+    static const char *const names[] = {"checkpoint.safetensors", "model.safetensors"};
+    DIR *dir = opendir(out);
+    struct dirent *e;
+    while (dir && (e = readdir(dir)))
+        for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+            size_t n = strlen(names[i]);
+            if (!strncmp(e->d_name, names[i], n) && !strncmp(e->d_name + n, ".tmp.", 5)) {
+                char path[4400];
+                snprintf(path, sizeof path, "%s/%s", out, e->d_name);
+                remove(path);
+            }
+        }
+    if (dir) closedir(dir);
+}
+
+static int train_main(int argc, char **argv, const dist *d);
+
 int cmd_train(int argc, char **argv) {
+    dist d;
+    clipc_error err;
+    if (dist_init(NULL, NULL, &d, &err)) return cli_error("%s", err.message);
+    int rc = train_main(argc, argv, &d);
+    /* A rank that failed alone must not leave the others waiting in a
+     * collective: it ends the whole job, naming itself. (3: every rank
+     * stopped together, as on a diverged loss.) */
+    if (rc == 3) rc = 1;
+    else if (rc != 0 && rc != 130 && d.size > 1) dist_abort(&d, rc);
+    dist_finalize(&d);
+    return rc;
+}
+
+static int train_main(int argc, char **argv, const dist *d) {
     args a;
+    bool lead = d->rank == 0; /* rank 0 prints, logs and saves */
     int rc = parse(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
     if (mkdir(a.out, 0755) != 0 && errno != EEXIST) return cli_error("%s: %s", a.out, strerror(errno));
@@ -187,6 +225,7 @@ int cmd_train(int argc, char **argv) {
     snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", a.out);
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", a.out);
     snprintf(curve, sizeof curve, "%s/curve.svg", a.out);
+    if (lead) remove_stale_temporaries(a.out);
     clipc_error err;
     fmnist train = {0}, test = {0};
     csv_pairs csv = {0};
@@ -206,7 +245,7 @@ int cmd_train(int argc, char **argv) {
     uint64_t seed = (uint64_t)a.seed;
     long step = 0;
     if (a.resume) {
-        if (train_checkpoint_load(ckpt, &m, &o, &seed, &step, &t, &err)) {
+        if (train_checkpoint_load(ckpt, &m, &o, &seed, &step, &t, d, &err)) {
             rc = cli_error("--resume: %s", err.message);
             goto done;
         }
@@ -216,7 +255,7 @@ int cmd_train(int argc, char **argv) {
                            o.loss == LOSS_SIGLIP ? "siglip" : "clip");
             goto done;
         }
-        fprintf(stderr, "resuming %s at step %ld of %ld\n", ckpt, step, o.total_steps);
+        if (lead) fprintf(stderr, "resuming %s at step %ld of %ld\n", ckpt, step, o.total_steps);
     } else {
         if (access(ckpt, F_OK) == 0) {
             rc = cli_error("%s already holds a run: use --resume, or another --out", a.out);
@@ -244,19 +283,23 @@ int cmd_train(int argc, char **argv) {
         long per_epoch = (src.count + a.batch * a.accum - 1) / (a.batch * a.accum);
         o.total_steps = a.steps ? a.steps : a.epochs * per_epoch;
         o.warmup = a.warmup >= 0 ? a.warmup : (o.total_steps / 20 < 500 ? o.total_steps / 20 : 500);
-        if (trainer_init(&t, m, &o, &err)) {
+        if (trainer_init(&t, m, &o, d, &err)) {
             rc = cli_error("%s", err.message);
             goto done;
         }
-        remove(log_path);
+        if (lead) remove(log_path);
     }
+    /* every rank starts from rank 0's weights, bit for bit */
+    dist_broadcast(d, m->params, m->table.total);
     const clipc_config *c = clipc_model_config(m);
-    int N = o.batch * o.accum;
+    int N = o.batch * o.accum, shard = t.local_batch * o.accum; /* pairs per step: global, this rank's */
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
-    loader *ld = tok ? loader_start(src, N, c->image_resolution, c->context_length, seed, step, o.total_steps, &err) : NULL;
+    loader *ld = tok ? loader_start(src, N, d->rank * shard, shard, c->image_resolution, c->context_length, seed, step,
+                                    o.total_steps, &err)
+                     : NULL;
     history h = {0};
-    history_from_log(&h, log_path, step);
-    FILE *log = fopen(log_path, "a");
+    if (lead) history_from_log(&h, log_path, step);
+    FILE *log = fopen(lead ? log_path : "/dev/null", "a");
     if (!tok || !ld || !log) {
         rc = cli_error("%s", !log ? "cannot open the log" : err.message);
         clipc_tokenizer_free(tok);
@@ -266,25 +309,37 @@ int cmd_train(int argc, char **argv) {
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss\n",
-            a.resume ? "resumed model" : a.arch, clipc_model_param_count(m), src.count, fm ? "Fashion-MNIST" : a.data,
-            o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
+    if (lead)
+        fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss%s\n",
+                a.resume ? "resumed model" : a.arch, clipc_model_param_count(m), src.count, fm ? "Fashion-MNIST" : a.data,
+                o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP", "");
+    if (lead && d->size > 1)
+        fprintf(stderr, "data-parallel over %d ranks: %d pairs of each micro-batch per rank\n", d->size, t.local_batch);
     long skipped_reported = 0;
     double start = cli_now(), last_print = 0;
     long first = step;
     long stop = a.stop_at > 0 && a.stop_at < o.total_steps ? a.stop_at : o.total_steps;
-    while (step < stop && !interrupted) {
+    while (step < stop && !dist_max_int(d, interrupted)) { /* all ranks stop at the same step */
         const float *pixels;
         const int32_t *tokens;
         step_stats st;
         if (loader_get(ld, step, &pixels, &tokens, &err)) {
-            rc = cli_error("data: %s", err.message);
+            rc = d->size > 1 ? cli_error("rank %d: data: %s", d->rank, err.message) : cli_error("data: %s", err.message);
             break;
         }
         int fail = trainer_step(&t, pixels, tokens, &st, &err);
         loader_release(ld, step);
         if (fail) {
-            rc = cli_error("%s; the last good checkpoint is %s", err.message, ckpt);
+            /* divergence is seen by every rank at once (the loss and the
+             * gradient norm are global): they stop together, rank 0 speaks */
+            bool diverged = !isfinite(st.metrics.loss) || !isfinite(st.grad_norm);
+            if (diverged && !lead) {
+                rc = 3;
+                break;
+            }
+            if (diverged || d->size == 1) rc = cli_error("%s; the last good checkpoint is %s", err.message, ckpt);
+            else rc = cli_error("rank %d: %s", d->rank, err.message);
+            if (diverged) rc = 3; /* all ranks end normally, with this status */
             break;
         }
         step++;
@@ -299,19 +354,19 @@ int cmd_train(int argc, char **argv) {
         history_add(&h, step, lm->loss);
         char first_skip[512];
         long skipped = loader_skipped(ld, first_skip, sizeof first_skip);
-        if (skipped > skipped_reported) {
+        if (skipped > skipped_reported) { /* each rank reports the images of its own shard */
             fprintf(stderr, "%sclipc: warning: skipped %ld unreadable image%s so far (first: %s)\n",
                     cli_progress_enabled() ? "\n" : "", skipped, skipped == 1 ? "" : "s", first_skip);
             skipped_reported = skipped;
         }
-        if (now - last_print > (cli_progress_enabled() ? 0.5 : 30.0) || step == o.total_steps) {
+        if (lead && (now - last_print > (cli_progress_enabled() ? 0.5 : 30.0) || step == o.total_steps)) {
             double eta = (o.total_steps - step) * N / (rate > 0 ? rate : 1);
             fprintf(stderr, "%sstep %ld/%ld  loss %.4f  lr %.3g  scale %.2f  i2t %.2f  %.0f pairs/s  ETA %.0fs%s",
                     cli_progress_enabled() ? "\r" : "", step, o.total_steps, lm->loss, st.lr, st.logit_scale,
                     lm->acc_i2t, rate, eta, cli_progress_enabled() ? "   " : "\n");
             last_print = now;
         }
-        if (step % a.eval_every == 0 || step == o.total_steps) {
+        if (lead && (step % a.eval_every == 0 || step == o.total_steps)) {
             float acc = 0;
             if (fm && fmnist_zeroshot(m, tok, &test, (int)a.eval_limit, "a photo of a {}.", &acc, &err)) {
                 rc = cli_error("evaluation: %s", err.message);
@@ -331,12 +386,12 @@ int cmd_train(int argc, char **argv) {
                 fprintf(stderr, "clipc: warning: %s\n", err.message);
         }
     }
-    if (interrupted && rc == 0) {
-        fprintf(stderr, "\ninterrupted at step %ld: saving a checkpoint (resume with --resume)\n", step);
-        rc = save(&t, a.out, seed) ? 1 : 130;
+    if (rc == 0 && step < stop) { /* some rank was interrupted */
+        if (lead) fprintf(stderr, "\ninterrupted at step %ld: saving a checkpoint (resume with --resume)\n", step);
+        rc = lead && save(&t, a.out, seed) ? 1 : 130;
     } else if (rc == 0 && step < o.total_steps) {
-        fprintf(stderr, "stopped at step %ld of %ld (--stop-at): resume with --resume\n", step, o.total_steps);
-        rc = save(&t, a.out, seed);
+        if (lead) fprintf(stderr, "stopped at step %ld of %ld (--stop-at): resume with --resume\n", step, o.total_steps);
+        rc = lead ? save(&t, a.out, seed) : 0;
     }
     loader_stop(ld);
     clipc_tokenizer_free(tok);

@@ -130,7 +130,11 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
-        printf("clipc %s\n", CLIPC_VERSION);
+#ifdef CLIPC_MPI
+        printf("clipc %s (with MPI)\n", CLIPC_VERSION);
+#else
+        printf("clipc %s (without MPI)\n", CLIPC_VERSION);
+#endif
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

@@ -16,6 +16,7 @@ struct loader {
     pair_source src;
     clipc_tokenizer *tok;
     int N, R, ctx;
+    int shard_first, shard_count; /* this rank's pairs of each step's N */
     uint64_t seed;
     long next, end;          /* the next step to produce; produce until end */
     long ready[2];           /* the step held by each slot, or -1 */
@@ -31,10 +32,11 @@ struct loader {
     char first_skip[512];
 };
 
-/* Sample idx of the source into slot position i. A CSV image that cannot
- * be read is replaced by the next sample (and counted); training goes on. */
-static int fill_one(loader *l, int slot, long step, int i, int idx) {
-    float *px = l->pixels[slot] + (size_t)i * 3 * l->R * l->R;
+/* Sample idx of the source, the step's pair number i, into slot position
+ * pos. A CSV image that cannot be read is replaced by the next sample (and
+ * counted); training goes on. */
+static int fill_one(loader *l, int slot, long step, int pos, int i, int idx) {
+    float *px = l->pixels[slot] + (size_t)pos * 3 * l->R * l->R;
     char caption[256];
     const char *text = caption;
     if (l->src.fm) {
@@ -52,14 +54,17 @@ static int fill_one(loader *l, int slot, long step, int i, int idx) {
         }
         text = l->src.csv->captions[idx];
     }
-    return clipc_tokenize(l->tok, text, l->ctx, 1, l->tokens[slot] + (size_t)i * l->ctx, &l->err);
+    return clipc_tokenize(l->tok, text, l->ctx, 1, l->tokens[slot] + (size_t)pos * l->ctx, &l->err);
 }
 
+/* The step's pairs shard_first .. shard_first + shard_count - 1 of N: with
+ * several ranks, each loads its own disjoint slice of the global batch. */
 static int fill(loader *l, int slot, long step) {
-    for (int i = 0; i < l->N; i++) {
+    for (int pos = 0; pos < l->shard_count; pos++) {
+        int i = l->shard_first + pos;
         long g = step * l->N + i, epoch = g / l->src.count;
         int idx = data_order_index(l->seed, epoch, l->src.count, (int)(g % l->src.count), l->perm, &l->perm_epoch);
-        if (fill_one(l, slot, step, i, idx)) return -1;
+        if (fill_one(l, slot, step, pos, i, idx)) return -1;
     }
     return 0;
 }
@@ -98,20 +103,21 @@ static void *run(void *arg) {
     return NULL;
 }
 
-loader *loader_start(pair_source src, int batch_pairs, int resolution, int context, uint64_t seed, long first,
-                     long end, clipc_error *err) {
+loader *loader_start(pair_source src, int batch_pairs, int shard_first, int shard_count, int resolution, int context,
+                     uint64_t seed, long first, long end, clipc_error *err) {
     loader *l = calloc(1, sizeof *l);
     if (!l) {
         clipc_fail(err, "out of memory");
         return NULL;
     }
     l->src = src, l->N = batch_pairs, l->R = resolution, l->ctx = context, l->seed = seed;
+    l->shard_first = shard_first, l->shard_count = shard_count;
     l->next = first, l->end = end, l->ready[0] = l->ready[1] = -1, l->perm_epoch = -1;
     l->tok = clipc_tokenizer_new(err);
     l->perm = malloc((size_t)src.count * sizeof *l->perm);
     for (int s = 0; s < 2; s++) {
-        l->pixels[s] = malloc((size_t)batch_pairs * 3 * resolution * resolution * sizeof(float));
-        l->tokens[s] = malloc((size_t)batch_pairs * context * sizeof(int32_t));
+        l->pixels[s] = malloc((size_t)shard_count * 3 * resolution * resolution * sizeof(float));
+        l->tokens[s] = malloc((size_t)shard_count * context * sizeof(int32_t));
     }
     if (!l->tok || !l->perm || !l->pixels[0] || !l->pixels[1] || !l->tokens[0] || !l->tokens[1]) {
         if (l->tok) clipc_fail(err, "out of memory for the data loader");

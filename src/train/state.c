@@ -63,7 +63,7 @@ static int meta_long(const st_file *f, const char *key, long *out, clipc_error *
 }
 
 int train_checkpoint_load(const char *path, clipc_model **model, train_options *o, uint64_t *seed, long *step,
-                          trainer *t, clipc_error *err) {
+                          trainer *t, const dist *d, clipc_error *err) {
     clipc_model *m = clipc_model_load(path, err);
     if (!m) return -1;
     st_file f;
@@ -89,7 +89,7 @@ int train_checkpoint_load(const char *path, clipc_model **model, train_options *
         o->lr = strtof(lr, NULL);
         o->weight_decay = strtof(wd, NULL);
         o->grad_clip = strtof(clip, NULL);
-        rc = trainer_init(t, m, o, err);
+        rc = trainer_init(t, m, o, d, err);
     }
     for (int i = 0; i < m->table.count && rc == 0; i++) {
         const param_spec *p = &m->table.items[i];

@@ -149,6 +149,12 @@ static void block_backward(const clipc_model *m, const block_offsets *bo, int he
     linear_backward(d_att, G + bo->out_w, G + bo->out_b, dx, k->att, P + bo->out_w, T, D, D, false);
     attention_backward(d_qkv, d_att, k->qkv, k->probs, c->probs_offset, c->start, c->len, c->n, D, heads, scratch);
     linear_backward(d_ln, G + bo->qkv_w, G + bo->qkv_b, d_qkv, k->ln1, P + bo->qkv_w, T, D, 3 * D, false);
+    /* The key bias adds q_i . b_k to every score of row i, which softmax
+     * ignores: its gradient, sum_i q_i sum_j dS_ij / sqrt(d), is exactly
+     * zero. Summed in float it is rounding noise, which Adam's division by
+     * sqrt(v) would blow up into real (if harmless) motion that differs
+     * with summation order, e.g. between 1 and 2 MPI ranks. */
+    memset(G + bo->qkv_b + D, 0, (size_t)D * sizeof *G);
     layernorm_backward(dx, G + bo->ln1_w, G + bo->ln1_b, d_ln, k->x_in, P + bo->ln1_w, T, D, true);
 }
 

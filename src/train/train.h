@@ -45,7 +45,38 @@ int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *
 int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads,
                         clipc_error *err);
 
+/* ---- data parallelism over MPI (dist.c) ---------------------------------- */
+
+/* The process's place in the job: rank 0 of 1 without mpirun (or in a
+ * build without MPI), where every collective below is the identity. */
+typedef struct dist {
+    int rank, size;
+    bool active; /* MPI was started */
+} dist;
+
+int dist_init(int *argc, char ***argv, dist *d, clipc_error *err);
+void dist_finalize(dist *d);
+/* Ends every rank of the job (MPI_Abort); no-op for one process. */
+void dist_abort(const dist *d, int code);
+/* all [size * count] = every rank's local [count], in rank order. */
+void dist_allgather(const dist *d, const float *local, int count, float *all);
+/* local [count] = the sum over ranks of their all[rank * count ...]. */
+void dist_reduce_scatter(const dist *d, const float *all, int count, float *local);
+void dist_sum_doubles(const dist *d, double *x, int count);
+int dist_max_int(const dist *d, int x);
+/* Rank 0's x to every rank. */
+void dist_broadcast(const dist *d, float *x, size_t count);
+/* Sums of float arrays over ranks, in buckets, started now and completed
+ * by dist_sum_floats_finish (so communication can overlap compute). */
+typedef struct dist_pending dist_pending;
+dist_pending *dist_pending_new(void);
+void dist_sum_floats_start(const dist *d, float *x, size_t count, dist_pending *p);
+void dist_sum_floats_finish(const dist *d, dist_pending *p);
+void dist_pending_free(dist_pending *p);
+
 /* ---- losses (loss.c) ----------------------------------------------------- */
+
+enum train_loss { LOSS_CLIP = 0, LOSS_SIGLIP = 1 };
 
 typedef struct loss_metrics {
     float loss;
@@ -68,6 +99,14 @@ int clip_loss(const float *img, const float *txt, int B, int E, float logit_scal
  * Writes d_img, d_txt, *d_t_prime and *d_bias. */
 int siglip_loss(const float *img, const float *txt, int B, int E, float t_prime, float bias, float *d_img,
                  float *d_txt, float *d_t_prime, float *d_bias, loss_metrics *out);
+
+/* Either loss on this rank's b pairs of a global batch of b * d->size (d
+ * NULL: one process). img, txt [b, E] un-normalised features; writes the
+ * exact gradient of the global loss w.r.t. them, this rank's part of the
+ * temperature (and, for SigLIP, bias) gradient, and the global loss and
+ * metrics. scale_param is logit_scale (CLIP) or t' (SigLIP). */
+int contrastive_loss(const dist *d, int kind, const float *img, const float *txt, int b, int E, float scale_param,
+                     float bias_param, float *d_img, float *d_txt, float *d_scale, float *d_bias, loss_metrics *out);
 
 /* ---- data (data.c) ---------------------------------------------------------- */
 
@@ -125,8 +164,6 @@ void adamw_step(adamw *opt, float *params, const float *grads);
 
 /* ---- the training step (trainer.c) -------------------------------------------- */
 
-enum train_loss { LOSS_CLIP = 0, LOSS_SIGLIP = 1 };
-
 typedef struct train_options {
     int loss;                  /* LOSS_CLIP or LOSS_SIGLIP */
     int batch, accum;          /* a step is accum micro-batches of batch pairs */
@@ -136,7 +173,10 @@ typedef struct train_options {
 
 typedef struct trainer {
     clipc_model *m;
-    train_options o;
+    train_options o;    /* o.batch is the global micro-batch, over all ranks */
+    const dist *d;      /* the ranks sharing each step (one process: size 1) */
+    int local_batch;    /* o.batch / d->size pairs per micro-batch on this rank */
+    dist_pending *pending; /* gradient sums in flight */
     adamw opt;          /* opt.step = steps taken */
     float *grads;       /* like m->params */
     tower_cache image, text; /* activations, reused from step to step */
@@ -148,10 +188,12 @@ typedef struct step_stats {
 } step_stats;
 
 float lr_at(float base, long step, long warmup, long total);
-int trainer_init(trainer *t, clipc_model *m, const train_options *o, clipc_error *err);
+/* d NULL: one process. o->batch must divide by the number of ranks. */
+int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist *d, clipc_error *err);
 void trainer_free(trainer *t);
-/* Loss and gradients (into t->grads) of accum * batch pairs:
- * pixels [accum*batch, 3, R, R], tokens [accum*batch, context]. */
+/* Loss and gradients (into t->grads, summed over ranks) of a step's
+ * accum * batch pairs, of which this rank holds accum * local_batch:
+ * pixels [accum*local_batch, 3, R, R], tokens [accum*local_batch, context]. */
 int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens, loss_metrics *lm, clipc_error *err);
 /* A whole step: gradients, clipping, AdamW, logit_scale clamp. Refuses a
  * non-finite loss or gradient without changing the parameters. */
@@ -163,9 +205,9 @@ int trainer_step(trainer *t, const float *pixels, const int32_t *tokens, step_st
  * that clipc_model_load also reads (it skips the optimizer.* tensors). */
 int train_checkpoint_save(const trainer *t, const char *path, uint64_t seed, clipc_error *err);
 /* Loads a checkpoint into a new model and an initialised trainer (options
- * from the file); *step = steps already taken. */
+ * from the file; d as for trainer_init); *step = steps already taken. */
 int train_checkpoint_load(const char *path, clipc_model **model, train_options *o, uint64_t *seed, long *step,
-                          trainer *t, clipc_error *err);
+                          trainer *t, const dist *d, clipc_error *err);
 
 /* ---- background batches (loader.c) ------------------------------------------------- */
 
@@ -176,9 +218,10 @@ typedef struct pair_source {
     const csv_pairs *csv;
     int count;
 } pair_source;
-/* Produces the batches of steps first .. end-1 (batch_pairs pairs each). */
-loader *loader_start(pair_source src, int batch_pairs, int resolution, int context, uint64_t seed, long first,
-                     long end, clipc_error *err);
+/* Produces the batches of steps first .. end-1: of each step's batch_pairs
+ * pairs, the shard_count starting at shard_first (all of them: 0, batch_pairs). */
+loader *loader_start(pair_source src, int batch_pairs, int shard_first, int shard_count, int resolution, int context,
+                     uint64_t seed, long first, long end, clipc_error *err);
 /* Unreadable images skipped so far, and the first one's message. */
 long loader_skipped(loader *l, char *first, size_t cap);
 /* Waits for step's batch; valid until loader_release(step). */
