@@ -16,7 +16,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llbfgs -lcjson -lutf8proc -ljpeg -lpng -lz -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llbfgs -lfaiss -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
 # Data-parallel training over MPI when OpenMPI's development files are
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
@@ -25,12 +25,13 @@ CFLAGS  += -DCLIPC_MPI $(shell pkg-config --cflags ompi-c)
 LDLIBS  += $(shell pkg-config --libs ompi-c)
 endif
 
-LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c)
-LIB_ASM := src/tokenizer/vocab_blob.S
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c)
+LIB_CXX := $(wildcard src/index/*.cpp)
+LIB_ASM := src/tokenizer/vocab_blob.S src/server/page_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(LIB_ASM:%.S=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(LIB_ASM:%.S=$(BUILD)/%.o) $(LIB_CXX:%.cpp=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
@@ -40,7 +41,14 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h src/*.h src/*/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.S data/bpe_simple_vocab_16e6.txt.gz
+# FAISS's C++ API, behind index.h's C functions (Debian ships no compiled FAISS C API)
+CXX      ?= g++
+CXXFLAGS ?= $(OPT) -g
+$(BUILD)/%.o: %.cpp $(wildcard src/*.h src/*/*.h include/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -std=c++17 -Wall -Wextra -fopenmp -fPIC -Iinclude -c $< -o $@
+
+$(BUILD)/%.o: %.S data/bpe_simple_vocab_16e6.txt.gz src/server/page.html
 	@mkdir -p $(dir $@)
 	$(CC) -c $< -o $@
 

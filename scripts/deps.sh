@@ -13,6 +13,9 @@ PACKAGES=(
   liblbfgs-dev             # L-BFGS for the linear probe's logistic regression
   dataset-fashion-mnist    # the training data of `clipc train --data fashion-mnist`
   openmpi-bin libopenmpi-dev  # data-parallel training: mpirun -np N clipc train ...
+  libsqlite3-dev           # the image index (clipc index/search)
+  libfaiss-dev             # approximate search (clipc search --ann)
+  libmicrohttpd-dev        # clipc serve
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -30,6 +30,12 @@ static const char USAGE[] =
     "                                          CLIP_benchmark-style evaluation (see eval --help)\n"
     "  retrieve [-m MODEL] --dataset D [-k K] QUERY...\n"
     "                                          the dataset's images that best match each text\n"
+    "  index --db FILE [-m MODEL] DIR...       incremental image index (SQLite)\n"
+    "  search --db FILE [-k K] [--json] (QUERY | --image FILE)\n"
+    "                                          text, image or \"a\" + \"b\" - \"c\" queries over the index\n"
+    "  export --db FILE --npy EMB.npy --meta META.csv\n"
+    "                                          float16 embeddings + metadata (clip-retrieval's layout)\n"
+    "  serve --db FILE [--port 8080]           JSON search API and a web page\n"
     "\n"
     "-m defaults to the shipped Fashion-MNIST model (models/" DEFAULT_MODEL_FILE ").\n"
     "Run 'clipc COMMAND --help' for a command's details.\n";
@@ -124,6 +130,7 @@ int main(int argc, char **argv) {
         {"init", cmd_init},         {"info", cmd_info},   {"tokenize", cmd_tokenize},
         {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
         {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
+        {"index", cmd_index},       {"search", cmd_search}, {"export", cmd_export}, {"serve", cmd_serve},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);

@@ -1,0 +1,58 @@
+/* cmd_serve.c — `clipc serve`: the search page and JSON API over an index. */
+#include "cli.h"
+#include "../server/server.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static volatile sig_atomic_t stop_serving;
+static void on_stop(int sig) { stop_serving = sig; }
+
+static void on_ready(void *ctx, int port) {
+    const char *bind = ctx;
+    fprintf(stderr, "serving on http://%s:%d/  (Ctrl-C stops)\n", bind, port);
+}
+
+int cmd_serve(int argc, char **argv) {
+    const char *db = NULL, *model_path = NULL, *bind = "127.0.0.1";
+    long port = 8080, max_k = 100, max_upload_mb = 20;
+    for (int i = 0; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--db") && v) db = argv[++i];
+        else if (!strcmp(argv[i], "-m") && v) model_path = argv[++i];
+        else if (!strcmp(argv[i], "--bind") && v) bind = argv[++i];
+        else if (!strcmp(argv[i], "--port")) {
+            if (!cli_int("--port", v, 1, 65535, &port)) return 1;
+            i++;
+        } else if (!strcmp(argv[i], "--max-k")) {
+            if (!cli_int("--max-k", v, 1, 10000, &max_k)) return 1;
+            i++;
+        } else if (!strcmp(argv[i], "--max-upload-mb")) {
+            if (!cli_int("--max-upload-mb", v, 1, 1000, &max_upload_mb)) return 1;
+            i++;
+        } else if (!strcmp(argv[i], "--help")) {
+            printf("usage: clipc serve --db FILE [-m MODEL] [--port 8080] [--bind 127.0.0.1] [--max-k 100]\n"
+                   "                   [--max-upload-mb 20]\n"
+                   "  A search page at http://BIND:PORT/ and a JSON API:\n"
+                   "    GET  /api/search?q=TEXT&k=K     text or \"a\" + \"b\" - \"c\" queries\n"
+                   "    POST /api/search?k=K            an image as the body: similar images\n"
+                   "    GET  /api/similar?id=ID&k=K     images like indexed image ID\n"
+                   "    GET  /api/thumb/ID              a PNG thumbnail of image ID\n"
+                   "  Only indexed images are served. Listens on loopback unless --bind says otherwise.\n");
+            return 0;
+        } else return cli_error("serve: unexpected argument '%s'", argv[i]);
+    }
+    if (!db) return cli_error("serve: needs --db FILE");
+    clipc_model *m = cli_load_model(model_path);
+    if (!m) return 1;
+    signal(SIGINT, on_stop);
+    signal(SIGTERM, on_stop);
+    server_options o = {db, m, bind, (int)port, (int)max_k, (size_t)max_upload_mb << 20, &stop_serving, on_ready, NULL,
+                        (void *)bind};
+    clipc_error err;
+    int rc = server_run(&o, &err) ? cli_error("%s", err.message) : 0;
+    clipc_model_free(m);
+    return rc;
+}
