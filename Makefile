@@ -21,8 +21,9 @@ LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llbfgs -lfaiss -lsql
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
 ifeq ($(MPI),1)
+MPI_LIBS := $(shell pkg-config --libs ompi-c)
 CFLAGS  += -DCLIPC_MPI $(shell pkg-config --cflags ompi-c)
-LDLIBS  += $(shell pkg-config --libs ompi-c)
+LDLIBS  += $(MPI_LIBS)
 endif
 
 LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c)
@@ -84,7 +85,7 @@ install: all
 	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
 	install -d $(DESTDIR)$(PREFIX)/share/clipc
 	install -m 644 models/clipc-fmnist.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
 clean:
 	rm -rf build build-san

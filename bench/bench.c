@@ -5,6 +5,7 @@
  * after a warm-up. */
 #include "../src/internal.h"
 #include "../src/train/train.h"
+#include "../src/index/index.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 char *openblas_get_config(void);
 char *openblas_get_corename(void);
@@ -144,6 +146,194 @@ static void bench_train(const char *arch, int batch, int steps, clipc_tokenizer 
     free(tokens);
 }
 
+/* ---- search ------------------------------------------------------------------------ */
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* p50 and p99 of n latencies (sorted in place), in milliseconds. */
+static void percentiles(double *t, int n, double *p50, double *p99) {
+    qsort(t, (size_t)n, sizeof *t, compare_doubles);
+    *p50 = 1e3 * t[n / 2];
+    *p99 = 1e3 * t[(int)(0.99 * (n - 1) + 0.5)];
+}
+
+/* Streaming read bandwidth of this machine (GB/s): the best of a few sums
+ * over a 1 GiB array on all cores; exact search is bound by it. */
+static double read_bandwidth(void) {
+    size_t n = (size_t)1 << 28;
+    float *a = malloc(n * sizeof *a);
+    if (!a) return 0;
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) a[i] = (float)(i & 7);
+    double best = 1e30, sink = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now(), s = 0;
+        #pragma omp parallel for reduction(+ : s)
+        for (size_t i = 0; i < n; i++) s += a[i];
+        double dt = now() - t0;
+        sink += s;
+        best = dt < best ? dt : best;
+    }
+    free(a);
+    if (sink == 1.0) printf(" ");
+    return n * sizeof(float) / best / 1e9;
+}
+
+/* Exact top-10 (clipc's sgemv + heap) and FAISS IndexFlatIP on the same
+ * random unit vectors: p50/p99 over 50 queries. */
+static void bench_exact(int64_t n, int dim, double bandwidth) {
+    float *rows = malloc((size_t)n * dim * sizeof *rows), *q = malloc((size_t)dim * sizeof *q);
+    if (!rows || !q) {
+        printf("search %lld x %d: out of memory\n", (long long)n, dim);
+        free(rows), free(q);
+        return;
+    }
+    #pragma omp parallel
+    {
+        rng r;
+        rng_seed(&r, 1000 + (uint64_t)omp_get_thread_num());
+        #pragma omp for
+        for (size_t i = 0; i < (size_t)n * dim; i++) rows[i] = (float)rng_normal(&r);
+    }
+    clipc_normalize_rows(rows, (int)n, dim);
+    enum { Q = 50 };
+    double t_exact[Q], t_faiss[Q];
+    search_hit hits[10];
+    rng r;
+    rng_seed(&r, 3);
+    for (int t = 0; t < Q + 2; t++) {
+        for (int j = 0; j < dim; j++) q[j] = (float)rng_normal(&r);
+        clipc_normalize_rows(q, 1, dim);
+        double t0 = now();
+        search_exact(rows, n, dim, q, 10, hits);
+        if (t >= 2) t_exact[t - 2] = now() - t0;
+    }
+    double p50, p99;
+    percentiles(t_exact, Q, &p50, &p99);
+    double gbs = (double)n * dim * sizeof(float) / (p50 / 1e3) / 1e9;
+    printf("exact top-10 over %7lld x %d:  p50 %7.2f ms  p99 %7.2f ms  (%.1f GB/s, %.0f%% of read bandwidth)\n",
+           (long long)n, dim, p50, p99, gbs, 100 * gbs / bandwidth);
+    clipc_error err;
+    ann_index *flat;
+    if (ann_build(rows, n, dim, "Flat", &flat, &err)) {
+        printf("FAISS: %s\n", err.message);
+    } else {
+        int64_t labels[10];
+        float scores[10];
+        rng_seed(&r, 3);
+        int agree = 0;
+        for (int t = 0; t < Q + 2; t++) {
+            for (int j = 0; j < dim; j++) q[j] = (float)rng_normal(&r);
+            clipc_normalize_rows(q, 1, dim);
+            double t0 = now();
+            ann_search(flat, q, 10, labels, scores, &err);
+            if (t >= 2) t_faiss[t - 2] = now() - t0;
+            search_exact(rows, n, dim, q, 10, hits);
+            agree += labels[0] == hits[0].row;
+        }
+        percentiles(t_faiss, Q, &p50, &p99);
+        printf("FAISS IndexFlatIP, same data:  p50 %7.2f ms  p99 %7.2f ms  (same top-1 on %d of %d queries)\n", p50,
+               p99, agree, Q + 2);
+        ann_free(flat);
+    }
+    free(rows), free(q);
+}
+
+/* HNSW on clustered unit vectors (random ones have no neighbourhoods to
+ * find): build time, latency, recall@10 against exact search. */
+static void bench_ann(int64_t n, int dim) {
+    int C = 1000;
+    float *rows = malloc((size_t)n * dim * sizeof *rows), *centres = malloc((size_t)C * dim * sizeof *centres);
+    float *q = malloc((size_t)dim * sizeof *q);
+    rng r;
+    rng_seed(&r, 9);
+    for (size_t i = 0; i < (size_t)C * dim; i++) centres[i] = (float)rng_normal(&r);
+    for (int64_t i = 0; i < n; i++) {
+        int c = (int)(rng_next(&r) % (uint64_t)C);
+        for (int j = 0; j < dim; j++) rows[(size_t)i * dim + j] = centres[(size_t)c * dim + j] + 0.5f * (float)rng_normal(&r);
+    }
+    clipc_normalize_rows(rows, (int)n, dim);
+    clipc_error err;
+    ann_index *a;
+    double t0 = now();
+    if (ann_build(rows, n, dim, "HNSW32", &a, &err)) {
+        printf("FAISS: %s\n", err.message);
+        free(rows), free(centres), free(q);
+        return;
+    }
+    double build = now() - t0;
+    enum { Q = 200 };
+    double lat[Q], lat_rr[Q];
+    long found = 0, found_rr = 0;
+    ann_set_effort(a, 64);
+    for (int t = 0; t < Q; t++) {
+        int c = (int)(rng_next(&r) % (uint64_t)C);
+        for (int j = 0; j < dim; j++) q[j] = centres[(size_t)c * dim + j] + 0.5f * (float)rng_normal(&r);
+        clipc_normalize_rows(q, 1, dim);
+        search_hit exact[10], approx[10];
+        int64_t labels[10];
+        float scores[10];
+        search_exact(rows, n, dim, q, 10, exact);
+        double s0 = now();
+        ann_search(a, q, 10, labels, scores, &err);
+        lat[t] = now() - s0;
+        s0 = now();
+        search_ann(a, rows, n, dim, q, 10, approx, &err);
+        lat_rr[t] = now() - s0;
+        for (int i = 0; i < 10; i++)
+            for (int j = 0; j < 10; j++) found += labels[j] == exact[i].row, found_rr += approx[j].row == exact[i].row;
+    }
+    double p50, p99, p50r, p99r;
+    percentiles(lat, Q, &p50, &p99);
+    percentiles(lat_rr, Q, &p50r, &p99r);
+    printf("ANN HNSW32 over %lld x %d clustered (built in %.1f s), efSearch 64:\n", (long long)n, dim, build);
+    printf("  top-10:                       p50 %7.3f ms  p99 %7.3f ms  recall@10 %.3f\n", p50, p99, found / (Q * 10.0));
+    printf("  100 candidates re-ranked:     p50 %7.3f ms  p99 %7.3f ms  recall@10 %.3f\n", p50r, p99r,
+           found_rr / (Q * 10.0));
+    ann_free(a);
+    free(rows), free(centres), free(q);
+}
+
+/* Indexing throughput: copies of the reference JPEGs that are at least
+ * 224 px on both sides, into a fresh index. */
+static void bench_index(clipc_model *m, const char *label) {
+    const char *ref = getenv("CLIPC_REFERENCE") ? getenv("CLIPC_REFERENCE") : "../shared/reference";
+    static const char *const jpegs[] = {"coffee_600x400_q90.jpg", "coffee_progressive_480x320.jpg",
+                                        "rocket_427x640_q85.jpg", "rocket_exif6_320x480.jpg", "chelsea_gray_259x300.jpg"};
+    char dir[] = "/tmp/clipc_bench_XXXXXX", cmd[8192], db[128];
+    if (!mkdtemp(dir)) return;
+    int copies = 40, n = 0;
+    for (int i = 0; i < 5; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "test -f %s/preprocess/images/%s && for k in $(seq %d); do cp %s/preprocess/images/%s %s/$k-%s; done",
+                 ref, jpegs[i], copies, ref, jpegs[i], dir, jpegs[i]);
+        if (system(cmd) == 0) n += copies;
+    }
+    if (n == 0) {
+        printf("index: skipped (no reference JPEGs under %s)\n", ref);
+        return;
+    }
+    snprintf(db, sizeof db, "%s/index.db", dir);
+    clipc_error err;
+    clip_index *ix;
+    index_stats st;
+    const char *dirs[1] = {dir};
+    if (index_open(db, true, &ix, &err) == 0) {
+        double t0 = now();
+        int rc = index_update(ix, m, dirs, 1, NULL, &st, &err);
+        double dt = now() - t0;
+        if (rc) printf("index: %s\n", err.message);
+        else printf("index %-9s %d JPEGs (259x300 to 600x400): %6.1f images/s (decode on a worker thread, per-batch commits)\n",
+                    label, n, st.added / dt);
+        index_close(ix);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) printf("(could not remove %s)\n", dir);
+}
+
 int main(void) {
     clipc_error err;
     int threads = omp_get_max_threads();
@@ -213,6 +403,17 @@ int main(void) {
     }
     bench_train("fmnist", 256, 5, tok, peak);
     bench_train("ViT-B-32", 32, 2, tok, peak);
+
+    printf("\nsearch\n");
+    bench_index(m, "ViT-B-32");
+    clipc_model *small = clipc_model_load("models/clipc-fmnist.safetensors", &err);
+    if (small) bench_index(small, "fmnist");
+    clipc_model_free(small);
+    double bandwidth = read_bandwidth();
+    printf("machine read bandwidth (all cores): %.1f GB/s\n", bandwidth);
+    bench_exact(100000, 512, bandwidth);
+    bench_exact(1000000, 512, bandwidth);
+    bench_ann(100000, 512);
     double peak_after = fma_peak();
     printf("FMA peak re-measured after the runs: %.1f GFLOP/s%s\n", peak_after,
            peak_after > 1.1 * peak ? " (higher: the machine was busier at the start; shares above are overstated)" : "");

@@ -17,6 +17,9 @@ PACKAGES=(
   libfaiss-dev             # approximate search (clipc search --ann)
   libmicrohttpd-dev        # clipc serve
 )
+# `deps.sh --test` adds what only the tests use: headless Chromium for the
+# web page's end-to-end test.
+if [ "${1:-}" = "--test" ]; then PACKAGES+=(chromium); fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,6 @@
 # $CLIPC_REFERENCE). The last line is "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+bash scripts/deps.sh --test
 make -j"$(nproc)" all build/test_clipc >/dev/null
 make test

@@ -42,5 +42,6 @@ void test_cli(void);
 void test_util(void);
 void test_train(void);
 void test_eval(void);
+void test_index(void);
 
 #endif

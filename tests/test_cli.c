@@ -3,7 +3,11 @@
  * input, a non-zero exit, no crash, no output file left behind. */
 #include "test.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <netinet/in.h>
+#include <sqlite3.h>
+#include <sys/socket.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,13 +19,13 @@ static char dir[] = "/tmp/clipc_cli_XXXXXX";
 /* Runs `clipc ARGS`, stdout to dir/out.txt and stderr to dir/err.txt;
  * returns the exit status. */
 static int clipc(const char *args) {
-    char cmd[16384];
+    char cmd[16384 + 1200];
     snprintf(cmd, sizeof cmd, "%s %s >%s/out.txt 2>%s/err.txt", clipc_binary, args, dir, dir);
     return run_cmd(cmd);
 }
 
 static char *slurp(const char *name) {
-    char path[512];
+    char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     unsigned char *data;
     size_t len;
@@ -615,7 +619,7 @@ static void check_mpi(void) {
         CHECK(rc1 == 0 && rc2 == 0 && strstr(err, "data-parallel over 2 ranks: 8 pairs"),
               "%s accum %d: one process exit %d, mpirun exit %d: %s", runs[r].loss, runs[r].accum, rc1, rc2, err);
         free(err);
-        char la[700], lb[700], ma[700], mb[700], worst[160];
+        char la[700], lb[700], ma[700], mb[700], worst[600];
         snprintf(la, sizeof la, "%s/log.jsonl", out1 + strlen(dir) + 1);
         snprintf(lb, sizeof lb, "%s/log.jsonl", out2 + strlen(dir) + 1);
         snprintf(ma, sizeof ma, "%s/model.safetensors", out1);
@@ -658,6 +662,265 @@ static void check_mpi(void) {
     free(err);
 }
 
+/* A one-shot HTTP/1.0 request on loopback: the status, and the body in
+ * *body (malloc'd, NUL-terminated; *len bytes). */
+static int http(int port, const char *method, const char *target, const void *data, size_t data_len, char **body,
+                size_t *len) {
+    *body = NULL, *len = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    char head[2048];
+    int n = snprintf(head, sizeof head, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: %zu\r\n\r\n", method,
+                     target, data_len);
+    if (write(fd, head, (size_t)n) != n) data_len = 0;
+    for (size_t off = 0; off < data_len;) {
+        ssize_t w = write(fd, (const char *)data + off, data_len - off);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    size_t cap = 65536, got = 0;
+    char *buf = malloc(cap + 1);
+    for (ssize_t r; (r = read(fd, buf + got, cap - got)) > 0;) {
+        got += (size_t)r;
+        if (got == cap) buf = realloc(buf, (cap *= 2) + 1);
+    }
+    close(fd);
+    buf[got] = 0;
+    int status = 0;
+    sscanf(buf, "HTTP/%*s %d", &status);
+    char *start = strstr(buf, "\r\n\r\n");
+    if (start) {
+        *len = got - (size_t)(start + 4 - buf);
+        *body = malloc(*len + 1);
+        memcpy(*body, start + 4, *len);
+        (*body)[*len] = 0;
+    }
+    free(buf);
+    return status;
+}
+
+/* Index 2,000 exported Fashion-MNIST PNGs with the shipped model: killed
+ * mid-run, the index is consistent and the next run completes it; a second
+ * writer is refused; then search (text, arithmetic, image, JSON), export,
+ * the HTTP API, and the web page in headless Chromium. */
+static void check_search(void) {
+    char args[8192], fm[600], db[600];
+    snprintf(fm, sizeof fm, "%s/fm", dir);
+    snprintf(db, sizeof db, "%s/fm.db", dir);
+    snprintf(args, sizeof args, "export-images --limit 2000 --out %s", fm);
+    CHECK(clipc(args) == 0, "export-images failed");
+
+    /* kill -9 once a few batches are in */
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd,
+             "%s index --db %s %s >%s/idx1.txt 2>&1 & pid=$!; "
+             "for i in $(seq 300); do sleep 0.05; "
+             "  n=$(%s search --db %s -k 1 x 2>/dev/null | wc -l); [ \"$n\" = 1 ] && break; done; "
+             "%s index --db %s %s >%s/idx2.txt 2>&1; echo $? > %s/second_rc.txt; "
+             "kill -9 $pid; wait $pid 2>/dev/null; true",
+             clipc_binary, db, fm, dir, clipc_binary, db, clipc_binary, db, fm, dir, dir);
+    run_cmd(cmd);
+    char *second = slurp("idx2.txt"), *second_rc = slurp("second_rc.txt");
+    CHECK(atoi(second_rc) == 1 && strstr(second, "index is locked"), "a second writer: exit %s, %s", second_rc, second);
+    free(second), free(second_rc);
+    sqlite3 *sq = NULL;
+    long long rows = -1, bad_blobs = -1;
+    char integrity[64] = "";
+    if (sqlite3_open_v2(db, &sq, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(sq, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+            snprintf(integrity, sizeof integrity, "%s", (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+        if (sqlite3_prepare_v2(sq, "SELECT COUNT(*), SUM(length(embedding) != 256) FROM images", -1, &st, NULL) ==
+                SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            rows = sqlite3_column_int64(st, 0), bad_blobs = sqlite3_column_int64(st, 1);
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(sq);
+    printf("  indexer killed with %lld of 2000 images committed\n", rows);
+    CHECK(!strcmp(integrity, "ok") && rows > 0 && rows < 2000 && rows % 32 == 0 && bad_blobs == 0,
+          "after kill -9: integrity '%s', %lld rows (whole batches of 32 expected), %lld bad embeddings", integrity, rows,
+          bad_blobs);
+    snprintf(args, sizeof args, "index --db %s %s", db, fm);
+    int rc = clipc(args);
+    char *out = slurp("out.txt"), want[128];
+    snprintf(want, sizeof want, "2000 images. This run: 2000 found, %lld unchanged, %lld added", rows, 2000 - rows);
+    CHECK(rc == 0 && strstr(out, want), "the re-run after the kill: exit %d, %s", rc, out);
+    free(out);
+
+    /* search: text, arithmetic, image, JSON; export */
+    snprintf(args, sizeof args, "search --db %s -k 5 \"a handbag\"", db);
+    rc = clipc(args);
+    out = slurp("out.txt");
+    int bags = 0;
+    for (char *p = strstr(out, "/bag/"); p; p = strstr(p + 1, "/bag/")) bags++;
+    CHECK(rc == 0 && bags == 5, "search 'a handbag': %d of 5 are bags: %s", bags, out);
+    free(out);
+    snprintf(args, sizeof args, "search --db %s -k 1 '2:\"a pair of trousers\" + \"a photo\" - 0.5:\"a dress\"'", db);
+    rc = clipc(args);
+    out = slurp("out.txt");
+    CHECK(rc == 0 && strstr(out, "  1  ") && strstr(out, "/trouser/"), "arithmetic search: %s", out);
+    free(out);
+    char some_bag[1024];
+    snprintf(cmd, sizeof cmd, "ls %s/bag | head -1 > %s/one.txt", fm, dir);
+    run_cmd(cmd);
+    char *name = slurp("one.txt");
+    name[strcspn(name, "\n")] = 0;
+    snprintf(some_bag, sizeof some_bag, "%s/bag/%s", fm, name);
+    free(name);
+    snprintf(args, sizeof args, "search --db %s -k 2 --json --image %s", db, some_bag);
+    rc = clipc(args);
+    cJSON *j = read_json("out.txt");
+    const cJSON *top = cJSON_GetArrayItem(j, 0);
+    const char *top_path = cJSON_GetStringValue(cJSON_GetObjectItem(top, "path"));
+    CHECK(rc == 0 && cJSON_GetArraySize(j) == 2 && top_path && strstr(top_path, some_bag + strlen(dir)) &&
+              json_number(top, NULL, "score") > 0.9999,
+          "search by image: the image itself should come first with score 1");
+    cJSON_Delete(j);
+    snprintf(args, sizeof args, "search --db %s -m %s \"a cat\"", db, ref_path("tiny/model.safetensors"));
+    expect_error(args, "holds 64-d embeddings, but this model makes", NULL);
+    snprintf(args, sizeof args, "search --db %s '\"unterminated'", db);
+    expect_error(args, "unterminated quote", NULL);
+    snprintf(args, sizeof args, "export --db %s --npy %s/emb.npy --meta %s/meta.csv", db, dir, dir);
+    rc = clipc(args);
+    npy_array a = {0};
+    clipc_error err;
+    char npy_path[700];
+    snprintf(npy_path, sizeof npy_path, "%s/emb.npy", dir);
+    int read = npy_read(npy_path, &a, &err) == 0;
+    char *meta = slurp("meta.csv");
+    int lines = 0;
+    for (char *p = meta; *p; p++) lines += *p == '\n';
+    CHECK(rc == 0 && read && !strcmp(a.dtype, "<f2") && a.ndim == 2 && a.shape[0] == 2000 && a.shape[1] == 64 &&
+              lines == 2001 && !strncmp(meta, "image_path,id\n", 14),
+          "export: exit %d, %s [%lld, %lld], %d CSV lines", rc, a.dtype, (long long)a.shape[0], (long long)a.shape[1],
+          lines);
+    if (read) { /* rows are unit vectors, to float16 precision */
+        const uint16_t *h = a.data;
+        double norm = 0;
+        for (int i = 0; i < 64; i++) norm += (double)f16_to_f32(h[i]) * f16_to_f32(h[i]);
+        CHECK(fabs(norm - 1) < 2e-3, "exported row 0 has squared norm %g", norm);
+        npy_free(&a);
+    }
+    free(meta);
+
+    /* the server */
+    int port = 18000 + (int)(getpid() % 1000);
+    snprintf(cmd, sizeof cmd, "%s serve --db %s --port %d --max-upload-mb 1 >%s/serve.txt 2>&1 & echo $! > %s/serve.pid",
+             clipc_binary, db, port, dir, dir);
+    run_cmd(cmd);
+    char *body;
+    size_t len;
+    int status = -1;
+    for (int i = 0; i < 100 && status < 0; i++) {
+        usleep(50000);
+        status = http(port, "GET", "/", NULL, 0, &body, &len);
+        if (status < 0) continue;
+        CHECK(status == 200 && body && strstr(body, "<title>clipc search</title>"), "GET /: %d", status);
+        free(body);
+    }
+    CHECK(status == 200, "the server did not come up on port %d", port);
+    status = http(port, "GET", "/api/search?q=a%20handbag&k=3", NULL, 0, &body, &len);
+    j = cJSON_Parse(body ? body : "");
+    const cJSON *results = cJSON_GetObjectItem(j, "results");
+    bags = 0;
+    for (int i = 0; i < cJSON_GetArraySize(results); i++) {
+        const char *p = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(results, i), "path"));
+        bags += p && strstr(p, "/bag/") != NULL;
+    }
+    CHECK(status == 200 && cJSON_GetArraySize(results) == 3 && bags == 3, "GET /api/search: %d, %s", status, body);
+    double first_id = json_number(cJSON_GetArrayItem(results, 0), NULL, "id");
+    cJSON_Delete(j);
+    free(body);
+    char target[256];
+    snprintf(target, sizeof target, "/api/similar?id=%.0f&k=2", first_id);
+    status = http(port, "GET", target, NULL, 0, &body, &len);
+    j = cJSON_Parse(body ? body : "");
+    results = cJSON_GetObjectItem(j, "results");
+    CHECK(status == 200 && json_number(cJSON_GetArrayItem(results, 0), NULL, "id") == first_id &&
+              json_number(cJSON_GetArrayItem(results, 0), NULL, "score") > 0.9999,
+          "GET %s: %d %s", target, status, body);
+    cJSON_Delete(j);
+    free(body);
+    snprintf(target, sizeof target, "/api/thumb/%.0f", first_id);
+    status = http(port, "GET", target, NULL, 0, &body, &len);
+    CHECK(status == 200 && len > 8 && !memcmp(body, "\x89PNG", 4), "GET %s: %d, %zu bytes", target, status, len);
+    free(body);
+    unsigned char *png_data = NULL;
+    size_t png_len = 0;
+    read_file(some_bag, &png_data, &png_len, &err);
+    status = http(port, "POST", "/api/search?k=1", png_data, png_len, &body, &len);
+    CHECK(status == 200 && body && strstr(body, some_bag + strlen(dir)), "POST an image: %d %s", status, body);
+    free(body), free(png_data);
+    static const struct { const char *method, *target; int status; const char *message; } bad[] = {
+        {"GET", "/api/search?q=x&k=0", 400, "k must be a number"},
+        {"GET", "/api/search?q=x&k=101", 400, "k must be a number"},
+        {"GET", "/api/search", 400, "missing q"},
+        {"GET", "/api/search?q=%22open", 400, "unterminated quote"},
+        {"GET", "/api/similar?id=abc", 400, "id must be a number"},
+        {"GET", "/api/similar?id=999999", 404, "no indexed image"},
+        {"GET", "/api/thumb/999999", 404, "no indexed image"},
+        {"GET", "/api/thumb/..%2F..%2Fetc%2Fpasswd", 400, "must be a number"},
+        {"GET", "/../../etc/passwd", 404, "no such page"},
+        {"DELETE", "/api/search", 405, "only GET and POST"},
+        {"POST", "/api/search?k=1", 400, "POST an image"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        status = http(port, bad[i].method, bad[i].target, NULL, 0, &body, &len);
+        j = cJSON_Parse(body ? body : "");
+        const char *e = cJSON_GetStringValue(cJSON_GetObjectItem(j, "error"));
+        CHECK(status == bad[i].status && e && strstr(e, bad[i].message), "%s %s: %d %s (want %d, '%s')", bad[i].method,
+              bad[i].target, status, body ? body : "", bad[i].status, bad[i].message);
+        cJSON_Delete(j);
+        free(body);
+    }
+    char *big = calloc(1, 2 << 20);
+    status = http(port, "POST", "/api/search?k=1", big, 2 << 20, &body, &len);
+    CHECK(status == 413, "a 2 MB upload over the 1 MB limit: %d %s", status, body ? body : "");
+    free(big), free(body);
+    { /* the query's length is bounded */
+        char *long_q = malloc(1200 + 32);
+        int at = snprintf(long_q, 64, "/api/search?q=");
+        memset(long_q + at, 'a', 1100);
+        long_q[at + 1100] = 0;
+        status = http(port, "GET", long_q, NULL, 0, &body, &len);
+        CHECK(status == 400 && body && strstr(body, "longer than 1000"), "a 1100-byte query: %d", status);
+        free(long_q), free(body);
+    }
+
+    /* The page in headless Chromium: loads, searches (?q= runs the search), shows thumbnails. */
+    if (run_cmd("command -v chromium >/dev/null") != 0) {
+        CHECK(0, "chromium is not installed (scripts/deps.sh --test installs it)");
+    } else {
+        const char *flags = "--headless --no-sandbox --disable-gpu --disable-dev-shm-usage --virtual-time-budget=15000";
+        snprintf(cmd, sizeof cmd, "chromium %s --dump-dom 'http://127.0.0.1:%d/?q=a%%20handbag' >%s/dom.html 2>/dev/null",
+                 flags, port, dir);
+        run_cmd(cmd);
+        char *dom = slurp("dom.html");
+        int hits = 0;
+        for (char *p = strstr(dom, "class=\"hit\""); p; p = strstr(p + 1, "class=\"hit\"")) hits++;
+        CHECK(hits == 24 && strstr(dom, "24 results for") && strstr(dom, "/api/thumb/"),
+              "Chromium: %d result tiles on the page", hits);
+        free(dom);
+        snprintf(cmd, sizeof cmd,
+                 "chromium %s --window-size=1280,900 --screenshot=%s/page.png 'http://127.0.0.1:%d/?q=a%%20handbag' "
+                 ">/dev/null 2>&1; cp %s/page.png build/search-page.png 2>/dev/null; true",
+                 flags, dir, port, dir);
+        run_cmd(cmd);
+        char *shot = slurp("page.png");
+        CHECK(!memcmp(shot, "\x89PNG", 4), "Chromium saved no screenshot");
+        free(shot);
+    }
+    snprintf(cmd, sizeof cmd, "kill $(cat %s/serve.pid)", dir);
+    run_cmd(cmd);
+}
+
 void test_cli(void) {
     if (!mkdtemp(dir)) {
         CHECK(0, "mkdtemp");
@@ -670,6 +933,7 @@ void test_cli(void) {
     check_eval();
     check_default_model();
     check_mpi();
+    check_search();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);

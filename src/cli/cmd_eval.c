@@ -509,3 +509,63 @@ int cmd_retrieve(int argc, char **argv) {
     image_set_free(&set);
     return rc;
 }
+
+/* ---- export-images ------------------------------------------------------------- */
+
+/* Writes a labelled set's images as PNG files in class folders
+ * (DIR/CLASS/NAME.png): sample data for `index`, and a folder dataset for
+ * `eval --dataset DIR`. */
+int cmd_export_images(int argc, char **argv) {
+    const char *dataset = "fashion-mnist", *split = "test", *out = NULL;
+    long limit = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--dataset") && v) dataset = argv[++i];
+        else if (!strcmp(argv[i], "--split") && v) split = argv[++i];
+        else if (!strcmp(argv[i], "--out") && v) out = argv[++i];
+        else if (!strcmp(argv[i], "--limit")) {
+            if (!cli_int("--limit", v, 1, 100000000, &limit)) return 1;
+            i++;
+        } else if (!strcmp(argv[i], "--help")) {
+            printf("usage: clipc export-images [--dataset fashion-mnist] [--split test|train] [--limit N] --out DIR\n"
+                   "  The dataset's first N images as PNG files, DIR/CLASS/SPLIT_INDEX.png (class folders,\n"
+                   "  '_' for spaces): sample photos for clipc index, and a folder dataset for clipc eval.\n");
+            return 0;
+        } else return cli_error("export-images: unexpected argument '%s'", argv[i]);
+    }
+    if (!out) return cli_error("export-images: needs --out DIR");
+    if (strcmp(split, "test") && strcmp(split, "train")) return cli_error("--split: 'test' or 'train'");
+    image_set set;
+    clipc_error err;
+    if (image_set_open(dataset, split, "filepath", "label", &set, &err)) return cli_error("%s", err.message);
+    int rc = make_out_dir(out), n = limit && limit < set.count ? (int)limit : set.count;
+    int size = set.paths ? 224 : set.fm.width;
+    unsigned char *rgb = malloc((size_t)size * size * 3);
+    if (rc == 0 && !rgb) rc = cli_error("out of memory");
+    for (int c = 0; c < set.n_classes && rc == 0; c++) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/%s", out, set.class_names[c]);
+        for (char *p = dir + strlen(out) + 1; *p; p++)
+            if (*p == ' ' || *p == '/') *p = '_';
+        rc = make_out_dir(dir);
+    }
+    double start = cli_now();
+    for (int i = 0; i < n && rc == 0; i++) {
+        unsigned char *png = NULL;
+        size_t len = 0;
+        char path[4200];
+        int printed = snprintf(path, sizeof path, "%s/%s", out, set.class_names[set.labels[i]]);
+        for (char *p = path + strlen(out) + 1; *p; p++)
+            if (*p == ' ' || *p == '/') *p = '_';
+        snprintf(path + printed, sizeof path - (size_t)printed, "/%s_%05d.png", split, i);
+        if (image_set_rgb(&set, i, size, rgb, &err) || image_encode_png(rgb, size, size, &png, &len, &err) ||
+            write_file_atomic(path, png, len, &err))
+            rc = cli_error("%s", err.message);
+        free(png);
+        if ((i + 1) % 256 == 0 || i + 1 == n) cli_progress("images", i + 1, n, start);
+    }
+    if (rc == 0) fprintf(stderr, "wrote %d images of %s (%s) to %s/CLASS/\n", n, set.name, split, out);
+    free(rgb);
+    image_set_free(&set);
+    return rc;
+}

@@ -36,6 +36,7 @@ static const char USAGE[] =
     "  export --db FILE --npy EMB.npy --meta META.csv\n"
     "                                          float16 embeddings + metadata (clip-retrieval's layout)\n"
     "  serve --db FILE [--port 8080]           JSON search API and a web page\n"
+    "  export-images --out DIR [--limit N]     Fashion-MNIST images as PNG class folders (sample data)\n"
     "\n"
     "-m defaults to the shipped Fashion-MNIST model (models/" DEFAULT_MODEL_FILE ").\n"
     "Run 'clipc COMMAND --help' for a command's details.\n";
@@ -131,6 +132,7 @@ int main(int argc, char **argv) {
         {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
         {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
         {"index", cmd_index},       {"search", cmd_search}, {"export", cmd_export}, {"serve", cmd_serve},
+        {"export-images", cmd_export_images},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
