@@ -839,6 +839,9 @@ static void check_search(void) {
     cJSON_Delete(j);
     free(body);
     char target[256];
+    status = http(port, "GET", "/search?q=a%20handbag&k=3", NULL, 0, &body, &len); /* the same without /api */
+    CHECK(status == 200 && body && strstr(body, "\"results\"") && strstr(body, "/bag/"), "GET /search: %d", status);
+    free(body);
     snprintf(target, sizeof target, "/api/similar?id=%.0f&k=2", first_id);
     status = http(port, "GET", target, NULL, 0, &body, &len);
     j = cJSON_Parse(body ? body : "");

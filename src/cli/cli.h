@@ -28,6 +28,8 @@ clipc_model *cli_load_model(const char *path);
  * file with one template per line. *text is the file's text (free it, and
  * then *templates, when non-NULL). Returns 0 or 1 after reporting. */
 int cli_templates(const char *arg, char **text, const char ***templates, int *n);
+/* Prints s as a JSON string literal on stdout. */
+void cli_json_string(const char *s);
 
 /* Encodes image files in batches, decoding on all cores; features [n, E].
  * Returns 0, or 1 after reporting the first failing file. */

@@ -187,7 +187,7 @@ int cli_templates(const char *arg, char **text, const char ***templates, int *n)
     return read_templates(arg, text, templates, n);
 }
 
-static void json_string(const char *s) {
+void cli_json_string(const char *s) {
     putchar('"');
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
@@ -269,11 +269,11 @@ int cmd_classify(int argc, char **argv) {
                     }
             if (json) {
                 printf("%s\n  {\"image\": ", i ? "," : "");
-                json_string(images[i]);
+                cli_json_string(images[i]);
                 printf(", \"predictions\": [");
                 for (int a = 0; a < k; a++) {
                     printf("%s{\"label\": ", a ? ", " : "");
-                    json_string(labels[order[a]]);
+                    cli_json_string(labels[order[a]]);
                     printf(", \"probability\": %.6f}", p[order[a]]);
                 }
                 printf("]}");

@@ -99,17 +99,6 @@ static int make_query(clipc_model *m, const char *text, const char *image, float
     return query_vector(m, text, q, &err) ? cli_error("%s", err.message) : 0;
 }
 
-static void json_text(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') printf("\\%c", ch);
-        else if (ch < 0x20) printf("\\u%04x", ch);
-        else putchar(ch);
-    }
-    putchar('"');
-}
-
 /* The ANN index beside the database (DB.faiss), rebuilt when the matrix
  * has changed since it was made (its generation is in DB.faiss.gen). */
 static int open_ann(const char *db, const index_matrix *mx, const char *factory, ann_index **out) {
@@ -197,7 +186,7 @@ int cmd_search(int argc, char **argv) {
         if (json) {
             printf("%s\n  {\"rank\": %d, \"score\": %.6f, \"id\": %lld, \"path\": ", i ? "," : "", i + 1, hits[i].score,
                    (long long)id);
-            json_text(path);
+            cli_json_string(path);
             printf("}");
         } else printf("%3d  %.4f  %s\n", i + 1, hits[i].score, path);
         free(path);

@@ -36,7 +36,7 @@ int cmd_serve(int argc, char **argv) {
             printf("usage: clipc serve --db FILE [-m MODEL] [--port 8080] [--bind 127.0.0.1] [--max-k 100]\n"
                    "                   [--max-upload-mb 20]\n"
                    "  A search page at http://BIND:PORT/ and a JSON API:\n"
-                   "    GET  /api/search?q=TEXT&k=K     text or \"a\" + \"b\" - \"c\" queries\n"
+                   "    GET  /api/search?q=TEXT&k=K     text or \"a\" + \"b\" - \"c\" queries (also /search)\n"
                    "    POST /api/search?k=K            an image as the body: similar images\n"
                    "    GET  /api/similar?id=ID&k=K     images like indexed image ID\n"
                    "    GET  /api/thumb/ID              a PNG thumbnail of image ID\n"

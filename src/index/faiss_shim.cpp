@@ -11,17 +11,12 @@
 #include <exception>
 
 extern "C" {
-#include "../internal.h"
+#include "index.h"
+}
+
 struct ann_index {
     faiss::Index *index;
 };
-int ann_build(const float *rows, int64_t n, int dim, const char *factory, ann_index **out, clipc_error *err);
-int ann_save(const ann_index *a, const char *path, clipc_error *err);
-int ann_load(const char *path, ann_index **out, clipc_error *err);
-int ann_search(const ann_index *a, const float *q, int k, int64_t *rows, float *scores, clipc_error *err);
-void ann_set_effort(ann_index *a, int effort);
-void ann_free(ann_index *a);
-}
 
 int ann_build(const float *rows, int64_t n, int dim, const char *factory, ann_index **out, clipc_error *err) {
     *out = nullptr;

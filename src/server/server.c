@@ -2,7 +2,7 @@
  * index, with libmicrohttpd.
  *
  *   GET  /                         the search page
- *   GET  /api/search?q=TEXT&k=K    text (or "a" + "b" - "c") search
+ *   GET  /api/search?q=TEXT&k=K    text (or "a" + "b" - "c") search (also /search)
  *   POST /api/search?k=K           body: an image file; similar images
  *   GET  /api/similar?id=ID&k=K    images like indexed image ID
  *   GET  /api/thumb/ID             a 160x160 PNG thumbnail of image ID
@@ -185,7 +185,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return send_bytes(c, MHD_HTTP_OK, "text/html; charset=utf-8", clipc_page_html,
                           (size_t)(clipc_page_html_end - clipc_page_html), true);
     if (!strncmp(url, "/api/thumb/", 11) && !post) return thumbnail(s, c, url + 11);
-    bool is_search = !strcmp(url, "/api/search"), is_similar = !strcmp(url, "/api/similar");
+    /* /search and /similar are the same endpoints without the /api prefix */
+    bool is_search = !strcmp(url, "/api/search") || !strcmp(url, "/search");
+    bool is_similar = !strcmp(url, "/api/similar") || !strcmp(url, "/similar");
     if (!is_search && !is_similar) return send_error(c, MHD_HTTP_NOT_FOUND, "no such page");
     if (refresh(s, &err)) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, err.message);
     int k;
@@ -243,7 +245,7 @@ int server_run(const server_options *o, clipc_error *err) {
     if (rc == 0) {
         struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
         inet_pton(AF_INET, o->bind ? o->bind : "127.0.0.1", &addr.sin_addr);
-        d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)o->port, NULL, NULL, handle,
+        d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)o->port, NULL, NULL, handle,
                              &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, finished,
                              NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
                              MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
