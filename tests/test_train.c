@@ -275,21 +275,28 @@ static void check_reference_step(void) {
     adamw_free(&opt);
     clipc_model_free(fresh);
 
-    /* (b) Two whole steps on our own gradients: every parameter within
-     * 1e-5 of the reference, except the attention key biases. Their exact
-     * gradient is zero (softmax ignores the constant q . b_k they add to a
-     * row), and clipc writes that zero, so they stay exactly at their
-     * initial value. PyTorch sums the zero in float and gets noise of
-     * ~1e-8; Adam divides by sqrt(v) + eps and turns it into a step of up
-     * to lr |g| / (|g| + eps), about 1e-5 per step here: motion that does
-     * not change any output. That motion is reported, not compared. */
+    /* (b) Two whole steps on our own gradients. Adam divides by sqrt(v):
+     * for a gradient near eps, d(update)/dg = lr eps / (|g| + eps)^2 reaches
+     * lr / (4 eps) = 250, so float32 noise in a near-zero gradient (both
+     * implementations carry ~1e-7 of the tensor's largest gradient) moves a
+     * parameter by up to ~2.5e-5, by an amount that depends on the order of
+     * the float sums (and so on the compiler's optimisation level). So:
+     * - elements whose reference gradient stands above that noise floor
+     *   (|g| > 1e-5 max|g| of the tensor) must agree within 1e-5;
+     * - the others within 3e-5;
+     * - the attention key biases, whose exact gradient is zero (softmax
+     *   ignores the constant q . b_k they add to a row), must not move at
+     *   all: clipc writes that zero. PyTorch sums the zero in float, and
+     *   Adam turns its ~1e-8 into motion that changes no output; that
+     *   motion is reported, not compared. */
     CHECK(adamw_init(&opt, m, 1e-3f, 0.9f, 0.98f, 1e-6f, 0.2f, &err) == 0, "%s", err.message);
     float *initial = malloc(m->table.total * sizeof *initial);
     memcpy(initial, m->params, m->table.total * sizeof *initial);
     for (int step = 0; step < 2; step++) {
         if (step) train_step_grads(m, images.data, tokens.data, B, grads, NULL);
         adamw_step(&opt, m->params, grads);
-        double worst_p = 0, key_bias_ref = 0, key_bias_ours = 0;
+        double worst_p = 0, worst_floor = 0, key_bias_ref = 0, key_bias_ours = 0;
+        size_t floor_count = 0;
         const char *worst_name = "-";
         for (int i = 0; i < m->table.count; i++) {
             const param_spec *p = &m->table.items[i];
@@ -299,23 +306,30 @@ static void check_reference_step(void) {
             size_t n = t->nbytes / 4, width = p->ndim == 2 ? (size_t)p->shape[1] : p->numel, D = p->numel / 3;
             float *ref = malloc(n * sizeof *ref);
             st_to_f32(t, ref);
+            double gmax = 0;
+            for (size_t j = 0; j < p->numel; j++) gmax = fmax(gmax, fabs(ref_grads[p->offset + j]));
             for (size_t j = 0; j < n; j++) {
                 size_t at = tok ? (size_t)rows[j / width] * width + j % width : j;
                 double d = fabs((double)m->params[p->offset + at] - ref[j]);
                 if (in_proj_bias && at >= D && at < 2 * D) { /* key bias: motion from the initial value */
                     key_bias_ours = fmax(key_bias_ours, fabs(m->params[p->offset + at] - initial[p->offset + at]));
                     key_bias_ref = fmax(key_bias_ref, fabs(ref[j] - initial[p->offset + at]));
-                } else if (d > worst_p) {
-                    worst_p = d, worst_name = p->name;
+                } else if (fabs(ref_grads[p->offset + at]) > 1e-5 * gmax) {
+                    if (d > worst_p) worst_p = d, worst_name = p->name;
+                } else {
+                    worst_floor = fmax(worst_floor, d);
+                    floor_count++;
                 }
             }
             free(ref);
         }
         CHECK(worst_p <= 1e-5, "after step %d: parameters differ by %.3g (%s)", step + 1, worst_p, worst_name);
+        CHECK(worst_floor <= 3e-5, "after step %d: noise-floor parameters differ by %.3g", step + 1, worst_floor);
         CHECK(key_bias_ours == 0, "after step %d: a key bias moved by %.3g (its gradient is exactly zero)", step + 1,
               key_bias_ours);
-        printf("  after AdamW step %d: every parameter within %.2g (worst: %s); key biases unmoved "
-               "(the reference's float noise moved them up to %.2g)\n", step + 1, worst_p, worst_name, key_bias_ref);
+        printf("  after AdamW step %d: max abs diff %.2g (worst: %s); %zu noise-floor elements within %.2g; key biases "
+               "unmoved (the reference's float noise moved them up to %.2g)\n",
+               step + 1, worst_p, worst_name, floor_count, worst_floor, key_bias_ref);
     }
     free(initial);
     free(ref_grads);

@@ -16,7 +16,7 @@
 #endif
 
 int dist_init(int *argc, char ***argv, dist *d, clipc_error *err) {
-    d->rank = 0, d->size = 1;
+    d->rank = 0, d->size = 1, d->active = false;
 #ifdef CLIPC_MPI
     /* Only under a launcher: a plain `clipc train` never starts MPI. */
     if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE") && !getenv("PMIX_RANK")) return 0;
