@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -77,6 +78,14 @@ int index_open(const char *path, bool writer, clip_index **out, clipc_error *err
             free(ix);
             return clipc_fail(err, "%s: index is locked: another clipc index is writing it", path);
         }
+    }
+    if (writer) { /* a killed run's half-written matrix cache (DB.matrix.tmp.PID) */
+        char pattern[4200];
+        glob_t g;
+        snprintf(pattern, sizeof pattern, "%s.matrix.tmp.*", path);
+        if (glob(pattern, GLOB_NOSORT, NULL, &g) == 0)
+            for (size_t i = 0; i < g.gl_pathc; i++) remove(g.gl_pathv[i]);
+        globfree(&g);
     }
     int flags = writer ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY;
     if (sqlite3_open_v2(path, &ix->db, flags, NULL) != SQLITE_OK) {
@@ -316,6 +325,9 @@ static void decode_batch(decoder *dc, batch *b, int k) {
     b->first = k * INDEX_BATCH;
     b->count = (int)dc->work->n - b->first < INDEX_BATCH ? (int)dc->work->n - b->first : INDEX_BATCH;
     size_t image = (size_t)3 * dc->R * dc->R;
+    /* the decoder thread's own OpenMP team: with a small model, decoding
+     * is the bottleneck and gets every core the encoder leaves idle */
+    #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < b->count; i++)
         b->ok[i] = clipc_preprocess_file(dc->work->items[b->first + i].path, dc->R, b->pixels + i * image,
                                          &b->errs[i]) == 0;
