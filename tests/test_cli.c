@@ -605,8 +605,10 @@ static void check_mpi(void) {
     CHECK(run_cmd("command -v mpirun >/dev/null") == 0, "mpirun is not installed (Debian's openmpi-bin)");
     /* Under `make sanitize`, OpenMPI's own allocations (its dlopen'ed MCA
      * components) outlive MPI_Finalize; leak checking is off for ranks. */
+    /* In containers that forbid cross-process memory access, OpenMPI's
+     * shared-memory transport needs its single-copy mechanism off. */
     const char *mpirun = "env ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "
-                         "-x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -np 2";
+                         "--mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -np 2";
     static const struct { const char *loss; int accum; } runs[] = {{"clip", 1}, {"clip", 2}, {"siglip", 1}, {"siglip", 2}};
     for (int r = 0; r < 4; r++) {
         const char *common = "--data fashion-mnist --arch fmnist --batch 16 --steps 20 --lr 1e-3 --eval-every 1000 --eval-limit 50";
