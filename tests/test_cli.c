@@ -641,6 +641,24 @@ static void check_mpi(void) {
               runs[r].accum, steps, dl, dw, worst_tensor, worst);
     }
 
+    /* A rank that fails on its own (here rank 1 cannot find the data) ends
+     * the whole job with an error naming it. */
+    snprintf(out2, sizeof out2, "%s/mpi_fail", dir);
+    snprintf(cmd, sizeof cmd,
+             "timeout 120 env ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "
+             "--mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS "
+             "-np 1 %s train --data fashion-mnist --arch fmnist --batch 16 --steps 20 --out %s : "
+             "-np 1 -x CLIPC_FASHION_MNIST_DIR=/nonexistent %s train --data fashion-mnist --arch fmnist --batch 16 "
+             "--steps 20 --out %s >%s/out.txt 2>%s/err.txt",
+             clipc_binary, out2, clipc_binary, out2, dir, dir);
+    int failed_rc = run_cmd(cmd);
+    char *failed_err = slurp("err.txt");
+    CHECK(failed_rc != 0 && failed_rc != 124 &&
+              strstr(failed_err, "clipc: error: rank 1: /nonexistent/train-images-idx3-ubyte.gz: cannot open") &&
+              strstr(failed_err, "MPI_ABORT was invoked on rank 1"),
+          "a failing rank: exit %d, %s", failed_rc, failed_err);
+    free(failed_err);
+
     /* Kill rank 1 once a checkpoint exists. */
     snprintf(out2, sizeof out2, "%s/mpi_kill", dir);
     /* The ranks are found through /proc (no procps needed); `timeout`

@@ -8,8 +8,10 @@
 
 #include <stdbool.h>
 
-/* Prints "clipc: error: <message>" on one line of stderr and returns 1. */
+/* Prints "clipc: error: <context><message>" on one line of stderr and
+ * returns 1. The context is empty, or "rank R: " in an MPI job. */
 int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern char cli_error_context[32];
 /* Integer flag value with range check; returns false after reporting. */
 bool cli_int(const char *flag, const char *value, long min, long max, long *out);
 /* Collects the values after a multi-value flag (until the next "-x"/"--x"). */

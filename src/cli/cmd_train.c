@@ -205,6 +205,7 @@ int cmd_train(int argc, char **argv) {
     dist d;
     clipc_error err;
     if (dist_init(NULL, NULL, &d, &err)) return cli_error("%s", err.message);
+    if (d.size > 1) snprintf(cli_error_context, sizeof cli_error_context, "rank %d: ", d.rank);
     int rc = train_main(argc, argv, &d);
     /* A rank that failed alone must not leave the others waiting in a
      * collective: it ends the whole job, naming itself. (3: every rank
@@ -324,7 +325,7 @@ static int train_main(int argc, char **argv, const dist *d) {
         const int32_t *tokens;
         step_stats st;
         if (loader_get(ld, step, &pixels, &tokens, &err)) {
-            rc = d->size > 1 ? cli_error("rank %d: data: %s", d->rank, err.message) : cli_error("data: %s", err.message);
+            rc = cli_error("data: %s", err.message);
             break;
         }
         int fail = trainer_step(&t, pixels, tokens, &st, &err);
@@ -338,7 +339,7 @@ static int train_main(int argc, char **argv, const dist *d) {
                 break;
             }
             if (diverged || d->size == 1) rc = cli_error("%s; the last good checkpoint is %s", err.message, ckpt);
-            else rc = cli_error("rank %d: %s", d->rank, err.message);
+            else rc = cli_error("%s", err.message);
             if (diverged) rc = 3; /* all ranks end normally, with this status */
             break;
         }

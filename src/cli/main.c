@@ -41,10 +41,13 @@ static const char USAGE[] =
     "-m defaults to the shipped Fashion-MNIST model (models/" DEFAULT_MODEL_FILE ").\n"
     "Run 'clipc COMMAND --help' for a command's details.\n";
 
+char cli_error_context[32];
+
 int cli_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("clipc: error: ", stderr);
+    fputs(cli_error_context, stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
