@@ -293,6 +293,10 @@ void image_to_rgb(const image *im, unsigned char *rgb);
 /* _transform(size) up to ToTensor: resize short side, center-crop, RGB.
  * rgb receives size*size*3 bytes. */
 int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err);
+/* The same from an encoded image in memory, or a file: decode, resize,
+ * crop. Errors name the image. */
+int image_memory_rgb(const void *data, size_t len, const char *name, int size, unsigned char *rgb, clipc_error *err);
+int image_file_rgb(const char *path, int size, unsigned char *rgb, clipc_error *err);
 /* ToTensor + Normalize(CLIP mean, std): packed RGB -> [3, size, size]. */
 void image_normalize(const unsigned char *rgb, int size, float *out);
 /* RGB pixels [height, width, 3] as a PNG file in memory (*out malloc'd). */

@@ -607,8 +607,10 @@ static void check_mpi(void) {
      * components) outlive MPI_Finalize; leak checking is off for ranks. */
     /* In containers that forbid cross-process memory access, OpenMPI's
      * shared-memory transport needs its single-copy mechanism off. */
-    const char *mpirun = "env ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "
-                         "--mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -np 2";
+#define MPIRUN                                                                                                  \
+    "env ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "                               \
+    "--mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS"
+    const char *mpirun = MPIRUN " -np 2";
     static const struct { const char *loss; int accum; } runs[] = {{"clip", 1}, {"clip", 2}, {"siglip", 1}, {"siglip", 2}};
     for (int r = 0; r < 4; r++) {
         const char *common = "--data fashion-mnist --arch fmnist --batch 16 --steps 20 --lr 1e-3 --eval-every 1000 --eval-limit 50";
@@ -645,9 +647,7 @@ static void check_mpi(void) {
      * the whole job with an error naming it. */
     snprintf(out2, sizeof out2, "%s/mpi_fail", dir);
     snprintf(cmd, sizeof cmd,
-             "timeout 120 env ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "
-             "--mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS "
-             "-np 1 %s train --data fashion-mnist --arch fmnist --batch 16 --steps 20 --out %s : "
+             "timeout 120 " MPIRUN " -np 1 %s train --data fashion-mnist --arch fmnist --batch 16 --steps 20 --out %s : "
              "-np 1 -x CLIPC_FASHION_MNIST_DIR=/nonexistent %s train --data fashion-mnist --arch fmnist --batch 16 "
              "--steps 20 --out %s >%s/out.txt 2>%s/err.txt",
              clipc_binary, out2, clipc_binary, out2, dir, dir);

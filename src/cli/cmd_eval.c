@@ -182,25 +182,13 @@ static int eval_zeroshot(const eval_args *a) {
     clipc_model *m = rc == 0 ? cli_load_model(a->model) : NULL;
     if (!m) rc = 1;
     if (rc == 0) rc = make_out_dir(a->out);
-    float *features = NULL, *weights = NULL, *scores = NULL;
     class_metrics cm = {0};
     clipc_tokenizer *tok = NULL;
     if (rc == 0) {
-        int E = clipc_model_config(m)->embed_dim, C = set.n_classes;
-        weights = malloc((size_t)C * E * sizeof *weights);
-        scores = malloc((size_t)set.count * C * sizeof *scores);
+        progress_ctx p = {"images", cli_now()};
         tok = clipc_tokenizer_new(&err);
-        if (!weights || !scores || !tok) rc = cli_error("%s", tok ? "out of memory" : err.message);
-        else if (clipc_zeroshot_classifier(m, tok, (const char *const *)set.class_names, C, templates, n_templates,
-                                           weights, &err))
+        if (!tok || zeroshot_evaluate(m, tok, &set, 0, templates, n_templates, progress_cb, &p, &cm, &err))
             rc = cli_error("%s", err.message);
-        if (rc == 0) rc = features_of(m, &set, "images", &features);
-        if (rc == 0) {
-            /* cosine against each class embedding; logit_scale does not change the order */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, set.count, C, E, 1.0f, features, E, weights, E, 0.0f,
-                        scores, C);
-            if (classification_metrics(scores, set.count, C, set.labels, &cm, &err)) rc = cli_error("%s", err.message);
-        }
     }
     if (rc == 0) {
         printf("zero-shot classification of %s: %d images, %d classes, %d template%s\n", set.name, set.count,
@@ -221,7 +209,6 @@ static int eval_zeroshot(const eval_args *a) {
     }
     class_metrics_free(&cm);
     clipc_tokenizer_free(tok);
-    free(features), free(weights), free(scores);
     if (template_text) free((void *)templates);
     free(template_text);
     clipc_model_free(m);

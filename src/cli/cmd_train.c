@@ -231,8 +231,7 @@ static int train_main(int argc, char **argv, const dist *d) {
     fmnist train = {0}, test = {0};
     csv_pairs csv = {0};
     bool fm = !strcmp(a.data, "fashion-mnist");
-    const char *dir = getenv("CLIPC_FASHION_MNIST_DIR") ? getenv("CLIPC_FASHION_MNIST_DIR") : FMNIST_DIR;
-    if (fm ? fmnist_load(dir, true, &train, &err) || fmnist_load(dir, false, &test, &err)
+    if (fm ? fmnist_load(NULL, true, &train, &err) || fmnist_load(NULL, false, &test, &err)
            : csv_load(a.data, a.img_key, a.caption_key, a.separator, &csv, &err)) {
         fmnist_free(&train);
         return cli_error("%s", err.message);
@@ -311,9 +310,9 @@ static int train_main(int argc, char **argv, const dist *d) {
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     if (lead)
-        fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss%s\n",
+        fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss\n",
                 a.resume ? "resumed model" : a.arch, clipc_model_param_count(m), src.count, fm ? "Fashion-MNIST" : a.data,
-                o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP", "");
+                o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
     if (lead && d->size > 1)
         fprintf(stderr, "data-parallel over %d ranks: %d pairs of each micro-batch per rank\n", d->size, t.local_batch);
     long skipped_reported = 0;

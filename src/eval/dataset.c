@@ -161,8 +161,7 @@ int image_set_open(const char *spec, const char *split, const char *img_key, con
     int rc;
     struct stat st;
     if (!strcmp(spec, "fashion-mnist")) {
-        const char *dir = getenv("CLIPC_FASHION_MNIST_DIR");
-        rc = fmnist_load(dir && *dir ? dir : FMNIST_DIR, !strcmp(split, "train"), &out->fm, err);
+        rc = fmnist_load(NULL, !strcmp(split, "train"), &out->fm, err);
         if (rc == 0) {
             out->count = out->fm.count, out->n_classes = 10;
             out->labels = malloc((size_t)out->count * sizeof *out->labels);
@@ -225,17 +224,7 @@ int image_set_rgb(const image_set *s, int i, int size, unsigned char *rgb, clipc
         image im = fmnist_image(&s->fm, i);
         return image_resize_crop_rgb(&im, size, rgb, err);
     }
-    unsigned char *data;
-    size_t len;
-    if (read_file(s->paths[i], &data, &len, err)) return -1;
-    image im;
-    int rc = image_decode(data, len, s->paths[i], &im, err);
-    free(data);
-    if (rc == 0) {
-        rc = image_resize_crop_rgb(&im, size, rgb, err);
-        image_free(&im);
-    }
-    return rc;
+    return image_file_rgb(s->paths[i], size, rgb, err);
 }
 
 void image_set_free(image_set *s) {

@@ -64,6 +64,12 @@ int classification_metrics(const float *scores, int n, int C, const int *labels,
                            clipc_error *err);
 void class_metrics_free(class_metrics *m);
 
+/* Zero-shot classification of the first n images of s (0: all): class
+ * embeddings from the templates, each image scored by its cosine with
+ * each class (logit_scale does not change the order), then the metrics. */
+int zeroshot_evaluate(clipc_model *m, clipc_tokenizer *tok, const image_set *s, int n, const char *const *templates,
+                      int n_templates, eval_progress progress, void *ctx, class_metrics *out, clipc_error *err);
+
 /* Recall@k both ways over L2-normalised features: images [n_img, E], texts
  * [n_txt, E], text t describing image text_image[t] (an image may have
  * several texts). Image→text: hit when any of the image's texts ranks in

@@ -54,16 +54,31 @@ void image_normalize(const unsigned char *rgb, int size, float *out) {
             out[c * plane + i] = ((float)rgb[i * 3 + c] / 255.0f - CLIP_MEAN[c]) / CLIP_STD[c];
 }
 
-int clipc_preprocess_memory(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err) {
-    if (size < 1 || size > 4096) return clipc_fail(err, "preprocess size %d is out of range (1..4096)", size);
+int image_memory_rgb(const void *data, size_t len, const char *name, int size, unsigned char *rgb, clipc_error *err) {
     image im;
     if (image_decode(data, len, name, &im, err)) return -1;
-    unsigned char *rgb = malloc((size_t)size * size * 3);
-    int rc = rgb ? image_resize_crop_rgb(&im, size, rgb, err) : clipc_fail(err, "out of memory");
-    if (rc == 0) image_normalize(rgb, size, out);
-    if (rc != 0 && rgb) clipc_fail_prefix(err, name);
-    free(rgb);
+    int rc = image_resize_crop_rgb(&im, size, rgb, err);
+    if (rc != 0) clipc_fail_prefix(err, name);
     image_free(&im);
+    return rc;
+}
+
+int image_file_rgb(const char *path, int size, unsigned char *rgb, clipc_error *err) {
+    unsigned char *data;
+    size_t len;
+    if (read_file(path, &data, &len, err)) return -1;
+    int rc = image_memory_rgb(data, len, path, size, rgb, err);
+    free(data);
+    return rc;
+}
+
+int clipc_preprocess_memory(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err) {
+    if (size < 1 || size > 4096) return clipc_fail(err, "preprocess size %d is out of range (1..4096)", size);
+    unsigned char *rgb = malloc((size_t)size * size * 3);
+    if (!rgb) return clipc_fail(err, "out of memory");
+    int rc = image_memory_rgb(data, len, name, size, rgb, err);
+    if (rc == 0) image_normalize(rgb, size, out);
+    free(rgb);
     return rc;
 }
 

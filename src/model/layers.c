@@ -205,6 +205,12 @@ void relu_forward(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
+static int longest(const int *seq_len, int n_seq) {
+    int max_len = 0;
+    for (int s = 0; s < n_seq; s++) max_len = seq_len[s] > max_len ? seq_len[s] : max_len;
+    return max_len;
+}
+
 size_t attention_scratch(int max_len, int head_dim) {
     (void)head_dim;
     return ((size_t)max_len * max_len + 16) * (size_t)omp_get_max_threads();
@@ -222,8 +228,7 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
                        float *probs, const size_t *probs_offset) {
     int hd = D / heads, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
-    int max_len = 0;
-    for (int s = 0; s < n_seq; s++) max_len = seq_len[s] > max_len ? seq_len[s] : max_len;
+    int max_len = longest(seq_len, n_seq);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
         for (int h = 0; h < heads; h++) {
@@ -270,8 +275,7 @@ void attention_backward(float *dqkv, const float *dout, const float *qkv, const 
                         int heads, float *scratch) {
     int hd = D / heads, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
-    int max_len = 0;
-    for (int s = 0; s < n_seq; s++) max_len = seq_len[s] > max_len ? seq_len[s] : max_len;
+    int max_len = longest(seq_len, n_seq);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
         for (int h = 0; h < heads; h++) {

@@ -139,15 +139,11 @@ static enum MHD_Result thumbnail(server *s, struct MHD_Connection *c, const char
     if (parse_id(id_text, &id)) return send_error(c, MHD_HTTP_BAD_REQUEST, "the thumbnail id must be a number");
     char *path = index_path_of(s->ix, id, &err);
     if (!path) return send_error(c, MHD_HTTP_NOT_FOUND, "no indexed image with that id");
-    unsigned char *data = NULL, *rgb = malloc((size_t)THUMB * THUMB * 3), *png = NULL;
-    size_t len = 0, png_len = 0;
-    image im = {0};
-    int rc = rgb ? read_file(path, &data, &len, &err) : -1;
-    if (rc == 0) rc = image_decode(data, len, path, &im, &err);
-    if (rc == 0) rc = image_resize_crop_rgb(&im, THUMB, rgb, &err);
+    unsigned char *rgb = malloc((size_t)THUMB * THUMB * 3), *png = NULL;
+    size_t png_len = 0;
+    int rc = rgb ? image_file_rgb(path, THUMB, rgb, &err) : -1;
     if (rc == 0) rc = image_encode_png(rgb, THUMB, THUMB, &png, &png_len, &err);
-    if (im.pixels) image_free(&im);
-    free(data), free(rgb), free(path);
+    free(rgb), free(path);
     if (rc) return send_error(c, MHD_HTTP_NOT_FOUND, "the image can no longer be read");
     return send_bytes(c, MHD_HTTP_OK, "image/png", png, png_len, false);
 }

@@ -71,6 +71,10 @@ static int read_idx(const char *path, int want_dims, unsigned char **data, int *
 
 int fmnist_load(const char *dir, bool train, fmnist *out, clipc_error *err) {
     memset(out, 0, sizeof *out);
+    if (!dir) {
+        dir = getenv("CLIPC_FASHION_MNIST_DIR");
+        if (!dir || !*dir) dir = FMNIST_DIR;
+    }
     char ip[1024], lp[1024];
     const char *prefix = train ? "train" : "t10k";
     snprintf(ip, sizeof ip, "%s/%s-images-idx3-ubyte.gz", dir, prefix);

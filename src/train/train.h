@@ -119,6 +119,7 @@ typedef struct fmnist {
     int count, height, width;
 } fmnist;
 
+/* dir NULL: $CLIPC_FASHION_MNIST_DIR when set and non-empty, else FMNIST_DIR. */
 int fmnist_load(const char *dir, bool train, fmnist *out, clipc_error *err);
 void fmnist_free(fmnist *d);
 /* Image index as an 8-bit gray image (pixels point into d). */
