@@ -814,6 +814,10 @@ static void check_search(void) {
     expect_error(args, "holds 64-d embeddings, but this model makes", NULL);
     snprintf(args, sizeof args, "search --db %s '\"unterminated'", db);
     expect_error(args, "unterminated quote", NULL);
+    snprintf(args, sizeof args, "index --db %s/nofolder.db %s/does-not-exist", dir, dir);
+    expect_error(args, "does-not-exist: No such file or directory", "nofolder.db");
+    snprintf(args, sizeof args, "index --db %s/nofolder.db %s", dir, db);
+    expect_error(args, "fm.db: not a folder", "nofolder.db");
     snprintf(args, sizeof args, "export --db %s --npy %s/emb.npy --meta %s/meta.csv", db, dir, dir);
     rc = clipc(args);
     npy_array a = {0};

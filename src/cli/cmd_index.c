@@ -3,9 +3,11 @@
 #include "cli.h"
 #include "../index/index.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- index ---------------------------------------------------------------------- */
@@ -51,6 +53,15 @@ int cmd_index(int argc, char **argv) {
     if (!db || n_dirs == 0) {
         free(dirs);
         return cli_error(!db ? "index: needs --db FILE" : "index: no folder given");
+    }
+    for (int i = 0; i < n_dirs; i++) { /* before the database is created: a bad folder leaves no file behind */
+        struct stat st;
+        bool found = stat(dirs[i], &st) == 0;
+        if (!found || !S_ISDIR(st.st_mode)) {
+            int rc = cli_error("%s: %s", dirs[i], found ? "not a folder" : strerror(errno));
+            free(dirs);
+            return rc;
+        }
     }
     clipc_error err;
     clip_index *ix;
