@@ -89,6 +89,37 @@ static const char *CAPTIONS[] = {
     "a man riding a bicycle down a hill.", "a blurry photo of a train.",
 };
 
+/* The ceiling the GEMMs set: a ViT-B-32 block's four linear layers
+ * (in_proj, out_proj, c_fc, c_proj) at batch 32 through the same
+ * linear_forward the model uses, best of 5. Nearly all of an image's FLOPs
+ * are in these products, so even with everything else free the encoder
+ * could not beat FLOPs per image / this rate. */
+static void gemm_ceiling(const clipc_config *c, int batch, double peak) {
+    int D = c->vision_width, G = c->image_resolution / c->vision_patch_size, T = batch * (G * G + 1);
+    float *x = malloc((size_t)T * 4 * D * sizeof *x), *y = malloc((size_t)T * 4 * D * sizeof *y);
+    float *W = malloc((size_t)4 * D * D * sizeof *W), *b = calloc((size_t)4 * D, sizeof *b);
+    if (!x || !y || !W || !b) {
+        free(x), free(y), free(W), free(b);
+        return;
+    }
+    for (size_t i = 0; i < (size_t)T * 4 * D; i++) x[i] = (float)(i % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)4 * D * D; i++) W[i] = (float)(i % 7) * 0.01f;
+    const int shapes[4][2] = {{D, 3 * D}, {D, D}, {D, 4 * D}, {4 * D, D}}; /* in, out */
+    double best = 1e30, flops = 0;
+    for (int s = 0; s < 4; s++) flops += 2.0 * T * shapes[s][0] * shapes[s][1];
+    for (int rep = 0; rep < 6; rep++) {
+        double t0 = now();
+        for (int s = 0; s < 4; s++) linear_forward(y, x, W, b, T, shapes[s][0], shapes[s][1], false);
+        double dt = now() - t0;
+        if (rep > 0 && dt < best) best = dt;
+    }
+    double rate = flops / best / 1e9;
+    printf("  GEMM ceiling: one block's 4 linear layers at batch %d (%d x %d..%d): %.1f GFLOP/s, %.0f%% of peak;\n"
+           "  at that rate, with all other work free: at most %.1f images/s\n",
+           batch, T, D, 4 * D, rate, 100 * rate / peak, rate * 1e9 / vit_flops(c));
+    free(x), free(y), free(W), free(b);
+}
+
 /* Training throughput: whole optimisation steps (forward with activations,
  * InfoNCE, backward, clipping, AdamW) on random images and real captions. */
 static void bench_train(const char *arch, int batch, int steps, clipc_tokenizer *tok, double peak) {
@@ -375,6 +406,8 @@ int main(void) {
         printf("encode_image  batch %2d: %7.1f images/s  %6.1f GFLOP/s  %4.0f%% of peak\n", b, b / best, gflops,
                100 * gflops / peak);
     }
+
+    gemm_ceiling(c, 32, peak);
 
     /* texts: typical captions, tokenized */
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);

@@ -180,7 +180,8 @@ struct clipc_model {
     model_layout L;
     float *params;          /* table.total floats, owned */
     char source_dtype[8];
-    arena scratch;          /* activations of one forward pass */
+    arena *scratch;         /* activations: one arena per concurrent forward pass */
+    int n_scratch;
     /* Debug tap: when set, called with named intermediate activations
      * (rows x cols, row-major) so tests can localise a mismatch. */
     void (*tap)(void *ctx, const char *name, const float *x, int rows, int cols);

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,7 +63,8 @@ void clipc_model_free(clipc_model *m) {
     if (!m) return;
     free(m->params);
     params_free(&m->table, &m->L);
-    arena_free(&m->scratch);
+    for (int i = 0; i < m->n_scratch; i++) arena_free(&m->scratch[i]);
+    free(m->scratch);
     free(m);
 }
 
@@ -260,21 +262,70 @@ void clipc_normalize_rows(float *rows, int n, int dim) {
 #define IMAGE_CHUNK 32  /* images per forward pass: bounds activation memory */
 #define TEXT_CHUNK 256
 
+/* Batch-parallel encoding. A batch is cut into one contiguous share per
+ * thread, and each share runs the whole tower on its own thread with its
+ * own arena; OpenMP regions and OpenBLAS calls inside it then run on that
+ * one thread. So the threads never wait for each other inside a pass: no
+ * barrier per layer, no BLAS threads yielding while another packs, and the
+ * element-wise kernels split evenly. A single input runs as one pass whose
+ * layers use every thread; so does a model with a debug tap, whose
+ * intermediates must arrive in order. */
+static int shares_for(const clipc_model *m, int n) {
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    return m->tap || n < 2 ? 1 : (n < threads ? n : threads);
+}
+
+/* Makes sure the model has at least `count` arenas. */
+static int ensure_arenas(clipc_model *m, int count, clipc_error *err) {
+    if (count <= m->n_scratch) return 0;
+    arena *grown = realloc(m->scratch, (size_t)count * sizeof *grown);
+    if (!grown) return clipc_fail(err, "out of memory");
+    memset(grown + m->n_scratch, 0, (size_t)(count - m->n_scratch) * sizeof *grown);
+    m->scratch = grown;
+    m->n_scratch = count;
+    return 0;
+}
+
+/* One share of a batch: runs on the calling thread, and when other shares
+ * run beside it, keeps its OpenMP regions to that thread. (With one share
+ * the enclosing region is inactive, `if (shares > 1)`, so the layers'
+ * regions and OpenBLAS still use every thread.) */
+static int image_share(const clipc_model *m, arena *a, const float *pixels, int n, float *out, bool alone) {
+    if (!alone) omp_set_num_threads(1);
+    return m->cfg.vision_tower == CLIPC_VIT ? vit_forward(m, a, pixels, n, out) : resnet_forward(m, a, pixels, n, out);
+}
+
 int clipc_encode_image(clipc_model *m, const float *pixels, int n, float *out, clipc_error *err) {
     const clipc_config *c = &m->cfg;
     size_t per_image = (size_t)3 * c->image_resolution * c->image_resolution;
     bool vit = c->vision_tower == CLIPC_VIT;
     for (int done = 0; done < n; done += IMAGE_CHUNK) {
-        int b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK;
-        size_t need = vit ? vit_scratch(c, b) : resnet_scratch(c, b);
-        if (arena_reserve(&m->scratch, need, err)) return -1;
-        const float *px = pixels + (size_t)done * per_image;
-        float *o = out + (size_t)done * c->embed_dim;
-        if ((vit ? vit_forward(m, px, b, o) : resnet_forward(m, px, b, o)) != 0)
-            return clipc_fail(err, "out of memory encoding images");
+        int b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK, shares = shares_for(m, b), failed = 0;
+        if (ensure_arenas(m, shares, err)) return -1;
+        for (int s = 0; s < shares; s++) {
+            int count = (s + 1) * b / shares - s * b / shares;
+            if (arena_reserve(&m->scratch[s], vit ? vit_scratch(c, count) : resnet_scratch(c, count), err)) return -1;
+        }
+#pragma omp parallel for num_threads(shares) reduction(| : failed) if (shares > 1)
+        for (int s = 0; s < shares; s++) {
+            int first = done + s * b / shares, count = done + (s + 1) * b / shares - first;
+            failed |= image_share(m, &m->scratch[s], pixels + (size_t)first * per_image, count,
+                                  out + (size_t)first * c->embed_dim, shares == 1);
+        }
+        if (failed) return clipc_fail(err, "out of memory encoding images");
     }
     if (m->tap) model_tap(m, "encode_image", out, n, c->embed_dim);
     return 0;
+}
+
+/* Sequences [first, first + count) of a text batch: tokens in the share and
+ * its longest sequence. */
+static void text_share_size(const int *eot, int first, int count, int *total, int *max_len) {
+    *total = *max_len = 0;
+    for (int i = first; i < first + count; i++) {
+        *total += eot[i] + 1;
+        *max_len = eot[i] + 1 > *max_len ? eot[i] + 1 : *max_len;
+    }
 }
 
 int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, clipc_error *err) {
@@ -286,23 +337,41 @@ int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, 
         free(eot);
         return -1;
     }
-    for (int done = 0; done < n; done += TEXT_CHUNK) {
-        int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK;
-        int total = 0, max_len = 0;
-        for (int i = 0; i < b; i++) {
-            total += eot[done + i] + 1;
-            max_len = eot[done + i] + 1 > max_len ? eot[done + i] + 1 : max_len;
+    int rc = 0;
+    for (int done = 0; done < n && rc == 0; done += TEXT_CHUNK) {
+        int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK, shares = shares_for(m, b), failed = 0;
+        /* Shares of equal token counts (a text's cost grows with its
+         * length): share s starts at the first text whose tokens before it
+         * reach s/shares of the chunk's. */
+        int bound[65], total, longest;
+        shares = shares > 64 ? 64 : shares;
+        text_share_size(eot, done, b, &total, &longest);
+        bound[0] = done, bound[shares] = done + b;
+        for (int s = 1, i = done, seen = 0; s < shares; s++) {
+            while (i < done + b && (long)seen * shares < (long)total * s) seen += eot[i++] + 1;
+            bound[s] = i > bound[s - 1] ? i : bound[s - 1];
         }
-        if (arena_reserve(&m->scratch, text_scratch(c, total, b, max_len), err)) {
-            free(eot);
-            return -1;
+        if (ensure_arenas(m, shares, err)) {
+            rc = -1;
+            break;
         }
-        if (text_forward(m, tokens + (size_t)done * ctx, b, eot + done, out + (size_t)done * c->embed_dim)) {
-            free(eot);
-            return clipc_fail(err, "out of memory encoding text");
+        for (int s = 0; s < shares && rc == 0; s++) {
+            int count = bound[s + 1] - bound[s];
+            text_share_size(eot, bound[s], count, &total, &longest);
+            rc = arena_reserve(&m->scratch[s], text_scratch(c, total, count, longest), err);
         }
+        if (rc) break;
+#pragma omp parallel for num_threads(shares) reduction(| : failed) if (shares > 1)
+        for (int s = 0; s < shares; s++) {
+            int count = bound[s + 1] - bound[s];
+            if (shares > 1) omp_set_num_threads(1);
+            if (count > 0)
+                failed |= text_forward(m, &m->scratch[s], tokens + (size_t)bound[s] * ctx, count, eot + bound[s],
+                                       out + (size_t)bound[s] * c->embed_dim);
+        }
+        if (failed) rc = clipc_fail(err, "out of memory encoding text");
     }
     free(eot);
-    if (m->tap) model_tap(m, "encode_text", out, n, c->embed_dim);
-    return 0;
+    if (rc == 0 && m->tap) model_tap(m, "encode_text", out, n, c->embed_dim);
+    return rc;
 }

@@ -21,7 +21,7 @@ size_t resnet_scratch(const clipc_config *c, int n) {
 }
 
 /* One Bottleneck: y = relu(bn3(conv3(pool(relu(bn2(conv2(relu(bn1(conv1 x))))))) + shortcut(x)) */
-static void bottleneck(clipc_model *m, const bottleneck_offsets *b, const float *x, float *y, int n,
+static void bottleneck(const clipc_model *m, const bottleneck_offsets *b, const float *x, float *y, int n,
                        int H, int W, float *t1, float *t2, float *t3, float *cols) {
     const float *P = m->params;
     int p = b->planes, s = b->stride, Ho = H / s, Wo = W / s;
@@ -59,11 +59,10 @@ static void bottleneck(clipc_model *m, const bottleneck_offsets *b, const float 
 /* AttentionPool2d: tokens = [mean; spatial positions] + positional_embedding;
  * only the mean token queries (attending over all tokens), so its q is the
  * only query projected, and the shared attention kernel runs that one row. */
-static void attention_pool(clipc_model *m, const float *x, int n, int E, int S2, float *out) {
+static void attention_pool(const clipc_model *m, arena *a, const float *x, int n, int E, int S2, float *out) {
     const clipc_config *c = &m->cfg;
     const float *P = m->params;
     const model_layout *L = &m->L;
-    arena *a = &m->scratch;
     int N = S2 + 1;
     float *tok = arena_alloc(a, (size_t)n * N * E);
     float *qkv = arena_alloc(a, (size_t)n * N * 3 * E);
@@ -99,11 +98,10 @@ static void attention_pool(clipc_model *m, const float *x, int n, int E, int S2,
     free(start);
 }
 
-int resnet_forward(clipc_model *m, const float *pixels, int n, float *out) {
+int resnet_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out) {
     const clipc_config *c = &m->cfg;
     const float *P = m->params;
     const model_layout *L = &m->L;
-    arena *a = &m->scratch;
     int w = c->vision_width, R = c->image_resolution;
     size_t act = (size_t)n * w * R * R / 4;
     float *buf[5];
@@ -140,7 +138,7 @@ int resnet_forward(clipc_model *m, const float *pixels, int n, float *out) {
         x = y;
         y = t;
     }
-    attention_pool(m, x, n, C, H * H, out);
+    attention_pool(m, a, x, n, C, H * H, out);
     model_tap(m, "visual.attnpool", out, n, c->embed_dim);
     return 0;
 }

@@ -51,7 +51,7 @@ size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len)
 }
 
 /* eot[i] is the pooling position of sequence i; it runs over eot[i] + 1 tokens. */
-int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, float *out) {
+int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, const int *eot, float *out) {
     const clipc_config *c = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
@@ -67,13 +67,12 @@ int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, f
         T += len[i];
         max_len = len[i] > max_len ? len[i] : max_len;
     }
-    arena *a = &m->scratch;
     float *x = arena_alloc(a, (size_t)T * D);
     text_embed(m, tokens, n, start, len, x);
 
     packing pk = {start, len, n, T, max_len};
     float *pooled = arena_alloc(a, (size_t)n * D);
-    transformer_forward(m, L->t_blocks, c->text_layers, D, c->text_heads, true, x, &pk, eot_row, pooled,
+    transformer_forward(m, a, L->t_blocks, c->text_layers, D, c->text_heads, true, x, &pk, eot_row, pooled,
                         "transformer.");
     /* ln_final is per row, so only the pooled rows need it. */
     layernorm_forward(pooled, pooled, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);

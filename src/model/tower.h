@@ -14,21 +14,22 @@ size_t transformer_scratch(int T, int D, int max_len, int heads, int n_seq);
 /* Runs the blocks over x [T, D]; pooled [n_seq, D] receives the final hidden
  * state of row pool_row[s] of each sequence (x itself is left partly
  * updated: only the pooled rows are defined after the call). */
-void transformer_forward(clipc_model *m, const block_offsets *blocks, int layers, int D, int heads,
+void transformer_forward(const clipc_model *m, arena *a, const block_offsets *blocks, int layers, int D, int heads,
                          bool causal, float *x, const packing *pk, const int *pool_row, float *pooled,
                          const char *prefix);
 void model_tap(const clipc_model *m, const char *name, const float *x, int rows, int cols);
 
 /* Each tower: the arena size its forward pass needs for n inputs, and the
- * pass itself writing [n, embed_dim] features. */
+ * pass itself writing [n, embed_dim] features, with its activations in
+ * arena a (one per concurrent pass; the model itself is only read). */
 size_t vit_scratch(const clipc_config *c, int n);
 void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x);
-int vit_forward(clipc_model *m, const float *pixels, int n, float *out);
+int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
 size_t resnet_scratch(const clipc_config *c, int n);
-int resnet_forward(clipc_model *m, const float *pixels, int n, float *out);
+int resnet_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
 void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len, float *x);
 int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int *eot, clipc_error *err);
 size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len);
-int text_forward(clipc_model *m, const int32_t *tokens, int n, const int *eot, float *out);
+int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, const int *eot, float *out);
 
 #endif

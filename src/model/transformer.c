@@ -30,7 +30,7 @@ static void activation(const clipc_model *m, float *h, size_t n) {
 }
 
 /* One full block over all T rows, in place on x. */
-static void block_forward(clipc_model *m, const block_offsets *b, int D, int heads, bool causal, float *x,
+static void block_forward(const clipc_model *m, const block_offsets *b, int D, int heads, bool causal, float *x,
                           const packing *pk, float *ln, float *qkv, float *att, float *hid, float *scratch,
                           const char *tap_prefix) {
     const float *P = m->params;
@@ -60,12 +60,11 @@ static void block_forward(clipc_model *m, const block_offsets *b, int D, int hea
 }
 
 /* The last block, computed for the pooled rows only; writes pooled [n, D]. */
-static void last_block_pooled(clipc_model *m, const block_offsets *b, int D, int heads, bool causal,
+static void last_block_pooled(const clipc_model *m, arena *a, const block_offsets *b, int D, int heads, bool causal,
                               const float *x, const packing *pk, const int *pool_row, float *pooled,
                               float *ln, float *qkv, float *att, float *scratch) {
     const float *P = m->params;
     int T = pk->total, n = pk->n_seq;
-    arena *a = &m->scratch;
     float *rows = arena_alloc(a, (size_t)n * D), *q = arena_alloc(a, (size_t)n * D);
     float *hid = arena_alloc(a, (size_t)n * 4 * D);
     layernorm_forward(ln, x, P + b->ln1_w, P + b->ln1_b, T, D);
@@ -86,10 +85,9 @@ static void last_block_pooled(clipc_model *m, const block_offsets *b, int D, int
     linear_forward(pooled, hid, P + b->proj_w, P + b->proj_b, n, 4 * D, D, true);
 }
 
-void transformer_forward(clipc_model *m, const block_offsets *blocks, int layers, int D, int heads, bool causal,
+void transformer_forward(const clipc_model *m, arena *a, const block_offsets *blocks, int layers, int D, int heads, bool causal,
                          float *x, const packing *pk, const int *pool_row, float *pooled, const char *prefix) {
     int T = pk->total, n = pk->n_seq;
-    arena *a = &m->scratch;
     float *ln = arena_alloc(a, (size_t)T * D);
     float *qkv = arena_alloc(a, (size_t)T * 3 * D);
     float *att = arena_alloc(a, (size_t)T * D);
@@ -106,6 +104,6 @@ void transformer_forward(clipc_model *m, const block_offsets *blocks, int layers
     if (full == layers) {
         for (int s = 0; s < n; s++) memcpy(pooled + (size_t)s * D, x + (size_t)pool_row[s] * D, (size_t)D * sizeof *x);
     } else {
-        last_block_pooled(m, &blocks[layers - 1], D, heads, causal, x, pk, pool_row, pooled, ln, qkv, att, scratch);
+        last_block_pooled(m, a, &blocks[layers - 1], D, heads, causal, x, pk, pool_row, pooled, ln, qkv, att, scratch);
     }
 }

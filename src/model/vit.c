@@ -46,13 +46,12 @@ size_t vit_scratch(const clipc_config *c, int n) {
            transformer_scratch((int)T, (int)D, (int)S, c->vision_heads, n) + 8 * 16;
 }
 
-int vit_forward(clipc_model *m, const float *pixels, int n, float *out) {
+int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out) {
     const clipc_config *c = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
     int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = G * G + 1, D = c->vision_width;
     int K = 3 * P * P, T = n * S;
-    arena *a = &m->scratch;
     int *start = malloc(3 * (size_t)n * sizeof *start);
     if (!start) return -1;
     int *len = start + n, *cls_row = start + 2 * n;
@@ -71,7 +70,7 @@ int vit_forward(clipc_model *m, const float *pixels, int n, float *out) {
 
     packing pk = {start, len, n, T, S};
     float *cls_rows = arena_alloc(a, (size_t)n * D);
-    transformer_forward(m, L->v_blocks, c->vision_layers, D, c->vision_heads, false, x, &pk, cls_row, cls_rows,
+    transformer_forward(m, a, L->v_blocks, c->vision_layers, D, c->vision_heads, false, x, &pk, cls_row, cls_rows,
                         "visual.transformer.");
     layernorm_forward(cls_rows, cls_rows, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);
     model_tap(m, "visual.ln_post", cls_rows, n, D);
