@@ -180,7 +180,14 @@ typedef struct trainer {
     dist_pending *pending; /* gradient sums in flight */
     adamw opt;          /* opt.step = steps taken */
     float *grads;       /* like m->params */
-    tower_cache image, text; /* activations, reused from step to step */
+    /* Each micro-batch is cut into `shares` contiguous shares, one per
+     * thread, for models too narrow to share one GEMM between threads
+     * (trainer.c). Share s keeps its activations in image[s], text[s]
+     * (reused from step to step) and, for s > 0, its gradients in
+     * share_grads[(s - 1) * table.total ...]. */
+    int shares;
+    tower_cache *image, *text;
+    float *share_grads;
 } trainer;
 
 typedef struct step_stats {

@@ -17,10 +17,21 @@
  * micro-batch; the loss all-gathers the features (loss.c), and the
  * parameter gradients are summed over ranks in buckets: the text tower's
  * sums start as soon as its last backward pass is done, while the image
- * tower's backward runs. Every rank then takes the same AdamW step. */
+ * tower's backward runs. Every rank then takes the same AdamW step.
+ *
+ * Within a process, a narrow model (towers at most 256 wide, like the
+ * 3.5M-parameter fmnist CLIP) is data-parallel over threads in the same
+ * way: each thread runs forward and backward on its contiguous share of
+ * every micro-batch with its own activations and gradient buffer, the loss
+ * sees all features at once, and the shares' gradients are summed in share
+ * order. Its GEMMs are too small to split between threads without the
+ * threads waiting on each other at every layer; whole shares never wait. A
+ * wide model (ViT-B-32) keeps one share and threads inside each GEMM,
+ * where its gradient buffers would cost more memory than sharing saves. */
 #include "train.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,13 +56,21 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
     if (!(t->pending = dist_pending_new())) return clipc_fail(err, "out of memory");
     if (o->loss == LOSS_SIGLIP && !m->cfg.has_logit_bias)
         return clipc_fail(err, "the SigLIP loss needs a model with a logit_bias (initialise it for SigLIP)");
+    int threads = omp_get_max_threads(), narrow = m->cfg.vision_width <= 256 && m->cfg.text_width <= 256;
+    t->shares = narrow ? (threads < t->local_batch ? threads : t->local_batch) : 1;
+    t->shares = t->shares > 64 ? 64 : t->shares;
+    t->shares = t->shares < 1 ? 1 : t->shares;
     t->grads = calloc(m->table.total, sizeof *t->grads);
-    if (!t->grads) {
+    t->image = calloc((size_t)t->shares, sizeof *t->image);
+    t->text = calloc((size_t)t->shares, sizeof *t->text);
+    if (t->shares > 1) t->share_grads = malloc((size_t)(t->shares - 1) * m->table.total * sizeof *t->share_grads);
+    if (!t->grads || !t->image || !t->text || (t->shares > 1 && !t->share_grads)) {
+        free(t->grads), free(t->image), free(t->text), free(t->share_grads);
         dist_pending_free(t->pending);
         return clipc_fail(err, "out of memory for gradients");
     }
     if (adamw_init(&t->opt, m, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, err)) {
-        free(t->grads);
+        free(t->grads), free(t->image), free(t->text), free(t->share_grads);
         dist_pending_free(t->pending);
         return -1;
     }
@@ -59,61 +78,115 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
 }
 
 void trainer_free(trainer *t) {
-    tower_cache_free(&t->image);
-    tower_cache_free(&t->text);
+    for (int s = 0; s < t->shares && t->image; s++) tower_cache_free(&t->image[s]);
+    for (int s = 0; s < t->shares && t->text; s++) tower_cache_free(&t->text[s]);
+    free(t->image), free(t->text), free(t->share_grads);
     free(t->grads);
     dist_pending_free(t->pending);
     adamw_free(&t->opt);
     memset(t, 0, sizeof *t);
 }
 
-/* Forward both towers on micro-batch k; with caches when asked. */
-static int forward_micro(trainer *t, const float *pixels, const int32_t *tokens, int k, float *fi, float *ft,
-                         tower_cache *ci, tower_cache *ct, clipc_error *err) {
+/* What a pass over the shares does. */
+enum share_work { SHARE_FORWARD, SHARE_TEXT_BACKWARD, SHARE_IMAGE_BACKWARD };
+
+typedef struct share_job {
+    enum share_work work;
+    int k;                     /* the micro-batch */
+    const float *pixels;       /* the step's inputs */
+    const int32_t *tokens;
+    float *fi, *ft;            /* features, written by forward */
+    const float *di, *dt;      /* their gradients, read by backward */
+} share_job;
+
+/* The job on share s of micro-batch k (a contiguous range of its pairs),
+ * with the share's caches and gradient buffer. */
+static int run_share(trainer *t, const share_job *j, int s, clipc_error *err) {
     const clipc_config *c = &t->m->cfg;
-    int B = t->local_batch, E = c->embed_dim, R = c->image_resolution, ctx = c->context_length;
-    const float *px = pixels + (size_t)k * B * 3 * R * R;
-    const int32_t *tk = tokens + (size_t)k * B * ctx;
-    if (vit_train_forward(t->m, px, B, fi + (size_t)k * B * E, ci, err)) return -1;
-    return text_train_forward(t->m, tk, B, ft + (size_t)k * B * E, ct, err);
+    int E = c->embed_dim, R = c->image_resolution, ctx = c->context_length;
+    int first = s * t->local_batch / t->shares, count = (s + 1) * t->local_batch / t->shares - first;
+    size_t row = (size_t)j->k * t->local_batch + first;
+    float *grads = s ? t->share_grads + (size_t)(s - 1) * t->m->table.total : t->grads;
+    switch (j->work) {
+    case SHARE_FORWARD:
+        if (vit_train_forward(t->m, j->pixels + row * 3 * R * R, count, j->fi + row * E, &t->image[s], err)) return -1;
+        return text_train_forward(t->m, j->tokens + row * ctx, count, j->ft + row * E, &t->text[s], err);
+    case SHARE_TEXT_BACKWARD:
+        return text_train_backward(t->m, &t->text[s], j->dt + row * E, grads, err);
+    case SHARE_IMAGE_BACKWARD:
+        return vit_train_backward(t->m, &t->image[s], j->di + row * E, grads, err);
+    }
+    return -1;
+}
+
+/* Runs a job on every share: with one share on the caller, whose layers
+ * use every thread; else one share per thread, each keeping its OpenMP
+ * regions to itself. On failure err gets the first failing share's error. */
+static int run_shares(trainer *t, const share_job *j, clipc_error *err) {
+    if (t->shares == 1) return run_share(t, j, 0, err);
+    clipc_error errors[64];
+    int failed = 0, n = t->shares < 64 ? t->shares : 64;
+#pragma omp parallel for num_threads(n) reduction(| : failed)
+    for (int s = 0; s < n; s++) {
+        omp_set_num_threads(1);
+        if (run_share(t, j, s, &errors[s])) failed |= 1 << s;
+    }
+    if (failed) *err = errors[__builtin_ctz((unsigned)failed)];
+    return failed ? -1 : 0;
+}
+
+/* grads[lo, hi) += every other share's gradients there, in share order. */
+static void sum_shares(trainer *t, size_t lo, size_t hi) {
+    size_t total = t->m->table.total;
+#pragma omp parallel for if (t->shares > 1)
+    for (size_t i = lo; i < hi; i++)
+        for (int s = 1; s < t->shares; s++) t->grads[i] += t->share_grads[(size_t)(s - 1) * total + i];
 }
 
 int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens, loss_metrics *lm, clipc_error *err) {
     clipc_model *m = t->m;
-    int K = t->o.accum, B = t->local_batch, N = K * B, E = m->cfg.embed_dim;
-    memset(t->grads, 0, m->table.total * sizeof *t->grads);
+    int K = t->o.accum, N = K * t->local_batch, E = m->cfg.embed_dim;
+    size_t total = m->table.total;
+    memset(t->grads, 0, total * sizeof *t->grads);
+    if (t->shares > 1) memset(t->share_grads, 0, (size_t)(t->shares - 1) * total * sizeof *t->share_grads);
     float *buf = malloc((size_t)N * E * 4 * sizeof *buf);
     if (!buf) return clipc_fail(err, "out of memory");
-    float *fi = buf, *ft = fi + (size_t)N * E, *di = ft + (size_t)N * E, *dt = di + (size_t)N * E;
-    /* The caches hold one micro-batch's activations; their buffers are
-     * reused from pass to pass and step to step. */
-    tower_cache *ci = &t->image, *ct = &t->text;
+    share_job job = {SHARE_FORWARD, 0, pixels, tokens, buf, buf + (size_t)N * E, buf + (size_t)2 * N * E,
+                     buf + (size_t)3 * N * E};
+    float *di = buf + (size_t)2 * N * E, *dt = buf + (size_t)3 * N * E;
     int rc = 0;
-    /* 1. all features (with accumulation, each pass overwrites the last) */
-    for (int k = 0; k < (K > 1 ? K : 1) && rc == 0; k++) rc = forward_micro(t, pixels, tokens, k, fi, ft, ci, ct, err);
+    /* 1. all features (with accumulation, each pass overwrites the
+     * caches of the last) */
+    for (job.k = 0; job.k < K && rc == 0; job.k++) rc = run_shares(t, &job, err);
     /* 2. the loss over the step's pairs on every rank */
     if (rc == 0) {
         float *P = m->params, *G = t->grads;
         bool siglip = t->o.loss == LOSS_SIGLIP;
-        rc = contrastive_loss(t->d, t->o.loss, fi, ft, N, E, P[m->L.logit_scale], siglip ? P[m->L.logit_bias] : 0, di,
-                              dt, &G[m->L.logit_scale], siglip ? &G[m->L.logit_bias] : NULL, lm);
+        rc = contrastive_loss(t->d, t->o.loss, job.fi, job.ft, N, E, P[m->L.logit_scale],
+                              siglip ? P[m->L.logit_bias] : 0, di, dt, &G[m->L.logit_scale],
+                              siglip ? &G[m->L.logit_bias] : NULL, lm);
         if (rc) clipc_fail(err, "out of memory in the loss");
     }
-    /* 3. backward, micro-batch by micro-batch. The parameters are laid out
-     * image tower first, then text tower, logit_scale and logit_bias
-     * (params.c), so after the last text backward everything from
-     * token_embedding on is final and its sum over ranks can start. */
-    size_t text_first = m->L.t_tok, total = m->table.total;
-    for (int k = 0; k < K && rc == 0; k++) {
-        if (K > 1 && forward_micro(t, pixels, tokens, k, fi, ft, ci, ct, err)) {
-            rc = -1;
-            break;
+    /* 3. backward, micro-batch by micro-batch (re-running its forward pass
+     * first when accumulating: the caches hold only the last one). The
+     * parameters are laid out image tower first, then text tower,
+     * logit_scale and logit_bias (params.c), so after the last text
+     * backward everything from token_embedding on is final: its sum over
+     * ranks starts while the image tower's backward runs. */
+    size_t text_first = m->L.t_tok;
+    for (job.k = 0; job.k < K && rc == 0; job.k++) {
+        if (K > 1) job.work = SHARE_FORWARD, rc = run_shares(t, &job, err);
+        if (rc == 0) job.work = SHARE_TEXT_BACKWARD, rc = run_shares(t, &job, err);
+        if (rc == 0 && job.k == K - 1) {
+            sum_shares(t, text_first, total);
+            dist_sum_floats_start(t->d, t->grads + text_first, total - text_first, t->pending);
         }
-        rc = text_train_backward(m, ct, dt + (size_t)k * B * E, t->grads, err);
-        if (rc == 0 && k == K - 1) dist_sum_floats_start(t->d, t->grads + text_first, total - text_first, t->pending);
-        if (rc == 0) rc = vit_train_backward(m, ci, di + (size_t)k * B * E, t->grads, err);
+        if (rc == 0) job.work = SHARE_IMAGE_BACKWARD, rc = run_shares(t, &job, err);
     }
-    if (rc == 0) dist_sum_floats_start(t->d, t->grads, text_first, t->pending);
+    if (rc == 0) {
+        sum_shares(t, 0, text_first);
+        dist_sum_floats_start(t->d, t->grads, text_first, t->pending);
+    }
     dist_sum_floats_finish(t->d, t->pending); /* never leave a sum in flight */
     free(buf);
     return rc;
