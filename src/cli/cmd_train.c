@@ -315,6 +315,9 @@ static int train_main(int argc, char **argv, const dist *d) {
                 o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
     if (lead && d->size > 1)
         fprintf(stderr, "data-parallel over %d ranks: %d pairs of each micro-batch per rank\n", d->size, t.local_batch);
+    if (lead && t.shares > 1)
+        fprintf(stderr, "data-parallel over %d threads%s: each takes its share of every micro-batch\n", t.shares,
+                d->size > 1 ? " per rank" : "");
     long skipped_reported = 0;
     double start = cli_now(), last_print = 0;
     long first = step;
