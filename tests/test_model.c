@@ -4,6 +4,7 @@
 #include "test.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -305,10 +306,51 @@ static void check_activations(void) {
     run_cmd(cmd);
 }
 
+/* Batch-parallel encoding: a batch cut into 1, 2 or 3 shares (one per
+ * thread; 3 does not divide 7) gives the features one share gives, for the
+ * ViT, the ResNet and texts of different lengths. */
+static void check_thread_shares(void) {
+    clipc_error err;
+    const char *archs[2] = {"tiny", "tiny-rn"};
+    static const char *const texts[7] = {"a dog", "a photo of a red car parked on a quiet street at night", "x",
+                                         "two cats", "a bowl of fruit on a wooden table", "sunset", "a b c d e f"};
+    int saved = omp_get_max_threads(), n = 7;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    for (int a = 0; a < 2; a++) {
+        clipc_model *m = clipc_model_init(archs[a], 9, &err);
+        CHECK(m != NULL, "%s", err.message);
+        if (!m) continue;
+        const clipc_config *c = clipc_model_config(m);
+        size_t px = (size_t)3 * c->image_resolution * c->image_resolution;
+        float *pixels = malloc(n * px * sizeof *pixels), *base = malloc((size_t)2 * n * c->embed_dim * sizeof *base);
+        float *got = malloc((size_t)2 * n * c->embed_dim * sizeof *got);
+        int32_t *tokens = malloc((size_t)n * c->context_length * sizeof *tokens);
+        for (size_t i = 0; i < n * px; i++) pixels[i] = sinf((float)i * 0.37f);
+        for (int i = 0; i < n; i++) clipc_tokenize(tok, texts[i], c->context_length, 1, tokens + (size_t)i * c->context_length, &err);
+        for (int threads = 1; threads <= 3; threads++) {
+            omp_set_num_threads(threads);
+            float *out = threads == 1 ? base : got;
+            CHECK(clipc_encode_image(m, pixels, n, out, &err) == 0, "%s", err.message);
+            CHECK(clipc_encode_text(m, tokens, n, out + (size_t)n * c->embed_dim, &err) == 0, "%s", err.message);
+            if (threads == 1) continue;
+            double diff = 0;
+            for (size_t i = 0; i < (size_t)2 * n * c->embed_dim; i++) diff = fmax(diff, fabs((double)base[i] - got[i]));
+            CHECK(diff <= 1e-5, "%s, %d shares: features differ by %.3g", archs[a], threads, diff);
+            printf("  %s: %d images and %d texts in %d thread shares vs one: within %.2g\n", archs[a], n, n, threads,
+                   diff);
+        }
+        omp_set_num_threads(saved);
+        free(pixels), free(base), free(got), free(tokens);
+        clipc_model_free(m);
+    }
+    clipc_tokenizer_free(tok);
+}
+
 void test_model(void) {
     check_activations();
     check_model("tiny", "model.safetensors");
     check_model("tiny", "model_hf.safetensors");
     check_model("tiny-rn", "model.safetensors");
     check_round_trip_and_errors();
+    check_thread_shares();
 }

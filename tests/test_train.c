@@ -7,6 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -473,6 +474,50 @@ static void check_accumulation(void) {
     npy_free(&tokens);
 }
 
+/* Thread shares: one process splitting each micro-batch over 1, 2 or 3
+ * threads (3 does not divide 8: shares of 2, 3 and 3 pairs) gives the same
+ * loss and gradients, with and without accumulation. */
+static void check_thread_shares(void) {
+    clipc_error err;
+    npy_array images, tokens;
+    if (load_npy("tiny/images.npy", &images) || load_npy("tiny/tokens.npy", &tokens)) return;
+    clipc_model *m = clipc_model_init("tiny", 6, &err);
+    int saved = omp_get_max_threads();
+    for (int accum = 1; accum <= 2; accum++) {
+        train_options o = {.batch = 8 / accum, .accum = accum, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.98f,
+                           .eps = 1e-6f, .weight_decay = 0.2f, .warmup = 1, .total_steps = 10};
+        trainer base;
+        omp_set_num_threads(1);
+        CHECK(trainer_init(&base, m, &o, NULL, &err) == 0, "%s", err.message);
+        CHECK(base.shares == 1, "one thread: %d shares", base.shares);
+        loss_metrics a, b;
+        CHECK(trainer_compute_grads(&base, images.data, tokens.data, &a, &err) == 0, "%s", err.message);
+        for (int threads = 2; threads <= 3; threads++) {
+            trainer t;
+            omp_set_num_threads(threads);
+            CHECK(trainer_init(&t, m, &o, NULL, &err) == 0, "%s", err.message);
+            CHECK(t.shares == threads, "%d threads: %d shares", threads, t.shares);
+            CHECK(trainer_compute_grads(&t, images.data, tokens.data, &b, &err) == 0, "%s", err.message);
+            double gmax = 0, diff = 0;
+            for (size_t i = 0; i < m->table.total; i++) {
+                gmax = fmax(gmax, fabs(base.grads[i]));
+                diff = fmax(diff, fabs((double)base.grads[i] - t.grads[i]));
+            }
+            CHECK(fabsf(a.loss - b.loss) <= 1e-6f * fabsf(a.loss), "%d shares: loss %.7f vs %.7f", threads, b.loss,
+                  a.loss);
+            CHECK(diff <= 1e-5 * gmax, "%d shares: gradients differ by %.3g (max %.3g)", threads, diff, gmax);
+            printf("  %d thread shares vs 1, accum %d: loss %.7f vs %.7f, gradients within %.2g of %.2g\n", threads,
+                   accum, b.loss, a.loss, diff, gmax);
+            trainer_free(&t);
+        }
+        trainer_free(&base);
+    }
+    omp_set_num_threads(saved);
+    clipc_model_free(m);
+    npy_free(&images);
+    npy_free(&tokens);
+}
+
 /* A non-finite loss stops the step before the weights change. */
 static void check_divergence(void) {
     clipc_error err;
@@ -514,6 +559,7 @@ void test_train(void) {
     check_schedule();
     check_divergence();
     check_accumulation();
+    check_thread_shares();
     check_linear();
     check_matmul();
     check_layernorm();
