@@ -50,7 +50,7 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
     (void)m;
     if (n > c->n_cap) {
         free(c->start);
-        c->start = malloc((size_t)n * 3 * sizeof(int) + (size_t)n * sizeof(size_t));
+        c->start = malloc(((size_t)n * 3 + 1) * sizeof(int) + (size_t)n * sizeof(size_t));
         c->n_cap = c->start ? n : 0;
     }
     if (layers > c->layers_cap) {
@@ -69,7 +69,7 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
     c->tokens = NULL;
     c->len = c->start + n;
     c->pool_row = c->start + 2 * n;
-    c->probs_offset = (size_t *)(c->start + 3 * n);
+    c->probs_offset = (size_t *)(c->start + 3 * n + (3 * n) % 2); /* after the ints, 8-byte aligned */
     size_t probs = 0;
     for (int i = 0; i < n; i++) {
         c->start[i] = c->T;
