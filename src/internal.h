@@ -33,6 +33,14 @@ int arena_reserve(arena *a, size_t floats, clipc_error *err);
 float *arena_alloc(arena *a, size_t floats);
 void arena_free(arena *a);
 
+/* ---- util/shares.c: a batch as independent per-thread shares ----------- */
+
+/* Runs work(ctx, s, err) for every s in [0, shares). One share runs on the
+ * calling thread, whose OpenMP regions and BLAS calls then use every
+ * thread. Several run one per thread, each keeping its OpenMP regions to
+ * itself. Returns 0, or -1 with err from a failing share. */
+int run_shares(int shares, int (*work)(void *ctx, int s, clipc_error *err), void *ctx, clipc_error *err);
+
 /* ---- util/npy.c -------------------------------------------------------- */
 
 typedef struct npy_array {

@@ -264,12 +264,10 @@ void clipc_normalize_rows(float *rows, int n, int dim) {
 
 /* Batch-parallel encoding. A batch is cut into one contiguous share per
  * thread, and each share runs the whole tower on its own thread with its
- * own arena; OpenMP regions and OpenBLAS calls inside it then run on that
- * one thread. So the threads never wait for each other inside a pass: no
- * barrier per layer, no BLAS threads yielding while another packs, and the
- * element-wise kernels split evenly. A single input runs as one pass whose
- * layers use every thread; so does a model with a debug tap, whose
- * intermediates must arrive in order. */
+ * own arena (run_shares). So the threads never wait for each other inside
+ * a pass, and the element-wise kernels split evenly. A single input runs
+ * as one pass whose layers use every thread; so does a model with a debug
+ * tap, whose intermediates must arrive in order. */
 static int shares_for(const clipc_model *m, int n) {
     int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
     return m->tap || n < 2 ? 1 : (n < threads ? n : threads);
@@ -286,33 +284,46 @@ static int ensure_arenas(clipc_model *m, int count, clipc_error *err) {
     return 0;
 }
 
-/* One share of a batch: runs on the calling thread, and when other shares
- * run beside it, keeps its OpenMP regions to that thread. (With one share
- * the enclosing region is inactive, `if (shares > 1)`, so the layers'
- * regions and OpenBLAS still use every thread.) */
-static int image_share(const clipc_model *m, arena *a, const float *pixels, int n, float *out, bool alone) {
-    if (!alone) omp_set_num_threads(1);
-    return m->cfg.vision_tower == CLIPC_VIT ? vit_forward(m, a, pixels, n, out) : resnet_forward(m, a, pixels, n, out);
+/* One chunk of an encode call: share s covers inputs [bound[s], bound[s + 1]). */
+typedef struct encode_job {
+    clipc_model *m;
+    const float *pixels;   /* images, or NULL */
+    const int32_t *tokens; /* texts */
+    const int *eot;
+    const int *bound;
+    float *out;
+} encode_job;
+
+static int encode_share(void *ctx, int s, clipc_error *err) {
+    const encode_job *j = ctx;
+    const clipc_config *c = &j->m->cfg;
+    int first = j->bound[s], count = j->bound[s + 1] - first;
+    arena *a = &j->m->scratch[s];
+    float *out = j->out + (size_t)first * c->embed_dim;
+    if (j->pixels) {
+        const float *px = j->pixels + (size_t)first * 3 * c->image_resolution * c->image_resolution;
+        int rc = c->vision_tower == CLIPC_VIT ? vit_forward(j->m, a, px, count, out) : resnet_forward(j->m, a, px, count, out);
+        return rc ? clipc_fail(err, "out of memory encoding images") : 0;
+    }
+    if (count > 0 && text_forward(j->m, a, j->tokens + (size_t)first * c->context_length, count, j->eot + first, out))
+        return clipc_fail(err, "out of memory encoding text");
+    return 0;
 }
 
 int clipc_encode_image(clipc_model *m, const float *pixels, int n, float *out, clipc_error *err) {
     const clipc_config *c = &m->cfg;
-    size_t per_image = (size_t)3 * c->image_resolution * c->image_resolution;
     bool vit = c->vision_tower == CLIPC_VIT;
+    int bound[IMAGE_CHUNK + 1];
     for (int done = 0; done < n; done += IMAGE_CHUNK) {
-        int b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK, shares = shares_for(m, b), failed = 0;
+        int b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK, shares = shares_for(m, b);
         if (ensure_arenas(m, shares, err)) return -1;
+        for (int s = 0; s <= shares; s++) bound[s] = done + s * b / shares; /* equal shares */
         for (int s = 0; s < shares; s++) {
-            int count = (s + 1) * b / shares - s * b / shares;
+            int count = bound[s + 1] - bound[s];
             if (arena_reserve(&m->scratch[s], vit ? vit_scratch(c, count) : resnet_scratch(c, count), err)) return -1;
         }
-#pragma omp parallel for num_threads(shares) reduction(| : failed) if (shares > 1)
-        for (int s = 0; s < shares; s++) {
-            int first = done + s * b / shares, count = done + (s + 1) * b / shares - first;
-            failed |= image_share(m, &m->scratch[s], pixels + (size_t)first * per_image, count,
-                                  out + (size_t)first * c->embed_dim, shares == 1);
-        }
-        if (failed) return clipc_fail(err, "out of memory encoding images");
+        encode_job job = {m, pixels, NULL, NULL, bound, out};
+        if (run_shares(shares, encode_share, &job, err)) return -1;
     }
     if (m->tap) model_tap(m, "encode_image", out, n, c->embed_dim);
     return 0;
@@ -330,46 +341,32 @@ static void text_share_size(const int *eot, int first, int count, int *total, in
 
 int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, clipc_error *err) {
     const clipc_config *c = &m->cfg;
-    int ctx = c->context_length;
     int *eot = malloc((size_t)(n > 0 ? n : 1) * sizeof *eot);
     if (!eot) return clipc_fail(err, "out of memory");
     if (text_eot_positions(c, tokens, n, eot, err)) {
         free(eot);
         return -1;
     }
-    int rc = 0;
+    int rc = 0, bound[TEXT_CHUNK + 1];
     for (int done = 0; done < n && rc == 0; done += TEXT_CHUNK) {
-        int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK, shares = shares_for(m, b), failed = 0;
+        int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK, shares = shares_for(m, b), total, longest;
         /* Shares of equal token counts (a text's cost grows with its
          * length): share s starts at the first text whose tokens before it
          * reach s/shares of the chunk's. */
-        int bound[65], total, longest;
-        shares = shares > 64 ? 64 : shares;
         text_share_size(eot, done, b, &total, &longest);
         bound[0] = done, bound[shares] = done + b;
         for (int s = 1, i = done, seen = 0; s < shares; s++) {
             while (i < done + b && (long)seen * shares < (long)total * s) seen += eot[i++] + 1;
             bound[s] = i > bound[s - 1] ? i : bound[s - 1];
         }
-        if (ensure_arenas(m, shares, err)) {
-            rc = -1;
-            break;
-        }
+        rc = ensure_arenas(m, shares, err);
         for (int s = 0; s < shares && rc == 0; s++) {
             int count = bound[s + 1] - bound[s];
             text_share_size(eot, bound[s], count, &total, &longest);
             rc = arena_reserve(&m->scratch[s], text_scratch(c, total, count, longest), err);
         }
-        if (rc) break;
-#pragma omp parallel for num_threads(shares) reduction(| : failed) if (shares > 1)
-        for (int s = 0; s < shares; s++) {
-            int count = bound[s + 1] - bound[s];
-            if (shares > 1) omp_set_num_threads(1);
-            if (count > 0)
-                failed |= text_forward(m, &m->scratch[s], tokens + (size_t)bound[s] * ctx, count, eot + bound[s],
-                                       out + (size_t)bound[s] * c->embed_dim);
-        }
-        if (failed) rc = clipc_fail(err, "out of memory encoding text");
+        encode_job job = {m, NULL, tokens, eot, bound, out};
+        if (rc == 0) rc = run_shares(shares, encode_share, &job, err);
     }
     free(eot);
     if (rc == 0 && m->tap) model_tap(m, "encode_text", out, n, c->embed_dim);

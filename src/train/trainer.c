@@ -58,7 +58,6 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
         return clipc_fail(err, "the SigLIP loss needs a model with a logit_bias (initialise it for SigLIP)");
     int threads = omp_get_max_threads(), narrow = m->cfg.vision_width <= 256 && m->cfg.text_width <= 256;
     t->shares = narrow ? (threads < t->local_batch ? threads : t->local_batch) : 1;
-    t->shares = t->shares > 64 ? 64 : t->shares;
     t->shares = t->shares < 1 ? 1 : t->shares;
     t->grads = calloc(m->table.total, sizeof *t->grads);
     t->image = calloc((size_t)t->shares, sizeof *t->image);
@@ -91,6 +90,7 @@ void trainer_free(trainer *t) {
 enum share_work { SHARE_FORWARD, SHARE_TEXT_BACKWARD, SHARE_IMAGE_BACKWARD };
 
 typedef struct share_job {
+    trainer *t;
     enum share_work work;
     int k;                     /* the micro-batch */
     const float *pixels;       /* the step's inputs */
@@ -100,39 +100,25 @@ typedef struct share_job {
 } share_job;
 
 /* The job on share s of micro-batch k (a contiguous range of its pairs),
- * with the share's caches and gradient buffer. */
-static int run_share(trainer *t, const share_job *j, int s, clipc_error *err) {
+ * with the share's caches and gradient buffer; run by run_shares. */
+static int run_share(void *ctx, int s, clipc_error *err) {
+    const share_job *j = ctx;
+    trainer *t = j->t;
     const clipc_config *c = &t->m->cfg;
-    int E = c->embed_dim, R = c->image_resolution, ctx = c->context_length;
+    int E = c->embed_dim, R = c->image_resolution, ctx_len = c->context_length;
     int first = s * t->local_batch / t->shares, count = (s + 1) * t->local_batch / t->shares - first;
     size_t row = (size_t)j->k * t->local_batch + first;
     float *grads = s ? t->share_grads + (size_t)(s - 1) * t->m->table.total : t->grads;
     switch (j->work) {
     case SHARE_FORWARD:
         if (vit_train_forward(t->m, j->pixels + row * 3 * R * R, count, j->fi + row * E, &t->image[s], err)) return -1;
-        return text_train_forward(t->m, j->tokens + row * ctx, count, j->ft + row * E, &t->text[s], err);
+        return text_train_forward(t->m, j->tokens + row * ctx_len, count, j->ft + row * E, &t->text[s], err);
     case SHARE_TEXT_BACKWARD:
         return text_train_backward(t->m, &t->text[s], j->dt + row * E, grads, err);
     case SHARE_IMAGE_BACKWARD:
         return vit_train_backward(t->m, &t->image[s], j->di + row * E, grads, err);
     }
     return -1;
-}
-
-/* Runs a job on every share: with one share on the caller, whose layers
- * use every thread; else one share per thread, each keeping its OpenMP
- * regions to itself. On failure err gets the first failing share's error. */
-static int run_shares(trainer *t, const share_job *j, clipc_error *err) {
-    if (t->shares == 1) return run_share(t, j, 0, err);
-    clipc_error errors[64];
-    int failed = 0, n = t->shares < 64 ? t->shares : 64;
-#pragma omp parallel for num_threads(n) reduction(| : failed)
-    for (int s = 0; s < n; s++) {
-        omp_set_num_threads(1);
-        if (run_share(t, j, s, &errors[s])) failed |= 1 << s;
-    }
-    if (failed) *err = errors[__builtin_ctz((unsigned)failed)];
-    return failed ? -1 : 0;
 }
 
 /* grads[lo, hi) += every other share's gradients there, in share order. */
@@ -151,13 +137,13 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
     if (t->shares > 1) memset(t->share_grads, 0, (size_t)(t->shares - 1) * total * sizeof *t->share_grads);
     float *buf = malloc((size_t)N * E * 4 * sizeof *buf);
     if (!buf) return clipc_fail(err, "out of memory");
-    share_job job = {SHARE_FORWARD, 0, pixels, tokens, buf, buf + (size_t)N * E, buf + (size_t)2 * N * E,
+    share_job job = {t, SHARE_FORWARD, 0, pixels, tokens, buf, buf + (size_t)N * E, buf + (size_t)2 * N * E,
                      buf + (size_t)3 * N * E};
     float *di = buf + (size_t)2 * N * E, *dt = buf + (size_t)3 * N * E;
     int rc = 0;
     /* 1. all features (with accumulation, each pass overwrites the
      * caches of the last) */
-    for (job.k = 0; job.k < K && rc == 0; job.k++) rc = run_shares(t, &job, err);
+    for (job.k = 0; job.k < K && rc == 0; job.k++) rc = run_shares(t->shares, run_share, &job, err);
     /* 2. the loss over the step's pairs on every rank */
     if (rc == 0) {
         float *P = m->params, *G = t->grads;
@@ -175,13 +161,13 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
      * ranks starts while the image tower's backward runs. */
     size_t text_first = m->L.t_tok;
     for (job.k = 0; job.k < K && rc == 0; job.k++) {
-        if (K > 1) job.work = SHARE_FORWARD, rc = run_shares(t, &job, err);
-        if (rc == 0) job.work = SHARE_TEXT_BACKWARD, rc = run_shares(t, &job, err);
+        if (K > 1) job.work = SHARE_FORWARD, rc = run_shares(t->shares, run_share, &job, err);
+        if (rc == 0) job.work = SHARE_TEXT_BACKWARD, rc = run_shares(t->shares, run_share, &job, err);
         if (rc == 0 && job.k == K - 1) {
             sum_shares(t, text_first, total);
             dist_sum_floats_start(t->d, t->grads + text_first, total - text_first, t->pending);
         }
-        if (rc == 0) job.work = SHARE_IMAGE_BACKWARD, rc = run_shares(t, &job, err);
+        if (rc == 0) job.work = SHARE_IMAGE_BACKWARD, rc = run_shares(t->shares, run_share, &job, err);
     }
     if (rc == 0) {
         sum_shares(t, 0, text_first);
