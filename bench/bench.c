@@ -8,6 +8,8 @@
 #include "../src/index/index.h"
 
 #include <cblas.h>
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
@@ -118,6 +120,117 @@ static void gemm_ceiling(const clipc_config *c, int batch, double peak) {
            "  at that rate, with all other work free: at most %.1f images/s\n",
            batch, T, D, 4 * D, rate, 100 * rate / peak, rate * 1e9 / vit_flops(c));
     free(x), free(y), free(W), free(b);
+}
+
+/* The reduced-precision ceiling: oneDNN's matmul at 4096 x 4096 x 4096
+ * (bf16 -> f32, or s8 x s8 -> s32), best of 5, in G(FL)OP/s. */
+static double onednn_peak(int precision) {
+    dnnl_engine_t eng;
+    dnnl_stream_t st;
+    if (dnnl_engine_create(&eng, dnnl_cpu, 0)) return 0;
+    dnnl_stream_create(&st, eng, dnnl_stream_default_flags);
+    bool bf16 = precision == CLIPC_BF16;
+    dnnl_data_type_t in = bf16 ? dnnl_bf16 : dnnl_s8, outt = bf16 ? dnnl_f32 : dnnl_s32;
+    const dnnl_dim_t N = 4096;
+    dnnl_memory_desc_t a, b, c;
+    dnnl_memory_desc_init_by_tag(&a, 2, (dnnl_dims_t){N, N}, in, dnnl_ab);
+    dnnl_memory_desc_init_by_tag(&b, 2, (dnnl_dims_t){N, N}, in, dnnl_ba);
+    dnnl_memory_desc_init_by_tag(&c, 2, (dnnl_dims_t){N, N}, outt, dnnl_ab);
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t p;
+    double best = 0;
+    if (dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) == 0 && dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL) == 0) {
+        dnnl_primitive_create(&p, pd);
+        void *A = calloc((size_t)N * N, 4), *B = calloc((size_t)N * N, 4), *C = calloc((size_t)N * N, 4);
+        memset(A, 0x11, (size_t)N * N), memset(B, 0x22, (size_t)N * N);
+        dnnl_memory_t ma, mb, mc;
+        dnnl_memory_create(&ma, &a, eng, A), dnnl_memory_create(&mb, &b, eng, B), dnnl_memory_create(&mc, &c, eng, C);
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+        for (int rep = 0; rep < 6; rep++) {
+            double t0 = now();
+            dnnl_primitive_execute(p, st, 3, args);
+            dnnl_stream_wait(st);
+            double rate = 2.0 * N * N * N / (now() - t0) / 1e9;
+            if (rep > 0 && rate > best) best = rate;
+        }
+        dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc);
+        free(A), free(B), free(C);
+        dnnl_primitive_destroy(p);
+        dnnl_primitive_desc_destroy(pd);
+    }
+    dnnl_stream_destroy(st);
+    dnnl_engine_destroy(eng);
+    return best;
+}
+
+/* min and mean cosine of n rows of a against b. */
+static void cosines(const float *a, const float *b, int n, int dim, double *min, double *mean) {
+    *min = 1, *mean = 0;
+    for (int i = 0; i < n; i++) {
+        double ab = 0, aa = 0, bb = 0;
+        for (int j = 0; j < dim; j++) {
+            ab += (double)a[(size_t)i * dim + j] * b[(size_t)i * dim + j];
+            aa += (double)a[(size_t)i * dim + j] * a[(size_t)i * dim + j];
+            bb += (double)b[(size_t)i * dim + j] * b[(size_t)i * dim + j];
+        }
+        double cs = ab / sqrt(aa * bb + 1e-30);
+        *min = cs < *min ? cs : *min;
+        *mean += cs / n;
+    }
+}
+
+/* Images at batch 1 and 32 at the model's current precision; ref holds
+ * the fp32 features (filled when prec is fp32) for the cosine column. */
+static void bench_images(clipc_model *m, int prec, const float *pixels, float *out, float *ref, double peak) {
+    const clipc_config *c = clipc_model_config(m);
+    clipc_error err;
+    int batches[] = {1, 32};
+    for (int bi = 0; bi < 2; bi++) {
+        int b = batches[bi];
+        clipc_encode_image(m, pixels, b, out, &err); /* warm-up */
+        double best = 1e30;
+        int reps = b == 1 ? 20 : 5;
+        for (int rep = 0; rep < reps; rep++) {
+            double t0 = now();
+            clipc_encode_image(m, pixels, b, out, &err);
+            double dt = now() - t0;
+            best = dt < best ? dt : best;
+        }
+        double gflops = vit_flops(c) * b / best / 1e9, cmin = 1, cmean = 1;
+        if (b == 32 && prec == CLIPC_FP32) memcpy(ref, out, (size_t)32 * c->embed_dim * sizeof *ref);
+        if (b == 32) cosines(out, ref, 32, c->embed_dim, &cmin, &cmean);
+        printf("encode_image  batch %2d: %7.1f images/s  %6.1f GFLOP/s  %4.0f%% of peak", b, b / best, gflops,
+               100 * gflops / peak);
+        if (b == 32) printf("  cosine vs fp32 min %.6f mean %.6f", cmin, cmean);
+        printf("\n");
+    }
+}
+
+static void bench_texts(clipc_model *m, int prec, const int32_t *tokens, const int *lens, float *out, float *ref,
+                        double peak) {
+    const clipc_config *c = clipc_model_config(m);
+    clipc_error err;
+    int batches[] = {1, 64};
+    for (int bi = 0; bi < 2; bi++) {
+        int b = batches[bi];
+        clipc_encode_text(m, tokens, b, out, &err);
+        double best = 1e30;
+        int reps = b == 1 ? 100 : 10;
+        for (int rep = 0; rep < reps; rep++) {
+            double t0 = now();
+            clipc_encode_text(m, tokens, b, out, &err);
+            double dt = now() - t0;
+            best = dt < best ? dt : best;
+        }
+        double gflops = text_flops(c, lens, b) / best / 1e9, cmin = 1, cmean = 1;
+        if (b == 64 && prec == CLIPC_FP32) memcpy(ref, out, (size_t)64 * c->embed_dim * sizeof *ref);
+        if (b == 64) cosines(out, ref, 64, c->embed_dim, &cmin, &cmean);
+        printf("encode_text   batch %2d: %7.1f texts/s   %6.1f GFLOP/s  %4.0f%% of peak", b, b / best, gflops,
+               100 * gflops / peak);
+        if (b == 64) printf("  cosine vs fp32 min %.6f mean %.6f", cmin, cmean);
+        printf("\n");
+    }
 }
 
 /* Training throughput: whole optimisation steps (forward with activations,
@@ -367,7 +480,9 @@ static void bench_index(clipc_model *m, const char *label) {
     if (system(cmd) != 0) printf("(could not remove %s)\n", dir);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* "bench_clipc encode": only the encoders (for quick comparisons) */
+    bool encode_only = argc > 1 && !strcmp(argv[1], "encode");
     clipc_error err;
     int threads = omp_get_max_threads();
     printf("clipc bench — %d threads; OpenBLAS %s\n", threads, openblas_get_config());
@@ -383,31 +498,7 @@ int main(void) {
     }
     const clipc_config *c = clipc_model_config(m);
     int R = c->image_resolution, E = c->embed_dim, ctx = c->context_length;
-    printf("model: random-init ViT-B-32 (%zu parameters), fp32\n", clipc_model_param_count(m));
-
-    /* images */
-    int image_batches[] = {1, 32};
-    float *pixels = malloc((size_t)32 * 3 * R * R * sizeof *pixels), *out = malloc((size_t)64 * E * sizeof *out);
-    rng r;
-    rng_seed(&r, 7);
-    for (size_t i = 0; i < (size_t)32 * 3 * R * R; i++) pixels[i] = (float)rng_normal(&r);
-    for (int bi = 0; bi < 2; bi++) {
-        int b = image_batches[bi];
-        clipc_encode_image(m, pixels, b, out, &err); /* warm-up */
-        double best = 1e30;
-        int reps = b == 1 ? 20 : 5;
-        for (int rep = 0; rep < reps; rep++) {
-            double t0 = now();
-            clipc_encode_image(m, pixels, b, out, &err);
-            double dt = now() - t0;
-            best = dt < best ? dt : best;
-        }
-        double gflops = vit_flops(c) * b / best / 1e9;
-        printf("encode_image  batch %2d: %7.1f images/s  %6.1f GFLOP/s  %4.0f%% of peak\n", b, b / best, gflops,
-               100 * gflops / peak);
-    }
-
-    gemm_ceiling(c, 32, peak);
+    printf("model: random-init ViT-B-32 (%zu parameters)\n", clipc_model_param_count(m));
 
     /* texts: typical captions, tokenized */
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
@@ -419,23 +510,32 @@ int main(void) {
         lens[i]++;
         total += lens[i];
     }
+    float *pixels = malloc((size_t)32 * 3 * R * R * sizeof *pixels), *out = malloc((size_t)64 * E * sizeof *out);
+    float *ref_img = malloc((size_t)32 * E * sizeof *ref_img), *ref_txt = malloc((size_t)64 * E * sizeof *ref_txt);
+    rng r;
+    rng_seed(&r, 7);
+    for (size_t i = 0; i < (size_t)32 * 3 * R * R; i++) pixels[i] = (float)rng_normal(&r);
     printf("captions: %d typical captions, %.1f tokens on average (of %d positions)\n", 16, total / 64.0, ctx);
-    int text_batches[] = {1, 64};
-    for (int bi = 0; bi < 2; bi++) {
-        int b = text_batches[bi];
-        clipc_encode_text(m, tokens, b, out, &err);
-        double best = 1e30;
-        int reps = b == 1 ? 100 : 10;
-        for (int rep = 0; rep < reps; rep++) {
-            double t0 = now();
-            clipc_encode_text(m, tokens, b, out, &err);
-            double dt = now() - t0;
-            best = dt < best ? dt : best;
+
+    double lowp_peak[3] = {peak, 0, 0};
+    for (int prec = CLIPC_FP32; prec <= CLIPC_INT8; prec++) {
+        char kernel[256];
+        if (clipc_model_set_precision(m, prec, &err)) {
+            printf("%s: %s\n", clipc_precision_name(prec), err.message);
+            continue;
         }
-        double gflops = text_flops(c, lens, b) / best / 1e9;
-        printf("encode_text   batch %2d: %7.1f texts/s   %6.1f GFLOP/s  %4.0f%% of peak\n", b, b / best, gflops,
-               100 * gflops / peak);
+        if (prec != CLIPC_FP32) lowp_peak[prec] = onednn_peak(prec);
+        printf("\nprecision %s: GEMMs by %s; peak %.1f %s\n", clipc_precision_name(prec),
+               clipc_precision_kernel(prec, kernel, sizeof kernel), lowp_peak[prec],
+               prec == CLIPC_FP32 ? "GFLOP/s (FMA loop)" : "GOP/s (oneDNN, 4096^3 matmul)");
+        bench_images(m, prec, pixels, out, ref_img, lowp_peak[prec]);
+        bench_texts(m, prec, tokens, lens, out, ref_txt, lowp_peak[prec]);
+        if (prec == CLIPC_FP32) gemm_ceiling(c, 32, peak);
     }
+    clipc_model_set_precision(m, CLIPC_FP32, &err);
+    free(ref_img);
+    free(ref_txt);
+    if (encode_only) goto done;
     bench_train("fmnist", 256, 5, tok, peak);
     bench_train("ViT-B-32", 32, 2, tok, peak);
 
@@ -452,6 +552,7 @@ int main(void) {
     double peak_after = fma_peak();
     printf("FMA peak re-measured after the runs: %.1f GFLOP/s%s\n", peak_after,
            peak_after > 1.1 * peak ? " (higher: the machine was busier at the start; shares above are overstated)" : "");
+done:
     clipc_tokenizer_free(tok);
     free(tokens);
     free(pixels);

@@ -100,6 +100,28 @@ int clipc_encode_image(clipc_model *model, const float *pixels, int n, float *ou
 int clipc_encode_text(clipc_model *model, const int32_t *tokens, int n, float *out,
                       clipc_error *err);
 
+/* ---- precision ----------------------------------------------------------- */
+
+/* The arithmetic of the towers' linear layers. fp32 is the reference.
+ * bf16: bf16 weights and GEMM inputs, fp32 accumulation; int8: int8
+ * weights (per output channel scales) and dynamically quantised inputs (per
+ * row), int32 accumulation. LayerNorm, softmax, activations, attention and
+ * the residual stream stay fp32. Kernels come from oneDNN, chosen at run
+ * time for the CPU (AMX, AVX512-BF16/VNNI, AVX-512, AVX2). */
+enum clipc_precision { CLIPC_FP32 = 0, CLIPC_BF16 = 1, CLIPC_INT8 = 2 };
+
+/* Converts the weights once for that precision (fp32 drops the copies).
+ * A model loaded from an int8 checkpoint starts at CLIPC_INT8, any other
+ * at CLIPC_FP32. */
+int clipc_model_set_precision(clipc_model *model, int precision, clipc_error *err);
+int clipc_model_precision(const clipc_model *model);
+/* "fp32", "bf16", "int8"; and back (an unknown name is an error). */
+const char *clipc_precision_name(int precision);
+int clipc_precision_parse(const char *name, int *precision, clipc_error *err);
+/* Which GEMM implementation runs at that precision on this CPU, e.g.
+ * "oneDNN 2.6.3 brg:avx512_core_amx_bf16"; written into buf. */
+const char *clipc_precision_kernel(int precision, char *buf, size_t cap);
+
 /* Divides each of the n rows of length dim by its L2 norm. */
 void clipc_normalize_rows(float *rows, int n, int dim);
 

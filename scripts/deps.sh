@@ -6,6 +6,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential pkg-config
   libopenblas-openmp-dev   # GEMMs; the OpenMP build shares clipc's thread pool
+  libdnnl-dev              # oneDNN: the bf16 and int8 GEMMs (AMX, AVX512-BF16/VNNI, AVX2)
   libjpeg62-turbo-dev      # JPEG decoding, the decoder Pillow uses
   libpng-dev zlib1g-dev    # PNG decoding; zlib also inflates the built-in BPE vocabulary
   libcjson-dev             # safetensors headers, config.json

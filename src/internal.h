@@ -82,7 +82,7 @@ uint16_t f32_to_bf16(float f);
 
 /* ---- weights/safetensors.c ---------------------------------------------- */
 
-enum st_dtype { ST_F32, ST_F16, ST_BF16, ST_I64, ST_I32, ST_OTHER };
+enum st_dtype { ST_F32, ST_F16, ST_BF16, ST_I64, ST_I32, ST_I8, ST_OTHER };
 
 typedef struct st_tensor {
     char *name;
@@ -113,8 +113,8 @@ typedef struct st_out_tensor {
     const char *name;
     int ndim;
     int64_t shape[8];
-    const float *data;
-    int dtype; /* stored as ST_F32 (0, the default), ST_F16 or ST_BF16 */
+    const float *data;   /* (ST_I8: int8_t values) */
+    int dtype; /* stored as ST_F32 (0, the default), ST_F16, ST_BF16, or ST_I8 as it is */
 } st_out_tensor;
 /* Writes float tensors and string metadata (keys[i] -> values[i]) atomically. */
 int st_write(const char *path, const st_out_tensor *tensors, int count, const char *const *meta_keys,
@@ -190,6 +190,12 @@ struct clipc_model {
     char source_dtype[8];
     arena *scratch;         /* activations: one arena per concurrent forward pass */
     int n_scratch;
+    /* Reduced precision (model/precision.c): the towers' GEMM weights
+     * converted once for CLIPC_BF16 / CLIPC_INT8, sorted by offset. */
+    int precision;
+    bool lowp_native;       /* oneDNN has a kernel (else emulated on sgemm) */
+    struct lowp_weight *lowp;
+    int n_lowp;
     /* Debug tap: when set, called with named intermediate activations
      * (rows x cols, row-major) so tests can localise a mismatch. */
     void (*tap)(void *ctx, const char *name, const float *x, int rows, int cols);
@@ -211,6 +217,30 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys);
 int model_save_with(const clipc_model *m, const char *path, const char *dtype, const st_out_tensor *extra,
                     int n_extra, const char *const *extra_keys, const char *const *extra_values, int n_extra_meta,
                     clipc_error *err);
+
+/* ---- model/precision.c: the linear layers at the model's precision ---- */
+
+/* One weight matrix W [out, in] (at params offset `offset`) converted for
+ * the model's precision. */
+typedef struct lowp_weight {
+    size_t offset;
+    int out, in;
+    uint16_t *bf16;   /* bf16: W rounded, [out, in] */
+    int8_t *q;        /* int8: [out, in], W[r, :] ~ scale[r] q[r, :] */
+    float *scale;     /* [out] */
+    float *emulated;  /* without a oneDNN kernel: the bf16 or int8 values as floats */
+} lowp_weight;
+
+void model_lowp_free(clipc_model *m);
+/* The converted weight that is exactly the matrix at params offset w_off, or NULL. */
+lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off);
+/* Floats of workspace model_gemm needs for rows x [in] -> [out]. */
+size_t lowp_scratch(int rows, int in, int out);
+/* y (=|+=) x W^T + b with W = params + w_off (a whole weight matrix or a
+ * row range of one), at the model's precision: gemm_rows for fp32 and for
+ * weights that have no converted copy. ws: lowp_scratch floats. */
+void model_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx, size_t w_off, const float *b, int n,
+                int in, int out, bool accumulate, float *ws);
 
 /* ---- weights/checkpoint.c ------------------------------------------------ */
 

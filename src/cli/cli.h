@@ -51,5 +51,6 @@ int cmd_search(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_export_images(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 #endif

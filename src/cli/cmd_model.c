@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 int cmd_init(int argc, char **argv) {
     const char *arch = NULL, *out = NULL, *dtype = "F32";
@@ -34,7 +35,7 @@ int cmd_init(int argc, char **argv) {
 
 int cmd_info(int argc, char **argv) {
     if (argc > 1 || (argc == 1 && !strcmp(argv[0], "--help"))) {
-        printf("usage: clipc info [MODEL.safetensors]   (default: the shipped model)\n");
+        printf("usage: clipc info [--precision fp32|bf16|int8] [MODEL.safetensors]   (default: the shipped model)\n");
         return argc == 1 ? 0 : 1;
     }
     clipc_model *m = cli_load_model(argc ? argv[0] : NULL);
@@ -53,8 +54,45 @@ int cmd_info(int argc, char **argv) {
     printf("embedding:      %d\n", c->embed_dim);
     printf("activation:     %s\n", c->activation == CLIPC_GELU ? "GELU" : "QuickGELU");
     printf("parameters:     %zu\n", clipc_model_param_count(m));
-    printf("dtype:          %s (computed in F32)\n", clipc_model_source_dtype(m));
+    char kernel[256];
+    int prec = clipc_model_precision(m);
+    printf("dtype:          %s\n", clipc_model_source_dtype(m));
+    printf("precision:      %s (GEMMs: %s)\n", clipc_precision_name(prec), clipc_precision_kernel(prec, kernel, sizeof kernel));
     printf("logit scale:    %.4f\n", clipc_model_logit_scale(m));
     clipc_model_free(m);
     return 0;
+}
+
+/* clipc convert: the same model stored at another precision. int8 writes
+ * the weights exactly as --precision int8 computes with them (I8 values
+ * and per-row F32 scales), so the file loads straight into int8. */
+int cmd_convert(int argc, char **argv) {
+    const char *model = NULL, *out = NULL, *dtype = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-m") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        else if (!strcmp(argv[i], "--help")) {
+            printf("usage: clipc convert [-m MODEL | MODEL] --dtype F32|F16|BF16|int8 -o OUT.safetensors\n"
+                   "  F16/BF16 halve the file (computed in fp32 unless --precision says otherwise);\n"
+                   "  int8 stores the towers' weight matrices as int8 with per-row scales (a quarter\n"
+                   "  of their F32 size) and loads at int8 precision.\n");
+            return 0;
+        } else if (argv[i][0] != '-' && !model) model = argv[i];
+        else return cli_error("convert: unexpected argument '%s'", argv[i]);
+    }
+    if (!out || !dtype) return cli_error("convert: needs --dtype F32|F16|BF16|int8 and -o OUT.safetensors");
+    const char *st = !strcasecmp(dtype, "f32") || !strcasecmp(dtype, "fp32") ? "F32"
+                   : !strcasecmp(dtype, "f16") || !strcasecmp(dtype, "fp16") ? "F16"
+                   : !strcasecmp(dtype, "bf16") ? "BF16" : !strcasecmp(dtype, "int8") || !strcasecmp(dtype, "i8") ? "int8" : NULL;
+    if (!st) return cli_error("convert: unknown --dtype '%s' (F32, F16, BF16 or int8)", dtype);
+    clipc_model *m = cli_load_model(model);
+    if (!m) return 1;
+    clipc_error err;
+    int rc = 0;
+    if (!strcmp(st, "int8") && clipc_model_precision(m) != CLIPC_INT8) rc = clipc_model_set_precision(m, CLIPC_INT8, &err);
+    if (rc == 0) rc = clipc_model_save_as(m, out, st, &err);
+    if (rc == 0) fprintf(stderr, "wrote %s (%s)\n", out, st);
+    clipc_model_free(m);
+    return rc ? cli_error("%s", err.message) : 0;
 }

@@ -38,7 +38,12 @@ static const char USAGE[] =
     "  serve --db FILE [--port 8080]           JSON search API and a web page\n"
     "  export-images --out DIR [--limit N]     Fashion-MNIST images as PNG class folders (sample data)\n"
     "\n"
+    "  convert [-m MODEL] --dtype F32|F16|BF16|int8 -o OUT.safetensors\n"
+    "                                          the model stored at another precision\n"
+    "\n"
     "-m defaults to the shipped Fashion-MNIST model (models/" DEFAULT_MODEL_FILE ").\n"
+    "embed, classify, eval, retrieve, index, search, serve and info take --precision fp32|bf16|int8\n"
+    "(default: $CLIPC_PRECISION, else the model's own: fp32, or int8 for an int8 checkpoint).\n"
     "Run 'clipc COMMAND --help' for a command's details.\n";
 
 char cli_error_context[32];
@@ -116,6 +121,10 @@ static const char *default_model_path(char *buf, size_t cap) {
     return NULL;
 }
 
+/* --precision (or $CLIPC_PRECISION) for the commands that encode; -1: the
+ * model's own (fp32, or int8 for an int8 checkpoint). */
+static int cli_precision = -1;
+
 clipc_model *cli_load_model(const char *path) {
     char buf[4200];
     if (!path && !(path = default_model_path(buf, sizeof buf))) {
@@ -125,8 +134,38 @@ clipc_model *cli_load_model(const char *path) {
     }
     clipc_error err;
     clipc_model *m = clipc_model_load(path, &err);
-    if (!m) cli_error("%s", err.message);
+    if (!m) {
+        cli_error("%s", err.message);
+        return NULL;
+    }
+    if (cli_precision >= 0 && cli_precision != clipc_model_precision(m) &&
+        clipc_model_set_precision(m, cli_precision, &err)) {
+        cli_error("%s", err.message);
+        clipc_model_free(m);
+        return NULL;
+    }
     return m;
+}
+
+/* Takes --precision P out of argv (before a "--"), else reads
+ * $CLIPC_PRECISION. Returns 0, or 1 after reporting. */
+static int take_precision(int *argc, char **argv) {
+    const char *value = getenv("CLIPC_PRECISION");
+    const char *from = "CLIPC_PRECISION";
+    if (value && !*value) value = NULL;
+    for (int i = 0; i < *argc && strcmp(argv[i], "--"); i++) {
+        if (strcmp(argv[i], "--precision")) continue;
+        if (i + 1 >= *argc) return cli_error("--precision needs a value (fp32, bf16 or int8)");
+        value = argv[i + 1];
+        from = "--precision";
+        memmove(argv + i, argv + i + 2, (size_t)(*argc - i - 2) * sizeof *argv);
+        *argc -= 2;
+        i--;
+    }
+    if (!value) return 0;
+    clipc_error err;
+    if (clipc_precision_parse(value, &cli_precision, &err)) return cli_error("%s: %s", from, err.message);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -135,7 +174,7 @@ int main(int argc, char **argv) {
         {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
         {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
         {"index", cmd_index},       {"search", cmd_search}, {"export", cmd_export}, {"serve", cmd_serve},
-        {"export-images", cmd_export_images},
+        {"export-images", cmd_export_images}, {"convert", cmd_convert},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
@@ -149,6 +188,9 @@ int main(int argc, char **argv) {
 #endif
         return 0;
     }
+    static const char *const encoding[] = {"embed", "classify", "eval", "retrieve", "index", "search", "serve", "info"};
+    for (size_t i = 0; i < sizeof encoding / sizeof *encoding; i++)
+        if (!strcmp(argv[1], encoding[i]) && take_precision(&argc, argv)) return 1;
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 2, argv + 2);
     return cli_error("unknown command '%s' (run 'clipc --help')", argv[1]);

@@ -61,6 +61,7 @@ clipc_model *model_new(const clipc_config *cfg, clipc_error *err) {
 
 void clipc_model_free(clipc_model *m) {
     if (!m) return;
+    model_lowp_free(m);
     free(m->params);
     params_free(&m->table, &m->L);
     for (int i = 0; i < m->n_scratch; i++) arena_free(&m->scratch[i]);
@@ -187,35 +188,57 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
 int model_save_with(const clipc_model *m, const char *path, const char *dtype, const st_out_tensor *extra,
                     int n_extra, const char *const *extra_keys, const char *const *extra_values, int n_extra_meta,
                     clipc_error *err) {
-    int st_dtype = !strcmp(dtype, "F32") ? ST_F32 : !strcmp(dtype, "F16") ? ST_F16 : !strcmp(dtype, "BF16") ? ST_BF16 : -1;
-    if (st_dtype < 0) return clipc_fail(err, "unknown dtype '%s' (F32, F16 or BF16)", dtype);
-    st_out_tensor *ts = calloc((size_t)(m->table.count + n_extra), sizeof *ts);
+    bool int8 = !strcmp(dtype, "int8") || !strcmp(dtype, "I8");
+    int st_dtype = !strcmp(dtype, "F32") ? ST_F32 : !strcmp(dtype, "F16") ? ST_F16 : !strcmp(dtype, "BF16") ? ST_BF16
+                 : int8 ? ST_F32 : -1;
+    if (st_dtype < 0) return clipc_fail(err, "unknown dtype '%s' (F32, F16, BF16 or int8)", dtype);
+    if (int8 && m->precision != CLIPC_INT8)
+        return clipc_fail(err, "an int8 checkpoint is written from a model set to int8 precision");
+    /* int8: each converted weight matrix is stored as its I8 values plus an
+     * F32 "<name>.scale" [out] beside it; everything else stays F32. */
+    int cap = m->table.count * (int8 ? 2 : 1) + n_extra;
+    st_out_tensor *ts = calloc((size_t)cap, sizeof *ts);
+    char (*scale_names)[112] = int8 ? calloc((size_t)m->table.count, sizeof *scale_names) : NULL;
     char (*values)[64] = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *values);
     const char **keys = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *keys);
     const char **vals = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *vals);
-    int rc = -1;
-    if (!ts || !values || !keys || !vals) {
+    int rc = -1, count = 0;
+    if (!ts || !values || !keys || !vals || (int8 && !scale_names)) {
         clipc_fail(err, "out of memory");
         goto done;
     }
     for (int i = 0; i < m->table.count; i++) {
         const param_spec *p = &m->table.items[i];
-        ts[i].name = p->name;
-        ts[i].ndim = p->ndim;
-        memcpy(ts[i].shape, p->shape, sizeof p->shape);
-        ts[i].data = m->params + p->offset;
+        st_out_tensor *t = &ts[count++];
+        t->name = p->name;
+        t->ndim = p->ndim;
+        memcpy(t->shape, p->shape, sizeof p->shape);
+        t->data = m->params + p->offset;
         /* logit_scale and BatchNorm statistics stay F32, as mixed-precision
          * checkpoints keep them */
         bool keep32 = p->ndim == 0 || strstr(p->name, "running_") != NULL;
-        ts[i].dtype = keep32 ? ST_F32 : st_dtype;
+        t->dtype = keep32 ? ST_F32 : st_dtype;
+        const lowp_weight *w = int8 ? model_lowp_find(m, p->offset) : NULL;
+        if (w && (size_t)w->out * w->in == p->numel) {
+            t->dtype = ST_I8;
+            t->data = (const float *)(const void *)w->q;
+            st_out_tensor *s = &ts[count++];
+            snprintf(scale_names[i], sizeof scale_names[i], "%s.scale", p->name);
+            s->name = scale_names[i];
+            s->ndim = 1;
+            s->shape[0] = w->out;
+            s->data = w->scale;
+            s->dtype = ST_F32;
+        }
     }
-    for (int i = 0; i < n_extra; i++) ts[m->table.count + i] = extra[i];
+    for (int i = 0; i < n_extra; i++) ts[count++] = extra[i];
     int k = model_metadata(m, values, keys);
     for (int i = 0; i < k; i++) vals[i] = values[i];
     for (int i = 0; i < n_extra_meta; i++) keys[k + i] = extra_keys[i], vals[k + i] = extra_values[i];
-    rc = st_write(path, ts, m->table.count + n_extra, keys, vals, k + n_extra_meta, err);
+    rc = st_write(path, ts, count, keys, vals, k + n_extra_meta, err);
 done:
     free(ts);
+    free(scale_names);
     free(values);
     free(keys);
     free(vals);

@@ -17,7 +17,8 @@ size_t resnet_scratch(const clipc_config *c, int n) {
     size_t act = (size_t)n * w * R * R / 4;                  /* largest activation */
     size_t cols = 9 * w * R * R / 8;                         /* largest im2col, one image */
     size_t E = w * 32, S = R / 32, tokens = (size_t)n * (S * S + 1);
-    return 5 * act + cols + 5 * tokens * E + (size_t)n * E + attention_scratch((int)(S * S + 1), (int)(E / (size_t)c->vision_heads)) + 12 * 16;
+    return 5 * act + cols + 5 * tokens * E + (size_t)n * E + attention_scratch((int)(S * S + 1), (int)(E / (size_t)c->vision_heads)) +
+           lowp_scratch((int)tokens, (int)E, (int)E) + 12 * 16;
 }
 
 /* One Bottleneck: y = relu(bn3(conv3(pool(relu(bn2(conv2(relu(bn1(conv1 x))))))) + shortcut(x)) */
@@ -69,6 +70,7 @@ static void attention_pool(const clipc_model *m, arena *a, const float *x, int n
     float *att = arena_alloc(a, (size_t)n * N * E);
     float *rows = arena_alloc(a, (size_t)n * E);
     float *scratch = arena_alloc(a, attention_scratch(N, E / c->vision_heads));
+    float *ws = arena_alloc(a, lowp_scratch(n * N, E, E));
     int *start = malloc(3 * (size_t)n * sizeof *start);
     if (!start) return;
     int *len = start + n;
@@ -89,12 +91,12 @@ static void attention_pool(const clipc_model *m, arena *a, const float *x, int n
         len[i] = N;
     }
     int T = n * N;
-    gemm_rows(qkv + E, 3 * E, tok, E, P + L->ap_k_w, P + L->ap_k_b, T, E, E, false);
-    gemm_rows(qkv + 2 * E, 3 * E, tok, E, P + L->ap_v_w, P + L->ap_v_b, T, E, E, false);
-    gemm_rows(qkv, 3 * E * N, tok, E * N, P + L->ap_q_w, P + L->ap_q_b, n, E, E, false);
+    model_gemm(m, qkv + E, 3 * E, tok, E, L->ap_k_w, P + L->ap_k_b, T, E, E, false, ws);
+    model_gemm(m, qkv + 2 * E, 3 * E, tok, E, L->ap_v_w, P + L->ap_v_b, T, E, E, false, ws);
+    model_gemm(m, qkv, 3 * E * N, tok, E * N, L->ap_q_w, P + L->ap_q_b, n, E, E, false, ws);
     attention_forward(att, qkv, start, len, start, n, E, c->vision_heads, false, scratch, NULL, NULL);
     for (int i = 0; i < n; i++) memcpy(rows + (size_t)i * E, att + (size_t)i * N * E, (size_t)E * sizeof *rows);
-    linear_forward(out, rows, P + L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false);
+    model_gemm(m, out, c->embed_dim, rows, E, L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false, ws);
     free(start);
 }
 

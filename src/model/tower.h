@@ -23,7 +23,7 @@ void model_tap(const clipc_model *m, const char *name, const float *x, int rows,
  * pass itself writing [n, embed_dim] features, with its activations in
  * arena a (one per concurrent pass; the model itself is only read). */
 size_t vit_scratch(const clipc_config *c, int n);
-void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x);
+void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x, float *ws);
 int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
 size_t resnet_scratch(const clipc_config *c, int n);
 int resnet_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);

@@ -10,8 +10,9 @@
 /* conv1 as a GEMM (each patch unrolled in the weight's (c, ky, kx) order
  * into patches [n*G*G, 3*P*P], projected into emb [n*G*G, D]), then
  * x [n*S, D] = [class_embedding; patches] + positional_embedding. Shared
- * with training, which keeps patches for conv1's weight gradient. */
-void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x) {
+ * with training, which keeps patches for conv1's weight gradient. ws:
+ * lowp_scratch(n*G*G, 3*P*P, D) floats (NULL at fp32). */
+void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x, float *ws) {
     const clipc_config *c = &m->cfg;
     const float *Pm = m->params;
     int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = G * G + 1, D = c->vision_width;
@@ -26,7 +27,7 @@ void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches,
                     for (int kx = 0; kx < P; kx++)
                         *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
         }
-    linear_forward(emb, patches, Pm + m->L.v_conv, NULL, n * G * G, K, D, false);
+    model_gemm(m, emb, D, patches, K, m->L.v_conv, NULL, n * G * G, K, D, false, ws);
     model_tap(m, "visual.conv1", emb, n * G * G, D);
     const float *cls = Pm + m->L.v_class, *pos = Pm + m->L.v_pos;
 #pragma omp parallel for
@@ -43,7 +44,8 @@ size_t vit_scratch(const clipc_config *c, int n) {
     size_t G = (size_t)(c->image_resolution / c->vision_patch_size), S = G * G + 1, D = (size_t)c->vision_width;
     size_t P = (size_t)c->vision_patch_size, T = (size_t)n * S;
     return (size_t)n * G * G * 3 * P * P + (size_t)n * G * G * D + T * D + 2 * (size_t)n * D +
-           transformer_scratch((int)T, (int)D, (int)S, c->vision_heads, n) + 8 * 16;
+           transformer_scratch((int)T, (int)D, (int)S, c->vision_heads, n) +
+           lowp_scratch((int)(n * G * G), (int)(3 * P * P), (int)D) + 8 * 16;
 }
 
 int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out) {
@@ -63,7 +65,7 @@ int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, floa
     float *patches = arena_alloc(a, (size_t)n * G * G * K);
     float *emb = arena_alloc(a, (size_t)n * G * G * D);
     float *x = arena_alloc(a, (size_t)T * D);
-    vit_embed(m, pixels, n, patches, emb, x);
+    vit_embed(m, pixels, n, patches, emb, x, arena_alloc(a, lowp_scratch(n * G * G, K, D)));
     model_tap(m, "visual.embeddings", x, T, D);
     layernorm_forward(x, x, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, T, D);
     model_tap(m, "visual.ln_pre", x, T, D);

@@ -221,7 +221,7 @@ int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *f
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i]; /* the class token */
     c->patches = take(&b, (size_t)n * G * G * K);
     float *emb = take(&b, (size_t)n * G * G * D);
-    vit_embed(m, pixels, n, c->patches, emb, c->x0);
+    vit_embed(m, pixels, n, c->patches, emb, c->x0, NULL); /* training runs fp32 */
     layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D);
     if (blocks_forward(m, L->v_blocks, cfg->vision_layers, cfg->vision_heads, false, c, err)) return -1;
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);

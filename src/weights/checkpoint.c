@@ -238,6 +238,32 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
 
 static bool is_float(int dtype) { return dtype == ST_F32 || dtype == ST_F16 || dtype == ST_BF16; }
 
+/* An int8 weight as clipc convert writes it: I8 values [out, ...] and an
+ * F32 "<name>.scale" [out]; NULL (err set) when the scale is missing or
+ * mis-shaped. */
+static const st_tensor *int8_scale(const st_file *f, const st_tensor *t, clipc_error *err) {
+    char name[200];
+    snprintf(name, sizeof name, "%s.scale", t->name);
+    const st_tensor *s = st_find(f, name);
+    if (!s || s->dtype != ST_F32 || s->ndim != 1 || t->ndim < 1 || s->shape[0] != t->shape[0]) {
+        clipc_fail(err, "int8 tensor '%s' needs an F32 tensor '%s' of shape [%lld]", t->name, name,
+                   (long long)(t->ndim ? t->shape[0] : 0));
+        return NULL;
+    }
+    return s;
+}
+
+/* q * scale[row] into dst. */
+static void dequantize_int8(const st_tensor *t, const st_tensor *scale, float *dst) {
+    size_t rows = (size_t)t->shape[0], cols = rows ? t->nbytes / rows : 0;
+    const int8_t *q = (const int8_t *)t->data;
+    for (size_t r = 0; r < rows; r++) {
+        float sc;
+        memcpy(&sc, scale->data + 4 * r, sizeof sc);
+        for (size_t j = 0; j < cols; j++) dst[r * cols + j] = (float)q[r * cols + j] * sc;
+    }
+}
+
 /* Copies every parameter of the table out of the file, checking names,
  * shapes and dtypes; then refuses tensors the model has no place for. */
 static int load_params(const st_file *f, enum naming naming, const param_table *table, float *params,
@@ -245,7 +271,7 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
     bool *used = calloc((size_t)f->count + 1, sizeof *used);
     if (!used) return clipc_fail(err, "out of memory");
     int seen_dtype = -1;
-    bool mixed = false;
+    bool mixed = false, any_int8 = false;
     for (int i = 0; i < table->count; i++) {
         const param_spec *p = &table->items[i];
         source src;
@@ -272,21 +298,34 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
                 want[0] = p->shape[1];
                 want[1] = p->shape[0];
             }
-            bool ok = t->ndim == wnd && is_float(t->dtype);
+            bool int8 = t->dtype == ST_I8 && naming == NAMING_OPENAI;
+            bool ok = t->ndim == wnd && (is_float(t->dtype) || int8);
             for (int d = 0; ok && d < wnd; d++) ok = t->shape[d] == want[d];
             if (!ok) {
                 char got_s[96], want_s[96];
                 shape_str(got_s, sizeof got_s, t->ndim, t->shape);
                 shape_str(want_s, sizeof want_s, wnd, want);
                 free(used);
-                if (!is_float(t->dtype))
+                if (!is_float(t->dtype) && !int8)
                     return clipc_fail(err, "tensor '%s' has a non-float dtype", src.name[k]);
                 return clipc_fail(err, "tensor '%s' has shape %s, expected %s", src.name[k], got_s, want_s);
             }
-            if (seen_dtype >= 0 && seen_dtype != t->dtype) mixed = true;
-            seen_dtype = t->dtype;
+            if (t->dtype == ST_I8) {
+                any_int8 = true;
+            } else {
+                if (seen_dtype >= 0 && seen_dtype != t->dtype) mixed = true;
+                seen_dtype = t->dtype;
+            }
             float *dst = params + p->offset + (size_t)k * part_numel;
-            if (!src.transpose) {
+            if (int8) {
+                const st_tensor *scale = int8_scale(f, t, err);
+                if (!scale) {
+                    free(used);
+                    return -1;
+                }
+                used[scale - f->tensors] = true;
+                dequantize_int8(t, scale, dst);
+            } else if (!src.transpose) {
                 st_to_f32(t, dst);
             } else {
                 float *tmp = malloc(part_numel * sizeof *tmp);
@@ -311,6 +350,26 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
     free(used);
     const char *names[] = {"F32", "F16", "BF16"};
     snprintf(dtype_out, 8, "%s", mixed ? "mixed" : seen_dtype >= 0 && seen_dtype <= ST_BF16 ? names[seen_dtype] : "?");
+    if (any_int8) snprintf(dtype_out, 8, "int8");
+    return 0;
+}
+
+/* An int8 checkpoint computes at int8 with the file's own values and
+ * scales (not requantised from their product). */
+static int adopt_int8(const st_file *f, clipc_model *m, clipc_error *err) {
+    if (clipc_model_set_precision(m, CLIPC_INT8, err)) return -1;
+    for (int i = 0; i < m->table.count; i++) {
+        const param_spec *p = &m->table.items[i];
+        const st_tensor *t = st_find(f, p->name);
+        lowp_weight *w = model_lowp_find(m, p->offset);
+        if (!t || t->dtype != ST_I8 || !w || (size_t)w->out * w->in != t->nbytes) continue;
+        const st_tensor *scale = int8_scale(f, t, err);
+        if (!scale) return -1;
+        memcpy(w->q, t->data, t->nbytes);
+        memcpy(w->scale, scale->data, (size_t)w->out * sizeof *w->scale);
+        if (w->emulated)
+            for (size_t j = 0; j < t->nbytes; j++) w->emulated[j] = (float)w->q[j];
+    }
     return 0;
 }
 
@@ -324,7 +383,8 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
     clipc_model *m = NULL;
     if (rc == 0) m = model_new(&cfg, err);
-    if (m && load_params(&f, naming, &m->table, m->params, m->source_dtype, err)) {
+    if (m && (load_params(&f, naming, &m->table, m->params, m->source_dtype, err) ||
+              (!strcmp(m->source_dtype, "int8") && adopt_int8(&f, m, err)))) {
         clipc_model_free(m);
         m = NULL;
     }

@@ -18,7 +18,7 @@ static int parse_dtype(const char *s, size_t *size) {
     static const struct { const char *name; int dtype; size_t size; } table[] = {
         {"F32", ST_F32, 4}, {"F16", ST_F16, 2}, {"BF16", ST_BF16, 2},
         {"I64", ST_I64, 8}, {"I32", ST_I32, 4},
-        {"F64", ST_OTHER, 8}, {"I8", ST_OTHER, 1}, {"U8", ST_OTHER, 1},
+        {"I8", ST_I8, 1}, {"F64", ST_OTHER, 8}, {"U8", ST_OTHER, 1},
         {"I16", ST_OTHER, 2}, {"BOOL", ST_OTHER, 1},
     };
     for (size_t i = 0; i < sizeof table / sizeof *table; i++)
@@ -160,9 +160,10 @@ int st_write(const char *path, const st_out_tensor *tensors, int count, const ch
         const st_out_tensor *t = &tensors[i];
         size_t numel = 1;
         for (int d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
-        size_t esz = t->dtype == ST_F32 ? 4 : 2;
+        size_t esz = t->dtype == ST_F32 ? 4 : t->dtype == ST_I8 ? 1 : 2;
         cJSON *e = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(e, "dtype", t->dtype == ST_F16 ? "F16" : t->dtype == ST_BF16 ? "BF16" : "F32");
+        cJSON_AddStringToObject(e, "dtype",
+                                t->dtype == ST_F16 ? "F16" : t->dtype == ST_BF16 ? "BF16" : t->dtype == ST_I8 ? "I8" : "F32");
         cJSON *shape = cJSON_AddArrayToObject(e, "shape");
         for (int d = 0; d < t->ndim; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
         cJSON *offs = cJSON_AddArrayToObject(e, "data_offsets");
@@ -189,9 +190,10 @@ int st_write(const char *path, const st_out_tensor *tensors, int count, const ch
         size_t numel = 1;
         for (int d = 0; d < tensors[i].ndim; d++) numel *= (size_t)tensors[i].shape[d];
         const float *src = tensors[i].data;
-        if (tensors[i].dtype == ST_F32) {
-            memcpy(dst, src, numel * 4);
-            dst += numel * 4;
+        if (tensors[i].dtype == ST_F32 || tensors[i].dtype == ST_I8) {
+            size_t bytes = numel * (tensors[i].dtype == ST_I8 ? 1 : 4);
+            memcpy(dst, src, bytes);
+            dst += bytes;
             continue;
         }
         for (size_t j = 0; j < numel; j++, dst += 2) { /* little-endian 16-bit */

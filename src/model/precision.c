@@ -1,0 +1,443 @@
+/* precision.c — the model's linear layers in bf16 or int8 on oneDNN.
+ *
+ * fp32 is the reference: every GEMM goes to OpenBLAS's sgemm, unchanged.
+ * At a reduced precision each weight matrix W [out, in] of the towers'
+ * linear layers is converted once, when the precision is set, into
+ *   bf16:  W rounded to bfloat16 (round to nearest even), same layout;
+ *   int8:  q [out, in] int8 and scale [out], W[r, :] ~ scale[r] q[r, :]
+ *          (symmetric, per output channel).
+ * A GEMM y (=|+=) x W^T + b then
+ *   bf16:  rounds x to bf16 and runs oneDNN's bf16 matmul (fp32
+ *          accumulation and output, the bias and the residual add fused);
+ *   int8:  quantises each row of x on the fly (dynamic, symmetric, per
+ *          token: one scale per row, so an outlier token cannot crush the
+ *          resolution of the others), runs oneDNN's s8 x s8 -> s32 matmul,
+ *          and dequantises with row scale x column scale, plus the bias.
+ * Weights keep the [out, in] layout ("ba" for oneDNN's K x N), which AMX's
+ * brgemm kernels read at full speed here, and which lets a caller use a
+ * row range of W (the pruned last block's q and k/v parts) as a pointer
+ * offset.
+ *
+ * oneDNN picks its kernel at run time (AMX, AVX512-BF16/VNNI, AVX-512,
+ * AVX2; ONEDNN_MAX_CPU_ISA caps it). Where it has no kernel for a
+ * precision (bf16 below AVX-512), the same arithmetic is emulated on
+ * sgemm: bf16-rounded weights and inputs, or int8 values held in floats,
+ * so the numbers match the native path's within float rounding. */
+#include "tower.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- names ----------------------------------------------------------------- */
+
+const char *clipc_precision_name(int precision) {
+    switch (precision) {
+    case CLIPC_FP32: return "fp32";
+    case CLIPC_BF16: return "bf16";
+    case CLIPC_INT8: return "int8";
+    default: return "?";
+    }
+}
+
+int clipc_precision_parse(const char *s, int *precision, clipc_error *err) {
+    for (int p = CLIPC_FP32; p <= CLIPC_INT8; p++)
+        if (s && !strcmp(s, clipc_precision_name(p))) {
+            *precision = p;
+            return 0;
+        }
+    return clipc_fail(err, "unknown precision '%s' (fp32, bf16 or int8)", s ? s : "");
+}
+
+/* ---- the oneDNN engine, one per process ---------------------------------- */
+
+static dnnl_engine_t engine;
+static int engine_status = -1; /* dnnl_status_t of the creation */
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_create(void) { engine_status = (int)dnnl_engine_create(&engine, dnnl_cpu, 0); }
+
+static dnnl_engine_t get_engine(void) {
+    pthread_once(&engine_once, engine_create);
+    return engine_status == dnnl_success ? engine : NULL;
+}
+
+/* A matmul primitive for y[M, N] = x[M, K] W^T (+ b) (+ y), with x rows ldx
+ * apart, W [N, K] row-major and y rows ldy apart. oneDNN's primitive cache
+ * makes a repeated shape cost a few microseconds. NULL when oneDNN has no
+ * kernel for it on this CPU; impl (if non-NULL) receives the kernel name. */
+static dnnl_primitive_t matmul_primitive(dnnl_data_type_t in_type, dnnl_data_type_t out_type, int M, int K, int N,
+                                         int ldx, int ldy, bool bias, bool accumulate, char *impl, size_t impl_cap) {
+    dnnl_engine_t eng = get_engine();
+    if (!eng) return NULL;
+    dnnl_memory_desc_t src, wei, dst, bia;
+    dnnl_dims_t sd = {M, K}, wd = {K, N}, dd = {M, N}, bd = {1, N};
+    if (dnnl_memory_desc_init_by_strides(&src, 2, sd, in_type, (dnnl_dims_t){ldx, 1}) ||
+        dnnl_memory_desc_init_by_strides(&wei, 2, wd, in_type, (dnnl_dims_t){1, K}) ||
+        dnnl_memory_desc_init_by_strides(&dst, 2, dd, out_type, (dnnl_dims_t){ldy, 1}) ||
+        dnnl_memory_desc_init_by_strides(&bia, 2, bd, dnnl_f32, (dnnl_dims_t){N, 1}))
+        return NULL;
+    dnnl_matmul_desc_t md;
+    if (dnnl_matmul_desc_init(&md, &src, &wei, bias ? &bia : NULL, &dst)) return NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    if (accumulate) {
+        if (dnnl_primitive_attr_create(&attr) || dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, 1.0f) ||
+            dnnl_primitive_attr_set_post_ops(attr, po)) {
+            dnnl_post_ops_destroy(po);
+            dnnl_primitive_attr_destroy(attr);
+            return NULL;
+        }
+    }
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t p = NULL;
+    if (dnnl_primitive_desc_create(&pd, &md, attr, eng, NULL) == dnnl_success) {
+        if (impl) {
+            const char *s = NULL;
+            dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s);
+            snprintf(impl, impl_cap, "%s", s ? s : "?");
+        }
+        if (dnnl_primitive_create(&p, pd) != dnnl_success) p = NULL;
+        dnnl_primitive_desc_destroy(pd);
+    }
+    dnnl_post_ops_destroy(po);
+    dnnl_primitive_attr_destroy(attr);
+    return p;
+}
+
+/* Runs p on the four buffers (bias may be NULL). Returns 0 or -1. */
+static int matmul_run(dnnl_primitive_t p, const void *x, dnnl_data_type_t in_type, const void *w, const float *b,
+                      void *y, dnnl_data_type_t out_type, int M, int K, int N, int ldx, int ldy) {
+    dnnl_engine_t eng = get_engine();
+    dnnl_memory_desc_t src, wei, dst, bia;
+    dnnl_dims_t sd = {M, K}, wd = {K, N}, dd = {M, N}, bd = {1, N};
+    dnnl_memory_desc_init_by_strides(&src, 2, sd, in_type, (dnnl_dims_t){ldx, 1});
+    dnnl_memory_desc_init_by_strides(&wei, 2, wd, in_type, (dnnl_dims_t){1, K});
+    dnnl_memory_desc_init_by_strides(&dst, 2, dd, out_type, (dnnl_dims_t){ldy, 1});
+    dnnl_memory_desc_init_by_strides(&bia, 2, bd, dnnl_f32, (dnnl_dims_t){N, 1});
+    dnnl_memory_t ms = NULL, mw = NULL, md = NULL, mb = NULL;
+    dnnl_stream_t stream = NULL;
+    int rc = -1;
+    if (dnnl_memory_create(&ms, &src, eng, (void *)x) || dnnl_memory_create(&mw, &wei, eng, (void *)w) ||
+        dnnl_memory_create(&md, &dst, eng, y) || (b && dnnl_memory_create(&mb, &bia, eng, (void *)b)) ||
+        dnnl_stream_create(&stream, eng, dnnl_stream_default_flags))
+        goto done;
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, md}, {DNNL_ARG_BIAS, mb}};
+    if (dnnl_primitive_execute(p, stream, b ? 4 : 3, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success)
+        rc = 0;
+done:
+    dnnl_stream_destroy(stream);
+    dnnl_memory_destroy(ms);
+    dnnl_memory_destroy(mw);
+    dnnl_memory_destroy(md);
+    dnnl_memory_destroy(mb);
+    return rc;
+}
+
+/* ---- conversions ------------------------------------------------------------- */
+
+/* float -> bfloat16, round to nearest even (as PyTorch and oneDNN round);
+ * written branch-free so the compiler vectorises it. NaN stays NaN. */
+static inline uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
+    return (uint16_t)(nan ? (u >> 16) | 0x40u : rounded);
+}
+
+static inline float bf16_widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Round-to-nearest-even of |v| <= 2^22 by the 1.5 * 2^23 trick (vectorises). */
+static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+/* Symmetric int8 of one row: scale = max|x| / 127, q = round(x / scale). */
+static float quantize_row(int8_t *q, const float *x, int n) {
+    float amax = 0.0f;
+    for (int j = 0; j < n; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+    if (!(amax > 0.0f) || !isfinite(amax)) { /* all zero (or broken): q = 0 keeps NaN out of the GEMM */
+        memset(q, 0, (size_t)n);
+        return amax > 0.0f ? NAN : 0.0f;
+    }
+    float inv = 127.0f / amax;
+    for (int j = 0; j < n; j++) {
+        float r = round_even(x[j] * inv);
+        r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+        q[j] = (int8_t)r;
+    }
+    return amax / 127.0f;
+}
+
+/* ---- weights ------------------------------------------------------------------- */
+
+static void lowp_weight_free(lowp_weight *w) {
+    free(w->bf16);
+    free(w->emulated);
+    free(w->q);
+    free(w->scale);
+    memset(w, 0, sizeof *w);
+}
+
+void model_lowp_free(clipc_model *m) {
+    for (int i = 0; i < m->n_lowp; i++) lowp_weight_free(&m->lowp[i]);
+    free(m->lowp);
+    m->lowp = NULL;
+    m->n_lowp = 0;
+}
+
+/* Converts W [out, in] for the given precision; native says whether oneDNN
+ * has a kernel (otherwise the emulation's float copy is made). */
+static int lowp_weight_make(lowp_weight *w, const float *W, size_t offset, int out, int in, int precision,
+                            bool native) {
+    memset(w, 0, sizeof *w);
+    w->offset = offset;
+    w->out = out;
+    w->in = in;
+    size_t n = (size_t)out * in;
+    if (precision == CLIPC_BF16) {
+        w->bf16 = malloc(n * sizeof *w->bf16);
+        if (!w->bf16) return -1;
+#pragma omp parallel for simd if (n > 65536)
+        for (size_t i = 0; i < n; i++) w->bf16[i] = bf16_round(W[i]);
+        if (!native) {
+            if (!(w->emulated = malloc(n * sizeof *w->emulated))) return -1;
+            for (size_t i = 0; i < n; i++) w->emulated[i] = bf16_widen(w->bf16[i]);
+        }
+        return 0;
+    }
+    w->q = malloc(n);
+    w->scale = malloc((size_t)out * sizeof *w->scale);
+    if (!w->q || !w->scale) return -1;
+#pragma omp parallel for if (n > 65536)
+    for (int r = 0; r < out; r++) {
+        w->scale[r] = quantize_row(w->q + (size_t)r * in, W + (size_t)r * in, in);
+        if (!isfinite(w->scale[r])) w->scale[r] = 0.0f;
+    }
+    if (!native) {
+        if (!(w->emulated = malloc(n * sizeof *w->emulated))) return -1;
+        for (size_t i = 0; i < n; i++) w->emulated[i] = (float)w->q[i];
+    }
+    return 0;
+}
+
+/* Every weight matrix the towers multiply by in a linear layer (the
+ * [in, out] projections at the towers' ends, one row per input, stay fp32). */
+static int gemm_weights(const clipc_model *m, size_t *off, int *out, int *in) {
+    const clipc_config *c = &m->cfg;
+    const model_layout *L = &m->L;
+    int k = 0;
+#define W(o, r, cols) (off[k] = (o), out[k] = (r), in[k] = (cols), k++)
+    if (c->vision_tower == CLIPC_VIT) {
+        int D = c->vision_width, P = c->vision_patch_size;
+        W(L->v_conv, D, 3 * P * P);
+        for (int l = 0; l < c->vision_layers; l++) {
+            const block_offsets *b = &L->v_blocks[l];
+            W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, 4 * D, D), W(b->proj_w, D, 4 * D);
+        }
+    } else {
+        int E = c->vision_width * 32;
+        W(L->ap_q_w, E, E), W(L->ap_k_w, E, E), W(L->ap_v_w, E, E), W(L->ap_c_w, c->embed_dim, E);
+    }
+    int D = c->text_width;
+    for (int l = 0; l < c->text_layers; l++) {
+        const block_offsets *b = &L->t_blocks[l];
+        W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, 4 * D, D), W(b->proj_w, D, 4 * D);
+    }
+#undef W
+    return k;
+}
+
+static int gemm_weight_count(const clipc_config *c) {
+    return (c->vision_tower == CLIPC_VIT ? 1 + 4 * c->vision_layers : 4) + 4 * c->text_layers;
+}
+
+/* Whether oneDNN has a kernel for the precision on this CPU (a probe shape). */
+static bool precision_native(int precision) {
+    dnnl_data_type_t in = precision == CLIPC_BF16 ? dnnl_bf16 : dnnl_s8;
+    dnnl_data_type_t out = precision == CLIPC_BF16 ? dnnl_f32 : dnnl_s32;
+    dnnl_primitive_t p = matmul_primitive(in, out, 64, 64, 64, 64, 64, precision == CLIPC_BF16, false, NULL, 0);
+    if (!p) return false;
+    dnnl_primitive_destroy(p);
+    return true;
+}
+
+int clipc_model_set_precision(clipc_model *m, int precision, clipc_error *err) {
+    if (precision < CLIPC_FP32 || precision > CLIPC_INT8) return clipc_fail(err, "unknown precision %d", precision);
+    model_lowp_free(m);
+    m->precision = precision;
+    m->lowp_native = true;
+    if (precision == CLIPC_FP32) return 0;
+    m->lowp_native = precision_native(precision);
+    int count = gemm_weight_count(&m->cfg);
+    size_t *off = malloc((size_t)count * sizeof *off);
+    int *out = malloc((size_t)count * sizeof *out), *in = malloc((size_t)count * sizeof *in);
+    m->lowp = calloc((size_t)count, sizeof *m->lowp);
+    int rc = 0;
+    if (!off || !out || !in || !m->lowp) {
+        rc = -1;
+    } else {
+        count = gemm_weights(m, off, out, in);
+        m->n_lowp = count;
+        for (int i = 0; i < count && rc == 0; i++)
+            rc = lowp_weight_make(&m->lowp[i], m->params + off[i], off[i], out[i], in[i], precision, m->lowp_native);
+    }
+    free(off);
+    free(out);
+    free(in);
+    if (rc) {
+        model_lowp_free(m);
+        m->precision = CLIPC_FP32;
+        return clipc_fail(err, "out of memory converting the weights to %s", clipc_precision_name(precision));
+    }
+    return 0;
+}
+
+int clipc_model_precision(const clipc_model *m) { return m->precision; }
+
+/* The converted weight holding the matrix that starts at params offset
+ * w_off (a whole weight, or a row range inside one); *row0 its first row. */
+static const lowp_weight *find_weight(const clipc_model *m, size_t w_off, int *row0) {
+    int lo = 0, hi = m->n_lowp - 1;
+    const lowp_weight *best = NULL;
+    /* sorted by offset: the parameter table is laid out in order */
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (m->lowp[mid].offset <= w_off)
+            best = &m->lowp[mid], lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    if (!best) return NULL;
+    size_t rel = w_off - best->offset;
+    if (rel % (size_t)best->in || rel / (size_t)best->in >= (size_t)best->out) return NULL;
+    *row0 = (int)(rel / (size_t)best->in);
+    return best;
+}
+
+lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off) {
+    int row0 = 0;
+    const lowp_weight *w = find_weight(m, w_off, &row0);
+    return w && row0 == 0 ? (lowp_weight *)w : NULL;
+}
+
+/* ---- the GEMM ------------------------------------------------------------------------ */
+
+size_t lowp_scratch(int rows, int in, int out) {
+    /* bf16 input (2 bytes) or int8 input (1 byte) plus row scales; int32
+     * accumulators; emulation's float input. */
+    return (size_t)rows * in * 3 / 2 + (size_t)rows * out + (size_t)rows + 128;
+}
+
+/* y (=|+=) the dequantised or widened accumulators. */
+static void bf16_gemm_emulated(float *y, int ldy, const uint16_t *xb, const lowp_weight *w, int row0, const float *b,
+                               int n, int in, int out, bool accumulate, float *xe) {
+#pragma omp parallel for if ((size_t)n * in > 65536)
+    for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = bf16_widen(xb[i]);
+    gemm_rows(y, ldy, xe, in, w->emulated + (size_t)row0 * in, b, n, in, out, accumulate);
+}
+
+/* Returns -1 (nothing written) only when the native kernel fails at run
+ * time and there is no emulation; the caller then runs fp32. */
+static int bf16_gemm(float *y, int ldy, const float *x, int ldx, const lowp_weight *w, int row0, const float *b, int n,
+                     int in, int out, bool accumulate, float *ws) {
+    const uint16_t *W = w->bf16 + (size_t)row0 * in;
+    uint16_t *xb = (uint16_t *)ws;
+#pragma omp parallel for if ((size_t)n * in > 65536)
+    for (int i = 0; i < n; i++) {
+        const float *src = x + (size_t)i * ldx;
+        uint16_t *dst = xb + (size_t)i * in;
+#pragma omp simd
+        for (int j = 0; j < in; j++) dst[j] = bf16_round(src[j]);
+    }
+    if (w->emulated) {
+        bf16_gemm_emulated(y, ldy, xb, w, row0, b, n, in, out, accumulate, ws + ((size_t)n * in + 1) / 2 + 16);
+        return 0;
+    }
+    dnnl_primitive_t p = matmul_primitive(dnnl_bf16, dnnl_f32, n, in, out, in, ldy, b != NULL, accumulate, NULL, 0);
+    int rc = p ? matmul_run(p, xb, dnnl_bf16, W, b, y, dnnl_f32, n, in, out, in, ldy) : -1;
+    if (p) dnnl_primitive_destroy(p);
+    return rc;
+}
+
+static int int8_gemm(float *y, int ldy, const float *x, int ldx, const lowp_weight *w, int row0, const float *b, int n,
+                     int in, int out, bool accumulate, float *ws) {
+    const int8_t *W = w->q + (size_t)row0 * in;
+    const float *wscale = w->scale + row0;
+    int8_t *xq = (int8_t *)ws;
+    float *xscale = ws + ((size_t)n * in + 3) / 4 + 16;
+    float *acc = xscale + n + 16; /* [n, out]: int32 (native) or float (emulated) sums */
+#pragma omp parallel for if ((size_t)n * in > 65536)
+    for (int i = 0; i < n; i++) xscale[i] = quantize_row(xq + (size_t)i * in, x + (size_t)i * ldx, in);
+    if (w->emulated) {
+        /* the int8 values as floats through sgemm: exact products, float sums */
+        float *xe = acc + (size_t)n * out + 16;
+        for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = (float)xq[i];
+        gemm_rows(acc, out, xe, in, w->emulated + (size_t)row0 * in, NULL, n, in, out, false);
+        int32_t *acc32 = (int32_t *)acc; /* to the native kernel's integer sums */
+        for (size_t i = 0; i < (size_t)n * out; i++) acc32[i] = (int32_t)lrintf(acc[i]);
+    } else {
+        dnnl_primitive_t p = matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, false, false, NULL, 0);
+        int rc = p ? matmul_run(p, xq, dnnl_s8, W, NULL, acc, dnnl_s32, n, in, out, in, out) : -1;
+        if (p) dnnl_primitive_destroy(p);
+        if (rc) return -1;
+    }
+    const int32_t *acc32 = (const int32_t *)acc;
+#pragma omp parallel for if ((size_t)n * out > 65536)
+    for (int i = 0; i < n; i++) {
+        float *yi = y + (size_t)i * ldy, sx = xscale[i];
+        const int32_t *ai = acc32 + (size_t)i * out;
+        for (int j = 0; j < out; j++) {
+            float v = (float)ai[j] * (sx * wscale[j]) + (b ? b[j] : 0.0f);
+            yi[j] = accumulate ? yi[j] + v : v;
+        }
+    }
+    return 0;
+}
+
+void model_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx, size_t w_off, const float *b, int n,
+                int in, int out, bool accumulate, float *ws) {
+    int row0 = 0;
+    const lowp_weight *w = m->precision == CLIPC_FP32 || n <= 0 ? NULL : find_weight(m, w_off, &row0);
+    if (!w || w->in != in || row0 + out > w->out) {
+        gemm_rows(y, ldy, x, ldx, m->params + w_off, b, n, in, out, accumulate);
+        return;
+    }
+    int rc = m->precision == CLIPC_BF16 ? bf16_gemm(y, ldy, x, ldx, w, row0, b, n, in, out, accumulate, ws)
+                                        : int8_gemm(y, ldy, x, ldx, w, row0, b, n, in, out, accumulate, ws);
+    if (rc) /* oneDNN failed at run time: the fp32 answer rather than none */
+        gemm_rows(y, ldy, x, ldx, m->params + w_off, b, n, in, out, accumulate);
+}
+
+/* ---- what runs ------------------------------------------------------------------------------ */
+
+extern char *openblas_get_corename(void);
+
+const char *clipc_precision_kernel(int precision, char *buf, size_t cap) {
+    if (precision == CLIPC_FP32) {
+        snprintf(buf, cap, "OpenBLAS sgemm (%s)", openblas_get_corename());
+        return buf;
+    }
+    const dnnl_version_t *v = dnnl_version();
+    char impl[128];
+    bool bf16 = precision == CLIPC_BF16;
+    /* a ViT-B-32 MLP shape at batch 32 */
+    dnnl_primitive_t p = matmul_primitive(bf16 ? dnnl_bf16 : dnnl_s8, bf16 ? dnnl_f32 : dnnl_s32, 1600, 768, 3072, 768,
+                                          3072, bf16, false, impl, sizeof impl);
+    if (p) {
+        dnnl_primitive_destroy(p);
+        snprintf(buf, cap, "oneDNN %d.%d.%d %s", v->major, v->minor, v->patch, impl);
+    } else {
+        snprintf(buf, cap, "oneDNN %d.%d.%d has no %s kernel on this CPU: emulated on OpenBLAS sgemm (%s)", v->major,
+                 v->minor, v->patch, clipc_precision_name(precision), openblas_get_corename());
+    }
+    return buf;
+}
