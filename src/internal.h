@@ -236,11 +236,17 @@ void model_lowp_free(clipc_model *m);
 lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off);
 /* Floats of workspace model_gemm needs for rows x [in] -> [out]. */
 size_t lowp_scratch(int rows, int in, int out);
-/* y (=|+=) x W^T + b with W = params + w_off (a whole weight matrix or a
- * row range of one), at the model's precision: gemm_rows for fp32 and for
- * weights that have no converted copy. ws: lowp_scratch floats. */
+/* y (=|+=) act(x W^T + b) with W = params + w_off (a whole weight matrix
+ * or a row range of one), at the model's precision: gemm_rows for fp32 and
+ * for weights that have no converted copy. act: -1 for none, or
+ * CLIPC_QUICK_GELU / CLIPC_GELU (not with accumulate), fused into the GEMM
+ * where the kernel can. ws: lowp_scratch floats. */
 void model_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx, size_t w_off, const float *b, int n,
-                int in, int out, bool accumulate, float *ws);
+                int in, int out, bool accumulate, int act, float *ws);
+/* x [n, D] += c_proj(act(c_fc(ln))) (OpenAI's MLP, H the hidden width), the
+ * hidden layer kept at the GEMMs' precision; hid [n, H] is used at fp32. */
+void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, const float *fc_b, size_t proj_w,
+               const float *proj_b, int n, int D, int H, float *hid, float *ws);
 
 /* ---- weights/checkpoint.c ------------------------------------------------ */
 
@@ -269,6 +275,8 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
 /* dx = dy * act'(x) for CLIPC_QUICK_GELU / CLIPC_GELU, x the pre-activation. */
 void activation_backward(float *dx, const float *dy, const float *x, size_t n, int activation);
 void quick_gelu_forward(float *x, size_t n);
+/* x = act(x) for CLIPC_QUICK_GELU / CLIPC_GELU. */
+void activation_forward(float *x, size_t n, int activation);
 void gelu_forward(float *x, size_t n);
 void relu_forward(float *x, size_t n);
 /* Multi-head self-attention on packed sequences. qkv [T, 3D] rows of all

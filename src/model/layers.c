@@ -200,6 +200,13 @@ void activation_backward(float *dx, const float *dy, const float *x, size_t n, i
     for (size_t c = 0; c < n; c += CHUNK) quick_gelu_backward_chunk(dx + c, dy + c, x + c, n - c < CHUNK ? n - c : CHUNK);
 }
 
+void activation_forward(float *x, size_t n, int activation) {
+    if (activation == CLIPC_GELU)
+        gelu_forward(x, n);
+    else
+        quick_gelu_forward(x, n);
+}
+
 void relu_forward(float *x, size_t n) {
 #pragma omp parallel for simd if (n > 65536)
     for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;

@@ -26,6 +26,7 @@
 #include "tower.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <pthread.h>
@@ -71,7 +72,8 @@ static dnnl_engine_t get_engine(void) {
  * makes a repeated shape cost a few microseconds. NULL when oneDNN has no
  * kernel for it on this CPU; impl (if non-NULL) receives the kernel name. */
 static dnnl_primitive_t matmul_primitive(dnnl_data_type_t in_type, dnnl_data_type_t out_type, int M, int K, int N,
-                                         int ldx, int ldy, bool bias, bool accumulate, char *impl, size_t impl_cap) {
+                                         int ldx, int ldy, bool bias, bool accumulate, int act, char *impl,
+                                         size_t impl_cap) {
     dnnl_engine_t eng = get_engine();
     if (!eng) return NULL;
     dnnl_memory_desc_t src, wei, dst, bia;
@@ -85,8 +87,13 @@ static dnnl_primitive_t matmul_primitive(dnnl_data_type_t in_type, dnnl_data_typ
     if (dnnl_matmul_desc_init(&md, &src, &wei, bias ? &bia : NULL, &dst)) return NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
-    if (accumulate) {
-        if (dnnl_primitive_attr_create(&attr) || dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, 1.0f) ||
+    if (accumulate || act >= 0) {
+        /* QuickGELU x sigmoid(1.702 x) is oneDNN's swish with alpha 1.702 */
+        dnnl_alg_kind_t alg = act == CLIPC_GELU ? dnnl_eltwise_gelu_erf : dnnl_eltwise_swish;
+        float alpha = act == CLIPC_GELU ? 0.0f : 1.702f;
+        if (dnnl_primitive_attr_create(&attr) || dnnl_post_ops_create(&po) ||
+            (accumulate && dnnl_post_ops_append_sum(po, 1.0f)) ||
+            (act >= 0 && dnnl_post_ops_append_eltwise(po, 1.0f, alg, alpha, 0.0f)) ||
             dnnl_primitive_attr_set_post_ops(attr, po)) {
             dnnl_post_ops_destroy(po);
             dnnl_primitive_attr_destroy(attr);
@@ -161,20 +168,48 @@ static inline float bf16_widen(uint16_t h) {
 static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
 
 /* Symmetric int8 of one row: scale = max|x| / 127, q = round(x / scale). */
-static float quantize_row(int8_t *q, const float *x, int n) {
+static float quantize_row(int8_t *restrict q, const float *restrict x, int n) {
     float amax = 0.0f;
-    for (int j = 0; j < n; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+#pragma omp simd reduction(max : amax)
+    for (int j = 0; j < n; j++) {
+        float a = fabsf(x[j]);
+        amax = a > amax ? a : amax; /* a ternary, not fmaxf: that one is a libm call here */
+    }
     if (!(amax > 0.0f) || !isfinite(amax)) { /* all zero (or broken): q = 0 keeps NaN out of the GEMM */
         memset(q, 0, (size_t)n);
         return amax > 0.0f ? NAN : 0.0f;
     }
     float inv = 127.0f / amax;
+#pragma omp simd
     for (int j = 0; j < n; j++) {
-        float r = round_even(x[j] * inv);
-        r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-        q[j] = (int8_t)r;
+        float r = round_even(x[j] * inv); /* |x * inv| <= 127 (up to rounding) */
+        r = r > 127.0f ? 127.0f : r;
+        r = r < -127.0f ? -127.0f : r;
+        q[j] = (int8_t)(int)r;
     }
     return amax / 127.0f;
+}
+
+/* n floats to bf16 (round to nearest even). With AVX512-BF16, one
+ * instruction per 32 values; elsewhere the portable rounding. */
+__attribute__((target("avx512f,avx512bf16"))) static void to_bf16_avx512(uint16_t *dst, const float *src, int n) {
+    int j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
+        _mm512_storeu_si512((void *)(dst + j), (__m512i)v);
+    }
+    for (; j < n; j++) dst[j] = bf16_round(src[j]);
+}
+
+static void to_bf16(uint16_t *restrict dst, const float *restrict src, int n) {
+    static int avx512bf16 = -1;
+    if (avx512bf16 < 0) avx512bf16 = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    if (avx512bf16) {
+        to_bf16_avx512(dst, src, n);
+        return;
+    }
+#pragma omp simd
+    for (int j = 0; j < n; j++) dst[j] = bf16_round(src[j]);
 }
 
 /* ---- weights ------------------------------------------------------------------- */
@@ -264,7 +299,7 @@ static int gemm_weight_count(const clipc_config *c) {
 static bool precision_native(int precision) {
     dnnl_data_type_t in = precision == CLIPC_BF16 ? dnnl_bf16 : dnnl_s8;
     dnnl_data_type_t out = precision == CLIPC_BF16 ? dnnl_f32 : dnnl_s32;
-    dnnl_primitive_t p = matmul_primitive(in, out, 64, 64, 64, 64, 64, precision == CLIPC_BF16, false, NULL, 0);
+    dnnl_primitive_t p = matmul_primitive(in, out, 64, 64, 64, 64, 64, precision == CLIPC_BF16, false, -1, NULL, 0);
     if (!p) return false;
     dnnl_primitive_destroy(p);
     return true;
@@ -329,92 +364,182 @@ lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off) {
     return w && row0 == 0 ? (lowp_weight *)w : NULL;
 }
 
-/* ---- the GEMM ------------------------------------------------------------------------ */
+/* ---- the GEMMs ------------------------------------------------------------------------ */
 
 size_t lowp_scratch(int rows, int in, int out) {
-    /* bf16 input (2 bytes) or int8 input (1 byte) plus row scales; int32
-     * accumulators; emulation's float input. */
-    return (size_t)rows * in * 3 / 2 + (size_t)rows * out + (size_t)rows + 128;
+    /* converted inputs, accumulators, the MLP's hidden layer, and the
+     * emulation's float copies: generous, and never touched at fp32 */
+    return (size_t)rows * (2 * (size_t)in + 2 * (size_t)out) + 2 * (size_t)rows + 256;
 }
 
-/* y (=|+=) the dequantised or widened accumulators. */
-static void bf16_gemm_emulated(float *y, int ldy, const uint16_t *xb, const lowp_weight *w, int row0, const float *b,
-                               int n, int in, int out, bool accumulate, float *xe) {
-#pragma omp parallel for if ((size_t)n * in > 65536)
-    for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = bf16_widen(xb[i]);
-    gemm_rows(y, ldy, xe, in, w->emulated + (size_t)row0 * in, b, n, in, out, accumulate);
-}
-
-/* Returns -1 (nothing written) only when the native kernel fails at run
- * time and there is no emulation; the caller then runs fp32. */
-static int bf16_gemm(float *y, int ldy, const float *x, int ldx, const lowp_weight *w, int row0, const float *b, int n,
-                     int in, int out, bool accumulate, float *ws) {
-    const uint16_t *W = w->bf16 + (size_t)row0 * in;
-    uint16_t *xb = (uint16_t *)ws;
-#pragma omp parallel for if ((size_t)n * in > 65536)
-    for (int i = 0; i < n; i++) {
-        const float *src = x + (size_t)i * ldx;
-        uint16_t *dst = xb + (size_t)i * in;
-#pragma omp simd
-        for (int j = 0; j < in; j++) dst[j] = bf16_round(src[j]);
+/* act on each of n rows of y (out used floats, ldy apart). */
+static void rows_activation(float *y, int ldy, int n, int out, int act) {
+    if (act < 0) return;
+    if (ldy == out) {
+        activation_forward(y, (size_t)n * out, act);
+        return;
     }
-    if (w->emulated) {
-        bf16_gemm_emulated(y, ldy, xb, w, row0, b, n, in, out, accumulate, ws + ((size_t)n * in + 1) / 2 + 16);
+#pragma omp parallel for if ((size_t)n * out > 65536)
+    for (int i = 0; i < n; i++) activation_forward(y + (size_t)i * ldy, (size_t)out, act);
+}
+
+/* A bump allocator over the caller's workspace. */
+static void *ws_take(float **ws, size_t bytes) {
+    void *p = *ws;
+    *ws += (bytes + 63) / 64 * 16; /* keep 64-byte alignment */
+    return p;
+}
+
+static void bf16_rows(uint16_t *xb, const float *x, int ldx, int n, int in) {
+#pragma omp parallel for if ((size_t)n * in > 65536)
+    for (int i = 0; i < n; i++) to_bf16(xb + (size_t)i * in, x + (size_t)i * ldx, in);
+}
+
+/* y [n, out] (=|+=) act(xb W^T + b) in bf16 x bf16 with fp32 sums; y is
+ * float (rows ldy apart) or, with y_bf16, bf16 (rows out apart, no
+ * accumulate). Returns -1 only when oneDNN fails at run time. */
+static int bf16_matmul(void *y, bool y_bf16, int ldy, const uint16_t *xb, const lowp_weight *w, int row0,
+                       const float *b, int n, int in, int out, bool accumulate, int act, float *ws) {
+    if (w->emulated) { /* the same bf16 values, multiplied by sgemm */
+        float *xe = ws_take(&ws, (size_t)n * in * sizeof(float));
+        float *ye = y_bf16 ? ws_take(&ws, (size_t)n * out * sizeof(float)) : y;
+#pragma omp parallel for if ((size_t)n * in > 65536)
+        for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = bf16_widen(xb[i]);
+        gemm_rows(ye, y_bf16 ? out : ldy, xe, in, w->emulated + (size_t)row0 * in, b, n, in, out, accumulate);
+        rows_activation(ye, y_bf16 ? out : ldy, n, out, act);
+        if (y_bf16) bf16_rows(y, ye, out, n, out);
         return 0;
     }
-    dnnl_primitive_t p = matmul_primitive(dnnl_bf16, dnnl_f32, n, in, out, in, ldy, b != NULL, accumulate, NULL, 0);
-    int rc = p ? matmul_run(p, xb, dnnl_bf16, W, b, y, dnnl_f32, n, in, out, in, ldy) : -1;
+    dnnl_data_type_t yt = y_bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_primitive_t p = matmul_primitive(dnnl_bf16, yt, n, in, out, in, ldy, b != NULL, accumulate, act, NULL, 0);
+    int rc = p ? matmul_run(p, xb, dnnl_bf16, w->bf16 + (size_t)row0 * in, b, y, yt, n, in, out, in, ldy) : -1;
     if (p) dnnl_primitive_destroy(p);
     return rc;
 }
 
-static int int8_gemm(float *y, int ldy, const float *x, int ldx, const lowp_weight *w, int row0, const float *b, int n,
-                     int in, int out, bool accumulate, float *ws) {
-    const int8_t *W = w->q + (size_t)row0 * in;
-    const float *wscale = w->scale + row0;
-    int8_t *xq = (int8_t *)ws;
-    float *xscale = ws + ((size_t)n * in + 3) / 4 + 16;
-    float *acc = xscale + n + 16; /* [n, out]: int32 (native) or float (emulated) sums */
+static void int8_rows(int8_t *xq, float *xscale, const float *x, int ldx, int n, int in) {
 #pragma omp parallel for if ((size_t)n * in > 65536)
     for (int i = 0; i < n; i++) xscale[i] = quantize_row(xq + (size_t)i * in, x + (size_t)i * ldx, in);
-    if (w->emulated) {
-        /* the int8 values as floats through sgemm: exact products, float sums */
-        float *xe = acc + (size_t)n * out + 16;
+}
+
+/* acc [n, out] = xq W^T in int32. Returns -1 only when oneDNN fails at run time. */
+static int int8_matmul(int32_t *acc, const int8_t *xq, const lowp_weight *w, int row0, int n, int in, int out,
+                       float *ws) {
+    const int8_t *W = w->q + (size_t)row0 * in;
+    if (w->emulated) { /* the int8 values as floats through sgemm: exact products, float sums */
+        float *xe = ws_take(&ws, (size_t)n * in * sizeof(float)), *accf = (float *)acc;
         for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = (float)xq[i];
-        gemm_rows(acc, out, xe, in, w->emulated + (size_t)row0 * in, NULL, n, in, out, false);
-        int32_t *acc32 = (int32_t *)acc; /* to the native kernel's integer sums */
-        for (size_t i = 0; i < (size_t)n * out; i++) acc32[i] = (int32_t)lrintf(acc[i]);
+        gemm_rows(accf, out, xe, in, w->emulated + (size_t)row0 * in, NULL, n, in, out, false);
+        for (size_t i = 0; i < (size_t)n * out; i++) acc[i] = (int32_t)lrintf(accf[i]); /* in place */
+        return 0;
+    }
+    dnnl_primitive_t p = matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, false, false, -1, NULL, 0);
+    int rc = p ? matmul_run(p, xq, dnnl_s8, W, NULL, acc, dnnl_s32, n, in, out, in, out) : -1;
+    if (p) dnnl_primitive_destroy(p);
+    return rc;
+}
+
+/* One row of int8 sums back to floats: v = acc * (row scale * column
+ * scale) + b, then (=|+=) into y and the activation, while the row is in
+ * cache. y may alias acc (in place). */
+static void dequant_row(float *y, const int32_t *acc, float sx, const float *wscale, const float *b, int out,
+                        bool accumulate, int act) {
+    if (accumulate && b) {
+#pragma omp simd
+        for (int j = 0; j < out; j++) y[j] += (float)acc[j] * (sx * wscale[j]) + b[j];
+    } else if (accumulate) {
+#pragma omp simd
+        for (int j = 0; j < out; j++) y[j] += (float)acc[j] * (sx * wscale[j]);
+    } else if (b) {
+#pragma omp simd
+        for (int j = 0; j < out; j++) y[j] = (float)acc[j] * (sx * wscale[j]) + b[j];
     } else {
-        dnnl_primitive_t p = matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, false, false, NULL, 0);
-        int rc = p ? matmul_run(p, xq, dnnl_s8, W, NULL, acc, dnnl_s32, n, in, out, in, out) : -1;
-        if (p) dnnl_primitive_destroy(p);
-        if (rc) return -1;
+#pragma omp simd
+        for (int j = 0; j < out; j++) y[j] = (float)acc[j] * (sx * wscale[j]);
     }
-    const int32_t *acc32 = (const int32_t *)acc;
+    if (act >= 0) activation_forward(y, (size_t)out, act);
+}
+
+static void dequant_rows(float *y, int ldy, const int32_t *acc, const float *xscale, const float *wscale,
+                         const float *b, int n, int out, bool accumulate, int act) {
 #pragma omp parallel for if ((size_t)n * out > 65536)
-    for (int i = 0; i < n; i++) {
-        float *yi = y + (size_t)i * ldy, sx = xscale[i];
-        const int32_t *ai = acc32 + (size_t)i * out;
-        for (int j = 0; j < out; j++) {
-            float v = (float)ai[j] * (sx * wscale[j]) + (b ? b[j] : 0.0f);
-            yi[j] = accumulate ? yi[j] + v : v;
-        }
+    for (int i = 0; i < n; i++)
+        dequant_row(y + (size_t)i * ldy, acc + (size_t)i * out, xscale[i], wscale, b, out, accumulate, act);
+}
+
+/* The GEMM at the weight's precision; -1 when oneDNN failed at run time. */
+static int lowp_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx, const lowp_weight *w, int row0,
+                     const float *b, int n, int in, int out, bool accumulate, int act, float *ws) {
+    if (m->precision == CLIPC_BF16) {
+        uint16_t *xb = ws_take(&ws, (size_t)n * in * 2);
+        bf16_rows(xb, x, ldx, n, in);
+        return bf16_matmul(y, false, ldy, xb, w, row0, b, n, in, out, accumulate, act, ws);
     }
+    int8_t *xq = ws_take(&ws, (size_t)n * in);
+    float *xscale = ws_take(&ws, (size_t)n * sizeof(float));
+    int32_t *acc = ws_take(&ws, (size_t)n * out * sizeof(int32_t));
+    int8_rows(xq, xscale, x, ldx, n, in);
+    if (int8_matmul(acc, xq, w, row0, n, in, out, ws)) return -1;
+    dequant_rows(y, ldy, acc, xscale, w->scale + row0, b, n, out, accumulate, act);
     return 0;
 }
 
+/* The converted weight for the matrix at w_off with in columns and out
+ * rows from *row0, or NULL (fp32, or no converted copy). */
+static const lowp_weight *weight_for(const clipc_model *m, size_t w_off, int n, int in, int out, int *row0) {
+    if (m->precision == CLIPC_FP32 || n <= 0) return NULL;
+    const lowp_weight *w = find_weight(m, w_off, row0);
+    return w && w->in == in && *row0 + out <= w->out ? w : NULL;
+}
+
 void model_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx, size_t w_off, const float *b, int n,
-                int in, int out, bool accumulate, float *ws) {
+                int in, int out, bool accumulate, int act, float *ws) {
     int row0 = 0;
-    const lowp_weight *w = m->precision == CLIPC_FP32 || n <= 0 ? NULL : find_weight(m, w_off, &row0);
-    if (!w || w->in != in || row0 + out > w->out) {
-        gemm_rows(y, ldy, x, ldx, m->params + w_off, b, n, in, out, accumulate);
-        return;
+    const lowp_weight *w = weight_for(m, w_off, n, in, out, &row0);
+    if (w && lowp_gemm(m, y, ldy, x, ldx, w, row0, b, n, in, out, accumulate, act, ws) == 0) return;
+    /* fp32 (and the fp32 answer if oneDNN failed at run time) */
+    gemm_rows(y, ldy, x, ldx, m->params + w_off, b, n, in, out, accumulate);
+    rows_activation(y, ldy, n, out, act);
+}
+
+/* The MLP with its hidden layer kept at the GEMMs' precision: bf16 c_fc
+ * writes bf16 (bias and activation fused) that c_proj reads; int8 c_fc's
+ * sums are dequantised, activated and requantised row by row in cache.
+ * Either way the [n, H] hidden layer is never written as floats. */
+void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, const float *fc_b, size_t proj_w,
+               const float *proj_b, int n, int D, int H, float *hid, float *ws) {
+    int act = m->cfg.activation, r0 = 0, r1 = 0;
+    const lowp_weight *fc = weight_for(m, fc_w, n, D, H, &r0), *proj = weight_for(m, proj_w, n, H, D, &r1);
+    if (fc && proj && r0 == 0 && r1 == 0) {
+        float *w0 = ws;
+        if (m->precision == CLIPC_BF16) {
+            uint16_t *xb = ws_take(&ws, (size_t)n * D * 2), *hb = ws_take(&ws, (size_t)n * H * 2);
+            bf16_rows(xb, ln, D, n, D);
+            if (bf16_matmul(hb, true, H, xb, fc, 0, fc_b, n, D, H, false, act, ws) == 0 &&
+                bf16_matmul(x, false, D, hb, proj, 0, proj_b, n, H, D, true, -1, ws) == 0)
+                return;
+        } else {
+            int8_t *xq = ws_take(&ws, (size_t)n * D), *hq = ws_take(&ws, (size_t)n * H);
+            float *xscale = ws_take(&ws, (size_t)n * sizeof(float)), *hscale = ws_take(&ws, (size_t)n * sizeof(float));
+            int32_t *acc = ws_take(&ws, (size_t)n * H * sizeof(int32_t));
+            int8_rows(xq, xscale, ln, D, n, D);
+            if (int8_matmul(acc, xq, fc, 0, n, D, H, ws) == 0) {
+#pragma omp parallel for if ((size_t)n * H > 65536)
+                for (int i = 0; i < n; i++) {
+                    float *row = (float *)(acc + (size_t)i * H); /* floats in place of the sums */
+                    dequant_row(row, acc + (size_t)i * H, xscale[i], fc->scale, fc_b, H, false, act);
+                    hscale[i] = quantize_row(hq + (size_t)i * H, row, H);
+                }
+                if (int8_matmul(acc, hq, proj, 0, n, H, D, ws) == 0) {
+                    dequant_rows(x, D, acc, hscale, proj->scale, proj_b, n, D, true, -1);
+                    return;
+                }
+            }
+        }
+        ws = w0; /* oneDNN failed at run time: x is untouched until the last GEMM; redo in fp32 */
     }
-    int rc = m->precision == CLIPC_BF16 ? bf16_gemm(y, ldy, x, ldx, w, row0, b, n, in, out, accumulate, ws)
-                                        : int8_gemm(y, ldy, x, ldx, w, row0, b, n, in, out, accumulate, ws);
-    if (rc) /* oneDNN failed at run time: the fp32 answer rather than none */
-        gemm_rows(y, ldy, x, ldx, m->params + w_off, b, n, in, out, accumulate);
+    model_gemm(m, hid, H, ln, D, fc_w, fc_b, n, D, H, false, act, ws);
+    model_gemm(m, x, D, hid, H, proj_w, proj_b, n, H, D, true, -1, ws);
 }
 
 /* ---- what runs ------------------------------------------------------------------------------ */
@@ -431,7 +556,7 @@ const char *clipc_precision_kernel(int precision, char *buf, size_t cap) {
     bool bf16 = precision == CLIPC_BF16;
     /* a ViT-B-32 MLP shape at batch 32 */
     dnnl_primitive_t p = matmul_primitive(bf16 ? dnnl_bf16 : dnnl_s8, bf16 ? dnnl_f32 : dnnl_s32, 1600, 768, 3072, 768,
-                                          3072, bf16, false, impl, sizeof impl);
+                                          3072, bf16, false, -1, impl, sizeof impl);
     if (p) {
         dnnl_primitive_destroy(p);
         snprintf(buf, cap, "oneDNN %d.%d.%d %s", v->major, v->minor, v->patch, impl);

@@ -23,13 +23,6 @@ void model_tap(const clipc_model *m, const char *name, const float *x, int rows,
     if (m->tap) m->tap(m->tap_ctx, name, x, rows, cols);
 }
 
-static void activation(const clipc_model *m, float *h, size_t n) {
-    if (m->cfg.activation == CLIPC_GELU)
-        gelu_forward(h, n);
-    else
-        quick_gelu_forward(h, n);
-}
-
 /* One full block over all T rows, in place on x. */
 static void block_forward(const clipc_model *m, const block_offsets *b, int D, int heads, bool causal, float *x,
                           const packing *pk, float *ln, float *qkv, float *att, float *hid, float *scratch,
@@ -38,26 +31,26 @@ static void block_forward(const clipc_model *m, const block_offsets *b, int D, i
     int T = pk->total;
     char name[128];
     layernorm_forward(ln, x, P + b->ln1_w, P + b->ln1_b, T, D);
-    model_gemm(m, qkv, 3 * D, ln, D, b->qkv_w, P + b->qkv_b, T, D, 3 * D, false, ws);
+    model_gemm(m, qkv, 3 * D, ln, D, b->qkv_w, P + b->qkv_b, T, D, 3 * D, false, -1, ws);
     attention_forward(att, qkv, pk->start, pk->len, NULL, pk->n_seq, D, heads, causal, scratch, NULL, NULL);
     if (tap_prefix) { /* block 0's sub-layer outputs, for the reference tests */
         model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.ln_1", tap_prefix), name), ln, T, D);
-        model_gemm(m, ln, D, att, D, b->out_w, P + b->out_b, T, D, D, false, ws);
+        model_gemm(m, ln, D, att, D, b->out_w, P + b->out_b, T, D, D, false, -1, ws);
         model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.attn", tap_prefix), name), ln, T, D);
     }
-    model_gemm(m, x, D, att, D, b->out_w, P + b->out_b, T, D, D, true, ws);
+    model_gemm(m, x, D, att, D, b->out_w, P + b->out_b, T, D, D, true, -1, ws);
     layernorm_forward(ln, x, P + b->ln2_w, P + b->ln2_b, T, D);
-    model_gemm(m, hid, 4 * D, ln, D, b->fc_w, P + b->fc_b, T, D, 4 * D, false, ws);
-    if (tap_prefix) {
+    if (tap_prefix) { /* block 0's MLP in steps: the reference taps c_fc before the activation */
+        model_gemm(m, hid, 4 * D, ln, D, b->fc_w, P + b->fc_b, T, D, 4 * D, false, -1, ws);
         model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.ln_2", tap_prefix), name), ln, T, D);
         model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.mlp.c_fc", tap_prefix), name), hid, T, 4 * D);
-    }
-    activation(m, hid, (size_t)T * 4 * D);
-    if (tap_prefix) {
-        model_gemm(m, ln, D, hid, 4 * D, b->proj_w, P + b->proj_b, T, 4 * D, D, false, ws);
+        activation_forward(hid, (size_t)T * 4 * D, m->cfg.activation);
+        model_gemm(m, ln, D, hid, 4 * D, b->proj_w, P + b->proj_b, T, 4 * D, D, false, -1, ws);
         model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.mlp", tap_prefix), name), ln, T, D);
+        model_gemm(m, x, D, hid, 4 * D, b->proj_w, P + b->proj_b, T, 4 * D, D, true, -1, ws);
+        return;
     }
-    model_gemm(m, x, D, hid, 4 * D, b->proj_w, P + b->proj_b, T, 4 * D, D, true, ws);
+    model_mlp(m, x, ln, b->fc_w, P + b->fc_b, b->proj_w, P + b->proj_b, T, D, 4 * D, hid, ws);
 }
 
 /* The last block, computed for the pooled rows only; writes pooled [n, D]. */
@@ -70,20 +63,18 @@ static void last_block_pooled(const clipc_model *m, arena *a, const block_offset
     float *hid = arena_alloc(a, (size_t)n * 4 * D);
     layernorm_forward(ln, x, P + b->ln1_w, P + b->ln1_b, T, D);
     /* keys and values of every row: rows D..3D of in_proj */
-    model_gemm(m, qkv + D, 3 * D, ln, D, b->qkv_w + (size_t)D * D, P + b->qkv_b + D, T, D, 2 * D, false, ws);
+    model_gemm(m, qkv + D, 3 * D, ln, D, b->qkv_w + (size_t)D * D, P + b->qkv_b + D, T, D, 2 * D, false, -1, ws);
     for (int s = 0; s < n; s++) memcpy(rows + (size_t)s * D, ln + (size_t)pool_row[s] * D, (size_t)D * sizeof *rows);
-    model_gemm(m, q, D, rows, D, b->qkv_w, P + b->qkv_b, n, D, D, false, ws);
+    model_gemm(m, q, D, rows, D, b->qkv_w, P + b->qkv_b, n, D, D, false, -1, ws);
     for (int s = 0; s < n; s++) memcpy(qkv + (size_t)pool_row[s] * 3 * D, q + (size_t)s * D, (size_t)D * sizeof *q);
     attention_forward(att, qkv, pk->start, pk->len, pool_row, n, D, heads, causal, scratch, NULL, NULL);
     for (int s = 0; s < n; s++) {
         memcpy(rows + (size_t)s * D, att + (size_t)pool_row[s] * D, (size_t)D * sizeof *rows);
         memcpy(pooled + (size_t)s * D, x + (size_t)pool_row[s] * D, (size_t)D * sizeof *pooled);
     }
-    model_gemm(m, pooled, D, rows, D, b->out_w, P + b->out_b, n, D, D, true, ws);
+    model_gemm(m, pooled, D, rows, D, b->out_w, P + b->out_b, n, D, D, true, -1, ws);
     layernorm_forward(rows, pooled, P + b->ln2_w, P + b->ln2_b, n, D);
-    model_gemm(m, hid, 4 * D, rows, D, b->fc_w, P + b->fc_b, n, D, 4 * D, false, ws);
-    activation(m, hid, (size_t)n * 4 * D);
-    model_gemm(m, pooled, D, hid, 4 * D, b->proj_w, P + b->proj_b, n, 4 * D, D, true, ws);
+    model_mlp(m, pooled, rows, b->fc_w, P + b->fc_b, b->proj_w, P + b->proj_b, n, D, 4 * D, hid, ws);
 }
 
 void transformer_forward(const clipc_model *m, arena *a, const block_offsets *blocks, int layers, int D, int heads, bool causal,

@@ -27,7 +27,7 @@ void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches,
                     for (int kx = 0; kx < P; kx++)
                         *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
         }
-    model_gemm(m, emb, D, patches, K, m->L.v_conv, NULL, n * G * G, K, D, false, ws);
+    model_gemm(m, emb, D, patches, K, m->L.v_conv, NULL, n * G * G, K, D, false, -1, ws);
     model_tap(m, "visual.conv1", emb, n * G * G, D);
     const float *cls = Pm + m->L.v_class, *pos = Pm + m->L.v_pos;
 #pragma omp parallel for
