@@ -232,6 +232,9 @@ typedef struct lowp_weight {
 } lowp_weight;
 
 void model_lowp_free(clipc_model *m);
+/* clipc_model_set_precision, with emulate forcing the sgemm emulation
+ * that CPUs without a oneDNN kernel get (for tests). */
+int model_set_precision_emulated(clipc_model *m, int precision, bool emulate, clipc_error *err);
 /* The converted weight that is exactly the matrix at params offset w_off, or NULL. */
 lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off);
 /* Floats of workspace model_gemm needs for rows x [in] -> [out]. */

@@ -43,5 +43,6 @@ void test_util(void);
 void test_train(void);
 void test_eval(void);
 void test_index(void);
+void test_precision(void);
 
 #endif
