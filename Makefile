@@ -42,6 +42,10 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h src/*.h src/*/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The reduced-precision conversions are memory- and exp-bound loops that
+# gain ~8% from 512-bit vectors where the CPU has them (GCC prefers 256).
+$(BUILD)/src/model/precision.o: CFLAGS += -mprefer-vector-width=512
+
 # FAISS's C++ API, behind index.h's C functions (Debian ships no compiled FAISS C API)
 CXX      ?= g++
 CXXFLAGS ?= $(OPT) -g

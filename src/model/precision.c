@@ -532,11 +532,18 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
             int32_t *acc = ws_take(&ws, (size_t)n * H * sizeof(int32_t));
             int8_rows(xq, xscale, ln, D, n, D);
             if (int8_matmul(acc, xq, fc, 0, n, D, H, ws) == 0) {
-#pragma omp parallel for if ((size_t)n * H > 65536)
-                for (int i = 0; i < n; i++) {
-                    float *row = (float *)(acc + (size_t)i * H); /* floats in place of the sums */
-                    dequant_row(row, acc + (size_t)i * H, xscale[i], fc->scale, fc_b, H, false, act);
-                    hscale[i] = quantize_row(hq + (size_t)i * H, row, H);
+#pragma omp parallel
+                {
+                    /* one row at a time through a buffer that stays in L1/L2:
+                     * the sums are read once and only the int8 row is written */
+                    float *row = malloc((size_t)H * sizeof *row);
+#pragma omp for
+                    for (int i = 0; i < n; i++) {
+                        float *dst = row ? row : (float *)(acc + (size_t)i * H); /* (in place without memory) */
+                        dequant_row(dst, acc + (size_t)i * H, xscale[i], fc->scale, fc_b, H, false, act);
+                        hscale[i] = quantize_row(hq + (size_t)i * H, dst, H);
+                    }
+                    free(row);
                 }
                 if (int8_matmul(acc, hq, proj, 0, n, H, D, ws) == 0) {
                     dequant_rows(x, D, acc, hscale, proj->scale, proj_b, n, D, true, -1);
