@@ -40,6 +40,10 @@ void arena_free(arena *a);
  * thread. Several run one per thread, each keeping its OpenMP regions to
  * itself. Returns 0, or -1 with err from a failing share. */
 int run_shares(int shares, int (*work)(void *ctx, int s, clipc_error *err), void *ctx, clipc_error *err);
+/* Of omp_get_max_threads(), how many have a CPU to themselves now: fewer
+ * when other processes are runnable (/proc/loadavg's running count less
+ * this process's running threads). At least 1. */
+int threads_available(void);
 
 /* ---- util/npy.c -------------------------------------------------------- */
 

@@ -290,10 +290,35 @@ void clipc_normalize_rows(float *rows, int n, int dim) {
  * own arena (run_shares). So the threads never wait for each other inside
  * a pass, and the element-wise kernels split evenly. A single input runs
  * as one pass whose layers use every thread; so does a model with a debug
- * tap, whose intermediates must arrive in order. */
-static int shares_for(const clipc_model *m, int n) {
+ * tap, whose intermediates must arrive in order.
+ *
+ * On a shared machine (another process runnable) a thread can lose its
+ * core for a whole time slice, and every OpenMP region then waits for it:
+ * measured here with one of the two CPUs busy, a 2-thread ViT-B-32 batch-1
+ * encode ran 4-20x slower than 1 thread. So a single input then runs on
+ * the threads that have a core, and a batch is cut into twice as many
+ * shares as threads, pulled dynamically, so a slowed thread does fewer.
+ * *inner is the thread count for a single share's layers. */
+static int shares_for(const clipc_model *m, int n, int *inner) {
     int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-    return m->tap || n < 2 ? 1 : (n < threads ? n : threads);
+    *inner = threads;
+    if (m->tap) return 1;
+    int avail = threads > 1 ? threads_available() : threads;
+    if (n < 2) {
+        *inner = avail;
+        return 1;
+    }
+    int shares = avail < threads ? 2 * threads : threads;
+    return n < shares ? n : shares;
+}
+
+/* run_shares with a single share's layers on `inner` threads. */
+static int run_encode(int shares, int inner, int (*work)(void *, int, clipc_error *), void *job, clipc_error *err) {
+    int saved = omp_get_max_threads();
+    if (shares == 1 && inner != saved) omp_set_num_threads(inner);
+    int rc = run_shares(shares, work, job, err);
+    if (shares == 1 && inner != saved) omp_set_num_threads(saved);
+    return rc;
 }
 
 /* Makes sure the model has at least `count` arenas. */
@@ -338,7 +363,7 @@ int clipc_encode_image(clipc_model *m, const float *pixels, int n, float *out, c
     bool vit = c->vision_tower == CLIPC_VIT;
     int bound[IMAGE_CHUNK + 1];
     for (int done = 0; done < n; done += IMAGE_CHUNK) {
-        int b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK, shares = shares_for(m, b);
+        int inner, b = n - done < IMAGE_CHUNK ? n - done : IMAGE_CHUNK, shares = shares_for(m, b, &inner);
         if (ensure_arenas(m, shares, err)) return -1;
         for (int s = 0; s <= shares; s++) bound[s] = done + s * b / shares; /* equal shares */
         for (int s = 0; s < shares; s++) {
@@ -346,7 +371,7 @@ int clipc_encode_image(clipc_model *m, const float *pixels, int n, float *out, c
             if (arena_reserve(&m->scratch[s], vit ? vit_scratch(c, count) : resnet_scratch(c, count), err)) return -1;
         }
         encode_job job = {m, pixels, NULL, NULL, bound, out};
-        if (run_shares(shares, encode_share, &job, err)) return -1;
+        if (run_encode(shares, inner, encode_share, &job, err)) return -1;
     }
     if (m->tap) model_tap(m, "encode_image", out, n, c->embed_dim);
     return 0;
@@ -372,7 +397,7 @@ int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, 
     }
     int rc = 0, bound[TEXT_CHUNK + 1];
     for (int done = 0; done < n && rc == 0; done += TEXT_CHUNK) {
-        int b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK, shares = shares_for(m, b), total, longest;
+        int inner, b = n - done < TEXT_CHUNK ? n - done : TEXT_CHUNK, shares = shares_for(m, b, &inner), total, longest;
         /* Shares of equal token counts (a text's cost grows with its
          * length): share s starts at the first text whose tokens before it
          * reach s/shares of the chunk's. */
@@ -389,7 +414,7 @@ int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, 
             rc = arena_reserve(&m->scratch[s], text_scratch(c, total, count, longest), err);
         }
         encode_job job = {m, NULL, tokens, eot, bound, out};
-        if (rc == 0) rc = run_shares(shares, encode_share, &job, err);
+        if (rc == 0) rc = run_encode(shares, inner, encode_share, &job, err);
     }
     free(eot);
     if (rc == 0 && m->tap) model_tap(m, "encode_text", out, n, c->embed_dim);
