@@ -189,9 +189,17 @@ int main(int argc, char **argv) {
         return 0;
     }
     static const char *const encoding[] = {"embed", "classify", "eval", "retrieve", "index", "search", "serve", "info"};
-    for (size_t i = 0; i < sizeof encoding / sizeof *encoding; i++)
-        if (!strcmp(argv[1], encoding[i]) && take_precision(&argc, argv)) return 1;
+    bool encodes = false, help = false;
+    for (size_t i = 0; i < sizeof encoding / sizeof *encoding; i++) encodes |= !strcmp(argv[1], encoding[i]);
+    for (int i = 2; i < argc && strcmp(argv[i], "--"); i++) help |= !strcmp(argv[i], "--help");
+    if (encodes && take_precision(&argc, argv)) return 1;
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 2, argv + 2);
+        if (!strcmp(argv[1], commands[i].name)) {
+            int rc = commands[i].fn(argc - 2, argv + 2);
+            if (encodes && help && rc == 0)
+                printf("  --precision fp32|bf16|int8   arithmetic of the linear layers (default: $CLIPC_PRECISION,\n"
+                       "                               else the model's own: fp32, or int8 for an int8 checkpoint)\n");
+            return rc;
+        }
     return cli_error("unknown command '%s' (run 'clipc --help')", argv[1]);
 }
