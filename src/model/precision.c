@@ -295,19 +295,38 @@ static int gemm_weight_count(const clipc_config *c) {
     return (c->vision_tower == CLIPC_VIT ? 1 + 4 * c->vision_layers : 4) + 4 * c->text_layers;
 }
 
-/* Whether oneDNN has a kernel for the precision on this CPU (a probe
- * shape). For int8 it must also have VNNI: without it oneDNN multiplies
- * with vpmaddubsw, whose 16-bit pair sums saturate (measured here: cosine
- * 0.99935 instead of 0.99987 on ViT-B-32), so the exact emulation runs. */
-static bool precision_native(int precision) {
-    if (precision == CLIPC_INT8 && !(dnnl_get_effective_cpu_isa() & (0x40 | 0x400))) return false;
-    dnnl_data_type_t in = precision == CLIPC_BF16 ? dnnl_bf16 : dnnl_s8;
-    dnnl_data_type_t out = precision == CLIPC_BF16 ? dnnl_f32 : dnnl_s32;
-    dnnl_primitive_t p = matmul_primitive(in, out, 64, 64, 64, 64, 64, precision == CLIPC_BF16, false, -1, NULL, 0);
-    if (!p) return false;
+/* Whether oneDNN's kernel for the precision runs here, rather than the
+ * emulation on sgemm. int8 needs VNNI: without it oneDNN multiplies with
+ * vpmaddubsw, whose 16-bit pair sums saturate (measured here: cosine
+ * 0.99935 instead of 0.99987 on ViT-B-32). bf16 needs AMX: oneDNN 2.6's
+ * AVX512-BF16 matmul reached 228 GOP/s on this Xeon against sgemm's 342
+ * GFLOP/s, so without AMX the emulation computes the same bf16 numbers
+ * faster. why (if non-NULL) receives the reason when it does not. */
+static bool precision_native_why(int precision, char *why, size_t cap) {
+    char impl[128] = "";
+    if (why) why[0] = '\0';
+    if (precision == CLIPC_INT8 && !(dnnl_get_effective_cpu_isa() & (0x40 | 0x400))) {
+        if (why) snprintf(why, cap, "no int8 kernel with VNNI on this CPU");
+        return false;
+    }
+    bool bf16 = precision == CLIPC_BF16;
+    /* a ViT-B-32 MLP shape at batch 32 */
+    dnnl_primitive_t p = matmul_primitive(bf16 ? dnnl_bf16 : dnnl_s8, bf16 ? dnnl_f32 : dnnl_s32, 1600, 768, 3072, 768,
+                                          3072, bf16, false, -1, impl, sizeof impl);
+    if (!p) {
+        if (why) snprintf(why, cap, "no %s kernel on this CPU", clipc_precision_name(precision));
+        return false;
+    }
     dnnl_primitive_destroy(p);
+    if (bf16 && !strstr(impl, "amx")) {
+        if (why) snprintf(why, cap, "its bf16 kernel %s is slower than sgemm without AMX", impl);
+        return false;
+    }
+    if (why) snprintf(why, cap, "%s", impl);
     return true;
 }
+
+static bool precision_native(int precision) { return precision_native_why(precision, NULL, 0); }
 
 int clipc_model_set_precision(clipc_model *m, int precision, clipc_error *err) {
     return model_set_precision_emulated(m, precision, false, err);
@@ -567,18 +586,11 @@ const char *clipc_precision_kernel(int precision, char *buf, size_t cap) {
         return buf;
     }
     const dnnl_version_t *v = dnnl_version();
-    char impl[128];
-    bool bf16 = precision == CLIPC_BF16;
-    /* a ViT-B-32 MLP shape at batch 32 */
-    dnnl_primitive_t p = matmul_primitive(bf16 ? dnnl_bf16 : dnnl_s8, bf16 ? dnnl_f32 : dnnl_s32, 1600, 768, 3072, 768,
-                                          3072, bf16, false, -1, impl, sizeof impl);
-    if (p && precision_native(precision)) {
-        dnnl_primitive_destroy(p);
-        snprintf(buf, cap, "oneDNN %d.%d.%d %s", v->major, v->minor, v->patch, impl);
-    } else {
-        if (p) dnnl_primitive_destroy(p);
-        snprintf(buf, cap, "oneDNN %d.%d.%d has no %s kernel%s on this CPU: emulated on OpenBLAS sgemm (%s)", v->major,
-                 v->minor, v->patch, clipc_precision_name(precision), bf16 ? "" : " with VNNI", openblas_get_corename());
-    }
+    char why[192];
+    if (precision_native_why(precision, why, sizeof why))
+        snprintf(buf, cap, "oneDNN %d.%d.%d %s", v->major, v->minor, v->patch, why);
+    else
+        snprintf(buf, cap, "emulated on OpenBLAS sgemm (%s); oneDNN %d.%d.%d: %s", openblas_get_corename(), v->major,
+                 v->minor, v->patch, why);
     return buf;
 }
