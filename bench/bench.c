@@ -289,12 +289,13 @@ static void time_split(clipc_model *m, const float *pixels, float *out) {
                 if (part == 0) {
                     model_gemm(m, qkv, 3 * D, ln, D, bo->qkv_w, P + bo->qkv_b, T, D, 3 * D, false, -1, ws);
                     model_gemm(m, x, D, att, D, bo->out_w, P + bo->out_b, T, D, D, true, -1, ws);
-                    model_mlp(m, x, ln, bo->fc_w, P + bo->fc_b, bo->proj_w, P + bo->proj_b, T, D, 4 * D, hid, ws);
+                    model_mlp(m, x, ln, bo->fc_w, P + bo->fc_b, bo->proj_w, P + bo->proj_b, T, D, 4 * D, c->vision_activation,
+                              hid, ws);
                 } else if (part == 1) {
                     attention_forward(att, qkv, start, len, NULL, PER, D, H, false, ws, NULL, NULL);
                 } else {
-                    layernorm_forward(ln, x, P + bo->ln1_w, P + bo->ln1_b, T, D);
-                    layernorm_forward(ln, x, P + bo->ln2_w, P + bo->ln2_b, T, D);
+                    layernorm_forward(ln, x, P + bo->ln1_w, P + bo->ln1_b, T, D, c->vision_ln_eps);
+                    layernorm_forward(ln, x, P + bo->ln2_w, P + bo->ln2_b, T, D, c->vision_ln_eps);
                 }
             }
             double dt = now() - t0;

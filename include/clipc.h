@@ -55,6 +55,15 @@ typedef struct clipc_config {
     int text_layers;
     int activation;            /* CLIPC_QUICK_GELU or CLIPC_GELU */
     int has_logit_bias;        /* SigLIP-trained: a learnable scalar "logit_bias" */
+    /* Per tower, as Hugging Face and OpenCLIP models vary them: the MLP's
+     * hidden width (OpenAI: 4x the tower width), the LayerNorm epsilon
+     * (1e-5), the image tower's activation (`activation` is the text
+     * tower's), and OpenCLIP's LayerScale (learned per-channel gains
+     * ls_1/ls_2 on both residual branches of every block). */
+    int vision_mlp_width, text_mlp_width;
+    float vision_ln_eps, text_ln_eps;
+    int vision_activation;
+    int vision_layer_scale, text_layer_scale;
 } clipc_config;
 
 typedef struct clipc_model clipc_model;

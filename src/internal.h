@@ -151,6 +151,7 @@ typedef struct param_table {
 /* Offsets of one residual attention block's tensors. */
 typedef struct block_offsets {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
+    size_t ls1, ls2; /* LayerScale gammas, (size_t)-1 without */
 } block_offsets;
 
 /* BatchNorm tensors. */
@@ -206,6 +207,9 @@ struct clipc_model {
     void *tap_ctx;
 };
 
+/* Fills a config's per-tower details left at 0 with OpenAI's values (MLP
+ * 4x the width, LayerNorm eps 1e-5). */
+void config_defaults(clipc_config *cfg);
 /* Checks a config for values the model code cannot run. */
 int config_validate(const clipc_config *cfg, clipc_error *err);
 /* A model with its parameter table built and parameters zeroed. */
@@ -215,7 +219,7 @@ const clipc_config *arch_config(const char *name);
 /* Fills the model's parameters with its initialisation, from seed. */
 void model_randomize(clipc_model *m, uint64_t seed);
 /* The config as safetensors string metadata; returns the count. */
-#define MODEL_META_MAX 20
+#define MODEL_META_MAX 24
 int model_metadata(const clipc_model *m, char values[][64], const char **keys);
 /* Saves the model plus extra F32 tensors and metadata in one file. */
 int model_save_with(const clipc_model *m, const char *path, const char *dtype, const st_out_tensor *extra,
@@ -250,10 +254,11 @@ size_t lowp_scratch(int rows, int in, int out);
  * where the kernel can. ws: lowp_scratch floats. */
 void model_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx, size_t w_off, const float *b, int n,
                 int in, int out, bool accumulate, int act, float *ws);
-/* x [n, D] += c_proj(act(c_fc(ln))) (OpenAI's MLP, H the hidden width), the
+/* x [n, D] += c_proj(act(c_fc(ln))) (OpenAI's MLP, H the hidden width, act
+ * CLIPC_QUICK_GELU or CLIPC_GELU), the
  * hidden layer kept at the GEMMs' precision; hid [n, H] is used at fp32. */
 void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, const float *fc_b, size_t proj_w,
-               const float *proj_b, int n, int D, int H, float *hid, float *ws);
+               const float *proj_b, int n, int D, int H, int act, float *hid, float *ws);
 
 /* ---- weights/checkpoint.c ------------------------------------------------ */
 
@@ -275,10 +280,10 @@ void linear_backward(float *dx, float *dW, float *db, const float *dy, const flo
 void matmul_forward(float *y, const float *x, const float *W, int n, int in, int out);
 /* Its backward: dx = dy W^T, dW += x^T dy. */
 void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W, int n, int in, int out);
-void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim);
+void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim, float eps);
 /* Its backward from the input x: dx (=|+=) ..., dw += ..., db += ... */
 void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
-                        int dim, bool accumulate_dx);
+                        int dim, float eps, bool accumulate_dx);
 /* dx = dy * act'(x) for CLIPC_QUICK_GELU / CLIPC_GELU, x the pre-activation. */
 void activation_backward(float *dx, const float *dy, const float *x, size_t n, int activation);
 void quick_gelu_forward(float *x, size_t n);

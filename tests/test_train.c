@@ -86,7 +86,7 @@ static void check_matmul(void) {
 typedef struct ln_ctx { float x[N * IN], g[IN], b[IN]; int wrt; } ln_ctx;
 static void ln_f(const float *v, float *y, void *p) {
     ln_ctx *c = p;
-    layernorm_forward(y, c->wrt == 0 ? v : c->x, c->wrt == 1 ? v : c->g, c->wrt == 2 ? v : c->b, N, IN);
+    layernorm_forward(y, c->wrt == 0 ? v : c->x, c->wrt == 1 ? v : c->g, c->wrt == 2 ? v : c->b, N, IN, 1e-5f);
 }
 
 static void check_layernorm(void) {
@@ -94,7 +94,7 @@ static void check_layernorm(void) {
     float w[N * IN], dx[N * IN], dg[IN] = {0}, db[IN] = {0};
     fill(c.x, N * IN, 8, 2), fill(c.g, IN, 9, 0.5f), fill(c.b, IN, 10, 0.5f), fill(w, N * IN, 11, 1);
     for (int i = 0; i < IN; i++) c.g[i] += 1.0f;
-    layernorm_backward(dx, dg, db, w, c.x, c.g, N, IN, false);
+    layernorm_backward(dx, dg, db, w, c.x, c.g, N, IN, 1e-5f, false);
     c.wrt = 0, check_fd("layernorm dx", ln_f, &c, c.x, N * IN, N * IN, w, dx);
     c.wrt = 1, check_fd("layernorm dgain", ln_f, &c, c.g, IN, N * IN, w, dg);
     c.wrt = 2, check_fd("layernorm dbias", ln_f, &c, c.b, IN, N * IN, w, db);

@@ -52,7 +52,11 @@ int cmd_info(int argc, char **argv) {
     printf("text:           width %d, %d layers, %d heads, context %d, vocabulary %d\n", c->text_width,
            c->text_layers, c->text_heads, c->context_length, c->vocab_size);
     printf("embedding:      %d\n", c->embed_dim);
-    printf("activation:     %s\n", c->activation == CLIPC_GELU ? "GELU" : "QuickGELU");
+    if (c->vision_tower == CLIPC_VIT)
+        printf("vision details: MLP %d wide, LayerNorm eps %g, %s%s\n", c->vision_mlp_width, c->vision_ln_eps,
+               c->vision_activation == CLIPC_GELU ? "GELU" : "QuickGELU", c->vision_layer_scale ? ", LayerScale" : "");
+    printf("text details:   MLP %d wide, LayerNorm eps %g, %s%s\n", c->text_mlp_width, c->text_ln_eps,
+           c->activation == CLIPC_GELU ? "GELU" : "QuickGELU", c->text_layer_scale ? ", LayerScale" : "");
     printf("parameters:     %zu\n", clipc_model_param_count(m));
     char kernel[256];
     int prec = clipc_model_precision(m);

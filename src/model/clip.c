@@ -8,7 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+void config_defaults(clipc_config *c) {
+    if (c->vision_mlp_width <= 0 && c->vision_tower == CLIPC_VIT) c->vision_mlp_width = 4 * c->vision_width;
+    if (c->text_mlp_width <= 0) c->text_mlp_width = 4 * c->text_width;
+    if (!(c->vision_ln_eps > 0.0f)) c->vision_ln_eps = 1e-5f;
+    if (!(c->text_ln_eps > 0.0f)) c->text_ln_eps = 1e-5f;
+}
+
 int config_validate(const clipc_config *c, clipc_error *err) {
+    bool acts_ok = (c->activation == CLIPC_QUICK_GELU || c->activation == CLIPC_GELU) &&
+                   (c->vision_activation == CLIPC_QUICK_GELU || c->vision_activation == CLIPC_GELU);
+    if (!acts_ok) return clipc_fail(err, "unknown activation (text %d, image %d)", c->activation, c->vision_activation);
+    if (!(c->vision_ln_eps > 0.0f && c->vision_ln_eps < 1.0f && c->text_ln_eps > 0.0f && c->text_ln_eps < 1.0f))
+        return clipc_fail(err, "invalid LayerNorm epsilon (image %g, text %g)", c->vision_ln_eps, c->text_ln_eps);
+    if (c->text_mlp_width <= 0 || c->text_mlp_width > (1 << 20) ||
+        (c->vision_tower == CLIPC_VIT && (c->vision_mlp_width <= 0 || c->vision_mlp_width > (1 << 20))))
+        return clipc_fail(err, "invalid MLP width (image %d, text %d)", c->vision_mlp_width, c->text_mlp_width);
     if (c->embed_dim <= 0 || c->context_length <= 0 || c->context_length > 4096 || c->vocab_size <= 0 ||
         c->text_width <= 0 || c->text_layers <= 0 || c->text_heads <= 0 || c->text_width % c->text_heads)
         return clipc_fail(err, "invalid text tower configuration (width %d, heads %d, layers %d, context %d)",
@@ -42,7 +57,8 @@ clipc_model *model_new(const clipc_config *cfg, clipc_error *err) {
         return NULL;
     }
     m->cfg = *cfg;
-    if (params_build(cfg, &m->table, &m->L, err)) {
+    config_defaults(&m->cfg);
+    if (params_build(&m->cfg, &m->table, &m->L, err)) {
         free(m);
         return NULL;
     }
@@ -84,11 +100,11 @@ typedef struct arch {
 #define VIT(E, R, L, W, P, H, TW, TH, TL)                                                                   \
     {.vision_tower = CLIPC_VIT, .embed_dim = E, .image_resolution = R, .vision_layers = L, .vision_width = W, \
      .vision_patch_size = P, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,   \
-     .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU}
+     .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU, .vision_activation = CLIPC_QUICK_GELU}
 #define RESNET(E, R, L0, L1, L2, L3, W, H, TW, TH, TL)                                                          \
     {.vision_tower = CLIPC_RESNET, .embed_dim = E, .image_resolution = R, .vision_resnet_layers = {L0, L1, L2, L3}, \
      .vision_width = W, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,           \
-     .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU}
+     .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU, .vision_activation = CLIPC_QUICK_GELU}
 static const arch ARCHS[] = {
     {"ViT-B-32", VIT(512, 224, 12, 768, 32, 12, 512, 8, 12)},
     {"ViT-B-16", VIT(512, 224, 12, 768, 16, 12, 512, 8, 12)},
@@ -181,6 +197,11 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
     META("transformer_heads", "%d", c->text_heads);
     META("transformer_layers", "%d", c->text_layers);
     META("activation", "%s", c->activation == CLIPC_GELU ? "gelu" : "quick_gelu");
+    /* only what differs from OpenAI's: files of OpenAI-shaped models stay as they were */
+    if (c->vision_tower == CLIPC_VIT && c->vision_activation != c->activation)
+        META("vision_activation", "%s", c->vision_activation == CLIPC_GELU ? "gelu" : "quick_gelu");
+    if (c->vision_ln_eps != 1e-5f) META("vision_ln_eps", "%.9g", c->vision_ln_eps);
+    if (c->text_ln_eps != 1e-5f) META("text_ln_eps", "%.9g", c->text_ln_eps);
 #undef META
     return k;
 }

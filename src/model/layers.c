@@ -66,9 +66,9 @@ void matmul_backward(float *dx, float *dW, const float *dy, const float *x, cons
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, n, 1.0f, x, in, dy, out, 1.0f, dW, out);
 }
 
-/* LayerNorm over the last dimension, eps 1e-5 (nn.LayerNorm's default),
+/* LayerNorm over the last dimension (eps: nn.LayerNorm's default is 1e-5),
  * two-pass mean and variance as PyTorch computes them. */
-void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim) {
+void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim, float eps) {
 #pragma omp parallel for if ((size_t)n * dim > 32768)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * dim;
@@ -79,7 +79,7 @@ void layernorm_forward(float *y, const float *x, const float *w, const float *b,
         float mean = sum / dim, var = 0.0f;
 #pragma omp simd reduction(+ : var)
         for (int j = 0; j < dim; j++) var += (xi[j] - mean) * (xi[j] - mean);
-        float rstd = 1.0f / sqrtf(var / dim + 1e-5f);
+        float rstd = 1.0f / sqrtf(var / dim + eps);
         for (int j = 0; j < dim; j++) yi[j] = (xi[j] - mean) * rstd * w[j] + b[j];
     }
 }
@@ -113,7 +113,7 @@ static inline float fast_expf(float x) {
  *   xhat = (x - mean) rstd,  g = dy w
  *   dx (+)= rstd (g - mean(g) - xhat mean(g xhat)),  dw += dy xhat,  db += dy */
 void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
-                        int dim, bool accumulate_dx) {
+                        int dim, float eps, bool accumulate_dx) {
     int threads = n * dim > 65536 ? omp_get_max_threads() : 1;
     /* per-thread partial sums of dw and db, added up after */
     float *partial = threads > 1 ? calloc((size_t)threads * 2 * dim, sizeof *partial) : NULL;
@@ -130,7 +130,7 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
             for (int j = 0; j < dim; j++) sum += xi[j];
             float mean = sum / dim, var = 0.0f;
             for (int j = 0; j < dim; j++) var += (xi[j] - mean) * (xi[j] - mean);
-            float rstd = 1.0f / sqrtf(var / dim + 1e-5f);
+            float rstd = 1.0f / sqrtf(var / dim + eps);
             float g_mean = 0.0f, gx_mean = 0.0f;
             for (int j = 0; j < dim; j++) {
                 float xhat = (xi[j] - mean) * rstd, g = dyi[j] * w[j];

@@ -57,24 +57,29 @@ static float default_std(int64_t fan_in) { return (float)(1.0 / sqrt(3.0 * (doub
 /* A residual attention block (OpenAI's ResidualAttentionBlock). The text
  * tower uses initialize_parameters()' stds, the ViT keeps PyTorch defaults
  * (xavier for in_proj, default Linear elsewhere), as in OpenAI's code. */
-static void add_block(param_table *t, block_offsets *b, const char *prefix, int i, int64_t W,
-                      int layers, bool text) {
+static void add_block(param_table *t, block_offsets *b, const char *prefix, int i, int64_t W, int64_t H,
+                      int layers, bool text, bool layer_scale) {
     float attn_std = text ? (float)pow((double)W, -0.5) : (float)sqrt(2.0 / (double)(W + 3 * W));
     float proj_std = text ? (float)(pow((double)W, -0.5) * pow(2.0 * layers, -0.5)) : default_std(W);
     float fc_std = text ? (float)pow(2.0 * (double)W, -0.5) : default_std(W);
-    float cproj_std = text ? proj_std : default_std(4 * W);
+    float cproj_std = text ? proj_std : default_std(H);
     b->ln1_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ln_1.weight", prefix, i);
     b->ln1_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.ln_1.bias", prefix, i);
+    b->ls1 = b->ls2 = (size_t)-1;
     b->qkv_w = add(t, PI_NORMAL, attn_std, 2, SHAPE(3 * W, W), "%sresblocks.%d.attn.in_proj_weight", prefix, i);
     b->qkv_b = add(t, PI_ZEROS, 0, 1, SHAPE(3 * W), "%sresblocks.%d.attn.in_proj_bias", prefix, i);
     b->out_w = add(t, PI_NORMAL, proj_std, 2, SHAPE(W, W), "%sresblocks.%d.attn.out_proj.weight", prefix, i);
     b->out_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.attn.out_proj.bias", prefix, i);
     b->ln2_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ln_2.weight", prefix, i);
     b->ln2_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.ln_2.bias", prefix, i);
-    b->fc_w = add(t, PI_NORMAL, fc_std, 2, SHAPE(4 * W, W), "%sresblocks.%d.mlp.c_fc.weight", prefix, i);
-    b->fc_b = add(t, PI_ZEROS, 0, 1, SHAPE(4 * W), "%sresblocks.%d.mlp.c_fc.bias", prefix, i);
-    b->proj_w = add(t, PI_NORMAL, cproj_std, 2, SHAPE(W, 4 * W), "%sresblocks.%d.mlp.c_proj.weight", prefix, i);
+    b->fc_w = add(t, PI_NORMAL, fc_std, 2, SHAPE(H, W), "%sresblocks.%d.mlp.c_fc.weight", prefix, i);
+    b->fc_b = add(t, PI_ZEROS, 0, 1, SHAPE(H), "%sresblocks.%d.mlp.c_fc.bias", prefix, i);
+    b->proj_w = add(t, PI_NORMAL, cproj_std, 2, SHAPE(W, H), "%sresblocks.%d.mlp.c_proj.weight", prefix, i);
     b->proj_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.mlp.c_proj.bias", prefix, i);
+    if (layer_scale) { /* OpenCLIP's LayerScale, in its state_dict order (after the block's other tensors) */
+        b->ls1 = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ls_1.gamma", prefix, i);
+        b->ls2 = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ls_2.gamma", prefix, i);
+    }
 }
 
 static void add_bn(param_table *t, bn_offsets *bn, const char *name, int64_t C, bool zero_gain) {
@@ -100,7 +105,8 @@ static int build_vit(const clipc_config *c, param_table *t, model_layout *L) {
     L->v_blocks = calloc((size_t)c->vision_layers, sizeof *L->v_blocks);
     if (!L->v_blocks) return -1;
     for (int i = 0; i < c->vision_layers; i++)
-        add_block(t, &L->v_blocks[i], "visual.transformer.", i, W, c->vision_layers, false);
+        add_block(t, &L->v_blocks[i], "visual.transformer.", i, W, c->vision_mlp_width, c->vision_layers, false,
+                  c->vision_layer_scale);
     L->v_ln_post_w = add(t, PI_ONES, 0, 1, SHAPE(W), "visual.ln_post.weight");
     L->v_ln_post_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.ln_post.bias");
     return 0;
@@ -180,7 +186,8 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
         return clipc_fail(err, "out of memory building the parameter table");
     }
     for (int i = 0; i < c->text_layers; i++)
-        add_block(t, &L->t_blocks[i], "transformer.", i, Wt, c->text_layers, true);
+        add_block(t, &L->t_blocks[i], "transformer.", i, Wt, c->text_mlp_width, c->text_layers, true,
+                  c->text_layer_scale);
     L->t_ln_w = add(t, PI_ONES, 0, 1, SHAPE(Wt), "ln_final.weight");
     L->t_ln_b = add(t, PI_ZEROS, 0, 1, SHAPE(Wt), "ln_final.bias");
     L->t_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->embed_dim), "text_projection");

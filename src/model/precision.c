@@ -272,20 +272,20 @@ static int gemm_weights(const clipc_model *m, size_t *off, int *out, int *in) {
     int k = 0;
 #define W(o, r, cols) (off[k] = (o), out[k] = (r), in[k] = (cols), k++)
     if (c->vision_tower == CLIPC_VIT) {
-        int D = c->vision_width, P = c->vision_patch_size;
+        int D = c->vision_width, P = c->vision_patch_size, H = c->vision_mlp_width;
         W(L->v_conv, D, 3 * P * P);
         for (int l = 0; l < c->vision_layers; l++) {
             const block_offsets *b = &L->v_blocks[l];
-            W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, 4 * D, D), W(b->proj_w, D, 4 * D);
+            W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
         }
     } else {
         int E = c->vision_width * 32;
         W(L->ap_q_w, E, E), W(L->ap_k_w, E, E), W(L->ap_v_w, E, E), W(L->ap_c_w, c->embed_dim, E);
     }
-    int D = c->text_width;
+    int D = c->text_width, H = c->text_mlp_width;
     for (int l = 0; l < c->text_layers; l++) {
         const block_offsets *b = &L->t_blocks[l];
-        W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, 4 * D, D), W(b->proj_w, D, 4 * D);
+        W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
     }
 #undef W
     return k;
@@ -534,8 +534,8 @@ void model_gemm(const clipc_model *m, float *y, int ldy, const float *x, int ldx
  * sums are dequantised, activated and requantised row by row in cache.
  * Either way the [n, H] hidden layer is never written as floats. */
 void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, const float *fc_b, size_t proj_w,
-               const float *proj_b, int n, int D, int H, float *hid, float *ws) {
-    int act = m->cfg.activation, r0 = 0, r1 = 0;
+               const float *proj_b, int n, int D, int H, int act, float *hid, float *ws) {
+    int r0 = 0, r1 = 0;
     const lowp_weight *fc = weight_for(m, fc_w, n, D, H, &r0), *proj = weight_for(m, proj_w, n, H, D, &r1);
     if (fc && proj && r0 == 0 && r1 == 0) {
         float *w0 = ws;

@@ -47,7 +47,7 @@ int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int 
 size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len) {
     size_t D = (size_t)c->text_width;
     return (size_t)total_tokens * D + 2 * (size_t)n * D +
-           transformer_scratch(total_tokens, (int)D, max_len, c->text_heads, n) + 4 * 16;
+           transformer_scratch(total_tokens, (int)D, c->text_mlp_width, max_len, c->text_heads, n) + 4 * 16;
 }
 
 /* eot[i] is the pooling position of sequence i; it runs over eot[i] + 1 tokens. */
@@ -72,10 +72,10 @@ int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, c
 
     packing pk = {start, len, n, T, max_len};
     float *pooled = arena_alloc(a, (size_t)n * D);
-    transformer_forward(m, a, L->t_blocks, c->text_layers, D, c->text_heads, true, x, &pk, eot_row, pooled,
-                        "transformer.");
+    tower_spec t = text_tower_spec(m);
+    transformer_forward(m, a, &t, x, &pk, eot_row, pooled);
     /* ln_final is per row, so only the pooled rows need it. */
-    layernorm_forward(pooled, pooled, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);
+    layernorm_forward(pooled, pooled, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D, c->text_ln_eps);
     model_tap(m, "text.pooled", pooled, n, D);
     matmul_forward(out, pooled, Pm + L->t_proj, n, D, c->embed_dim);
     free(start);

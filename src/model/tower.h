@@ -10,13 +10,24 @@ typedef struct packing {
     int n_seq, total, max_len;
 } packing;
 
-size_t transformer_scratch(int T, int D, int max_len, int heads, int n_seq);
+/* One transformer tower's blocks and settings. */
+typedef struct tower_spec {
+    const block_offsets *blocks;
+    int layers, D, heads, H; /* H: the MLP's hidden width */
+    int act;                 /* CLIPC_QUICK_GELU or CLIPC_GELU */
+    float eps;               /* LayerNorm epsilon */
+    bool causal;             /* the text tower's mask */
+    const char *prefix;      /* tensor-name prefix, for the debug tap */
+} tower_spec;
+tower_spec vision_tower_spec(const clipc_model *m);
+tower_spec text_tower_spec(const clipc_model *m);
+
+size_t transformer_scratch(int T, int D, int H, int max_len, int heads, int n_seq);
 /* Runs the blocks over x [T, D]; pooled [n_seq, D] receives the final hidden
  * state of row pool_row[s] of each sequence (x itself is left partly
  * updated: only the pooled rows are defined after the call). */
-void transformer_forward(const clipc_model *m, arena *a, const block_offsets *blocks, int layers, int D, int heads,
-                         bool causal, float *x, const packing *pk, const int *pool_row, float *pooled,
-                         const char *prefix);
+void transformer_forward(const clipc_model *m, arena *a, const tower_spec *t, float *x, const packing *pk,
+                         const int *pool_row, float *pooled);
 void model_tap(const clipc_model *m, const char *name, const float *x, int rows, int cols);
 
 /* Each tower: the arena size its forward pass needs for n inputs, and the

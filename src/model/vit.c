@@ -44,7 +44,7 @@ size_t vit_scratch(const clipc_config *c, int n) {
     size_t G = (size_t)(c->image_resolution / c->vision_patch_size), S = G * G + 1, D = (size_t)c->vision_width;
     size_t P = (size_t)c->vision_patch_size, T = (size_t)n * S;
     return (size_t)n * G * G * 3 * P * P + (size_t)n * G * G * D + T * D + 2 * (size_t)n * D +
-           transformer_scratch((int)T, (int)D, (int)S, c->vision_heads, n) +
+           transformer_scratch((int)T, (int)D, c->vision_mlp_width, (int)S, c->vision_heads, n) +
            lowp_scratch((int)(n * G * G), (int)(3 * P * P), (int)D) + 8 * 16;
 }
 
@@ -67,14 +67,14 @@ int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, floa
     float *x = arena_alloc(a, (size_t)T * D);
     vit_embed(m, pixels, n, patches, emb, x, arena_alloc(a, lowp_scratch(n * G * G, K, D)));
     model_tap(m, "visual.embeddings", x, T, D);
-    layernorm_forward(x, x, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, T, D);
+    layernorm_forward(x, x, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, T, D, c->vision_ln_eps);
     model_tap(m, "visual.ln_pre", x, T, D);
 
     packing pk = {start, len, n, T, S};
     float *cls_rows = arena_alloc(a, (size_t)n * D);
-    transformer_forward(m, a, L->v_blocks, c->vision_layers, D, c->vision_heads, false, x, &pk, cls_row, cls_rows,
-                        "visual.transformer.");
-    layernorm_forward(cls_rows, cls_rows, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);
+    tower_spec t = vision_tower_spec(m);
+    transformer_forward(m, a, &t, x, &pk, cls_row, cls_rows);
+    layernorm_forward(cls_rows, cls_rows, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D, c->vision_ln_eps);
     model_tap(m, "visual.ln_post", cls_rows, n, D);
     matmul_forward(out, cls_rows, Pm + L->v_proj, n, D, c->embed_dim);
     free(start);

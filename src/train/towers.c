@@ -45,7 +45,7 @@ static float *take(bump *b, size_t n) {
  * given lengths; extra = floats the tower needs beyond the blocks. The
  * buffers of an earlier pass are reused when they are large enough, so a
  * training loop does not fault in fresh pages every step. */
-static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *lens, int D, int heads, int layers,
+static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *lens, int D, int H, int heads, int layers,
                       size_t extra, bump *b, clipc_error *err) {
     (void)m;
     if (n > c->n_cap) {
@@ -80,7 +80,7 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
         c->max_len = lens[i] > c->max_len ? lens[i] : c->max_len;
     }
     size_t T = (size_t)c->T;
-    size_t per_block = 16 * T * D + probs + 10 * 16; /* see the takes below */
+    size_t per_block = 8 * T * D + 2 * T * (size_t)H + probs + 10 * 16; /* see the takes below */
     size_t total = extra + (size_t)layers * per_block + 2 * T * D + 2 * (size_t)n * D + 10 * 16;
     if (total > c->mem_cap) {
         free(c->mem);
@@ -103,8 +103,8 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
         k->att = take(b, T * D);
         k->x_mid = take(b, T * D);
         k->ln2 = take(b, T * D);
-        k->fc_pre = take(b, 4 * T * D);
-        k->fc_act = take(b, 4 * T * D);
+        k->fc_pre = take(b, T * (size_t)H);
+        k->fc_act = take(b, T * (size_t)H);
     }
     c->x_out = take(b, T * D);
     c->pooled_in = take(b, (size_t)n * D);
@@ -112,42 +112,39 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
     return 0;
 }
 
-static void block_forward_train(const clipc_model *m, const block_offsets *bo, int heads, bool causal,
+static void block_forward_train(const clipc_model *m, const tower_spec *t, const block_offsets *bo,
                                 const tower_cache *c, block_cache *k, float *x_out, float *scratch) {
     const float *P = m->params;
-    int T = c->T, D = c->D;
-    layernorm_forward(k->ln1, k->x_in, P + bo->ln1_w, P + bo->ln1_b, T, D);
+    int T = c->T, D = c->D, H = t->H;
+    layernorm_forward(k->ln1, k->x_in, P + bo->ln1_w, P + bo->ln1_b, T, D, t->eps);
     linear_forward(k->qkv, k->ln1, P + bo->qkv_w, P + bo->qkv_b, T, D, 3 * D, false);
-    attention_forward(k->att, k->qkv, c->start, c->len, NULL, c->n, D, heads, causal, scratch, k->probs,
+    attention_forward(k->att, k->qkv, c->start, c->len, NULL, c->n, D, t->heads, t->causal, scratch, k->probs,
                       c->probs_offset);
     memcpy(k->x_mid, k->x_in, (size_t)T * D * sizeof(float));
     linear_forward(k->x_mid, k->att, P + bo->out_w, P + bo->out_b, T, D, D, true);
-    layernorm_forward(k->ln2, k->x_mid, P + bo->ln2_w, P + bo->ln2_b, T, D);
-    linear_forward(k->fc_pre, k->ln2, P + bo->fc_w, P + bo->fc_b, T, D, 4 * D, false);
-    memcpy(k->fc_act, k->fc_pre, (size_t)T * 4 * D * sizeof(float));
-    if (m->cfg.activation == CLIPC_GELU)
-        gelu_forward(k->fc_act, (size_t)T * 4 * D);
-    else
-        quick_gelu_forward(k->fc_act, (size_t)T * 4 * D);
+    layernorm_forward(k->ln2, k->x_mid, P + bo->ln2_w, P + bo->ln2_b, T, D, t->eps);
+    linear_forward(k->fc_pre, k->ln2, P + bo->fc_w, P + bo->fc_b, T, D, H, false);
+    memcpy(k->fc_act, k->fc_pre, (size_t)T * H * sizeof(float));
+    activation_forward(k->fc_act, (size_t)T * H, t->act);
     memcpy(x_out, k->x_mid, (size_t)T * D * sizeof(float));
-    linear_forward(x_out, k->fc_act, P + bo->proj_w, P + bo->proj_b, T, 4 * D, D, true);
+    linear_forward(x_out, k->fc_act, P + bo->proj_w, P + bo->proj_b, T, H, D, true);
 }
 
 /* dx: gradient w.r.t. the block's output in, w.r.t. its input out.
- * work: 9 T D floats + attention_backward_scratch. */
-static void block_backward(const clipc_model *m, const block_offsets *bo, int heads, const tower_cache *c,
+ * work: block_backward_work floats. */
+static void block_backward(const clipc_model *m, const tower_spec *t, const block_offsets *bo, const tower_cache *c,
                            const block_cache *k, float *dx, float *G, float *work) {
     const float *P = m->params;
-    int T = c->T, D = c->D;
-    float *d_fc = work, *d_ln = d_fc + (size_t)T * 4 * D, *d_qkv = d_ln + (size_t)T * D;
+    int T = c->T, D = c->D, H = t->H;
+    float *d_fc = work, *d_ln = d_fc + (size_t)T * H, *d_qkv = d_ln + (size_t)T * D;
     float *scratch = d_qkv + (size_t)T * 3 * D;
-    linear_backward(d_fc, G + bo->proj_w, G + bo->proj_b, dx, k->fc_act, P + bo->proj_w, T, 4 * D, D, false);
-    activation_backward(d_fc, d_fc, k->fc_pre, (size_t)T * 4 * D, m->cfg.activation);
-    linear_backward(d_ln, G + bo->fc_w, G + bo->fc_b, d_fc, k->ln2, P + bo->fc_w, T, D, 4 * D, false);
-    layernorm_backward(dx, G + bo->ln2_w, G + bo->ln2_b, d_ln, k->x_mid, P + bo->ln2_w, T, D, true);
+    linear_backward(d_fc, G + bo->proj_w, G + bo->proj_b, dx, k->fc_act, P + bo->proj_w, T, H, D, false);
+    activation_backward(d_fc, d_fc, k->fc_pre, (size_t)T * H, t->act);
+    linear_backward(d_ln, G + bo->fc_w, G + bo->fc_b, d_fc, k->ln2, P + bo->fc_w, T, D, H, false);
+    layernorm_backward(dx, G + bo->ln2_w, G + bo->ln2_b, d_ln, k->x_mid, P + bo->ln2_w, T, D, t->eps, true);
     float *d_att = d_ln;
     linear_backward(d_att, G + bo->out_w, G + bo->out_b, dx, k->att, P + bo->out_w, T, D, D, false);
-    attention_backward(d_qkv, d_att, k->qkv, k->probs, c->probs_offset, c->start, c->len, c->n, D, heads, scratch);
+    attention_backward(d_qkv, d_att, k->qkv, k->probs, c->probs_offset, c->start, c->len, c->n, D, t->heads, scratch);
     linear_backward(d_ln, G + bo->qkv_w, G + bo->qkv_b, d_qkv, k->ln1, P + bo->qkv_w, T, D, 3 * D, false);
     /* The key bias adds q_i . b_k to every score of row i, which softmax
      * ignores: its gradient, sum_i q_i sum_j dS_ij / sqrt(d), is exactly
@@ -155,20 +152,19 @@ static void block_backward(const clipc_model *m, const block_offsets *bo, int he
      * sqrt(v) would blow up into real (if harmless) motion that differs
      * with summation order, e.g. between 1 and 2 MPI ranks. */
     memset(G + bo->qkv_b + D, 0, (size_t)D * sizeof *G);
-    layernorm_backward(dx, G + bo->ln1_w, G + bo->ln1_b, d_ln, k->x_in, P + bo->ln1_w, T, D, true);
+    layernorm_backward(dx, G + bo->ln1_w, G + bo->ln1_b, d_ln, k->x_in, P + bo->ln1_w, T, D, t->eps, true);
 }
 
-static size_t block_backward_work(const tower_cache *c, int heads) {
-    return (size_t)c->T * c->D * 8 + attention_backward_scratch(c->max_len, c->D / heads) + 16;
+static size_t block_backward_work(const tower_cache *c, const tower_spec *t) {
+    return (size_t)c->T * (4 * (size_t)c->D + (size_t)t->H) + attention_backward_scratch(c->max_len, c->D / t->heads) + 16;
 }
 
 /* All blocks forward from blocks[0].x_in; the pooled rows after. */
-static int blocks_forward(const clipc_model *m, const block_offsets *bos, int layers, int heads, bool causal,
-                          tower_cache *c, clipc_error *err) {
-    float *scratch = malloc(attention_scratch(c->max_len, c->D / heads) * sizeof(float));
+static int blocks_forward(const clipc_model *m, const tower_spec *t, tower_cache *c, clipc_error *err) {
+    float *scratch = malloc(attention_scratch(c->max_len, c->D / t->heads) * sizeof(float));
     if (!scratch) return clipc_fail(err, "out of memory");
-    for (int l = 0; l < layers; l++)
-        block_forward_train(m, &bos[l], heads, causal, c, &c->blocks[l], l + 1 < layers ? c->blocks[l + 1].x_in : c->x_out,
+    for (int l = 0; l < t->layers; l++)
+        block_forward_train(m, t, &t->blocks[l], c, &c->blocks[l], l + 1 < t->layers ? c->blocks[l + 1].x_in : c->x_out,
                             scratch);
     free(scratch);
     for (int i = 0; i < c->n; i++)
@@ -177,13 +173,12 @@ static int blocks_forward(const clipc_model *m, const block_offsets *bos, int la
 }
 
 /* From d features back to dx0 = d(blocks[0].x_in), returned malloc'd [T, D]. */
-static float *head_and_blocks_backward(const clipc_model *m, const block_offsets *bos, int layers, int heads,
-                                       const tower_cache *c, size_t ln_w, size_t ln_b, size_t proj,
-                                       const float *dfeat, float *G) {
+static float *head_and_blocks_backward(const clipc_model *m, const tower_spec *t, const tower_cache *c, size_t ln_w,
+                                       size_t ln_b, size_t proj, const float *dfeat, float *G) {
     int D = c->D, n = c->n, E = m->cfg.embed_dim;
     float *dx = calloc((size_t)c->T * D, sizeof *dx);
     float *dpool = malloc((size_t)n * D * 2 * sizeof *dpool);
-    float *work = malloc(block_backward_work(c, heads) * sizeof *work);
+    float *work = malloc(block_backward_work(c, t) * sizeof *work);
     if (!dx || !dpool || !work) {
         free(dx);
         free(dpool);
@@ -192,10 +187,11 @@ static float *head_and_blocks_backward(const clipc_model *m, const block_offsets
     }
     /* features = LN(pooled_in) @ proj */
     matmul_backward(dpool, G + proj, dfeat, c->pooled, m->params + proj, n, D, E);
-    layernorm_backward(dpool + (size_t)n * D, G + ln_w, G + ln_b, dpool, c->pooled_in, m->params + ln_w, n, D, false);
+    layernorm_backward(dpool + (size_t)n * D, G + ln_w, G + ln_b, dpool, c->pooled_in, m->params + ln_w, n, D, t->eps,
+                       false);
     for (int i = 0; i < n; i++)
         memcpy(dx + (size_t)c->pool_row[i] * D, dpool + (size_t)(n + i) * D, (size_t)D * sizeof *dx);
-    for (int l = layers - 1; l >= 0; l--) block_backward(m, &bos[l], heads, c, &c->blocks[l], dx, G, work);
+    for (int l = t->layers - 1; l >= 0; l--) block_backward(m, t, &t->blocks[l], c, &c->blocks[l], dx, G, work);
     free(dpool);
     free(work);
     return dx;
@@ -215,16 +211,17 @@ int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *f
     for (int i = 0; i < n; i++) lens[i] = S;
     bump b;
     size_t extra = (size_t)n * G * G * K + (size_t)n * G * G * D;
-    int rc = cache_init(c, m, n, lens, D, cfg->vision_heads, cfg->vision_layers, extra, &b, err);
+    int rc = cache_init(c, m, n, lens, D, cfg->vision_mlp_width, cfg->vision_heads, cfg->vision_layers, extra, &b, err);
     free(lens);
     if (rc) return -1;
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i]; /* the class token */
     c->patches = take(&b, (size_t)n * G * G * K);
     float *emb = take(&b, (size_t)n * G * G * D);
     vit_embed(m, pixels, n, c->patches, emb, c->x0, NULL); /* training runs fp32 */
-    layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D);
-    if (blocks_forward(m, L->v_blocks, cfg->vision_layers, cfg->vision_heads, false, c, err)) return -1;
-    layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D);
+    tower_spec t = vision_tower_spec(m);
+    layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D, t.eps);
+    if (blocks_forward(m, &t, c, err)) return -1;
+    layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D, t.eps);
     matmul_forward(features, c->pooled, Pm + L->v_proj, n, D, cfg->embed_dim);
     return 0;
 }
@@ -235,7 +232,8 @@ int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *
     const model_layout *L = &m->L;
     int P = cfg->vision_patch_size, Gs = cfg->image_resolution / P, S = Gs * Gs + 1, D = c->D, n = c->n;
     int K = 3 * P * P;
-    float *dx = head_and_blocks_backward(m, L->v_blocks, cfg->vision_layers, cfg->vision_heads, c, L->v_ln_post_w,
+    tower_spec t = vision_tower_spec(m);
+    float *dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w,
                                          L->v_ln_post_b, L->v_proj, dfeatures, G);
     float *dx0 = malloc((size_t)c->T * D * sizeof *dx0);
     float *demb = malloc((size_t)n * Gs * Gs * D * sizeof *demb);
@@ -245,7 +243,8 @@ int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *
         free(demb);
         return clipc_fail(err, "out of memory in the backward pass");
     }
-    layernorm_backward(dx0, G + L->v_ln_pre_w, G + L->v_ln_pre_b, dx, c->x0, m->params + L->v_ln_pre_w, c->T, D, false);
+    layernorm_backward(dx0, G + L->v_ln_pre_w, G + L->v_ln_pre_b, dx, c->x0, m->params + L->v_ln_pre_w, c->T, D, t.eps,
+                       false);
     for (int i = 0; i < n; i++) {
         const float *row = dx0 + (size_t)i * S * D;
         for (int d = 0; d < D; d++) G[L->v_class + d] += row[d];
@@ -276,15 +275,16 @@ int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float
     }
     for (int i = 0; i < n; i++) lens[i]++;
     bump b;
-    int rc = cache_init(c, m, n, lens, D, cfg->text_heads, cfg->text_layers, 0, &b, err);
+    int rc = cache_init(c, m, n, lens, D, cfg->text_mlp_width, cfg->text_heads, cfg->text_layers, 0, &b, err);
     free(lens);
     if (rc) return -1;
     c->tokens = tokens;
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i] + c->len[i] - 1;
     text_embed(m, tokens, n, c->start, c->len, c->x0);
     memcpy(c->blocks[0].x_in, c->x0, (size_t)c->T * D * sizeof(float));
-    if (blocks_forward(m, L->t_blocks, cfg->text_layers, cfg->text_heads, true, c, err)) return -1;
-    layernorm_forward(c->pooled, c->pooled_in, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D);
+    tower_spec t = text_tower_spec(m);
+    if (blocks_forward(m, &t, c, err)) return -1;
+    layernorm_forward(c->pooled, c->pooled_in, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D, t.eps);
     matmul_forward(features, c->pooled, Pm + L->t_proj, n, D, cfg->embed_dim);
     return 0;
 }
@@ -294,7 +294,8 @@ int text_train_backward(const clipc_model *m, const tower_cache *c, const float 
     const clipc_config *cfg = &m->cfg;
     const model_layout *L = &m->L;
     int D = c->D, ctx = cfg->context_length;
-    float *dx = head_and_blocks_backward(m, L->t_blocks, cfg->text_layers, cfg->text_heads, c, L->t_ln_w, L->t_ln_b,
+    tower_spec t = text_tower_spec(m);
+    float *dx = head_and_blocks_backward(m, &t, c, L->t_ln_w, L->t_ln_b,
                                          L->t_proj, dfeatures, G);
     if (!dx) return clipc_fail(err, "out of memory in the backward pass");
     /* x0 = token_embedding[token] + positional_embedding[position] */

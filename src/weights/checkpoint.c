@@ -63,6 +63,25 @@ static int meta_activation(const st_file *f) {
     return a;
 }
 
+static float meta_float(const st_file *f, const char *key, float fallback) {
+    char *s = st_metadata_get(f, key);
+    float v = fallback;
+    if (s) {
+        char *end;
+        double d = strtod(s, &end);
+        if (end != s && !*end && d > 0 && d < 1) v = (float)d;
+    }
+    free(s);
+    return v;
+}
+
+/* The MLP's hidden width: rows of block 0's first MLP weight (0 when absent;
+ * the parameter table then reports the missing tensor). */
+static int mlp_width(const st_file *f, const char *name) {
+    const st_tensor *t = st_find(f, name);
+    return t && t->ndim == 2 && t->shape[0] > 0 && t->shape[0] <= (1 << 20) ? (int)t->shape[0] : 0;
+}
+
 static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
     const st_tensor *t;
     if (st_find(f, "visual.proj")) {
@@ -74,6 +93,8 @@ static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
         if (!(t = need(f, "visual.positional_embedding", 2, err))) return -1;
         c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)(t->shape[0] - 1)));
         c->vision_heads = meta_int(f, "vision_heads", c->vision_width / 64 > 0 ? c->vision_width / 64 : 1);
+        c->vision_mlp_width = mlp_width(f, "visual.transformer.resblocks.0.mlp.c_fc.weight");
+        c->vision_layer_scale = st_find(f, "visual.transformer.resblocks.0.ls_1.gamma") != NULL;
     } else if (st_find(f, "visual.layer1.0.conv1.weight")) {
         c->vision_tower = CLIPC_RESNET;
         for (int s = 0; s < 4; s++) {
@@ -100,12 +121,35 @@ static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
     c->text_layers = count_blocks(f, "transformer.resblocks.", NULL);
     c->text_heads = meta_int(f, "transformer_heads", c->text_width / 64 > 0 ? c->text_width / 64 : 1);
     c->activation = meta_activation(f);
+    c->text_mlp_width = mlp_width(f, "transformer.resblocks.0.mlp.c_fc.weight");
+    c->text_layer_scale = st_find(f, "transformer.resblocks.0.ls_1.gamma") != NULL;
+    c->vision_ln_eps = meta_float(f, "vision_ln_eps", 1e-5f);
+    c->text_ln_eps = meta_float(f, "text_ln_eps", 1e-5f);
+    char *va = st_metadata_get(f, "vision_activation");
+    c->vision_activation = !va ? c->activation : !strcmp(va, "gelu") ? CLIPC_GELU : CLIPC_QUICK_GELU;
+    free(va);
     return 0;
 }
 
 static int json_int(cJSON *obj, const char *key, int fallback) {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     return cJSON_IsNumber(v) ? v->valueint : fallback;
+}
+
+static float json_eps(cJSON *obj) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "layer_norm_eps");
+    return cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble < 1 ? (float)v->valuedouble : 1e-5f;
+}
+
+/* A tower's hidden_act (transformers' default: quick_gelu); anything but
+ * the two CLIP uses is refused by name rather than computed wrongly. */
+static int json_activation(cJSON *obj, const char *tower, const char *cfg_path, int *act, clipc_error *err) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "hidden_act");
+    const char *s = cJSON_IsString(v) ? v->valuestring : "quick_gelu";
+    if (!strcmp(s, "quick_gelu")) *act = CLIPC_QUICK_GELU;
+    else if (!strcmp(s, "gelu")) *act = CLIPC_GELU;
+    else return clipc_fail(err, "%s: %s.hidden_act '%s' is not supported (quick_gelu or gelu)", cfg_path, tower, s);
+    return 0;
 }
 
 static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
@@ -142,8 +186,13 @@ static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_e
     /* transformers' CLIPTextConfig / CLIPVisionConfig defaults */
     c->text_heads = json_int(tc, "num_attention_heads", 8);
     c->vision_heads = json_int(vc, "num_attention_heads", 12);
-    cJSON *act = cJSON_GetObjectItemCaseSensitive(tc, "hidden_act");
-    c->activation = cJSON_IsString(act) && !strcmp(act->valuestring, "gelu") ? CLIPC_GELU : CLIPC_QUICK_GELU;
+    if (json_activation(tc, "text_config", cfg_path, &c->activation, err) ||
+        json_activation(vc, "vision_config", cfg_path, &c->vision_activation, err))
+        goto done;
+    c->text_ln_eps = json_eps(tc);
+    c->vision_ln_eps = json_eps(vc);
+    c->vision_mlp_width = mlp_width(f, "vision_model.encoder.layers.0.mlp.fc1.weight");
+    c->text_mlp_width = mlp_width(f, "text_model.encoder.layers.0.mlp.fc1.weight");
     rc = 0;
 done:
     cJSON_Delete(root);
