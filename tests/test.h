@@ -44,5 +44,6 @@ void test_train(void);
 void test_eval(void);
 void test_index(void);
 void test_precision(void);
+void test_arch(void);
 
 #endif

@@ -53,9 +53,9 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
     if (o->batch % t->d->size)
         return clipc_fail(err, "--batch %d does not split evenly over %d ranks", o->batch, t->d->size);
     t->local_batch = o->batch / t->d->size;
-    if (!(t->pending = dist_pending_new())) return clipc_fail(err, "out of memory");
     if (m->cfg.vision_layer_scale || m->cfg.text_layer_scale)
         return clipc_fail(err, "training a model with LayerScale (ls_1/ls_2 gammas) is not supported yet");
+    if (!(t->pending = dist_pending_new())) return clipc_fail(err, "out of memory");
     if (o->loss == LOSS_SIGLIP && !m->cfg.has_logit_bias)
         return clipc_fail(err, "the SigLIP loss needs a model with a logit_bias (initialise it for SigLIP)");
     int threads = omp_get_max_threads(), narrow = m->cfg.vision_width <= 256 && m->cfg.text_width <= 256;

@@ -1,0 +1,95 @@
+/* test_arch.c — architecture options that OpenAI's checkpoints do not use,
+ * against the reference implementations' own outputs (tests/data/arch/,
+ * made by tools/ref/gen_arch_refs.py with transformers and open_clip on
+ * random weights): MLP widths of 2.5x, 4.3637x and 4.9231x, LayerScale,
+ * LayerNorm eps 1e-6 and 1e-3, a different activation per tower. Plus the
+ * options the loader refuses by name. */
+#include "test.h"
+#include "../src/train/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void check_case(const char *name) {
+    char path[512];
+    clipc_error err;
+    snprintf(path, sizeof path, "tests/data/arch/%s/model.safetensors", name);
+    clipc_model *m = clipc_model_load(path, &err);
+    CHECK(m != NULL, "%s: %s", name, m ? "" : err.message);
+    if (!m) return;
+    npy_array images, tokens, img_ref, txt_ref;
+    const char *files[4] = {"images", "tokens", "image_features", "text_features"};
+    npy_array *arrays[4] = {&images, &tokens, &img_ref, &txt_ref};
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "tests/data/arch/%s/%s.npy", name, files[i]);
+        if (npy_read(path, arrays[i], &err)) {
+            CHECK(0, "%s", err.message);
+            for (int j = 0; j < i; j++) npy_free(arrays[j]);
+            clipc_model_free(m);
+            return;
+        }
+    }
+    int E = clipc_model_config(m)->embed_dim, ni = (int)images.shape[0], nt = (int)tokens.shape[0];
+    float *img = malloc((size_t)ni * E * sizeof *img), *txt = malloc((size_t)nt * E * sizeof *txt);
+    CHECK(clipc_encode_image(m, images.data, ni, img, &err) == 0, "%s", err.message);
+    CHECK(clipc_encode_text(m, tokens.data, nt, txt, &err) == 0, "%s", err.message);
+    double scale_i = 0, scale_t = 0;
+    for (size_t i = 0; i < img_ref.count; i++) scale_i = fmax(scale_i, fabs(((float *)img_ref.data)[i]));
+    for (size_t i = 0; i < txt_ref.count; i++) scale_t = fmax(scale_t, fabs(((float *)txt_ref.data)[i]));
+    double di = max_abs_diff(img, img_ref.data, img_ref.count) / scale_i;
+    double dt = max_abs_diff(txt, txt_ref.data, txt_ref.count) / scale_t;
+    double ci = min_row_cosine(img, img_ref.data, ni, E), ct = min_row_cosine(txt, txt_ref.data, nt, E);
+    CHECK(di <= 1e-4 && ci >= 0.99999, "%s image: max diff %.3g of the largest, min cosine %.8f", name, di, ci);
+    CHECK(dt <= 1e-4 && ct >= 0.99999, "%s text: max diff %.3g of the largest, min cosine %.8f", name, dt, ct);
+    printf("  %s: image max diff %.2g (relative), cosine %.8f; text %.2g, cosine %.8f\n", name, di, ci, dt, ct);
+    /* the reduced precisions run the same options */
+    for (int p = CLIPC_BF16; p <= CLIPC_INT8; p++) {
+        CHECK(clipc_model_set_precision(m, p, &err) == 0, "%s", err.message);
+        clipc_encode_image(m, images.data, ni, img, &err);
+        clipc_encode_text(m, tokens.data, nt, txt, &err);
+        double bound = p == CLIPC_BF16 ? 0.9999 : 0.998;
+        ci = min_row_cosine(img, img_ref.data, ni, E), ct = min_row_cosine(txt, txt_ref.data, nt, E);
+        CHECK(ci >= bound && ct >= bound, "%s at %s: cosine image %.6f text %.6f", name, clipc_precision_name(p), ci, ct);
+    }
+    free(img), free(txt);
+    for (int i = 0; i < 4; i++) npy_free(arrays[i]);
+    clipc_model_free(m);
+}
+
+/* A config option clipc does not compute is refused with its name. */
+static void check_refusals(void) {
+    char dir[] = "/tmp/clipc_arch_XXXXXX", cmd[2048], path[600];
+    if (!mkdtemp(dir)) return;
+    snprintf(cmd, sizeof cmd,
+             "cp tests/data/arch/hf_mlp2.5_eps_mixed_act/model.safetensors %s/ && "
+             "sed 's/\"hidden_act\": \"gelu\"/\"hidden_act\": \"gelu_new\"/' tests/data/arch/hf_mlp2.5_eps_mixed_act/config.json > %s/config.json",
+             dir, dir);
+    CHECK(run_cmd(cmd) == 0, "prepare");
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    clipc_error err;
+    clipc_model *m = clipc_model_load(path, &err);
+    CHECK(!m && strstr(err.message, "vision_config.hidden_act 'gelu_new' is not supported"), "gelu_new: %s",
+          m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+    /* LayerScale models load and run, but training them is refused */
+    m = clipc_model_load("tests/data/arch/openclip_mlp4.3637_layerscale/model.safetensors", &err);
+    if (m) {
+        train_options o = {.batch = 2, .accum = 1, .lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f,
+                           .total_steps = 1};
+        trainer t;
+        CHECK(trainer_init(&t, m, &o, NULL, &err) != 0 && strstr(err.message, "LayerScale"), "training LayerScale: %s",
+              err.message);
+        clipc_model_free(m);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run_cmd(cmd);
+}
+
+void test_arch(void) {
+    check_case("hf_mlp2.5_eps_mixed_act");
+    check_case("openclip_mlp4.3637_layerscale");
+    check_case("openclip_mlp4.9231_gelu");
+    check_refusals();
+}
