@@ -73,6 +73,42 @@ static void check_refusals(void) {
     CHECK(!m && strstr(err.message, "vision_config.hidden_act 'gelu_new' is not supported"), "gelu_new: %s",
           m ? "(loaded)" : err.message);
     clipc_model_free(m);
+    /* OpenCLIP's open_clip_config.json beside the file: heads come from it,
+     * options clipc does not compute are refused by name */
+    static const struct { const char *json, *expect; } cfgs[] = {
+        {"{\"model_cfg\": {\"quick_gelu\": true, \"vision_cfg\": {\"width\": 64, \"head_width\": 16}, "
+         "\"text_cfg\": {\"heads\": 2}}}", NULL},
+        {"{\"model_cfg\": {\"vision_cfg\": {\"head_width\": 32}}}", "heads 2"},
+        {"{\"model_cfg\": {\"vision_cfg\": {\"global_average_pool\": true}}}", "vision_cfg.global_average_pool is not supported"},
+        {"{\"model_cfg\": {\"vision_cfg\": {\"final_ln_after_pool\": true}}}", "vision_cfg.final_ln_after_pool is not supported"},
+        {"{\"model_cfg\": {\"text_cfg\": {\"pool_type\": \"last\"}}}", "text_cfg.pool_type 'last' is not supported"},
+        {"{\"model_cfg\": {\"text_cfg\": {\"embed_cls\": true}}}", "text_cfg.embed_cls is not supported"},
+        {"{\"vision_cfg\": {\"attentional_pool\": true}}", "vision_cfg.attentional_pool is not supported"},
+    };
+    char dir2[] = "/tmp/clipc_occ_XXXXXX";
+    if (mkdtemp(dir2)) {
+        snprintf(cmd, sizeof cmd, "cp tests/data/arch/openclip_mlp4.3637_layerscale/model.safetensors %s/", dir2);
+        run_cmd(cmd);
+        snprintf(path, sizeof path, "%s/model.safetensors", dir2);
+        for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
+            char cfg[600];
+            snprintf(cfg, sizeof cfg, "%s/open_clip_config.json", dir2);
+            FILE *f = fopen(cfg, "w");
+            if (f) fputs(cfgs[i].json, f), fclose(f);
+            clipc_model *om = clipc_model_load(path, &err);
+            if (!cfgs[i].expect) {
+                CHECK(om != NULL, "open_clip_config %zu: %s", i, om ? "" : err.message);
+            } else if (!strcmp(cfgs[i].expect, "heads 2")) {
+                CHECK(om && clipc_model_config(om)->vision_heads == 2, "head_width 32 gives 2 heads");
+            } else {
+                CHECK(!om && strstr(err.message, cfgs[i].expect) && strstr(err.message, "open_clip_config.json"),
+                      "open_clip_config %zu: %s", i, om ? "(loaded)" : err.message);
+            }
+            clipc_model_free(om);
+        }
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir2);
+        run_cmd(cmd);
+    }
     /* LayerScale models load and run, but training them is refused */
     m = clipc_model_load("tests/data/arch/openclip_mlp4.3637_layerscale/model.safetensors", &err);
     if (m) {

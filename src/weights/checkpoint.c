@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum naming { NAMING_OPENAI, NAMING_HF };
 
@@ -422,6 +423,77 @@ static int adopt_int8(const st_file *f, clipc_model *m, clipc_error *err) {
     return 0;
 }
 
+/* The file beside the checkpoint, or "" (no directory part: the current one). */
+static void beside(const char *path, const char *file, char *out, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    int dirlen = slash ? (int)(slash - path + 1) : 0;
+    snprintf(out, cap, "%.*s%s", dirlen, path, file);
+}
+
+static bool json_true(cJSON *obj, const char *key) { return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(obj, key)); }
+
+/* A string option that, when present, must have the one value clipc computes. */
+static int json_only(cJSON *obj, const char *tower, const char *key, const char *supported, const char *cfg_path,
+                     clipc_error *err) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (cJSON_IsString(v) && strcmp(v->valuestring, supported))
+        return clipc_fail(err, "%s: %s.%s '%s' is not supported (only '%s')", cfg_path, tower, key, v->valuestring,
+                          supported);
+    return 0;
+}
+
+/* OpenCLIP's open_clip_config.json beside an OpenAI-named checkpoint (as
+ * its Hugging Face repositories ship it): head counts and the activation
+ * come from it, and the pooling and layout options clipc does not compute
+ * are refused by name instead of being computed wrongly. */
+static int openclip_config(const char *path, clipc_config *c, clipc_error *err) {
+    char cfg_path[4096];
+    beside(path, "open_clip_config.json", cfg_path, sizeof cfg_path);
+    if (access(cfg_path, F_OK) != 0) return 0;
+    unsigned char *text;
+    size_t len;
+    if (read_file(cfg_path, &text, &len, err)) return -1;
+    cJSON *root = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    if (!root) return clipc_fail(err, "%s: invalid JSON", cfg_path);
+    cJSON *mc = cJSON_GetObjectItemCaseSensitive(root, "model_cfg");
+    if (!cJSON_IsObject(mc)) mc = root; /* the bare model config of open_clip's model_configs/ */
+    cJSON *vc = cJSON_GetObjectItemCaseSensitive(mc, "vision_cfg"), *tc = cJSON_GetObjectItemCaseSensitive(mc, "text_cfg");
+    int rc = -1;
+    static const char *const vision_flags[] = {"global_average_pool", "attentional_pool", "final_ln_after_pool",
+                                               "no_ln_pre", "output_tokens"};
+    static const char *const text_flags[] = {"embed_cls", "proj_bias", "no_causal_mask"};
+    for (size_t i = 0; i < sizeof vision_flags / sizeof *vision_flags; i++)
+        if (json_true(vc, vision_flags[i])) {
+            clipc_fail(err, "%s: vision_cfg.%s is not supported", cfg_path, vision_flags[i]);
+            goto done;
+        }
+    for (size_t i = 0; i < sizeof text_flags / sizeof *text_flags; i++)
+        if (json_true(tc, text_flags[i])) {
+            clipc_fail(err, "%s: text_cfg.%s is not supported", cfg_path, text_flags[i]);
+            goto done;
+        }
+    if (json_only(vc, "vision_cfg", "pool_type", "tok", cfg_path, err) ||
+        json_only(tc, "text_cfg", "pool_type", "argmax", cfg_path, err) ||
+        json_only(tc, "text_cfg", "text_pool_type", "argmax", cfg_path, err))
+        goto done;
+    if (cJSON_GetObjectItemCaseSensitive(tc, "hf_model_name")) {
+        clipc_fail(err, "%s: text_cfg.hf_model_name (a Hugging Face text tower) is not supported", cfg_path);
+        goto done;
+    }
+    if (c->vision_tower == CLIPC_VIT) {
+        int head_width = json_int(vc, "head_width", 64);
+        if (head_width > 0 && c->vision_width % head_width == 0) c->vision_heads = c->vision_width / head_width;
+    }
+    c->text_heads = json_int(tc, "heads", c->text_heads);
+    cJSON *qg = cJSON_GetObjectItemCaseSensitive(mc, "quick_gelu");
+    if (cJSON_IsBool(qg)) c->activation = c->vision_activation = cJSON_IsTrue(qg) ? CLIPC_QUICK_GELU : CLIPC_GELU;
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
 clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     st_file f;
     if (st_open(path, &f, err)) return NULL;
@@ -429,6 +501,7 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     memset(&cfg, 0, sizeof cfg);
     enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF : NAMING_OPENAI;
     int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
+    if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
     clipc_model *m = NULL;
     if (rc == 0) m = model_new(&cfg, err);
