@@ -16,7 +16,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -llbfgs -lfaiss -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -llbfgs -lfaiss -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
 # Data-parallel training over MPI when OpenMPI's development files are
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)

@@ -10,6 +10,7 @@ PACKAGES=(
   libjpeg62-turbo-dev      # JPEG decoding, the decoder Pillow uses
   libpng-dev zlib1g-dev    # PNG decoding; zlib also inflates the built-in BPE vocabulary
   libcjson-dev             # safetensors headers, config.json
+  libzip-dev               # PyTorch checkpoints (torch.save's zip archives)
   libutf8proc-dev          # Unicode categories, case mapping, NFC/NFKC for the tokenizer
   liblbfgs-dev             # L-BFGS for the linear probe's logistic regression
   dataset-fashion-mnist    # the training data of `clipc train --data fashion-mnist`

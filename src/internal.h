@@ -103,9 +103,14 @@ typedef struct st_file {
     st_tensor *tensors;
     int count;
     char *metadata_json; /* the "__metadata__" object as JSON text, or NULL */
+    unsigned char **owned; /* PyTorch archives: each tensor's own copy of its data (else NULL) */
 } st_file;
 
 int st_open(const char *path, st_file *f, clipc_error *err);
+/* weights/pytorch.c: a torch.save zip archive (.pt, .pth, .bin) into the
+ * same structure, through a restricted unpickler that refuses any global
+ * but the few torch.save uses. */
+int pt_open(const char *path, st_file *f, clipc_error *err);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 /* Copies a float tensor (F32/F16/BF16) into dst as float32. */

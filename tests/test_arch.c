@@ -7,15 +7,18 @@
 #include "test.h"
 #include "../src/train/train.h"
 
+#include <zip.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static void check_case(const char *name) {
+/* Loads dir/file and compares its features with dir's reference outputs. */
+static void check_file(const char *dir, const char *file, const char *name) {
     char path[512];
     clipc_error err;
-    snprintf(path, sizeof path, "tests/data/arch/%s/model.safetensors", name);
+    snprintf(path, sizeof path, "%s/%s", dir, file);
     clipc_model *m = clipc_model_load(path, &err);
     CHECK(m != NULL, "%s: %s", name, m ? "" : err.message);
     if (!m) return;
@@ -23,7 +26,7 @@ static void check_case(const char *name) {
     const char *files[4] = {"images", "tokens", "image_features", "text_features"};
     npy_array *arrays[4] = {&images, &tokens, &img_ref, &txt_ref};
     for (int i = 0; i < 4; i++) {
-        snprintf(path, sizeof path, "tests/data/arch/%s/%s.npy", name, files[i]);
+        snprintf(path, sizeof path, "%s/%s.npy", dir, files[i]);
         if (npy_read(path, arrays[i], &err)) {
             CHECK(0, "%s", err.message);
             for (int j = 0; j < i; j++) npy_free(arrays[j]);
@@ -56,6 +59,101 @@ static void check_case(const char *name) {
     free(img), free(txt);
     for (int i = 0; i < 4; i++) npy_free(arrays[i]);
     clipc_model_free(m);
+}
+
+static void check_case(const char *name) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "tests/data/arch/%s", name);
+    check_file(dir, "model.safetensors", name);
+}
+
+/* ---- PyTorch archives -------------------------------------------------------------- */
+
+/* A zip archive with the given entries (stored unless compress). */
+static int write_zip(const char *path, const char *const *names, const unsigned char *const *data, const size_t *lens,
+                     int n, bool compress) {
+    int zerr;
+    zip_t *z = zip_open(path, ZIP_CREATE | ZIP_TRUNCATE, &zerr);
+    if (!z) return -1;
+    for (int i = 0; i < n; i++) {
+        zip_source_t *src = zip_source_buffer(z, data[i], lens[i], 0);
+        zip_int64_t idx = src ? zip_file_add(z, names[i], src, ZIP_FL_OVERWRITE) : -1;
+        if (idx < 0) {
+            zip_source_free(src);
+            zip_discard(z);
+            return -1;
+        }
+        zip_set_file_compression(z, (zip_uint64_t)idx, compress ? ZIP_CM_DEFLATE : ZIP_CM_STORE, 0);
+    }
+    return zip_close(z);
+}
+
+/* A hand-written pickle in a torch.save-shaped archive: the load fails
+ * with a message containing expect. */
+static void check_bad_archive(const char *dir, const char *what, const unsigned char *pkl, size_t len,
+                              const unsigned char *storage, size_t slen, bool compress, const char *expect) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/bad.pt", dir);
+    const char *names[2] = {"bad/data.pkl", "bad/data/0"};
+    const unsigned char *data[2] = {pkl, storage};
+    size_t lens[2] = {len, slen};
+    CHECK(write_zip(path, names, data, lens, storage ? 2 : 1, compress) == 0, "%s: could not write the archive", what);
+    clipc_error err;
+    clipc_model *m = clipc_model_load(path, &err);
+    CHECK(!m && strstr(err.message, expect), "%s: %s", what, m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+}
+
+/* A pickle of {"w": _rebuild_tensor_v2(storage 0 of 4 floats, 0, (size,), (1,), False, OrderedDict())}. */
+static size_t tensor_pickle(unsigned char *out, int size) {
+    static const char head[] = "\x80\x02}q\x00(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\nq\x01((X\x07\x00\x00\x00"
+                               "storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x04tQK\x00K";
+    static const char tail[] = "\x85K\x01\x85\x89" "ccollections\nOrderedDict\n)RtRu.";
+    size_t n = sizeof head - 1;
+    memcpy(out, head, n);
+    out[n++] = (unsigned char)size;
+    memcpy(out + n, tail, sizeof tail - 1);
+    return n + sizeof tail - 1;
+}
+
+static void check_pytorch(void) {
+    /* the same model as torch.save zips: float32, float16, and strided
+     * views nested under "state_dict" with "module." keys */
+    check_file("tests/data/pytorch", "f32.pt", "torch.save f32");
+    check_file("tests/data/pytorch", "f16.pt", "torch.save f16");
+    check_file("tests/data/pytorch", "strided.bin", "torch.save strided views, nested state_dict");
+    char dir[] = "/tmp/clipc_pt_XXXXXX", cmd[2048], path[600];
+    if (!mkdtemp(dir)) return;
+    /* clipc convert IN -o OUT.safetensors gives a file with the same features */
+    snprintf(cmd, sizeof cmd, "%s convert tests/data/pytorch/f16.pt --dtype F32 -o %s/model.safetensors 2>/dev/null && "
+             "cp tests/data/pytorch/*.npy tests/data/pytorch/open_clip_config.json %s/", clipc_binary, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "convert a .pt to safetensors");
+    check_file(dir, "model.safetensors", "converted from f16.pt");
+    /* refusals: a global that runs code, an opcode torch.save does not
+     * write, a tensor past its storage, a compressed entry, truncation */
+    static const unsigned char evil[] = "\x80\x02" "cos\nsystem\nq\x00X\x17\x00\x00\x00touch /tmp/clipc_pwned_xq\x01\x85q\x02Rq\x03.";
+    unlink("/tmp/clipc_pwned_x");
+    check_bad_archive(dir, "os.system", evil, sizeof evil - 1, NULL, 0, false, "the global 'os.system'");
+    CHECK(access("/tmp/clipc_pwned_x", F_OK) != 0, "nothing ran");
+    static const unsigned char inst[] = "\x80\x02(ios\nsystem\nX\x01\x00\x00\x00x.";
+    check_bad_archive(dir, "INST opcode", inst, sizeof inst - 1, NULL, 0, false, "opcode 0x69");
+    static const unsigned char builtins[] = "\x80\x02" "c__builtin__\neval\nq\x00.";
+    check_bad_archive(dir, "builtins.eval", builtins, sizeof builtins - 1, NULL, 0, false, "'__builtin__.eval'");
+    unsigned char pkl[256], storage[16] = {0};
+    size_t len = tensor_pickle(pkl, 100);
+    check_bad_archive(dir, "tensor past its storage", pkl, len, storage, sizeof storage, false, "reaches past its storage");
+    len = tensor_pickle(pkl, 4);
+    check_bad_archive(dir, "compressed entry", pkl, len, storage, sizeof storage, true, "is compressed");
+    check_bad_archive(dir, "truncated pickle", pkl, len - 3, storage, sizeof storage, false, "truncated");
+    snprintf(cmd, sizeof cmd, "head -c 500000 tests/data/pytorch/f32.pt > %s/cut.pt", dir);
+    run_cmd(cmd);
+    snprintf(path, sizeof path, "%s/cut.pt", dir);
+    clipc_error err;
+    clipc_model *m = clipc_model_load(path, &err);
+    CHECK(!m && strstr(err.message, "not a readable zip archive"), "truncated archive: %s", m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+    snprintf(cmd, sizeof cmd, "rm -rf %s /tmp/clipc_pwned_x", dir);
+    run_cmd(cmd);
 }
 
 /* A config option clipc does not compute is refused with its name. */
@@ -128,4 +226,5 @@ void test_arch(void) {
     check_case("openclip_mlp4.3637_layerscale");
     check_case("openclip_mlp4.9231_gelu");
     check_refusals();
+    check_pytorch();
 }

@@ -494,9 +494,18 @@ done:
     return rc;
 }
 
+/* A zip archive (torch.save) starts with a local file header. */
+static bool is_zip(const char *path) {
+    unsigned char magic[4] = {0};
+    FILE *fp = fopen(path, "rb");
+    size_t got = fp ? fread(magic, 1, 4, fp) : 0;
+    if (fp) fclose(fp);
+    return got == 4 && !memcmp(magic, "PK\x03\x04", 4);
+}
+
 clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     st_file f;
-    if (st_open(path, &f, err)) return NULL;
+    if (is_zip(path) ? pt_open(path, &f, err) : st_open(path, &f, err)) return NULL;
     clipc_config cfg;
     memset(&cfg, 0, sizeof cfg);
     enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF : NAMING_OPENAI;

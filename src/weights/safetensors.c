@@ -30,7 +30,11 @@ static int parse_dtype(const char *s, size_t *size) {
 }
 
 void st_close(st_file *f) {
-    for (int i = 0; i < f->count; i++) free(f->tensors[i].name);
+    for (int i = 0; i < f->count; i++) {
+        free(f->tensors[i].name);
+        if (f->owned) free(f->owned[i]);
+    }
+    free(f->owned);
     free(f->tensors);
     free(f->metadata_json);
     if (f->map) munmap(f->map, f->map_len);
