@@ -2,8 +2,9 @@
  * clipc.h — CLIP (Contrastive Language-Image Pre-training) in C.
  *
  * The one public header of libclipc. Four things live here:
- *   - models:     load a checkpoint (.safetensors, OpenAI/OpenCLIP or Hugging Face
- *                 naming), create a randomly initialised one, save, encode.
+ *   - models:     load a checkpoint (.safetensors or PyTorch .pt/.bin, OpenAI/OpenCLIP
+ *                 or Hugging Face naming), create a randomly initialised one, save,
+ *                 encode at fp32, bf16 or int8.
  *   - tokenizer:  OpenAI's byte-level BPE tokenizer, exactly.
  *   - images:     decode JPEG/PNG and preprocess exactly as OpenAI's _transform(n).
  *   - errors:     every fallible call takes a clipc_error* and returns 0 on
@@ -68,9 +69,12 @@ typedef struct clipc_config {
 
 typedef struct clipc_model clipc_model;
 
-/* Loads a .safetensors checkpoint. The naming (OpenAI/OpenCLIP or Hugging
- * Face CLIPModel) is detected from the tensor names; Hugging Face files need
- * the config.json that sits beside them. F32, F16 and BF16 tensors are read.
+/* Loads a checkpoint: .safetensors, or a torch.save zip archive (.pt, .pth,
+ * .bin; read by a restricted unpickler that refuses anything but tensors).
+ * The naming (OpenAI/OpenCLIP or Hugging Face CLIPModel) is detected from
+ * the tensor names; Hugging Face files need the config.json that sits
+ * beside them, and an OpenCLIP open_clip_config.json beside a file is read
+ * too. F32, F16 and BF16 tensors are read, and clipc's own int8 files.
  * A missing, unexpected or mis-shaped tensor is an error naming that tensor. */
 clipc_model *clipc_model_load(const char *path, clipc_error *err);
 
