@@ -91,7 +91,23 @@ install: all
 	install -m 644 models/clipc-fmnist.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
-clean:
-	rm -rf build build-san
+# libFuzzer targets (clang): each parser, under ASan + UBSan.
+#   make fuzz                 builds them and runs each for FUZZ_TIME seconds on its seed corpus
+FUZZ_TIME ?= 60
+FUZZ_CC   ?= clang
+FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_PICKLE_SRC := tests/fuzz/fuzz_pickle.c src/weights/pytorch.c src/weights/safetensors.c src/util/error.c src/util/half.c src/util/fileio.c
+build-fuzz/fuzz_pickle: $(FUZZ_PICKLE_SRC) $(wildcard src/*.h)
+	@mkdir -p build-fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_PICKLE_SRC) -lzip -lcjson -o $@
 
-.PHONY: all test bench sanitize install clean
+fuzz-build: build-fuzz/fuzz_pickle
+
+fuzz: fuzz-build
+	@mkdir -p build-fuzz/corpus-pickle
+	build-fuzz/fuzz_pickle -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-pickle tests/fuzz/corpus/pickle
+
+clean:
+	rm -rf build build-san build-fuzz
+
+.PHONY: all test bench sanitize install clean fuzz fuzz-build

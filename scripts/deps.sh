@@ -20,8 +20,9 @@ PACKAGES=(
   libmicrohttpd-dev        # clipc serve
 )
 # `deps.sh --test` adds what only the tests use: headless Chromium for the
-# web page's end-to-end test.
-if [ "${1:-}" = "--test" ]; then PACKAGES+=(chromium); fi
+# web page's end-to-end test, clang and its libFuzzer runtime for the fuzz
+# targets.
+if [ "${1:-}" = "--test" ]; then PACKAGES+=(chromium clang libclang-rt-14-dev); fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh --test
-make -j"$(nproc)" all build/test_clipc >/dev/null
+make -j"$(nproc)" all build/test_clipc fuzz-build >/dev/null
 make test

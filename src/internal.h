@@ -111,6 +111,9 @@ int st_open(const char *path, st_file *f, clipc_error *err);
  * same structure, through a restricted unpickler that refuses any global
  * but the few torch.save uses. */
 int pt_open(const char *path, st_file *f, clipc_error *err);
+/* The unpickler alone on a data.pkl (the fuzz target): 0 and the number of
+ * tensors it names, or -1 with the refusal. */
+int pickle_check(const unsigned char *pkl, size_t len, int *tensors, clipc_error *err);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 /* Copies a float tensor (F32/F16/BF16) into dst as float32. */

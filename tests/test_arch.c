@@ -122,6 +122,7 @@ static void check_pytorch(void) {
     check_file("tests/data/pytorch", "f32.pt", "torch.save f32");
     check_file("tests/data/pytorch", "f16.pt", "torch.save f16");
     check_file("tests/data/pytorch", "strided.bin", "torch.save strided views, nested state_dict");
+    check_file("tests/data/pytorch", "torchscript.pt", "TorchScript archive");
     char dir[] = "/tmp/clipc_pt_XXXXXX", cmd[2048], path[600];
     if (!mkdtemp(dir)) return;
     /* clipc convert IN -o OUT.safetensors gives a file with the same features */
@@ -221,10 +222,25 @@ static void check_refusals(void) {
     run_cmd(cmd);
 }
 
+/* The unpickler's fuzz target (make fuzz-build), for a bounded time on the
+ * seed corpus: any crash, leak or UB report fails it. */
+static void check_fuzz(void) {
+    const char *secs = getenv("CLIPC_FUZZ_SECONDS") ? getenv("CLIPC_FUZZ_SECONDS") : "20";
+    char cmd[1024];
+    CHECK(access("build-fuzz/fuzz_pickle", X_OK) == 0, "build-fuzz/fuzz_pickle is not built (make fuzz-build)");
+    snprintf(cmd, sizeof cmd,
+             "d=$(mktemp -d) && build-fuzz/fuzz_pickle -max_total_time=%s -print_final_stats=1 $d tests/fuzz/corpus/pickle "
+             ">$d.log 2>&1; rc=$?; grep -E 'stat::number_of_executed_units' $d.log | sed 's/^/  fuzz_pickle: /'; "
+             "if [ $rc != 0 ]; then tail -30 $d.log; fi; rm -rf $d $d.log; exit $rc",
+             secs);
+    CHECK(run_cmd(cmd) == 0, "the unpickler's fuzz target failed (reproducer above)");
+}
+
 void test_arch(void) {
     check_case("hf_mlp2.5_eps_mixed_act");
     check_case("openclip_mlp4.3637_layerscale");
     check_case("openclip_mlp4.9231_gelu");
     check_refusals();
     check_pytorch();
+    check_fuzz();
 }

@@ -268,8 +268,10 @@ static void hf_source(const char *name, source *s) {
 
 static bool ignorable(const char *name) {
     size_t n = strlen(name);
-    static const char *suffixes[] = {"num_batches_tracked", "position_ids"};
-    for (size_t i = 0; i < 2; i++) {
+    /* attn_mask: the causal mask, a tensor attribute of OpenAI's and
+     * OpenCLIP's modules that TorchScript archives carry */
+    static const char *suffixes[] = {"num_batches_tracked", "position_ids", "attn_mask"};
+    for (size_t i = 0; i < 3; i++) {
         size_t k = strlen(suffixes[i]);
         if (n >= k && !strcmp(name + n - k, suffixes[i])) return true;
     }

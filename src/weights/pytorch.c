@@ -2,7 +2,10 @@
  * without Python.
  *
  * Such an archive holds NAME/data.pkl, a pickle of the state dict, and one
- * entry NAME/data/KEY per tensor storage. The pickle is a program for a
+ * entry NAME/data/KEY per tensor storage. A TorchScript archive (torch.jit.save,
+ * as OpenAI publishes its models) has the same layout, its data.pkl a tree
+ * of module objects whose tensor attributes, named by their paths, are the
+ * state dict. The pickle is a program for a
  * small stack machine; Python's unpickler will import and call any global
  * it names, which is how a malicious checkpoint runs code. This one is a
  * restricted unpickler: it knows the opcodes torch.save emits (protocol 2,
@@ -11,6 +14,9 @@
  *   torch._utils._rebuild_tensor_v2      (storage, offset, size, stride, ...)
  *   torch._utils._rebuild_parameter      (tensor, requires_grad, hooks)
  *   torch.{Float,Half,BFloat16,Long,Int}Storage   storage types
+ *   __torch__.*                          TorchScript module classes: an
+ *                                        object whose attributes are data
+ *   torch.jit._pickle.build_*list        a list, as it is
  * and refuses any other global, opcode or shape of data, naming it. Nothing
  * is ever called: "calling" an allowed global builds a value of ours.
  *
@@ -30,10 +36,11 @@
 #define MAX_VALUES (1 << 22)
 #define MAX_MEMO (1 << 22)
 
-enum vkind { V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_TUPLE, V_LIST, V_DICT, V_GLOBAL, V_STORAGE, V_TENSOR, V_MARK };
+enum vkind { V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_TUPLE, V_LIST, V_DICT, V_GLOBAL, V_STORAGE, V_TENSOR, V_MARK,
+             V_OBJECT /* a TorchScript module: its attributes as dict items */ };
 
 /* Allowed globals. */
-enum global_id { G_ORDERED_DICT, G_REBUILD_TENSOR, G_REBUILD_PARAMETER, G_STORAGE };
+enum global_id { G_ORDERED_DICT, G_REBUILD_TENSOR, G_REBUILD_PARAMETER, G_STORAGE, G_TORCH_CLASS, G_BUILD_LIST };
 
 typedef struct pval {
     int kind;
@@ -183,6 +190,19 @@ static int global(unpickler *u, const char *module, const char *name) {
         {"torch", "LongStorage", G_STORAGE, ST_I64},
         {"torch", "IntStorage", G_STORAGE, ST_I32},
     };
+    if (!strncmp(module, "__torch__.", 10) || !strcmp(module, "__torch__")) { /* a class to hold data, never called */
+        pval *v = new_val(u, V_GLOBAL);
+        if (!v) return -1;
+        v->i = G_TORCH_CLASS;
+        return push(u, v);
+    }
+    if (!strcmp(module, "torch.jit._pickle") && !strncmp(name, "build_", 6) && strlen(name) > 10 &&
+        !strcmp(name + strlen(name) - 4, "list")) {
+        pval *v = new_val(u, V_GLOBAL);
+        if (!v) return -1;
+        v->i = G_BUILD_LIST;
+        return push(u, v);
+    }
     for (size_t k = 0; k < sizeof allowed / sizeof *allowed; k++)
         if (!strcmp(module, allowed[k].module) && !strcmp(name, allowed[k].name)) {
             pval *v = new_val(u, V_GLOBAL);
@@ -236,6 +256,11 @@ static int reduce(unpickler *u) {
     if (fn->i == G_REBUILD_TENSOR) {
         pval *t = rebuild_tensor(u, args);
         return t ? push(u, t) : -1;
+    }
+    if (fn->i == G_BUILD_LIST) {
+        if (args->n != 1 || args->items[0]->kind != V_LIST)
+            return clipc_fail(u->err, "%s: a build_*list call without a list", u->path);
+        return push(u, args->items[0]);
     }
     if (fn->i == G_REBUILD_PARAMETER) {
         if (args->n < 1 || args->items[0]->kind != V_TENSOR)
@@ -383,10 +408,23 @@ static int run(unpickler *u, pval **result) {
         }
         case 'R': rc = reduce(u); break;                                               /* REDUCE */
         case 'Q': rc = persistent(u); break;                                           /* BINPERSID */
+        case 0x81:                                                                     /* NEWOBJ */
+            if (!(v = pop(u)) || !(c = pop(u))) return -1;
+            if (c->kind != V_GLOBAL || c->i != G_TORCH_CLASS || v->kind != V_TUPLE)
+                return clipc_fail(u->err, "%s: data.pkl makes an object of a class that is not a TorchScript module",
+                                  u->path);
+            rc = push(u, new_val(u, V_OBJECT));
+            break;
         case 'b':                                                                      /* BUILD */
-            /* only the OrderedDict's state (state_dict()'s _metadata), which is dropped */
+            /* a TorchScript module's attributes, or an OrderedDict's state
+             * (state_dict()'s _metadata), which is dropped */
             if (!(v = pop(u)) || !(c = top(u))) return -1;
-            if (c->kind != V_DICT) return clipc_fail(u->err, "%s: data.pkl builds an object: refused", u->path);
+            if (c->kind == V_OBJECT && v->kind == V_DICT && c->n == 0) {
+                c->items = v->items, c->n = v->n, c->cap = v->cap; /* the dict's items move to the object */
+                v->items = NULL, v->n = v->cap = 0;
+            } else if (c->kind != V_DICT) {
+                return clipc_fail(u->err, "%s: data.pkl builds an object in a way torch does not: refused", u->path);
+            }
             break;
         case 's':                                                                      /* SETITEM */
             if (!(v = pop(u)) || !(k = pop(u)) || !(c = top(u))) return -1;
@@ -465,13 +503,62 @@ static unsigned char *read_entry(zip_t *z, const char *name, size_t *len, const 
 }
 
 /* The tensors of a state dict: the top dict, or its "state_dict" entry
- * (training checkpoints), keys without DataParallel's "module." prefix. */
+ * (training checkpoints), or a TorchScript module tree. */
 static const pval *state_dict_of(const pval *root) {
+    if (root && root->kind == V_OBJECT) return root;
     if (!root || root->kind != V_DICT) return NULL;
     for (int i = 0; i + 1 < root->n; i += 2)
         if (root->items[i]->kind == V_STR && !strcmp(root->items[i]->s, "state_dict") && root->items[i + 1]->kind == V_DICT)
             return root->items[i + 1];
     return root;
+}
+
+typedef struct named {
+    char name[256];
+    const pval *t;
+} named;
+
+typedef struct named_list {
+    named *items;
+    int n, cap;
+} named_list;
+
+/* Every tensor under node with its state-dict name: a dict's keys are the
+ * names (DataParallel's "module." dropped); a TorchScript module's tensor
+ * attributes are named by their path from the root, as state_dict() does. */
+static int collect(const pval *node, const char *prefix, int depth, int *budget, named_list *out, const char *path,
+                   clipc_error *err) {
+    if (depth > 64) return clipc_fail(err, "%s: modules nested more than 64 deep", path);
+    for (int i = 0; i + 1 < node->n; i += 2) {
+        /* the memo lets one module appear under many names: a visit budget
+         * keeps a small pickle from naming exponentially many tensors */
+        if (--*budget < 0) return clipc_fail(err, "%s: the module tree names more than %d entries", path, MAX_VALUES);
+        const pval *key = node->items[i], *v = node->items[i + 1];
+        if (v->kind != V_TENSOR && v->kind != V_OBJECT) continue; /* flags, sizes, training switches */
+        if (key->kind != V_STR) return clipc_fail(err, "%s: a state dict key that is not a string", path);
+        const char *k = depth == 0 && node->kind == V_DICT && !strncmp(key->s, "module.", 7) ? key->s + 7 : key->s;
+        char name[256];
+        if (strlen(prefix) + strlen(k) >= sizeof name - 1)
+            return clipc_fail(err, "%s: a tensor name over %zu bytes", path, sizeof name - 2);
+        if ((size_t)snprintf(name, sizeof name, "%s%s", prefix, k) >= sizeof name)
+            return clipc_fail(err, "%s: a tensor name over %zu bytes", path, sizeof name - 1);
+        if (v->kind == V_OBJECT) {
+            if (node->kind != V_OBJECT) continue; /* objects count only inside a module tree */
+            char sub[258];
+            snprintf(sub, sizeof sub, "%s.", name); /* name < 256 bytes: fits */
+            if (collect(v, sub, depth + 1, budget, out, path, err)) return -1;
+            continue;
+        }
+        if (out->n == out->cap) {
+            int cap = out->cap ? 2 * out->cap : 64;
+            named *items = realloc(out->items, (size_t)cap * sizeof *items);
+            if (!items) return clipc_fail(err, "out of memory");
+            out->items = items, out->cap = cap;
+        }
+        snprintf(out->items[out->n].name, sizeof out->items[out->n].name, "%s", name);
+        out->items[out->n++].t = v;
+    }
+    return 0;
 }
 
 /* The tensor's elements in C order into dst (strided storages are gathered). */
@@ -531,20 +618,23 @@ int pt_open(const char *path, st_file *f, clipc_error *err) {
     int rc = pkl_len > MAX_PICKLE ? clipc_fail(err, "%s: data.pkl is over %u MiB", path, MAX_PICKLE >> 20) : run(&u, &root);
     const pval *sd = rc == 0 ? state_dict_of(root) : NULL;
     if (rc == 0 && !sd) rc = clipc_fail(err, "%s: the pickle is not a state dict", path);
-    int count = 0;
+    named_list tensors = {0};
+    int budget = MAX_VALUES;
+    if (rc == 0) rc = collect(sd, "", 0, &budget, &tensors, path, err);
+    /* tensors are views of storages the file holds: together at most the
+     * file's bytes (twice, for tied weights saved under two names) */
+    zip_stat_t whole;
+    size_t file_bytes = 0, total = 0;
+    for (zip_int64_t i = 0; i < entries; i++)
+        if (zip_stat_index(z, (zip_uint64_t)i, 0, &whole) == 0 && (whole.valid & ZIP_STAT_SIZE)) file_bytes += whole.size;
     if (rc == 0) {
-        for (int i = 0; i + 1 < sd->n; i += 2) count += sd->items[i + 1]->kind == V_TENSOR;
-        f->tensors = calloc((size_t)count + 1, sizeof *f->tensors);
-        f->owned = calloc((size_t)count + 1, sizeof *f->owned);
+        f->tensors = calloc((size_t)tensors.n + 1, sizeof *f->tensors);
+        f->owned = calloc((size_t)tensors.n + 1, sizeof *f->owned);
         if (!f->tensors || !f->owned) rc = clipc_fail(err, "out of memory");
     }
-    for (int i = 0; rc == 0 && i + 1 < sd->n; i += 2) {
-        const pval *key = sd->items[i], *t = sd->items[i + 1];
-        if (t->kind != V_TENSOR) continue; /* e.g. _metadata-like extras */
-        if (key->kind != V_STR) {
-            rc = clipc_fail(err, "%s: a state dict key that is not a string", path);
-            break;
-        }
+    for (int i = 0; rc == 0 && i < tensors.n; i++) {
+        const pval *t = tensors.items[i].t;
+        const char *key_name = tensors.items[i].name;
         /* the storage: read, then the tensor gathered out of it */
         snprintf(name, sizeof name, "%sdata/%s", prefix, t->storage->s);
         size_t slen = 0, esz = dtype_size(t->dtype);
@@ -562,20 +652,27 @@ int pt_open(const char *path, st_file *f, clipc_error *err) {
         }
         if (slen / esz < (size_t)t->storage->i || (last >= 0 && (size_t)last >= slen / esz) || numel > slen / esz + 1) {
             free(storage);
-            rc = clipc_fail(err, "%s: tensor '%s' reaches past its storage", path, key->s);
+            rc = clipc_fail(err, "%s: tensor '%s' reaches past its storage", path, key_name);
+            break;
+        }
+        total += numel * esz;
+        if (total > 2 * file_bytes + (1u << 20)) {
+            free(storage);
+            rc = clipc_fail(err, "%s: the tensors add up to more than twice the archive's data (views of one storage?)",
+                            path);
             break;
         }
         unsigned char *data = malloc(numel * esz + 1);
         if (!data) {
             free(storage);
-            rc = clipc_fail(err, "out of memory for tensor '%s'", key->s);
+            rc = clipc_fail(err, "out of memory for tensor '%s'", key_name);
             break;
         }
         if (numel) gather(t, storage, data, esz);
         free(storage);
         st_tensor *out = &f->tensors[f->count];
         f->owned[f->count] = data;
-        out->name = strdup(!strncmp(key->s, "module.", 7) ? key->s + 7 : key->s);
+        out->name = strdup(key_name);
         out->dtype = t->dtype;
         out->ndim = (int)t->ndim;
         memcpy(out->shape, t->shape, sizeof out->shape);
@@ -584,9 +681,25 @@ int pt_open(const char *path, st_file *f, clipc_error *err) {
         f->count++;
         if (!out->name) rc = clipc_fail(err, "out of memory");
     }
+    free(tensors.items);
     unpickler_free(&u);
     free(pkl);
     zip_close(z);
     if (rc) st_close(f);
+    return rc;
+}
+
+int pickle_check(const unsigned char *pkl, size_t len, int *tensors, clipc_error *err) {
+    unpickler u = {.p = pkl, .end = pkl + len, .err = err, .path = "data.pkl"};
+    pval *root = NULL;
+    int rc = len > MAX_PICKLE ? clipc_fail(err, "data.pkl is over %u MiB", MAX_PICKLE >> 20) : run(&u, &root);
+    const pval *sd = rc == 0 ? state_dict_of(root) : NULL;
+    if (rc == 0 && !sd) rc = clipc_fail(err, "the pickle is not a state dict");
+    named_list list = {0};
+    int budget = MAX_VALUES;
+    if (rc == 0) rc = collect(sd, "", 0, &budget, &list, "data.pkl", err);
+    *tensors = list.n;
+    free(list.items);
+    unpickler_free(&u);
     return rc;
 }

@@ -10,6 +10,7 @@ saved the ways users hold such weights:
   strided.bin  float32, with some tensors saved as non-contiguous views and
                the state dict nested under "state_dict" with DataParallel's
                "module." prefix, as training checkpoints are
+  torchscript.pt  torch.jit.save of the scripted model (OpenAI's format)
 plus open_clip_config.json (head counts), the inputs and open_clip's own
 encode_image / encode_text outputs. Same tool versions as gen_arch_refs.py.
 """
@@ -49,6 +50,7 @@ def main():
             v = v.t().contiguous().t()
         strided["module." + k] = v
     torch.save({"epoch": 3, "state_dict": strided}, os.path.join(OUT, "strided.bin"))
+    torch.jit.save(torch.jit.script(model), os.path.join(OUT, "torchscript.pt"))  # as OpenAI publishes
     with open(os.path.join(OUT, "open_clip_config.json"), "w") as f:
         json.dump({"model_cfg": {"embed_dim": 16, "quick_gelu": True, "vision_cfg": vision,
                                  "text_cfg": dict(context_length=24, vocab_size=49408, **text)}}, f, indent=1, sort_keys=True)
