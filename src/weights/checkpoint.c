@@ -488,8 +488,28 @@ static int openclip_config(const char *path, clipc_config *c, clipc_error *err) 
         if (head_width > 0 && c->vision_width % head_width == 0) c->vision_heads = c->vision_width / head_width;
     }
     c->text_heads = json_int(tc, "heads", c->text_heads);
+    /* OpenCLIP's default is nn.GELU; quick_gelu: true selects OpenAI's */
     cJSON *qg = cJSON_GetObjectItemCaseSensitive(mc, "quick_gelu");
-    if (cJSON_IsBool(qg)) c->activation = c->vision_activation = cJSON_IsTrue(qg) ? CLIPC_QUICK_GELU : CLIPC_GELU;
+    c->activation = c->vision_activation = cJSON_IsTrue(qg) ? CLIPC_QUICK_GELU : CLIPC_GELU;
+    /* preprocessing: clipc normalises with OpenAI's mean and std */
+    static const double clip_mean[3] = {0.48145466, 0.4578275, 0.40821073}, clip_std[3] = {0.26862954, 0.26130258, 0.27577711};
+    cJSON *pc = cJSON_GetObjectItemCaseSensitive(root, "preprocess_cfg");
+    const char *keys[2] = {"mean", "std"};
+    const double *want[2] = {clip_mean, clip_std};
+    for (int k = 0; k < 2; k++) {
+        cJSON *arr = cJSON_GetObjectItemCaseSensitive(pc, keys[k]);
+        if (!cJSON_IsArray(arr)) continue;
+        bool same = cJSON_GetArraySize(arr) == 3;
+        for (int i = 0; same && i < 3; i++) {
+            cJSON *x = cJSON_GetArrayItem(arr, i);
+            same = cJSON_IsNumber(x) && fabs(x->valuedouble - want[k][i]) < 1e-6;
+        }
+        if (!same) {
+            clipc_fail(err, "%s: preprocess_cfg.%s differs from CLIP's normalisation, which is all clipc applies", cfg_path,
+                       keys[k]);
+            goto done;
+        }
+    }
     rc = 0;
 done:
     cJSON_Delete(root);
