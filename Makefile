@@ -16,7 +16,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -llbfgs -lfaiss -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
 # Data-parallel training over MPI when OpenMPI's development files are
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
@@ -26,7 +26,7 @@ CFLAGS  += -DCLIPC_MPI $(shell pkg-config --cflags ompi-c)
 LDLIBS  += $(MPI_LIBS)
 endif
 
-LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c)
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c src/hub/*.c)
 LIB_CXX := $(wildcard src/index/*.cpp)
 LIB_ASM := src/tokenizer/vocab_blob.S src/server/page_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)

@@ -11,6 +11,7 @@ PACKAGES=(
   libpng-dev zlib1g-dev    # PNG decoding; zlib also inflates the built-in BPE vocabulary
   libcjson-dev             # safetensors headers, config.json
   libzip-dev               # PyTorch checkpoints (torch.save's zip archives)
+  libcurl4-openssl-dev libssl-dev  # clipc pull: downloads, SHA-256
   libutf8proc-dev          # Unicode categories, case mapping, NFC/NFKC for the tokenizer
   liblbfgs-dev             # L-BFGS for the linear probe's logistic regression
   dataset-fashion-mnist    # the training data of `clipc train --data fashion-mnist`

@@ -45,5 +45,6 @@ void test_eval(void);
 void test_index(void);
 void test_precision(void);
 void test_arch(void);
+void test_pull(void);
 
 #endif

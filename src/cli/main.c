@@ -1,5 +1,6 @@
 /* main.c — the clipc command: dispatch to one of the subcommands. */
 #include "cli.h"
+#include "../hub/hub.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -38,6 +39,8 @@ static const char USAGE[] =
     "  serve --db FILE [--port 8080]           JSON search API and a web page\n"
     "  export-images --out DIR [--limit N]     Fashion-MNIST images as PNG class folders (sample data)\n"
     "\n"
+    "  pull NAME [--cache DIR]                 download a published checkpoint (resumable, SHA-256 checked)\n"
+    "  models                                  the checkpoints pull knows, and which are pulled\n"
     "  convert [-m MODEL] --dtype F32|F16|BF16|int8 -o OUT.safetensors\n"
     "                                          the model stored at another precision\n"
     "\n"
@@ -133,6 +136,15 @@ clipc_model *cli_load_model(const char *path) {
         return NULL;
     }
     clipc_error err;
+    char pulled[4200];
+    if (access(path, F_OK) != 0) { /* not a file: a pulled model's name? */
+        int rc = hub_resolve(path, pulled, sizeof pulled, &err);
+        if (rc < 0) {
+            cli_error("%s", err.message);
+            return NULL;
+        }
+        if (rc == 0) path = pulled;
+    }
     clipc_model *m = clipc_model_load(path, &err);
     if (!m) {
         cli_error("%s", err.message);
@@ -174,7 +186,8 @@ int main(int argc, char **argv) {
         {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
         {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
         {"index", cmd_index},       {"search", cmd_search}, {"export", cmd_export}, {"serve", cmd_serve},
-        {"export-images", cmd_export_images}, {"convert", cmd_convert},
+        {"export-images", cmd_export_images}, {"convert", cmd_convert}, {"pull", cmd_pull},
+        {"models", cmd_models},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
