@@ -169,6 +169,13 @@ void test_pull(void) {
              base, clipc_binary, dir, dir, clipc_binary, dir, clipc_binary);
     CHECK(run_cmd(cmd) == 0, "a pulled Hugging Face model by name, and clipc models shows it");
 
+    /* the shipped model on a photo says once what it is for and how to pull a real one; not on its own kind of image */
+    snprintf(cmd, sizeof cmd, "env -u CLIPC_MODEL %s classify --labels cat,dog %s 2>&1 >/dev/null | grep -c 'clipc pull ViT-B-32' | grep -qx 1 && "
+             "%s export-images --limit 1 --out %s/fm >/dev/null 2>&1 && "
+             "env -u CLIPC_MODEL %s classify --labels cat,dog $(find %s/fm -name '*.png' | head -1) 2>&1 >/dev/null | (! grep -q 'clipc pull')",
+             clipc_binary, ref_path("preprocess/images/coffee_600x400_q90.jpg"), clipc_binary, dir, clipc_binary, dir);
+    CHECK(run_cmd(cmd) == 0, "the default model's note on photos (and not on Fashion-MNIST images)");
+
     MHD_stop_daemon(d);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);

@@ -24,6 +24,9 @@ double cli_now(void);
  * else models/DEFAULT_MODEL_FILE beside the build (build/clipc ->
  * models/), else PREFIX/share/clipc/ of an installed binary. */
 #define DEFAULT_MODEL_FILE "clipc-fmnist.safetensors"
+/* One line on stderr when the shipped default model (no -m, no
+ * $CLIPC_MODEL) is given images unlike its 28x28 gray training data. */
+void cli_note_default_model(const char *model_path, const char *const *images, int n);
 /* Loads a model (path NULL: the default one), printing the error; NULL on failure. */
 clipc_model *cli_load_model(const char *path);
 /* --templates: "imagenet" (OpenAI's 80), "simple" ("a photo of a {}."), or a

@@ -78,6 +78,7 @@ int cmd_embed(int argc, char **argv) {
     if (n_images) {
         n = n_images;
         features = malloc((size_t)n * E * sizeof *features);
+        cli_note_default_model(model_path, images, n);
         rc = features ? cli_encode_image_files(m, images, n, features) : cli_error("out of memory");
     } else if (pixels_path) {
         npy_array a;
@@ -250,6 +251,7 @@ int cmd_classify(int argc, char **argv) {
             rc = cli_error("%s", err.message);
         clipc_tokenizer_free(tok);
     }
+    if (rc == 0) cli_note_default_model(model_path, images, n_images);
     if (rc == 0) rc = cli_encode_image_files(m, images, n_images, features);
     if (rc == 0) {
         clipc_zeroshot_probs(m, features, n_images, weights, n_labels, probs);

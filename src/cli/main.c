@@ -159,6 +159,23 @@ clipc_model *cli_load_model(const char *path) {
     return m;
 }
 
+void cli_note_default_model(const char *model_path, const char *const *images, int n) {
+    if (model_path || n <= 0 || getenv("CLIPC_MODEL")) return;
+    unsigned char *data;
+    size_t len;
+    clipc_error err;
+    image im;
+    if (read_file(images[0], &data, &len, &err)) return;
+    int rc = image_decode(data, len, images[0], &im, &err);
+    free(data);
+    if (rc) return;
+    bool like_training = im.width == 28 && im.height == 28 && im.mode == IM_L;
+    image_free(&im);
+    if (!like_training)
+        fprintf(stderr, "note: the default model knows 28x28 gray Fashion-MNIST clothing images only; for photos, "
+                        "pull a real one: clipc pull ViT-B-32, then -m ViT-B-32\n");
+}
+
 /* Takes --precision P out of argv (before a "--"), else reads
  * $CLIPC_PRECISION. Returns 0, or 1 after reporting. */
 static int take_precision(int *argc, char **argv) {
