@@ -169,10 +169,10 @@ void cli_note_default_model(const char *model_path, const char *const *images, i
     int rc = image_decode(data, len, images[0], &im, &err);
     free(data);
     if (rc) return;
-    bool like_training = im.width == 28 && im.height == 28 && im.mode == IM_L;
+    bool like_training = im.width == 28 && im.height == 28; /* clipc export-images writes them as RGB */
     image_free(&im);
     if (!like_training)
-        fprintf(stderr, "note: the default model knows 28x28 gray Fashion-MNIST clothing images only; for photos, "
+        fprintf(stderr, "note: the default model knows 28x28 Fashion-MNIST clothing images only; for photos, "
                         "pull a real one: clipc pull ViT-B-32, then -m ViT-B-32\n");
 }
 
