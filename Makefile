@@ -99,7 +99,7 @@ FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,
 FUZZ_PICKLE_SRC := tests/fuzz/fuzz_pickle.c src/weights/pytorch.c src/weights/safetensors.c src/util/error.c src/util/half.c src/util/fileio.c
 build-fuzz/fuzz_pickle: $(FUZZ_PICKLE_SRC) $(wildcard src/*.h)
 	@mkdir -p build-fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_PICKLE_SRC) -lzip -lcjson -o $@
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_PICKLE_SRC) -lzip -lcjson -lz -o $@
 
 fuzz-build: build-fuzz/fuzz_pickle
 

@@ -7,6 +7,7 @@
 #include "test.h"
 #include "../src/train/train.h"
 
+#include <omp.h>
 #include <zip.h>
 
 #include <math.h>
@@ -123,6 +124,31 @@ static void check_pytorch(void) {
     check_file("tests/data/pytorch", "f16.pt", "torch.save f16");
     check_file("tests/data/pytorch", "strided.bin", "torch.save strided views, nested state_dict");
     check_file("tests/data/pytorch", "torchscript.pt", "TorchScript archive");
+    check_file("tests/data/pytorch", "torchscript_f16.pt", "TorchScript archive, float16");
+    check_file("tests/data/pytorch", "model.safetensors", "safetensors, float16");
+    /* the same values however stored: bit-identical features */
+    static const char *const same[] = {"model.safetensors", "f32.pt", "f16.pt", "strided.bin", "torchscript.pt",
+                                       "torchscript_f16.pt"};
+    float first[64 * 3], got[64 * 3];
+    npy_array px;
+    clipc_error e2;
+    int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(1); /* one share always: bit-for-bit comparable */
+    if (npy_read("tests/data/pytorch/images.npy", &px, &e2) == 0) {
+        for (int i = 0; i < 6; i++) {
+            char p2[256];
+            snprintf(p2, sizeof p2, "tests/data/pytorch/%s", same[i]);
+            clipc_model *mm = clipc_model_load(p2, &e2);
+            CHECK(mm != NULL, "%s", mm ? "" : e2.message);
+            if (!mm) continue;
+            clipc_encode_image(mm, px.data, 3, i ? got : first, &e2);
+            size_t bytes = (size_t)3 * clipc_model_config(mm)->embed_dim * sizeof(float);
+            if (i) CHECK(!memcmp(first, got, bytes), "%s: features differ from the safetensors file's", same[i]);
+            clipc_model_free(mm);
+        }
+        npy_free(&px);
+    }
+    omp_set_num_threads(saved_threads);
     char dir[] = "/tmp/clipc_pt_XXXXXX", cmd[2048], path[600];
     if (!mkdtemp(dir)) return;
     /* clipc convert IN -o OUT.safetensors gives a file with the same features */
@@ -146,6 +172,16 @@ static void check_pytorch(void) {
     len = tensor_pickle(pkl, 4);
     check_bad_archive(dir, "compressed entry", pkl, len, storage, sizeof storage, true, "is compressed");
     check_bad_archive(dir, "truncated pickle", pkl, len - 3, storage, sizeof storage, false, "truncated");
+    /* a corrupted archive (bytes of a storage overwritten): one clear line, exit 1 */
+    snprintf(cmd, sizeof cmd, "cp tests/data/pytorch/f32.pt %s/bad.pt && printf 'XXXXXXXXXXXXXXXX' | "
+             "dd of=%s/bad.pt bs=1 seek=2000000 conv=notrunc 2>/dev/null && %s info %s/bad.pt >/dev/null 2>%s/err; "
+             "test $? = 1 && test $(wc -l < %s/err) = 1 && grep -q 'could not be read' %s/err",
+             dir, dir, clipc_binary, dir, dir, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "a corrupted archive gives one clear error line");
+    /* convert without --dtype keeps the source's */
+    snprintf(cmd, sizeof cmd, "%s convert tests/data/pytorch/f16.pt -o %s/same.safetensors 2>/dev/null && "
+             "%s info %s/same.safetensors | grep -q 'dtype:          F16'", clipc_binary, dir, clipc_binary, dir);
+    CHECK(run_cmd(cmd) == 0, "clipc convert IN -o OUT keeps the dtype");
     snprintf(cmd, sizeof cmd, "head -c 500000 tests/data/pytorch/f32.pt > %s/cut.pt", dir);
     run_cmd(cmd);
     snprintf(path, sizeof path, "%s/cut.pt", dir);

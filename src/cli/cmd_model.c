@@ -77,7 +77,9 @@ int cmd_convert(int argc, char **argv) {
         else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc convert [-m MODEL | MODEL] --dtype F32|F16|BF16|int8 -o OUT.safetensors\n"
+            printf("usage: clipc convert [-m MODEL | MODEL] [--dtype F32|F16|BF16|int8] -o OUT.safetensors\n"
+                   "  MODEL: any checkpoint clipc reads (.safetensors, PyTorch .pt/.bin/TorchScript);\n"
+                   "  the dtype defaults to the source's (F16 stays F16; F32 otherwise).\n"
                    "  F16/BF16 halve the file (computed in fp32 unless --precision says otherwise);\n"
                    "  int8 stores the towers' weight matrices as int8 with per-row scales (a quarter\n"
                    "  of their F32 size) and loads at int8 precision.\n");
@@ -85,13 +87,19 @@ int cmd_convert(int argc, char **argv) {
         } else if (argv[i][0] != '-' && !model) model = argv[i];
         else return cli_error("convert: unexpected argument '%s'", argv[i]);
     }
-    if (!out || !dtype) return cli_error("convert: needs --dtype F32|F16|BF16|int8 and -o OUT.safetensors");
+    if (!out) return cli_error("convert: needs -o OUT.safetensors (and optionally --dtype F32|F16|BF16|int8)");
+    clipc_model *m = cli_load_model(model);
+    if (!m) return 1;
+    /* without --dtype the file keeps the source's: F16 stays F16 */
+    const char *src = clipc_model_source_dtype(m);
+    if (!dtype) dtype = !strcmp(src, "F16") || !strcmp(src, "BF16") || !strcmp(src, "int8") ? src : "F32";
     const char *st = !strcasecmp(dtype, "f32") || !strcasecmp(dtype, "fp32") ? "F32"
                    : !strcasecmp(dtype, "f16") || !strcasecmp(dtype, "fp16") ? "F16"
                    : !strcasecmp(dtype, "bf16") ? "BF16" : !strcasecmp(dtype, "int8") || !strcasecmp(dtype, "i8") ? "int8" : NULL;
-    if (!st) return cli_error("convert: unknown --dtype '%s' (F32, F16, BF16 or int8)", dtype);
-    clipc_model *m = cli_load_model(model);
-    if (!m) return 1;
+    if (!st) {
+        clipc_model_free(m);
+        return cli_error("convert: unknown --dtype '%s' (F32, F16, BF16 or int8)", dtype);
+    }
     clipc_error err;
     int rc = 0;
     if (!strcmp(st, "int8") && clipc_model_precision(m) != CLIPC_INT8) rc = clipc_model_set_precision(m, CLIPC_INT8, &err);

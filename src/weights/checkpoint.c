@@ -364,7 +364,9 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
             }
             if (t->dtype == ST_I8) {
                 any_int8 = true;
-            } else {
+            } else if (p->ndim > 0 && !strstr(p->name, "running_")) {
+                /* the weights' dtype: scalars and BatchNorm statistics stay
+                 * F32 in reduced-precision files (clipc's, OpenAI's) */
                 if (seen_dtype >= 0 && seen_dtype != t->dtype) mixed = true;
                 seen_dtype = t->dtype;
             }

@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <zip.h>
+#include <zlib.h>
 
 #define MAX_PICKLE (256u << 20) /* data.pkl: a state dict's pickle is kilobytes */
 #define MAX_VALUES (1 << 22)
@@ -493,6 +494,16 @@ static unsigned char *read_entry(zip_t *z, const char *name, size_t *len, const 
     zip_file_t *zf = buf ? zip_fopen(z, name, 0) : NULL;
     zip_int64_t got = zf ? zip_fread(zf, buf, st.size) : -1;
     if (zf) zip_fclose(zf);
+    /* the entry's CRC-32, which libzip leaves unchecked on a read of exactly its size */
+    if (got >= 0 && (zip_uint64_t)got == st.size && (st.valid & ZIP_STAT_CRC)) {
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (zip_uint64_t done = 0; done < st.size;) { /* crc32 takes at most 4 GiB a call */
+            uInt n = st.size - done > (1u << 30) ? (1u << 30) : (uInt)(st.size - done);
+            crc = crc32(crc, buf + done, n);
+            done += n;
+        }
+        if (crc != st.crc) got = -1;
+    }
     if (got < 0 || (zip_uint64_t)got != st.size) {
         free(buf);
         clipc_fail(err, buf ? "%s: entry '%s' could not be read (truncated archive?)" : "out of memory", path, name);

@@ -10,7 +10,10 @@ saved the ways users hold such weights:
   strided.bin  float32, with some tensors saved as non-contiguous views and
                the state dict nested under "state_dict" with DataParallel's
                "module." prefix, as training checkpoints are
-  torchscript.pt  torch.jit.save of the scripted model (OpenAI's format)
+  torchscript.pt, torchscript_f16.pt
+               torch.jit.save of the scripted model (OpenAI's format), float32
+               and float16 (their code entries differ run to run; tensors do not)
+  model.safetensors  the same weights as safetensors (float16)
 plus open_clip_config.json (head counts), the inputs and open_clip's own
 encode_image / encode_text outputs. Same tool versions as gen_arch_refs.py.
 """
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gen_arch_refs import SOT, EOT, inputs, perturb_and_round  # noqa: E402
+from gen_arch_refs import inputs, perturb_and_round, save_safetensors  # noqa: E402
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "pytorch")
 
@@ -51,6 +54,12 @@ def main():
         strided["module." + k] = v
     torch.save({"epoch": 3, "state_dict": strided}, os.path.join(OUT, "strided.bin"))
     torch.jit.save(torch.jit.script(model), os.path.join(OUT, "torchscript.pt"))  # as OpenAI publishes
+    half = open_clip.model.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=dict(context_length=24, vocab_size=49408, **text),
+                                quick_gelu=True).eval()
+    half.load_state_dict(sd)
+    torch.jit.save(torch.jit.script(half.half()), os.path.join(OUT, "torchscript_f16.pt"))  # OpenAI's are float16
+    save_safetensors(os.path.join(OUT, "model.safetensors"), {k: v.numpy().astype(np.float16) for k, v in sd.items()},
+                     {"naming": "openai", "generator": "open_clip CLIP"})
     with open(os.path.join(OUT, "open_clip_config.json"), "w") as f:
         json.dump({"model_cfg": {"embed_dim": 16, "quick_gelu": True, "vision_cfg": vision,
                                  "text_cfg": dict(context_length=24, vocab_size=49408, **text)}}, f, indent=1, sort_keys=True)
