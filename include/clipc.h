@@ -96,7 +96,8 @@ const char *const *clipc_arch_names(void);
 
 const clipc_config *clipc_model_config(const clipc_model *model);
 size_t clipc_model_param_count(const clipc_model *model);
-/* The dtype the weights had in the file ("F32", "F16", "BF16", "mixed"). */
+/* The dtype the weights had in the file ("F32", "F16", "BF16", "int8", or "mixed";
+ * scalars and BatchNorm statistics, kept F32 in 16-bit files, do not count). */
 const char *clipc_model_source_dtype(const clipc_model *model);
 /* exp(logit_scale): the inverse temperature that multiplies cosines. */
 float clipc_model_logit_scale(const clipc_model *model);
