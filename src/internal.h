@@ -18,6 +18,17 @@ int clipc_fail(clipc_error *err, const char *fmt, ...) __attribute__((format(pri
 /* Prefixes the message already in err with "what: ". Returns -1. */
 int clipc_fail_prefix(clipc_error *err, const char *what);
 
+/* ---- size arithmetic on untrusted input ---------------------------------- */
+
+/* *out = a * b; false (and *out untouched) when that overflows size_t.
+ * Every parser multiplies shapes and element sizes through this. */
+static inline bool size_mul(size_t a, size_t b, size_t *out) {
+    size_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return false;
+    *out = r;
+    return true;
+}
+
 /* ---- util/arena.c: bump allocator, one per forward pass ---------------- */
 
 typedef struct arena {
@@ -192,6 +203,8 @@ int params_build(const clipc_config *cfg, param_table *table, model_layout *layo
                  clipc_error *err);
 void params_free(param_table *table, model_layout *layout);
 const param_spec *params_find(const param_table *table, const char *name);
+/* Parameters (not BatchNorm statistics) of a table. */
+size_t clipc_model_param_count_of(const param_table *table);
 
 /* ---- model/clip.c ------------------------------------------------------- */
 

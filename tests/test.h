@@ -46,5 +46,6 @@ void test_index(void);
 void test_precision(void);
 void test_arch(void);
 void test_pull(void);
+void test_hostile(void);
 
 #endif

@@ -124,12 +124,18 @@ static int open_csv(const char *path, const char *img_key, const char *label_key
     for (int i = 0; i < rows.count && rc == 0; i++) numeric = numeric && is_number(rows.captions[i]);
     if (rc == 0 && numeric) { /* class numbers: names "0", "1", ... until --classnames names them */
         int max = 0;
-        for (int i = 0; i < rows.count; i++) {
+        for (int i = 0; i < rows.count && rc == 0; i++) {
             long v = strtol(rows.captions[i], NULL, 10);
-            if (v > 100000) rc = clipc_fail(err, "%s: class number %ld is implausibly large", path, v);
+            if (v >= 10000) /* a confusion matrix of n² counts: bounded before any allocation */
+                rc = clipc_fail(err, "%s: class number %ld is too large (class numbers go up to 9999)", path, v);
             s->labels[i] = (int)v;
             if (v > max) max = (int)v;
         }
+        /* one name per class number up to the largest, which may exceed the
+         * row count (labels 3, 0, 1): the array is sized for that */
+        char **grown = rc == 0 ? realloc(names, ((size_t)max + 1) * sizeof *names) : NULL;
+        if (rc == 0 && !grown) rc = clipc_fail(err, "out of memory");
+        if (grown) names = grown;
         for (int c = 0; c <= max && rc == 0; c++) {
             char num[16];
             snprintf(num, sizeof num, "%d", c);

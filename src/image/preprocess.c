@@ -21,14 +21,21 @@ static int round_half_even_div2(int x) {
 
 int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err) {
     int w = im->width, h = im->height, rw, rh;
-    /* torchvision's Resize(int): the short side becomes size. */
+    /* torchvision's Resize(int): the short side becomes size. A long thin
+     * image grows with it (1 x 600000 becomes 224 x 134 million), so the
+     * resized size is bounded before anything is allocated. */
+    long long lw, lh;
     if (w <= h) {
-        rw = size;
-        rh = (int)((long long)size * h / w);
+        lw = size;
+        lh = (long long)size * h / w;
     } else {
-        rh = size;
-        rw = (int)((long long)size * w / h);
+        lh = size;
+        lw = (long long)size * w / h;
     }
+    if (lw * lh > CLIPC_MAX_IMAGE_PIXELS)
+        return clipc_fail(err, "a %dx%d image resized to %lldx%lld would exceed the limit of %lld pixels "
+                               "(CLIPC_MAX_IMAGE_PIXELS)", w, h, lw, lh, (long long)CLIPC_MAX_IMAGE_PIXELS);
+    rw = (int)lw, rh = (int)lh;
     image resized;
     if (image_resize(im, rw, rh, &resized, err)) return -1;
     /* torchvision pads when the image is smaller than the crop; Resize makes

@@ -274,15 +274,17 @@ int clipc_model_save_as(const clipc_model *m, const char *path, const char *dtyp
 
 const clipc_config *clipc_model_config(const clipc_model *m) { return &m->cfg; }
 
-size_t clipc_model_param_count(const clipc_model *m) {
+size_t clipc_model_param_count(const clipc_model *m) { return clipc_model_param_count_of(&m->table); }
+
+size_t clipc_model_param_count_of(const param_table *t) {
     size_t n = 0;
-    for (int i = 0; i < m->table.count; i++) {
-        const char *name = m->table.items[i].name;
+    for (int i = 0; i < t->count; i++) {
+        const char *name = t->items[i].name;
         size_t len = strlen(name);
         /* BatchNorm running statistics are buffers, not parameters. */
         if (len > 13 && (!strcmp(name + len - 13, ".running_mean") || !strcmp(name + len - 12, ".running_var")))
             continue;
-        n += m->table.items[i].numel;
+        n += t->items[i].numel;
     }
     return n;
 }

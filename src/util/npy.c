@@ -77,11 +77,17 @@ int npy_read(const char *path, npy_array *out, clipc_error *err) {
             return clipc_fail(err, "%s: unsupported .npy shape", path);
         }
         out->shape[out->ndim++] = v;
-        out->count *= (size_t)v;
+        if (!size_mul(out->count, (size_t)v, &out->count)) {
+            free(buf);
+            return clipc_fail(err, "%s: .npy shape too large", path);
+        }
         s = end;
     }
-    size_t esz = dtype_size(out->dtype);
-    size_t need = out->count * esz;
+    size_t esz = dtype_size(out->dtype), need;
+    if (!size_mul(out->count, esz, &need)) {
+        free(buf);
+        return clipc_fail(err, "%s: .npy shape too large", path);
+    }
     if (len - hstart - hlen < need) {
         free(buf);
         return clipc_fail(err, "%s: truncated .npy data (%zu of %zu bytes)", path,

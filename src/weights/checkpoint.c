@@ -536,6 +536,25 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
     if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
+    /* The architecture was guessed from names and a few shapes: before its
+     * parameters are allocated, the file must hold at least a byte for each
+     * of them (an 816-byte file must not cost gigabytes to refuse). */
+    if (rc == 0) {
+        clipc_config full = cfg;
+        config_defaults(&full);
+        param_table table;
+        model_layout layout;
+        if (params_build(&full, &table, &layout, err)) {
+            rc = -1;
+        } else {
+            size_t params = clipc_model_param_count_of(&table), held = 0;
+            for (int i = 0; i < f.count; i++) held += f.tensors[i].nbytes;
+            if (held < params)
+                rc = clipc_fail(err, "the tensors hold %zu bytes, too few for the %zu parameters of the architecture their "
+                                     "names describe", held, params);
+            params_free(&table, &layout);
+        }
+    }
     clipc_model *m = NULL;
     if (rc == 0) m = model_new(&cfg, err);
     if (m && (load_params(&f, naming, &m->table, m->params, m->source_dtype, err) ||

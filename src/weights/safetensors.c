@@ -102,10 +102,14 @@ int st_open(const char *path, st_file *f, clipc_error *err) {
                 goto fail;
             }
             t->shape[t->ndim++] = (int64_t)d->valuedouble;
-            numel *= (size_t)d->valuedouble;
+            if (!size_mul(numel, (size_t)d->valuedouble, &numel)) {
+                clipc_fail(err, "%s: tensor '%s' has a shape too large", path, e->string);
+                goto fail;
+            }
         }
         double b = cJSON_GetArrayItem(offs, 0)->valuedouble, en = cJSON_GetArrayItem(offs, 1)->valuedouble;
-        if (b < 0 || en < b || en > (double)data_len || (size_t)(en - b) != numel * esz) {
+        size_t bytes;
+        if (b < 0 || en < b || en > (double)data_len || !size_mul(numel, esz, &bytes) || (size_t)(en - b) != bytes) {
             clipc_fail(err, "%s: tensor '%s' has data offsets outside the file or not matching its shape (file truncated?)",
                        path, e->string);
             goto fail;

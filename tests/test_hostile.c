@@ -1,0 +1,71 @@
+/* test_hostile.c — the reproducers of hostile input that once crashed or
+ * ballooned clipc: each must end in one clear error line and exit status 1
+ * (no signal, no sanitizer report), within a bounded peak memory measured
+ * on the child process (wait4's ru_maxrss). */
+#include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define RSS_BOUND_KB (512 * 1024) /* the documented bound: 512 MB */
+
+/* Runs sh -c cmd; its exit status (128 + signal if killed) and peak RSS. */
+static int run_measured(const char *cmd, long *maxrss_kb) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    struct rusage ru;
+    if (pid < 0 || wait4(pid, &status, 0, &ru) < 0) return -1;
+    *maxrss_kb = ru.ru_maxrss;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* clipc ARGS must fail with exactly one line containing expect. */
+static void refused(const char *what, const char *dir, const char *args, const char *expect) {
+    char cmd[4096], check[4096];
+    snprintf(cmd, sizeof cmd, "exec %s %s >/dev/null 2>%s/err", clipc_binary, args, dir);
+    long rss = 0;
+    int rc = run_measured(cmd, &rss);
+    snprintf(check, sizeof check, "test $(wc -l < %s/err) = 1 && grep -q -- \"%s\" %s/err", dir, expect, dir);
+    CHECK(rc == 1, "%s: exit status %d, expected 1", what, rc);
+    CHECK(run_cmd(check) == 0, "%s: not one error line with '%s'", what, expect);
+    CHECK(rss < RSS_BOUND_KB, "%s: peak memory %ld MB", what, rss >> 10);
+    printf("  %s: refused in one line, peak memory %ld MB\n", what, rss >> 10);
+}
+
+void test_hostile(void) {
+    char dir[] = "/tmp/clipc_hostile_XXXXXX", cmd[4096], args[2048];
+    if (!mkdtemp(dir)) return;
+    const char *photo = ref_path("preprocess/images/coffee_600x400_q90.jpg");
+    /* labelled CSV: class numbers larger than the row count */
+    snprintf(cmd, sizeof cmd, "printf 'filepath,label\\n%s,100000\\n' > %s/big.csv && "
+             "printf 'filepath,label\\n%s,3\\n%s,0\\n%s,1\\n' > %s/sparse.csv", photo, dir, photo, photo, photo, dir);
+    run_cmd(cmd);
+    snprintf(args, sizeof args, "eval zeroshot --dataset %s/big.csv --out %s/o1", dir, dir);
+    refused("CSV class number 100000", dir, args, "class number 100000 is too large");
+    snprintf(cmd, sizeof cmd, "%s eval zeroshot --dataset %s/sparse.csv --out %s/o2 >/dev/null 2>%s/err2 || cat %s/err2", clipc_binary, dir, dir, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "CSV class numbers 3, 0, 1 over three rows evaluate");
+    /* .npy whose shape times the element size wraps around */
+    snprintf(cmd, sizeof cmd,
+             "h=\"{'descr': '<i4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }\"; "
+             "h=$(printf '%%-117s' \"$h\"); { printf '\\223NUMPY\\001\\000\\166\\000'; printf '%%s\\n' \"$h\"; "
+             "head -c 64 /dev/zero; } > %s/wrap.npy",
+             dir);
+    run_cmd(cmd);
+    snprintf(args, sizeof args, "embed --tokens %s/wrap.npy -o %s/x.npy", dir, dir);
+    refused(".npy shape that wraps size_t", dir, args, "shape too large");
+    /* an architecture guessed from a small header, far larger than its data */
+    refused("safetensors claiming 9.7 billion parameters in 3 KB", dir, "info tests/data/bomb_arch.safetensors",
+            "too few for the");
+    /* a 1x600000 PNG (1,244 bytes) whose resize would be 224 x 134 million */
+    snprintf(args, sizeof args, "preprocess --size 224 tests/data/bomb_1x600000.png -o %s/p.npy", dir);
+    refused("1x600000 PNG resized to 224", dir, args, "CLIPC_MAX_IMAGE_PIXELS");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run_cmd(cmd);
+}
