@@ -107,7 +107,7 @@ typedef struct args {
     long batch, accum, steps, epochs, warmup, eval_every, seed, eval_limit, stop_at;
     double lr, wd, grad_clip;
     int loss;
-    bool resume, given_batch, given_accum, given_loss;
+    bool resume, given_batch, given_accum, given_loss, given_eval_every, given_eval_limit;
 } args;
 
 static int parse(int argc, char **argv, args *a) {
@@ -143,8 +143,10 @@ static int parse(int argc, char **argv, args *a) {
             if (!cli_int(f, v, 0, 100000000, &a->warmup)) return 1;
         } else if (!strcmp(f, "--eval-every")) {
             if (!cli_int(f, v, 1, 100000000, &a->eval_every)) return 1;
+            a->given_eval_every = true;
         } else if (!strcmp(f, "--eval-limit")) {
             if (!cli_int(f, v, 1, 100000000, &a->eval_limit)) return 1;
+            a->given_eval_limit = true;
         } else if (!strcmp(f, "--stop-at")) {
             if (!cli_int(f, v, 1, 100000000, &a->stop_at)) return 1;
         } else if (!strcmp(f, "--seed")) {
@@ -255,6 +257,9 @@ static int train_main(int argc, char **argv, const dist *d) {
                            o.loss == LOSS_SIGLIP ? "siglip" : "clip");
             goto done;
         }
+        /* the run's own --eval-every unless this command gives one */
+        if (!a.given_eval_every && o.eval_every > 0) a.eval_every = o.eval_every;
+        if (!a.given_eval_limit && o.eval_every > 0) a.eval_limit = o.eval_limit;
         if (lead) fprintf(stderr, "resuming %s at step %ld of %ld\n", ckpt, step, o.total_steps);
     } else {
         if (access(ckpt, F_OK) == 0) {
@@ -289,6 +294,7 @@ static int train_main(int argc, char **argv, const dist *d) {
         }
         if (lead) remove(log_path);
     }
+    t.o.eval_every = a.eval_every, t.o.eval_limit = a.eval_limit; /* recorded in every checkpoint, for --resume */
     /* every rank starts from rank 0's weights, bit for bit */
     dist_broadcast(d, m->params, m->table.total);
     const clipc_config *c = clipc_model_config(m);
@@ -383,8 +389,10 @@ static int train_main(int argc, char **argv, const dist *d) {
                 fprintf(stderr, "%sstep %ld: zero-shot top-1 on %d test images: %.2f%%\n",
                         cli_progress_enabled() ? "\n" : "", step, n_eval, 100.0 * acc);
             }
-            if ((rc = save(&t, a.out, seed))) break;
+            /* the log first: a kill during the checkpoint write keeps its lines */
             fflush(log);
+            fsync(fileno(log));
+            if ((rc = save(&t, a.out, seed))) break;
             if (write_curve_svg(curve, h.steps, h.loss, h.n, h.eval_steps, h.acc, h.n_eval, o.total_steps, &err))
                 fprintf(stderr, "clipc: warning: %s\n", err.message);
         }

@@ -33,9 +33,10 @@ int train_checkpoint_save(const trainer *t, const char *path, uint64_t seed, cli
         }
     }
     const train_options *o = &t->o;
-    char v[10][64];
-    const char *keys[10] = {"train_step", "train_seed", "train_loss", "train_batch", "train_accum", "train_lr",
-                            "train_weight_decay", "train_warmup", "train_total_steps", "train_grad_clip"};
+    char v[12][64];
+    const char *keys[12] = {"train_step", "train_seed", "train_loss", "train_batch", "train_accum", "train_lr",
+                            "train_weight_decay", "train_warmup", "train_total_steps", "train_grad_clip",
+                            "train_eval_every", "train_eval_limit"};
     snprintf(v[0], 64, "%ld", t->opt.step);
     snprintf(v[1], 64, "%llu", (unsigned long long)seed);
     snprintf(v[2], 64, "%s", o->loss == LOSS_SIGLIP ? "siglip" : "clip");
@@ -46,9 +47,11 @@ int train_checkpoint_save(const trainer *t, const char *path, uint64_t seed, cli
     snprintf(v[7], 64, "%ld", o->warmup);
     snprintf(v[8], 64, "%ld", o->total_steps);
     snprintf(v[9], 64, "%.9g", o->grad_clip);
-    const char *vals[10];
-    for (int i = 0; i < 10; i++) vals[i] = v[i];
-    int rc = model_save_with(m, path, "F32", extra, 2 * n, keys, vals, 10, err);
+    snprintf(v[10], 64, "%ld", o->eval_every);
+    snprintf(v[11], 64, "%ld", o->eval_limit);
+    const char *vals[12];
+    for (int i = 0; i < 12; i++) vals[i] = v[i];
+    int rc = model_save_with(m, path, "F32", extra, 2 * n, keys, vals, o->eval_every > 0 ? 12 : 10, err);
     free(extra);
     free(names);
     return rc;
@@ -89,6 +92,12 @@ int train_checkpoint_load(const char *path, clipc_model **model, train_options *
         o->lr = strtof(lr, NULL);
         o->weight_decay = strtof(wd, NULL);
         o->grad_clip = strtof(clip, NULL);
+        char *ee = st_metadata_get(&f, "train_eval_every"); /* optional: older checkpoints lack it */
+        o->eval_every = ee ? strtol(ee, NULL, 10) : 0;
+        free(ee);
+        char *el = st_metadata_get(&f, "train_eval_limit");
+        o->eval_limit = el ? strtol(el, NULL, 10) : 0;
+        free(el);
         rc = trainer_init(t, m, o, d, err);
     }
     for (int i = 0; i < m->table.count && rc == 0; i++) {

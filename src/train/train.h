@@ -170,6 +170,7 @@ typedef struct train_options {
     int batch, accum;          /* a step is accum micro-batches of batch pairs */
     float lr, beta1, beta2, eps, weight_decay, grad_clip; /* grad_clip <= 0: none */
     long warmup, total_steps;
+    long eval_every, eval_limit; /* the run's --eval-every and --eval-limit, kept for --resume (0: not recorded / all) */
 } train_options;
 
 typedef struct trainer {
