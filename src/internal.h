@@ -79,6 +79,8 @@ int open_regular_file(const char *path, size_t *len, clipc_error *err);
 int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *err);
 /* Creates path atomically: data goes to path.tmp.PID, is fsynced, renamed. */
 int write_file_atomic(const char *path, const void *data, size_t len, clipc_error *err);
+/* mkdir -p: every missing folder of path; an error names the one that failed. */
+int make_dirs(const char *path, clipc_error *err);
 
 /* ---- util/rng.c: deterministic random numbers --------------------------- */
 

@@ -66,10 +66,15 @@ void test_hostile(void) {
     /* a 1x600000 PNG (1,244 bytes) whose resize would be 224 x 134 million */
     snprintf(args, sizeof args, "preprocess --size 224 tests/data/bomb_1x600000.png -o %s/p.npy", dir);
     refused("1x600000 PNG resized to 224", dir, args, "CLIPC_MAX_IMAGE_PIXELS");
+    /* --out folders are made with their parents; a file in the way is named */
+    snprintf(cmd, sizeof cmd, "%s export-images --limit 2 --out %s/a/b/c >/dev/null 2>&1 && ls %s/a/b/c | grep -q . && "
+             "touch %s/plain && %s export-images --limit 2 --out %s/plain/sub 2>&1 | grep -q 'plain: not a folder'",
+             clipc_binary, dir, dir, dir, clipc_binary, dir);
+    CHECK(run_cmd(cmd) == 0, "--out makes parent folders, and names a file in the way");
     /* --resume keeps the run's --eval-every and --eval-limit */
     snprintf(cmd, sizeof cmd,
              "%s train --data fashion-mnist --arch tiny --steps 8 --batch 16 --eval-every 3 --eval-limit 50 --stop-at 3 "
-             "--out %s/run >/dev/null 2>&1 && %s train --out %s/run --resume 2>&1 | grep -q 'step 6: zero-shot top-1 on 50 test images'",
+             "--out %s/deep/run >/dev/null 2>&1 && %s train --out %s/deep/run --resume 2>&1 | grep -q 'step 6: zero-shot top-1 on 50 test images'",
              clipc_binary, dir, clipc_binary, dir);
     CHECK(run_cmd(cmd) == 0, "--resume keeps --eval-every 3 and --eval-limit 50");
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

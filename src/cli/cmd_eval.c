@@ -96,8 +96,8 @@ static int features_of(clipc_model *m, const image_set *s, const char *what, flo
 }
 
 static int make_out_dir(const char *dir) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return cli_error("%s: %s", dir, strerror(errno));
-    return 0;
+    clipc_error err;
+    return make_dirs(dir, &err) ? cli_error("%s", err.message) : 0; /* parents too */
 }
 
 /* CLIP_benchmark's result layout, written atomically to DIR/NAME.json. */

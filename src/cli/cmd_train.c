@@ -223,7 +223,8 @@ static int train_main(int argc, char **argv, const dist *d) {
     bool lead = d->rank == 0; /* rank 0 prints, logs and saves */
     int rc = parse(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
-    if (mkdir(a.out, 0755) != 0 && errno != EEXIST) return cli_error("%s: %s", a.out, strerror(errno));
+    clipc_error derr;
+    if (make_dirs(a.out, &derr)) return cli_error("%s", derr.message); /* parents too */
     char ckpt[4096], log_path[4096], curve[4096];
     snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", a.out);
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", a.out);

@@ -118,21 +118,6 @@ int hub_path(const char *cache, const hub_model *m, int file, char *out, size_t 
     return (size_t)snprintf(out, cap, "%s/%s/%s", cache, folder, basename_of(m->urls[file])) < cap ? 0 : -1;
 }
 
-static int mkdirs(const char *path, clipc_error *err) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return clipc_fail(err, "path too long: %s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) return clipc_fail(err, "%s: %s", buf, strerror(errno));
-            *p = c;
-            if (!c) break;
-        }
-    }
-    return 0;
-}
-
 /* ---- SHA-256 (OpenSSL) --------------------------------------------------------------- */
 
 static int sha256_file(const char *path, char hex[65], clipc_error *err) {
@@ -281,7 +266,7 @@ int hub_pull(const hub_model *m, const char *cache, hub_progress_fn progress, vo
         if (hub_path(cache, m, f, dest, sizeof dest)) return clipc_fail(err, "cache path too long");
         char *slash = strrchr(dest, '/');
         *slash = '\0';
-        if (mkdirs(dest, err)) return -1;
+        if (make_dirs(dest, err)) return -1;
         *slash = '/';
         if (f == 0) snprintf(path_out, cap, "%s", dest);
         if (access(dest, F_OK) == 0) continue; /* already pulled (files land only when complete) */

@@ -78,3 +78,20 @@ fail:;
     unlink(tmp);
     return clipc_fail(err, "%s: write failed: %s", path, strerror(e));
 }
+
+int make_dirs(const char *path, clipc_error *err) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return clipc_fail(err, "path too long: %.80s...", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            struct stat st;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) return clipc_fail(err, "%s: %s", buf, strerror(errno));
+            if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) return clipc_fail(err, "%s: not a folder", buf);
+            *p = c;
+            if (!c) break;
+        }
+    }
+    return 0;
+}
