@@ -4,7 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 int test_passed, test_failed;
 const char *test_reference = "../shared/reference";
@@ -53,12 +55,73 @@ int load_npy(const char *rel, npy_array *a) {
 }
 
 int run_cmd(const char *cmd) {
+    fflush(stdout); /* the command's output after ours */
     int st = system(cmd);
     if (st == -1) return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+/* Peak memory of a command, measured honestly: a child forked from this
+ * (by then large, under ASan especially) process would report the parent's
+ * resident pages as its own peak (Linux carries the high-water mark across
+ * exec). So a small helper is forked first thing in main, and runs the
+ * commands on request: cmd in through one pipe, status and peak out. */
+static int spawner_in = -1, spawner_out = -1;
+
+static void spawner_loop(int in, int out) {
+    char cmd[8192];
+    size_t len;
+    while (read(in, &len, sizeof len) == (ssize_t)sizeof len && len < sizeof cmd) {
+        size_t got = 0;
+        while (got < len) {
+            ssize_t r = read(in, cmd + got, len - got);
+            if (r <= 0) _exit(0);
+            got += (size_t)r;
+        }
+        cmd[len] = '\0';
+        long result[2] = {-1, 0};
+        pid_t pid = fork();
+        if (pid == 0) {
+            execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+            _exit(127);
+        }
+        int status = 0;
+        struct rusage ru;
+        if (pid > 0 && wait4(pid, &status, 0, &ru) == pid) {
+            result[0] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            result[1] = ru.ru_maxrss;
+        }
+        if (write(out, result, sizeof result) != (ssize_t)sizeof result) _exit(0);
+    }
+    _exit(0);
+}
+
+static void start_spawner(void) {
+    int to[2], from[2];
+    if (pipe(to) || pipe(from)) return;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(to[1]), close(from[0]);
+        spawner_loop(to[0], from[1]);
+    }
+    close(to[0]), close(from[1]);
+    if (pid > 0) spawner_in = to[1], spawner_out = from[0];
+}
+
+int run_measured(const char *cmd, long *maxrss_kb) {
+    size_t len = strlen(cmd);
+    long result[2];
+    fflush(stdout);
+    if (spawner_in < 0 || write(spawner_in, &len, sizeof len) != (ssize_t)sizeof len ||
+        write(spawner_in, cmd, len) != (ssize_t)len || read(spawner_out, result, sizeof result) != (ssize_t)sizeof result)
+        return -1;
+    *maxrss_kb = result[1];
+    return (int)result[0];
+}
+
 int main(int argc, char **argv) {
+    start_spawner();
     if (getenv("CLIPC_REFERENCE")) test_reference = getenv("CLIPC_REFERENCE");
     if (getenv("CLIPC")) clipc_binary = getenv("CLIPC");
     struct { const char *name; void (*fn)(void); } suites[] = {
@@ -72,5 +135,6 @@ int main(int argc, char **argv) {
         printf("suite %-10s %d passed, %d failed\n", suites[i].name, test_passed - p, test_failed - f);
     }
     printf("%d passed, %d failed\n", test_passed, test_failed);
+    if (spawner_in >= 0) close(spawner_in); /* the helper exits */
     return test_failed ? 1 : 0;
 }

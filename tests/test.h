@@ -34,6 +34,9 @@ int load_npy(const char *rel, npy_array *a);
 /* Runs a shell command, returns its exit status; output goes to out_path
  * when non-NULL. */
 int run_cmd(const char *cmd);
+/* Runs sh -c cmd from a small helper process: its exit status (128 +
+ * signal if killed, -1 if it could not run) and peak RSS in KiB. */
+int run_measured(const char *cmd, long *maxrss_kb);
 
 void test_model(void);
 void test_tokenizer(void);

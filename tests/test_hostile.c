@@ -12,20 +12,6 @@
 
 #define RSS_BOUND_KB (512 * 1024) /* the documented bound: 512 MB */
 
-/* Runs sh -c cmd; its exit status (128 + signal if killed) and peak RSS. */
-static int run_measured(const char *cmd, long *maxrss_kb) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    int status = 0;
-    struct rusage ru;
-    if (pid < 0 || wait4(pid, &status, 0, &ru) < 0) return -1;
-    *maxrss_kb = ru.ru_maxrss;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 /* clipc ARGS must fail with exactly one line containing expect. */
 static void refused(const char *what, const char *dir, const char *args, const char *expect) {
     char cmd[4096], check[4096];
