@@ -385,6 +385,12 @@ void image_normalize(const unsigned char *rgb, int size, float *out);
 int image_encode_png(const unsigned char *rgb, int width, int height, unsigned char **out, size_t *len,
                      clipc_error *err);
 
+/* ---- tokenizer/bpe.c ------------------------------------------------------ */
+
+/* Words longer than this many bytes are merged by the O(n log n) heap path
+ * (identical ids); tests set it to compare both paths. */
+extern size_t bpe_long_threshold;
+
 /* ---- tokenizer/clean.c --------------------------------------------------- */
 
 /* basic_clean + whitespace_clean + lower(): the text that the pre-split regex

@@ -138,6 +138,50 @@ static void check_edges(clipc_tokenizer *tok) {
     CHECK(clipc_tokenize(tok, "a photo", 8, 0, row, &err) == 0 && row[3] == CLIPC_EOT && row[4] == 0, "context 8");
 }
 
+/* The heap path for long words gives the passes' ids exactly: on random
+ * words (letters, digits' neighbours, multi-byte UTF-8, repeats that
+ * overlap) both paths are run and compared; then a 300,000-letter word,
+ * which took ~44 s on the passes, goes through the heap path. */
+static void check_long_words(clipc_tokenizer *tok) {
+    static const char *const pieces[] = {"a", "b", "e", "th", "ing", "aa", "é", "ß", "ж", "的", "🙂", "x", "q", "an", "ss"};
+    clipc_error err;
+    rng r;
+    rng_seed(&r, 42);
+    int same = 0, total = 0;
+    size_t saved = bpe_long_threshold;
+    for (int w = 0; w < 300; w++) {
+        char word[4096] = "";
+        size_t len = 0, want = 1 + rng_next(&r) % 600;
+        while (len < want && len + 8 < sizeof word) {
+            const char *p = pieces[rng_next(&r) % (sizeof pieces / sizeof *pieces)];
+            memcpy(word + len, p, strlen(p));
+            len += strlen(p);
+        }
+        word[len] = '\0';
+        int32_t *a = NULL, *b = NULL;
+        int na = 0, nb = 0;
+        bpe_long_threshold = (size_t)-1; /* the passes */
+        int ra = clipc_tokenizer_encode(tok, word, &a, &na, &err);
+        bpe_long_threshold = 0; /* the heap */
+        int rb = clipc_tokenizer_encode(tok, word, &b, &nb, &err);
+        total++;
+        same += ra == 0 && rb == 0 && na == nb && !memcmp(a, b, (size_t)na * sizeof *a);
+        free(a), free(b);
+    }
+    bpe_long_threshold = saved;
+    CHECK(same == total, "heap BPE differs from the passes on %d of %d random words", total - same, total);
+    char *huge = malloc(300001);
+    memset(huge, 'a', 300000);
+    huge[300000] = '\0';
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(clipc_tokenizer_encode(tok, huge, &ids, &n, &err) == 0 && n > 0, "300,000-letter word: %s", err.message);
+    printf("  long words: heap BPE equals the passes on %d of %d random words; a 300,000-letter word gives %d ids\n",
+           same, total, n);
+    free(ids);
+    free(huge);
+}
+
 void test_tokenizer(void) {
     clipc_error err;
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
@@ -145,6 +189,16 @@ void test_tokenizer(void) {
     if (!tok) return;
     cJSON *real[64];
     int n_real = 0;
+    /* the whole corpus through the heap path too: it must give the same ids */
+    size_t saved = bpe_long_threshold;
+    bpe_long_threshold = 0;
+    int failed_before = test_failed;
+    check_encode_corpus(tok, real, &n_real);
+    for (int i = 0; i < n_real; i++) cJSON_Delete(real[i]);
+    n_real = 0;
+    CHECK(test_failed == failed_before, "the reference corpus through the heap BPE path");
+    bpe_long_threshold = saved;
+    check_long_words(tok);
     check_encode_corpus(tok, real, &n_real);
     check_tokenize_corpus(tok, real, n_real);
     check_edges(tok);
