@@ -107,7 +107,10 @@ static int make_query(clipc_model *m, const char *text, const char *image, float
         free(pixels);
         return rc;
     }
-    return query_vector(m, text, q, &err) ? cli_error("%s", err.message) : 0;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    int rc = !tok || query_vector(m, tok, text, q, &err) ? cli_error("%s", err.message) : 0;
+    clipc_tokenizer_free(tok);
+    return rc;
 }
 
 /* The ANN index beside the database (DB.faiss), rebuilt when the matrix

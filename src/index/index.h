@@ -95,7 +95,7 @@ void query_terms_free(query_term *terms, int n);
  * the normalised query vector q; fails when they cancel out. */
 int query_combine(const query_term *terms, int n, const float *e, int dim, float *q, clipc_error *err);
 /* Embeds each term's text and combines them. */
-int query_vector(clipc_model *m, const char *query, float *q, clipc_error *err);
+int query_vector(clipc_model *m, clipc_tokenizer *tok, const char *query, float *q, clipc_error *err);
 
 /* ---- approximate search with FAISS (ann.c, faiss_shim.cpp) ------------------------ */
 

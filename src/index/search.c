@@ -196,20 +196,18 @@ int query_combine(const query_term *terms, int n, const float *e, int dim, float
     return 0;
 }
 
-int query_vector(clipc_model *m, const char *query, float *q, clipc_error *err) {
+int query_vector(clipc_model *m, clipc_tokenizer *tok, const char *query, float *q, clipc_error *err) {
     query_term *terms;
     int n;
     if (query_parse(query, &terms, &n, err)) return -1;
     const clipc_config *c = clipc_model_config(m);
     int32_t *tokens = malloc((size_t)n * c->context_length * sizeof *tokens);
     float *e = malloc((size_t)n * c->embed_dim * sizeof *e);
-    clipc_tokenizer *tok = clipc_tokenizer_new(err);
-    int rc = tokens && e && tok ? 0 : (tok ? clipc_fail(err, "out of memory") : -1);
+    int rc = tokens && e ? 0 : clipc_fail(err, "out of memory");
     for (int i = 0; i < n && rc == 0; i++)
         rc = clipc_tokenize(tok, terms[i].text, c->context_length, 1, tokens + (size_t)i * c->context_length, err);
     if (rc == 0) rc = clipc_encode_text(m, tokens, n, e, err);
     if (rc == 0) rc = query_combine(terms, n, e, c->embed_dim, q, err);
-    clipc_tokenizer_free(tok);
     free(tokens), free(e);
     query_terms_free(terms, n);
     return rc;
