@@ -44,6 +44,11 @@ static void check_precisions(const char *what, clipc_model *m, const float *pixe
         const char *name = clipc_precision_name(p);
         CHECK(clipc_model_set_precision(m, p, &err) == 0, "%s %s: %s", what, name, err.message);
         CHECK(clipc_model_precision(m) == p, "%s: precision not set", what);
+        /* every converted matrix is found where the GEMMs look it up (else it silently stays fp32) */
+        int found = 0;
+        for (int i = 0; i < m->n_lowp; i++) found += model_lowp_find(m, m->lowp[i].offset) == &m->lowp[i];
+        CHECK(m->n_lowp > 0 && found == m->n_lowp, "%s %s: %d of %d converted weights found by offset", what, name,
+              found, m->n_lowp);
         if (encode_both(m, pixels, ni, tokens, nt, img, txt)) continue;
         double ci = min_row_cosine(img, img32, ni, E), ct = min_row_cosine(txt, txt32, nt, E);
         CHECK(ci >= bound_for(p) && ct >= bound_for(p), "%s %s: min cosine vs fp32 image %.6f text %.6f (bound %.3f)",

@@ -19,10 +19,11 @@
  * offset.
  *
  * oneDNN picks its kernel at run time (AMX, AVX512-BF16/VNNI, AVX-512,
- * AVX2; ONEDNN_MAX_CPU_ISA caps it). Where it has no kernel for a
- * precision (bf16 below AVX-512), the same arithmetic is emulated on
- * sgemm: bf16-rounded weights and inputs, or int8 values held in floats,
- * so the numbers match the native path's within float rounding. */
+ * AVX2; ONEDNN_MAX_CPU_ISA caps it). Where its kernel is missing, slower
+ * than sgemm or inexact (bf16 without AMX, int8 without VNNI: see
+ * precision_native_why), the same arithmetic is emulated on sgemm:
+ * bf16-rounded weights and inputs, or int8 values held in floats, so the
+ * numbers match the native path's within float rounding. */
 #include "tower.h"
 
 #include <cblas.h>
@@ -229,14 +230,10 @@ void model_lowp_free(clipc_model *m) {
     m->n_lowp = 0;
 }
 
-/* Converts W [out, in] for the given precision; native says whether oneDNN
- * has a kernel (otherwise the emulation's float copy is made). */
-static int lowp_weight_make(lowp_weight *w, const float *W, size_t offset, int out, int in, int precision,
-                            bool native) {
-    memset(w, 0, sizeof *w);
-    w->offset = offset;
-    w->out = out;
-    w->in = in;
+/* Converts W [w->out, w->in] for the given precision; native says whether
+ * oneDNN has a kernel (otherwise the emulation's float copy is made). */
+static int lowp_weight_make(lowp_weight *w, const float *W, int precision, bool native) {
+    int out = w->out, in = w->in;
     size_t n = (size_t)out * in;
     if (precision == CLIPC_BF16) {
         w->bf16 = malloc(n * sizeof *w->bf16);
@@ -265,12 +262,13 @@ static int lowp_weight_make(lowp_weight *w, const float *W, size_t offset, int o
 }
 
 /* Every weight matrix the towers multiply by in a linear layer (the
- * [in, out] projections at the towers' ends, one row per input, stay fp32). */
-static int gemm_weights(const clipc_model *m, size_t *off, int *out, int *in) {
+ * [in, out] projections at the towers' ends, one row per input, stay fp32),
+ * into w[] when it is non-NULL; returns how many. */
+static int gemm_weights(const clipc_model *m, lowp_weight *w) {
     const clipc_config *c = &m->cfg;
     const model_layout *L = &m->L;
     int k = 0;
-#define W(o, r, cols) (off[k] = (o), out[k] = (r), in[k] = (cols), k++)
+#define W(o, r, cols) (w ? (w[k] = (lowp_weight){.offset = (o), .out = (r), .in = (cols)}, 0) : 0, k++)
     if (c->vision_tower == CLIPC_VIT) {
         int D = c->vision_width, P = c->vision_patch_size, H = c->vision_mlp_width;
         W(L->v_conv, D, 3 * P * P);
@@ -289,10 +287,6 @@ static int gemm_weights(const clipc_model *m, size_t *off, int *out, int *in) {
     }
 #undef W
     return k;
-}
-
-static int gemm_weight_count(const clipc_config *c) {
-    return (c->vision_tower == CLIPC_VIT ? 1 + 4 * c->vision_layers : 4) + 4 * c->text_layers;
 }
 
 /* Whether oneDNN's kernel for the precision runs here, rather than the
@@ -328,6 +322,11 @@ static bool precision_native_why(int precision, char *why, size_t cap) {
 
 static bool precision_native(int precision) { return precision_native_why(precision, NULL, 0); }
 
+static int by_offset(const void *a, const void *b) {
+    size_t x = ((const lowp_weight *)a)->offset, y = ((const lowp_weight *)b)->offset;
+    return (x > y) - (x < y);
+}
+
 int clipc_model_set_precision(clipc_model *m, int precision, clipc_error *err) {
     return model_set_precision_emulated(m, precision, false, err);
 }
@@ -336,25 +335,23 @@ int model_set_precision_emulated(clipc_model *m, int precision, bool emulate, cl
     if (precision < CLIPC_FP32 || precision > CLIPC_INT8) return clipc_fail(err, "unknown precision %d", precision);
     model_lowp_free(m);
     m->precision = precision;
-    m->lowp_native = true;
-    if (precision == CLIPC_FP32) return 0;
-    m->lowp_native = !emulate && precision_native(precision);
-    int count = gemm_weight_count(&m->cfg);
-    size_t *off = malloc((size_t)count * sizeof *off);
-    int *out = malloc((size_t)count * sizeof *out), *in = malloc((size_t)count * sizeof *in);
-    m->lowp = calloc((size_t)count, sizeof *m->lowp);
-    int rc = 0;
-    if (!off || !out || !in || !m->lowp) {
-        rc = -1;
-    } else {
-        count = gemm_weights(m, off, out, in);
-        m->n_lowp = count;
-        for (int i = 0; i < count && rc == 0; i++)
-            rc = lowp_weight_make(&m->lowp[i], m->params + off[i], off[i], out[i], in[i], precision, m->lowp_native);
+    if (precision == CLIPC_FP32) {
+        m->lowp_native = true;
+        return 0;
     }
-    free(off);
-    free(out);
-    free(in);
+    m->lowp_native = !emulate && precision_native(precision);
+    int count = gemm_weights(m, NULL);
+    m->lowp = calloc((size_t)count, sizeof *m->lowp);
+    int rc = m->lowp ? 0 : -1;
+    if (rc == 0) {
+        m->n_lowp = gemm_weights(m, m->lowp);
+        /* find_weight searches by offset; the list above is in the towers'
+         * order, which is not the table's everywhere (the attention pool's
+         * q comes before its k in the list, after it in the table) */
+        qsort(m->lowp, (size_t)m->n_lowp, sizeof *m->lowp, by_offset);
+        for (int i = 0; i < m->n_lowp && rc == 0; i++)
+            rc = lowp_weight_make(&m->lowp[i], m->params + m->lowp[i].offset, precision, m->lowp_native);
+    }
     if (rc) {
         model_lowp_free(m);
         m->precision = CLIPC_FP32;
