@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ---- util/error.c ------------------------------------------------------ */
 
@@ -93,9 +94,24 @@ double rng_normal(rng *r);    /* N(0, 1) */
 /* ---- util/half.c ------------------------------------------------------- */
 
 float f16_to_f32(uint16_t h);
-float bf16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
-uint16_t f32_to_bf16(float f);
+
+/* bfloat16 is the top half of a float: inline, so the reduced-precision
+ * kernels' loops over them vectorise. Round to nearest even, as torch's
+ * .to(torch.bfloat16) and oneDNN round; NaN stays a (quiet) NaN. */
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; /* branch-free, so it vectorises */
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+}
 
 /* ---- weights/safetensors.c ---------------------------------------------- */
 

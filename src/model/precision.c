@@ -148,23 +148,6 @@ done:
 
 /* ---- conversions ------------------------------------------------------------- */
 
-/* float -> bfloat16, round to nearest even (as PyTorch and oneDNN round);
- * written branch-free so the compiler vectorises it. NaN stays NaN. */
-static inline uint16_t bf16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
-    return (uint16_t)(nan ? (u >> 16) | 0x40u : rounded);
-}
-
-static inline float bf16_widen(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* Round-to-nearest-even of |v| <= 2^22 by the 1.5 * 2^23 trick (vectorises). */
 static inline float round_even(float v) { return (v + 12582912.0f) - 12582912.0f; }
 
@@ -199,7 +182,7 @@ __attribute__((target("avx512f,avx512bf16"))) static void to_bf16_avx512(uint16_
         __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
         _mm512_storeu_si512((void *)(dst + j), (__m512i)v);
     }
-    for (; j < n; j++) dst[j] = bf16_round(src[j]);
+    for (; j < n; j++) dst[j] = f32_to_bf16(src[j]);
 }
 
 static void to_bf16(uint16_t *restrict dst, const float *restrict src, int n) {
@@ -210,7 +193,7 @@ static void to_bf16(uint16_t *restrict dst, const float *restrict src, int n) {
         return;
     }
 #pragma omp simd
-    for (int j = 0; j < n; j++) dst[j] = bf16_round(src[j]);
+    for (int j = 0; j < n; j++) dst[j] = f32_to_bf16(src[j]);
 }
 
 /* ---- weights ------------------------------------------------------------------- */
@@ -239,10 +222,10 @@ static int lowp_weight_make(lowp_weight *w, const float *W, int precision, bool 
         w->bf16 = malloc(n * sizeof *w->bf16);
         if (!w->bf16) return -1;
 #pragma omp parallel for simd if (n > 65536)
-        for (size_t i = 0; i < n; i++) w->bf16[i] = bf16_round(W[i]);
+        for (size_t i = 0; i < n; i++) w->bf16[i] = f32_to_bf16(W[i]);
         if (!native) {
             if (!(w->emulated = malloc(n * sizeof *w->emulated))) return -1;
-            for (size_t i = 0; i < n; i++) w->emulated[i] = bf16_widen(w->bf16[i]);
+            for (size_t i = 0; i < n; i++) w->emulated[i] = bf16_to_f32(w->bf16[i]);
         }
         return 0;
     }
@@ -428,7 +411,7 @@ static int bf16_matmul(void *y, bool y_bf16, int ldy, const uint16_t *xb, const 
         float *xe = ws_take(&ws, (size_t)n * in * sizeof(float));
         float *ye = y_bf16 ? ws_take(&ws, (size_t)n * out * sizeof(float)) : y;
 #pragma omp parallel for if ((size_t)n * in > 65536)
-        for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = bf16_widen(xb[i]);
+        for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = bf16_to_f32(xb[i]);
         gemm_rows(ye, y_bf16 ? out : ldy, xe, in, w->emulated + (size_t)row0 * in, b, n, in, out, accumulate);
         rows_activation(ye, y_bf16 ? out : ldy, n, out, act);
         if (y_bf16) bf16_rows(y, ye, out, n, out);

@@ -1,5 +1,6 @@
-/* half.c — IEEE half and bfloat16 conversions for checkpoints stored in
- * 16-bit floats (OpenAI's released weights are F16). */
+/* half.c — IEEE half conversions for checkpoints stored in
+ * 16-bit floats (OpenAI's released weights are F16). bfloat16, the top half
+ * of a float, converts inline: see internal.h. */
 #include "../internal.h"
 
 #include <string.h>
@@ -23,13 +24,6 @@ float f16_to_f32(uint16_t h) {
     } else {
         bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
     }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
     float f;
     memcpy(&f, &bits, 4);
     return f;
@@ -59,12 +53,4 @@ uint16_t f32_to_f16(float f) {
         if (exp >= 31) return (uint16_t)(sign | 0x7c00);
     }
     return (uint16_t)(sign | ((uint32_t)exp << 10) | (rounded >> 13));
-}
-
-/* Round to nearest even, as torch's .to(torch.bfloat16). */
-uint16_t f32_to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
-    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
