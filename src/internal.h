@@ -253,6 +253,10 @@ void config_defaults(clipc_config *cfg);
 int config_validate(const clipc_config *cfg, clipc_error *err);
 /* A model with its parameter table built and parameters zeroed. */
 clipc_model *model_new(const clipc_config *cfg, clipc_error *err);
+/* The same for a checkpoint whose tensors hold held_bytes: refused, before
+ * the parameters are allocated, when that is fewer bytes than parameters
+ * (an architecture guessed from names must not cost gigabytes to refuse). */
+clipc_model *model_new_within(const clipc_config *cfg, size_t held_bytes, clipc_error *err);
 /* A named architecture's config (NULL if unknown). */
 const clipc_config *arch_config(const char *name);
 /* Fills the model's parameters with its initialisation, from seed. */

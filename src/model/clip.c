@@ -50,7 +50,9 @@ int config_validate(const clipc_config *c, clipc_error *err) {
     return 0;
 }
 
-clipc_model *model_new(const clipc_config *cfg, clipc_error *err) {
+clipc_model *model_new(const clipc_config *cfg, clipc_error *err) { return model_new_within(cfg, SIZE_MAX, err); }
+
+clipc_model *model_new_within(const clipc_config *cfg, size_t held_bytes, clipc_error *err) {
     clipc_model *m = calloc(1, sizeof *m);
     if (!m) {
         clipc_fail(err, "out of memory");
@@ -59,6 +61,14 @@ clipc_model *model_new(const clipc_config *cfg, clipc_error *err) {
     m->cfg = *cfg;
     config_defaults(&m->cfg);
     if (params_build(&m->cfg, &m->table, &m->L, err)) {
+        free(m);
+        return NULL;
+    }
+    size_t params = clipc_model_param_count_of(&m->table);
+    if (held_bytes < params) {
+        clipc_fail(err, "the tensors hold %zu bytes, too few for the %zu parameters of the architecture their names describe",
+                   held_bytes, params);
+        params_free(&m->table, &m->L);
         free(m);
         return NULL;
     }

@@ -153,11 +153,16 @@ static int json_activation(cJSON *obj, const char *tower, const char *cfg_path, 
     return 0;
 }
 
-static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
-    char cfg_path[4096];
+/* The file beside the checkpoint, or "" (no directory part: the current one). */
+static void beside(const char *path, const char *file, char *out, size_t cap) {
     const char *slash = strrchr(path, '/');
     int dirlen = slash ? (int)(slash - path + 1) : 0;
-    snprintf(cfg_path, sizeof cfg_path, "%.*sconfig.json", dirlen, path);
+    snprintf(out, cap, "%.*s%s", dirlen, path, file);
+}
+
+static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
+    char cfg_path[4096];
+    beside(path, "config.json", cfg_path, sizeof cfg_path);
     unsigned char *text;
     size_t len;
     if (read_file(cfg_path, &text, &len, err))
@@ -427,13 +432,6 @@ static int adopt_int8(const st_file *f, clipc_model *m, clipc_error *err) {
     return 0;
 }
 
-/* The file beside the checkpoint, or "" (no directory part: the current one). */
-static void beside(const char *path, const char *file, char *out, size_t cap) {
-    const char *slash = strrchr(path, '/');
-    int dirlen = slash ? (int)(slash - path + 1) : 0;
-    snprintf(out, cap, "%.*s%s", dirlen, path, file);
-}
-
 static bool json_true(cJSON *obj, const char *key) { return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(obj, key)); }
 
 /* A string option that, when present, must have the one value clipc computes. */
@@ -536,27 +534,12 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
     if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
-    /* The architecture was guessed from names and a few shapes: before its
-     * parameters are allocated, the file must hold at least a byte for each
-     * of them (an 816-byte file must not cost gigabytes to refuse). */
-    if (rc == 0) {
-        clipc_config full = cfg;
-        config_defaults(&full);
-        param_table table;
-        model_layout layout;
-        if (params_build(&full, &table, &layout, err)) {
-            rc = -1;
-        } else {
-            size_t params = clipc_model_param_count_of(&table), held = 0;
-            for (int i = 0; i < f.count; i++) held += f.tensors[i].nbytes;
-            if (held < params)
-                rc = clipc_fail(err, "the tensors hold %zu bytes, too few for the %zu parameters of the architecture their "
-                                     "names describe", held, params);
-            params_free(&table, &layout);
-        }
-    }
+    /* the architecture was guessed from names and a few shapes: the file
+     * must hold at least a byte per parameter before they are allocated */
+    size_t held = 0;
+    for (int i = 0; i < f.count; i++) held += f.tensors[i].nbytes;
     clipc_model *m = NULL;
-    if (rc == 0) m = model_new(&cfg, err);
+    if (rc == 0) m = model_new_within(&cfg, held, err);
     if (m && (load_params(&f, naming, &m->table, m->params, m->source_dtype, err) ||
               (!strcmp(m->source_dtype, "int8") && adopt_int8(&f, m, err)))) {
         clipc_model_free(m);
