@@ -246,9 +246,6 @@ struct clipc_model {
     void *tap_ctx;
 };
 
-/* Fills a config's per-tower details left at 0 with OpenAI's values (MLP
- * 4x the width, LayerNorm eps 1e-5). */
-void config_defaults(clipc_config *cfg);
 /* Checks a config for values the model code cannot run. */
 int config_validate(const clipc_config *cfg, clipc_error *err);
 /* A model with its parameter table built and parameters zeroed. */

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-void config_defaults(clipc_config *c) {
+/* Fills a config's per-tower details left at 0 with OpenAI's values (MLP
+ * 4x the width, LayerNorm eps 1e-5). */
+static void config_defaults(clipc_config *c) {
     if (c->vision_mlp_width <= 0 && c->vision_tower == CLIPC_VIT) c->vision_mlp_width = 4 * c->vision_width;
     if (c->text_mlp_width <= 0) c->text_mlp_width = 4 * c->text_width;
     if (!(c->vision_ln_eps > 0.0f)) c->vision_ln_eps = 1e-5f;
