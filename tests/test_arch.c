@@ -169,6 +169,16 @@ static void check_pytorch(void) {
     unsigned char pkl[256], storage[16] = {0};
     size_t len = tensor_pickle(pkl, 100);
     check_bad_archive(dir, "tensor past its storage", pkl, len, storage, sizeof storage, false, "reaches past its storage");
+    /* shape (2^32, 2^32), strides (0, 0): its element count wraps to 0 in 64 bits */
+    static const char wrap_head[] = "\x80\x02}q\x00(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\nq\x01((X\x07\x00\x00\x00"
+                                    "storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x04tQK\x00";
+    static const char wrap_tail[] = "\x8a\x05\x00\x00\x00\x00\x01\x8a\x05\x00\x00\x00\x00\x01\x86K\x00K\x00\x86\x89"
+                                    "ccollections\nOrderedDict\n)RtRu.";
+    len = 0;
+    memcpy(pkl, wrap_head, sizeof wrap_head - 1), len += sizeof wrap_head - 1;
+    memcpy(pkl + len, wrap_tail, sizeof wrap_tail - 1), len += sizeof wrap_tail - 1;
+    check_bad_archive(dir, "a shape whose element count wraps", pkl, len, storage, sizeof storage, false,
+                      "reaches past its storage");
     len = tensor_pickle(pkl, 4);
     check_bad_archive(dir, "compressed entry", pkl, len, storage, sizeof storage, true, "is compressed");
     check_bad_archive(dir, "truncated pickle", pkl, len - 3, storage, sizeof storage, false, "truncated");

@@ -654,14 +654,18 @@ int pt_open(const char *path, st_file *f, clipc_error *err) {
             rc = -1;
             break;
         }
-        size_t numel = 1;
-        int64_t last = t->offset; /* the furthest element the view reaches */
-        for (int d = 0; d < t->ndim; d++) {
-            numel *= (size_t)t->shape[d];
-            if (t->shape[d] == 0) last = -1;
-            else if (last >= 0) last += (t->shape[d] - 1) * t->stride[d];
+        /* numel and the furthest element the view reaches, in checked
+         * arithmetic (sizes and strides are each below 2^40, their
+         * products need not be) */
+        size_t numel = 1, last = (size_t)t->offset, reach;
+        bool empty = false, fits = true;
+        for (int d = 0; d < t->ndim && fits; d++) {
+            fits = size_mul(numel, (size_t)t->shape[d], &numel);
+            if (t->shape[d] == 0) empty = true;
+            else if (fits) fits = size_mul((size_t)(t->shape[d] - 1), (size_t)t->stride[d], &reach) &&
+                                 !__builtin_add_overflow(last, reach, &last);
         }
-        if (slen / esz < (size_t)t->storage->i || (last >= 0 && (size_t)last >= slen / esz) || numel > slen / esz + 1) {
+        if (!fits || slen / esz < (size_t)t->storage->i || (!empty && last >= slen / esz) || numel > slen / esz + 1) {
             free(storage);
             rc = clipc_fail(err, "%s: tensor '%s' reaches past its storage", path, key_name);
             break;
