@@ -154,8 +154,8 @@ static float train_step_grads(clipc_model *m, const float *pixels, const int32_t
     float *fi = malloc((size_t)B * E * sizeof *fi), *ft = malloc((size_t)B * E * sizeof *ft);
     float *di = malloc((size_t)B * E * sizeof *di), *dt = malloc((size_t)B * E * sizeof *dt);
     tower_cache ci = {0}, ct = {0};
-    CHECK(vit_train_forward(m, pixels, B, fi, &ci, &err) == 0, "%s", err.message);
-    CHECK(text_train_forward(m, tokens, B, ft, &ct, &err) == 0, "%s", err.message);
+    CHECK(vit_train_forward(m, NULL, pixels, B, fi, &ci, &err) == 0, "%s", err.message);
+    CHECK(text_train_forward(m, NULL, NULL, tokens, B, ft, &ct, &err) == 0, "%s", err.message);
     loss_metrics lm;
     float dscale;
     clip_loss(fi, ft, B, E, m->params[m->L.logit_scale], di, dt, &dscale, &lm);
@@ -172,7 +172,7 @@ static float train_step_grads(clipc_model *m, const float *pixels, const int32_t
     }
     grads[m->L.logit_scale] = dscale;
     CHECK(vit_train_backward(m, &ci, di, grads, &err) == 0, "%s", err.message);
-    CHECK(text_train_backward(m, &ct, dt, grads, &err) == 0, "%s", err.message);
+    CHECK(text_train_backward(m, &ct, dt, grads, NULL, &err) == 0, "%s", err.message);
     tower_cache_free(&ci);
     tower_cache_free(&ct);
     free(fi), free(ft), free(di), free(dt);

@@ -44,7 +44,8 @@ void linear_backward(float *dx, float *dW, float *db, const float *dy, const flo
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, W, in,
                     accumulate_dx ? 1.0f : 0.0f, dx, in);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (dW) /* NULL: a frozen weight, whose gradient GEMM is skipped */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dW, in);
     if (db) /* each thread sums a block of columns down all rows */
 #pragma omp parallel for if ((size_t)n * out > 65536)
         for (int j0 = 0; j0 < out; j0 += 64) {
@@ -63,7 +64,7 @@ void matmul_forward(float *y, const float *x, const float *W, int n, int in, int
 /* Backward of matmul_forward: dx = dy W^T, dW += x^T dy. */
 void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W, int n, int in, int out) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, in, out, 1.0f, dy, out, W, out, 0.0f, dx, in);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, n, 1.0f, x, in, dy, out, 1.0f, dW, out);
+    if (dW) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, n, 1.0f, x, in, dy, out, 1.0f, dW, out);
 }
 
 /* LayerNorm over the last dimension (eps: nn.LayerNorm's default is 1e-5),
@@ -111,17 +112,19 @@ static inline float fast_expf(float x) {
 
 /* LayerNorm backward from the layer's input x (mean and rstd recomputed):
  *   xhat = (x - mean) rstd,  g = dy w
- *   dx (+)= rstd (g - mean(g) - xhat mean(g xhat)),  dw += dy xhat,  db += dy */
+ *   dx (+)= rstd (g - mean(g) - xhat mean(g xhat)),  dw += dy xhat,  db += dy
+ * (dw and db both NULL: only dx). */
 void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
                         int dim, float eps, bool accumulate_dx) {
+    bool params = dw != NULL; /* NULL dw and db: frozen gains, only dx is wanted */
     int threads = n * dim > 65536 ? omp_get_max_threads() : 1;
     /* per-thread partial sums of dw and db, added up after */
-    float *partial = threads > 1 ? calloc((size_t)threads * 2 * dim, sizeof *partial) : NULL;
-    if (!partial) threads = 1;
+    float *partial = params && threads > 1 ? calloc((size_t)threads * 2 * dim, sizeof *partial) : NULL;
+    if (params && !partial) threads = 1;
 #pragma omp parallel num_threads(threads)
     {
         int t = omp_get_thread_num();
-        float *pw = threads > 1 ? partial + (size_t)t * 2 * dim : dw, *pb = threads > 1 ? pw + dim : db;
+        float *pw = partial ? partial + (size_t)t * 2 * dim : dw, *pb = partial ? pw + dim : db;
 #pragma omp for
         for (int i = 0; i < n; i++) {
             const float *xi = x + (size_t)i * dim, *dyi = dy + (size_t)i * dim;
@@ -136,8 +139,10 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
                 float xhat = (xi[j] - mean) * rstd, g = dyi[j] * w[j];
                 g_mean += g;
                 gx_mean += g * xhat;
-                pw[j] += dyi[j] * xhat;
-                pb[j] += dyi[j];
+                if (params) {
+                    pw[j] += dyi[j] * xhat;
+                    pb[j] += dyi[j];
+                }
             }
             g_mean /= dim;
             gx_mean /= dim;
@@ -148,7 +153,7 @@ void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const 
             }
         }
     }
-    if (threads > 1) {
+    if (partial) {
         for (int t = 0; t < threads; t++)
             for (int j = 0; j < dim; j++) {
                 dw[j] += partial[(size_t)t * 2 * dim + j];

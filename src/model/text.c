@@ -70,7 +70,7 @@ int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, c
     float *x = arena_alloc(a, (size_t)T * D);
     text_embed(m, tokens, n, start, len, x);
 
-    packing pk = {start, len, n, T, max_len};
+    packing pk = {start, len, n, T, max_len, NULL};
     float *pooled = arena_alloc(a, (size_t)n * D);
     tower_spec t = text_tower_spec(m);
     transformer_forward(m, a, &t, x, &pk, eot_row, pooled);

@@ -8,7 +8,32 @@
 typedef struct packing {
     const int *start, *len;
     int n_seq, total, max_len;
+    const size_t *probs_offset; /* training: where each sequence's attention probabilities go */
 } packing;
+
+/* LoRA (Hu et al. 2021, eq. 3): a frozen weight W [out, in] gains a
+ * trainable low-rank update, h = x W^T + scale (x A^T) B^T with A [r, in],
+ * B [out, r] and scale = alpha / r. In a block, q, k and v are the three
+ * row ranges of in_proj, out is out_proj, fc and proj the MLP's c_fc and
+ * c_proj (Hugging Face: q_proj, k_proj, v_proj, out_proj, fc1, fc2). */
+enum lora_target { LORA_Q, LORA_K, LORA_V, LORA_OUT, LORA_FC, LORA_PROJ, LORA_TARGETS };
+typedef struct lora_pair {
+    float *A, *B;   /* NULL: this weight is not adapted */
+    float *dA, *dB; /* their gradients (added into), same shapes */
+} lora_pair;
+typedef struct lora_tower {
+    lora_pair (*blocks)[LORA_TARGETS]; /* [layers][LORA_TARGETS] */
+    int rank;
+    float scale;
+} lora_tower;
+
+/* Where one block's intermediates go. Inference points them into shared
+ * buffers (x_mid the residual stream itself, fc_pre == fc_act: the MLP
+ * fused); training gives each its own, kept for the backward pass. */
+typedef struct block_cache {
+    float *x_in, *ln1, *qkv, *probs, *att, *x_mid, *ln2, *fc_pre, *fc_act;
+    float *lora_u[LORA_TARGETS]; /* training with LoRA: x A^T [T, r] of each adapted weight */
+} block_cache;
 
 /* One transformer tower's blocks and settings. */
 typedef struct tower_spec {
@@ -18,10 +43,17 @@ typedef struct tower_spec {
     float eps;               /* LayerNorm epsilon */
     bool causal;             /* the text tower's mask */
     const char *prefix;      /* tensor-name prefix, for the debug tap */
+    const lora_tower *lora;  /* training with LoRA; NULL otherwise (a merged LoRA is plain weights) */
 } tower_spec;
 tower_spec vision_tower_spec(const clipc_model *m);
 tower_spec text_tower_spec(const clipc_model *m);
 
+/* One residual block, x_out = block(k->x_in), for every row of pk; x_out
+ * may be k->x_in (in place). tmp [T, D] is needed with LayerScale or tap;
+ * scratch: attention_scratch floats; ws: lowp_scratch floats. The one block
+ * forward of the model: inference and training both run it. */
+void block_forward(const clipc_model *m, const tower_spec *t, int layer, const packing *pk, const block_cache *k,
+                   float *x_out, float *tmp, float *scratch, float *ws, bool tap);
 size_t transformer_scratch(int T, int D, int H, int max_len, int heads, int n_seq);
 /* Runs the blocks over x [T, D]; pooled [n_seq, D] receives the final hidden
  * state of row pool_row[s] of each sequence (x itself is left partly

@@ -12,6 +12,7 @@
  * block's worth of work saved. */
 #include "tower.h"
 
+#include <cblas.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,20 +29,20 @@ void model_tap(const clipc_model *m, const char *name, const float *x, int rows,
 tower_spec vision_tower_spec(const clipc_model *m) {
     const clipc_config *c = &m->cfg;
     return (tower_spec){m->L.v_blocks, c->vision_layers, c->vision_width, c->vision_heads, c->vision_mlp_width,
-                        c->vision_activation, c->vision_ln_eps, false, "visual.transformer."};
+                        c->vision_activation, c->vision_ln_eps, false, "visual.transformer.", NULL};
 }
 
 tower_spec text_tower_spec(const clipc_model *m) {
     const clipc_config *c = &m->cfg;
     return (tower_spec){m->L.t_blocks, c->text_layers, c->text_width, c->text_heads, c->text_mlp_width,
-                        c->activation, c->text_ln_eps, true, "transformer."};
+                        c->activation, c->text_ln_eps, true, "transformer.", NULL};
 }
 
 /* x [n, D] += gamma * y (a LayerScale residual branch), rows ldx apart. */
 static void add_scaled(float *x, int ldx, const float *y, const float *gamma, int n, int D) {
 #pragma omp parallel for if ((size_t)n * D > 65536)
     for (int i = 0; i < n; i++)
-        for (int d = 0; d < D; d++) x[(size_t)i * ldx + d] += gamma[d] * y[(size_t)i * D + d];
+        for (int d = 0; d < D; d++) x[(size_t)i * ldx + d] += (gamma ? gamma[d] : 1.0f) * y[(size_t)i * D + d];
 }
 
 /* The residual branch x += [ls *] out_proj(att) for n rows. */
@@ -70,37 +71,73 @@ static void mlp_out(const clipc_model *m, const tower_spec *t, const block_offse
     add_scaled(x, D, tmp, P + b->ls2, n, D);
 }
 
-/* One full block over all T rows, in place on x. */
-static void block_forward(const clipc_model *m, const tower_spec *t, const block_offsets *b, float *x,
-                          const packing *pk, float *ln, float *qkv, float *att, float *hid, float *tmp, float *scratch,
-                          float *ws, bool tap_sublayers) {
+/* y [n, out] (rows ldy apart) += scale (x A^T) B^T, keeping u = x A^T [n, r]. */
+static void lora_forward(float *y, int ldy, const float *x, const lora_pair *p, float *u, int n, int in, int out,
+                         int r, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, x, in, p->A, in, 0.0f, u, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scale, u, r, p->B, r, 1.0f, y, ldy);
+}
+
+/* The adapted weight of target tg in this block, or NULL. */
+static const lora_pair *lora_of(const tower_spec *t, int layer, int tg) {
+    return t->lora && t->lora->blocks[layer][tg].A ? &t->lora->blocks[layer][tg] : NULL;
+}
+
+/* y (rows ldy apart) (=|+=) x W^T + b [+ LoRA], W the matrix at w_off. */
+static void linear_lora(const clipc_model *m, const tower_spec *t, const block_cache *k, int layer, int tg, float *y,
+                        int ldy, const float *x, size_t w_off, const float *bias, int n, int in, int out,
+                        bool accumulate, float *ws) {
+    model_gemm(m, y, ldy, x, in, w_off, bias, n, in, out, accumulate, -1, ws);
+    const lora_pair *p = lora_of(t, layer, tg);
+    if (p) lora_forward(y, ldy, x, p, k->lora_u[tg], n, in, out, t->lora->rank, t->lora->scale);
+}
+
+void block_forward(const clipc_model *m, const tower_spec *t, int layer, const packing *pk, const block_cache *k,
+                   float *x_out, float *tmp, float *scratch, float *ws, bool tap) {
+    const block_offsets *b = &t->blocks[layer];
     const float *P = m->params;
     int T = pk->total, D = t->D, H = t->H;
+    bool ls1 = b->ls1 != (size_t)-1, ls2 = b->ls2 != (size_t)-1;
     char name[128];
-    layernorm_forward(ln, x, P + b->ln1_w, P + b->ln1_b, T, D, t->eps);
-    model_gemm(m, qkv, 3 * D, ln, D, b->qkv_w, P + b->qkv_b, T, D, 3 * D, false, -1, ws);
-    attention_forward(att, qkv, pk->start, pk->len, NULL, pk->n_seq, D, t->heads, t->causal, scratch, NULL, NULL);
-    if (tap_sublayers) { /* block 0's sub-layer outputs, for the reference tests */
-        model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.ln_1", t->prefix), name), ln, T, D);
-        model_gemm(m, ln, D, att, D, b->out_w, P + b->out_b, T, D, D, false, -1, ws);
-        model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.attn", t->prefix), name), ln, T, D);
+#define TAP(what, x, cols) \
+    if (tap) model_tap(m, (snprintf(name, sizeof name, "%sresblocks.%d.%s", t->prefix, layer, what), name), x, T, cols)
+    /* x_mid = x_in + [ls_1 *] out_proj(attention(ln_1(x_in))) */
+    layernorm_forward(k->ln1, k->x_in, P + b->ln1_w, P + b->ln1_b, T, D, t->eps);
+    TAP("ln_1", k->ln1, D);
+    for (int tg = LORA_Q; tg <= LORA_V; tg++) /* q, k, v: the row ranges of in_proj */
+        linear_lora(m, t, k, layer, tg, k->qkv + tg * D, 3 * D, k->ln1, b->qkv_w + (size_t)tg * D * D,
+                    P + b->qkv_b + tg * D, T, D, D, false, ws);
+    attention_forward(k->att, k->qkv, pk->start, pk->len, NULL, pk->n_seq, D, t->heads, t->causal, scratch, k->probs,
+                      pk->probs_offset);
+    if (k->x_mid != k->x_in) memcpy(k->x_mid, k->x_in, (size_t)T * D * sizeof *k->x_mid);
+    if (ls1 || tap) {
+        linear_lora(m, t, k, layer, LORA_OUT, tmp, D, k->att, b->out_w, P + b->out_b, T, D, D, false, ws);
+        TAP("attn", tmp, D);
+        add_scaled(k->x_mid, D, tmp, ls1 ? P + b->ls1 : NULL, T, D);
+    } else {
+        linear_lora(m, t, k, layer, LORA_OUT, k->x_mid, D, k->att, b->out_w, P + b->out_b, T, D, D, true, ws);
     }
-    attention_out(m, b, x, att, tmp, T, D, ws);
-    layernorm_forward(ln, x, P + b->ln2_w, P + b->ln2_b, T, D, t->eps);
-    if (tap_sublayers) { /* block 0's MLP in steps: the reference taps c_fc before the activation */
-        model_gemm(m, hid, H, ln, D, b->fc_w, P + b->fc_b, T, D, H, false, -1, ws);
-        model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.ln_2", t->prefix), name), ln, T, D);
-        model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.mlp.c_fc", t->prefix), name), hid, T, H);
-        activation_forward(hid, (size_t)T * H, t->act);
-        model_gemm(m, tmp, D, hid, H, b->proj_w, P + b->proj_b, T, H, D, false, -1, ws);
-        model_tap(m, (snprintf(name, sizeof name, "%sresblocks.0.mlp", t->prefix), name), tmp, T, D);
-        if (b->ls2 == (size_t)-1)
-            model_gemm(m, x, D, hid, H, b->proj_w, P + b->proj_b, T, H, D, true, -1, ws);
-        else
-            add_scaled(x, D, tmp, P + b->ls2, T, D);
+    /* x_out = x_mid + [ls_2 *] c_proj(act(c_fc(ln_2(x_mid)))) */
+    layernorm_forward(k->ln2, k->x_mid, P + b->ln2_w, P + b->ln2_b, T, D, t->eps);
+    TAP("ln_2", k->ln2, D);
+    if (x_out != k->x_mid) memcpy(x_out, k->x_mid, (size_t)T * D * sizeof *x_out);
+    bool fused = k->fc_pre == k->fc_act && !tap && !lora_of(t, layer, LORA_FC) && !lora_of(t, layer, LORA_PROJ);
+    if (fused) { /* inference: the activation inside the GEMM, the hidden layer at the GEMMs' precision */
+        mlp_out(m, t, b, x_out, k->ln2, k->fc_act, tmp, T, ws);
         return;
     }
-    mlp_out(m, t, b, x, ln, hid, tmp, T, ws);
+    linear_lora(m, t, k, layer, LORA_FC, k->fc_pre, H, k->ln2, b->fc_w, P + b->fc_b, T, D, H, false, ws);
+    TAP("mlp.c_fc", k->fc_pre, H); /* the reference taps c_fc before the activation */
+    if (k->fc_act != k->fc_pre) memcpy(k->fc_act, k->fc_pre, (size_t)T * H * sizeof *k->fc_act);
+    activation_forward(k->fc_act, (size_t)T * H, t->act);
+    if (ls2 || tap) {
+        linear_lora(m, t, k, layer, LORA_PROJ, tmp, D, k->fc_act, b->proj_w, P + b->proj_b, T, H, D, false, ws);
+        TAP("mlp", tmp, D);
+        add_scaled(x_out, D, tmp, ls2 ? P + b->ls2 : NULL, T, D);
+    } else {
+        linear_lora(m, t, k, layer, LORA_PROJ, x_out, D, k->fc_act, b->proj_w, P + b->proj_b, T, H, D, true, ws);
+    }
+#undef TAP
 }
 
 /* The last block, computed for the pooled rows only; writes pooled [n, D]. */
@@ -140,8 +177,11 @@ void transformer_forward(const clipc_model *m, arena *a, const tower_spec *t, fl
     /* With a debug tap every row of every block is wanted: no pruning. */
     int full = m->tap ? t->layers : t->layers - 1;
     char name[128];
+    /* in place: the residual stream is x_in, x_mid and x_out; one LayerNorm
+     * buffer serves both; fc_pre == fc_act fuses the MLP */
+    block_cache k = {.x_in = x, .ln1 = ln, .qkv = qkv, .att = att, .x_mid = x, .ln2 = ln, .fc_pre = hid, .fc_act = hid};
     for (int l = 0; l < full; l++) {
-        block_forward(m, t, &t->blocks[l], x, pk, ln, qkv, att, hid, tmp, scratch, ws, m->tap && l == 0);
+        block_forward(m, t, l, pk, &k, x, tmp, scratch, ws, m->tap && l == 0);
         if (m->tap) model_tap(m, (snprintf(name, sizeof name, "%sresblocks.%d", t->prefix, l), name), x, T, D);
     }
     if (full == t->layers) {

@@ -70,7 +70,7 @@ int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, floa
     layernorm_forward(x, x, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, T, D, c->vision_ln_eps);
     model_tap(m, "visual.ln_pre", x, T, D);
 
-    packing pk = {start, len, n, T, S};
+    packing pk = {start, len, n, T, S, NULL};
     float *cls_rows = arena_alloc(a, (size_t)n * D);
     tower_spec t = vision_tower_spec(m);
     transformer_forward(m, a, &t, x, &pk, cls_row, cls_rows);

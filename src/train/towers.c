@@ -1,9 +1,11 @@
 /* towers.c — the image (ViT) and text towers for training: forward passes
  * that keep every activation the backward pass needs, and the backward
  * passes, each layer's gradient written next to the step that produced it.
- * The maths of every layer is in model/layers.c, forward beside backward.
+ * The maths of every layer is in model/layers.c, forward beside backward;
+ * the block forward is model/transformer.c's, the one inference runs, here
+ * given a cache that keeps its intermediates.
  *
- * Block forward (as in transformer.c):       Block backward, in reverse:
+ * Block forward (transformer.c):              Block backward, in reverse:
  *   ln1   = LN1(x_in)                          d_fc_act = dx W_proj      (+ dW_proj, db_proj)
  *   qkv   = ln1 W_qkv^T + b                    d_fc_pre = d_fc_act act'(fc_pre)
  *   att   = attention(qkv)                     d_ln2    = d_fc_pre W_fc  (+ dW_fc, db_fc)
@@ -12,10 +14,17 @@
  *   fc_pre = ln2 W_fc^T + b                    d_qkv    = attention'(d_att)
  *   fc_act = act(fc_pre)                       d_ln1    = d_qkv W_qkv    (+ dW_qkv, db_qkv)
  *   x_out = x_mid + fc_act W_proj^T + b        dx      += LN1'(d_ln1)    (now d x_in)
+ *
+ * Fine-tuning trains only some parameters. With grads NULL no parameter
+ * gradient is formed at all (no weight-gradient GEMMs: the frozen towers of
+ * LoRA and CoOp only carry dx back); LoRA's A and B (tower_spec.lora) get
+ * theirs from the low-rank branch alone:
+ *   u = x A^T,  dB += s dy^T u,  du = s dy B,  dA += du^T x,  dx += du A
  */
 #include "train.h"
 #include "../model/tower.h"
 
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,9 +54,12 @@ static float *take(bump *b, size_t n) {
  * given lengths; extra = floats the tower needs beyond the blocks. The
  * buffers of an earlier pass are reused when they are large enough, so a
  * training loop does not fault in fresh pages every step. */
-static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *lens, int D, int H, int heads, int layers,
-                      size_t extra, bump *b, clipc_error *err) {
-    (void)m;
+static int cache_init(tower_cache *c, const clipc_model *m, const tower_spec *t, int n, const int *lens, size_t extra, bump *b,
+                      clipc_error *err) {
+    int D = t->D, H = t->H, heads = t->heads, layers = t->layers, r = t->lora ? t->lora->rank : 0;
+    if (m->precision != CLIPC_FP32) return clipc_fail(err, "training runs at fp32: the model is set to %s", clipc_precision_name(m->precision));
+    if (t->blocks[0].ls1 != (size_t)-1)
+        return clipc_fail(err, "training a model with LayerScale (ls_1/ls_2 gammas) is not supported yet");
     if (n > c->n_cap) {
         free(c->start);
         c->start = malloc(((size_t)n * 3 + 1) * sizeof(int) + (size_t)n * sizeof(size_t));
@@ -80,7 +92,7 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
         c->max_len = lens[i] > c->max_len ? lens[i] : c->max_len;
     }
     size_t T = (size_t)c->T;
-    size_t per_block = 8 * T * D + 2 * T * (size_t)H + probs + 10 * 16; /* see the takes below */
+    size_t per_block = 8 * T * D + 2 * T * (size_t)H + probs + LORA_TARGETS * T * r + 16 * (10 + LORA_TARGETS);
     size_t total = extra + (size_t)layers * per_block + 2 * T * D + 2 * (size_t)n * D + 10 * 16;
     if (total > c->mem_cap) {
         free(c->mem);
@@ -105,6 +117,8 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
         k->ln2 = take(b, T * D);
         k->fc_pre = take(b, T * (size_t)H);
         k->fc_act = take(b, T * (size_t)H);
+        for (int tg = 0; tg < LORA_TARGETS; tg++)
+            k->lora_u[tg] = t->lora && t->lora->blocks[l][tg].A ? take(b, T * (size_t)r) : NULL;
     }
     c->x_out = take(b, T * D);
     c->pooled_in = take(b, (size_t)n * D);
@@ -112,60 +126,67 @@ static int cache_init(tower_cache *c, const clipc_model *m, int n, const int *le
     return 0;
 }
 
-static void block_forward_train(const clipc_model *m, const tower_spec *t, const block_offsets *bo,
-                                const tower_cache *c, block_cache *k, float *x_out, float *scratch) {
-    const float *P = m->params;
-    int T = c->T, D = c->D, H = t->H;
-    layernorm_forward(k->ln1, k->x_in, P + bo->ln1_w, P + bo->ln1_b, T, D, t->eps);
-    linear_forward(k->qkv, k->ln1, P + bo->qkv_w, P + bo->qkv_b, T, D, 3 * D, false);
-    attention_forward(k->att, k->qkv, c->start, c->len, NULL, c->n, D, t->heads, t->causal, scratch, k->probs,
-                      c->probs_offset);
-    memcpy(k->x_mid, k->x_in, (size_t)T * D * sizeof(float));
-    linear_forward(k->x_mid, k->att, P + bo->out_w, P + bo->out_b, T, D, D, true);
-    layernorm_forward(k->ln2, k->x_mid, P + bo->ln2_w, P + bo->ln2_b, T, D, t->eps);
-    linear_forward(k->fc_pre, k->ln2, P + bo->fc_w, P + bo->fc_b, T, D, H, false);
-    memcpy(k->fc_act, k->fc_pre, (size_t)T * H * sizeof(float));
-    activation_forward(k->fc_act, (size_t)T * H, t->act);
-    memcpy(x_out, k->x_mid, (size_t)T * D * sizeof(float));
-    linear_forward(x_out, k->fc_act, P + bo->proj_w, P + bo->proj_b, T, H, D, true);
+/* The LoRA branch backward for one adapted weight: dy [n, out] (rows ldy
+ * apart) the branch output's gradient, x [n, in] its input, u = x A^T from
+ * the forward pass; dx [n, in] += du A; du: n r floats of work. */
+static void lora_backward(float *dx, const float *dy, int ldy, const float *x, const float *u, const lora_pair *p,
+                          int n, int in, int out, int r, float s, float *du) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, dy, ldy, u, r, 1.0f, p->dB, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, dy, ldy, p->B, r, 0.0f, du, r);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, du, r, x, in, 1.0f, p->dA, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, du, r, p->A, in, 1.0f, dx, in);
 }
 
 /* dx: gradient w.r.t. the block's output in, w.r.t. its input out.
- * work: block_backward_work floats. */
-static void block_backward(const clipc_model *m, const tower_spec *t, const block_offsets *bo, const tower_cache *c,
+ * G NULL: no parameter gradients. work: block_backward_work floats. */
+static void block_backward(const clipc_model *m, const tower_spec *t, int layer, const tower_cache *c,
                            const block_cache *k, float *dx, float *G, float *work) {
+    const block_offsets *bo = &t->blocks[layer];
     const float *P = m->params;
-    int T = c->T, D = c->D, H = t->H;
+    int T = c->T, D = c->D, H = t->H, r = t->lora ? t->lora->rank : 0;
+    float s = t->lora ? t->lora->scale : 0;
     float *d_fc = work, *d_ln = d_fc + (size_t)T * H, *d_qkv = d_ln + (size_t)T * D;
-    float *scratch = d_qkv + (size_t)T * 3 * D;
-    linear_backward(d_fc, G + bo->proj_w, G + bo->proj_b, dx, k->fc_act, P + bo->proj_w, T, H, D, false);
+    float *du = d_qkv + (size_t)T * 3 * D, *scratch = du + (size_t)T * r;
+#define GP(off) (G ? G + (off) : NULL)
+#define LORA(tg) (t->lora && t->lora->blocks[layer][tg].A ? &t->lora->blocks[layer][tg] : NULL)
+    const lora_pair *p;
+    linear_backward(d_fc, GP(bo->proj_w), GP(bo->proj_b), dx, k->fc_act, P + bo->proj_w, T, H, D, false);
+    if ((p = LORA(LORA_PROJ))) lora_backward(d_fc, dx, D, k->fc_act, k->lora_u[LORA_PROJ], p, T, H, D, r, s, du);
     activation_backward(d_fc, d_fc, k->fc_pre, (size_t)T * H, t->act);
-    linear_backward(d_ln, G + bo->fc_w, G + bo->fc_b, d_fc, k->ln2, P + bo->fc_w, T, D, H, false);
-    layernorm_backward(dx, G + bo->ln2_w, G + bo->ln2_b, d_ln, k->x_mid, P + bo->ln2_w, T, D, t->eps, true);
+    linear_backward(d_ln, GP(bo->fc_w), GP(bo->fc_b), d_fc, k->ln2, P + bo->fc_w, T, D, H, false);
+    if ((p = LORA(LORA_FC))) lora_backward(d_ln, d_fc, H, k->ln2, k->lora_u[LORA_FC], p, T, D, H, r, s, du);
+    layernorm_backward(dx, GP(bo->ln2_w), GP(bo->ln2_b), d_ln, k->x_mid, P + bo->ln2_w, T, D, t->eps, true);
     float *d_att = d_ln;
-    linear_backward(d_att, G + bo->out_w, G + bo->out_b, dx, k->att, P + bo->out_w, T, D, D, false);
+    linear_backward(d_att, GP(bo->out_w), GP(bo->out_b), dx, k->att, P + bo->out_w, T, D, D, false);
+    if ((p = LORA(LORA_OUT))) lora_backward(d_att, dx, D, k->att, k->lora_u[LORA_OUT], p, T, D, D, r, s, du);
     attention_backward(d_qkv, d_att, k->qkv, k->probs, c->probs_offset, c->start, c->len, c->n, D, t->heads, scratch);
-    linear_backward(d_ln, G + bo->qkv_w, G + bo->qkv_b, d_qkv, k->ln1, P + bo->qkv_w, T, D, 3 * D, false);
+    linear_backward(d_ln, GP(bo->qkv_w), GP(bo->qkv_b), d_qkv, k->ln1, P + bo->qkv_w, T, D, 3 * D, false);
+    for (int tg = LORA_Q; tg <= LORA_V; tg++)
+        if ((p = LORA(tg))) lora_backward(d_ln, d_qkv + tg * D, 3 * D, k->ln1, k->lora_u[tg], p, T, D, D, r, s, du);
     /* The key bias adds q_i . b_k to every score of row i, which softmax
      * ignores: its gradient, sum_i q_i sum_j dS_ij / sqrt(d), is exactly
      * zero. Summed in float it is rounding noise, which Adam's division by
      * sqrt(v) would blow up into real (if harmless) motion that differs
      * with summation order, e.g. between 1 and 2 MPI ranks. */
-    memset(G + bo->qkv_b + D, 0, (size_t)D * sizeof *G);
-    layernorm_backward(dx, G + bo->ln1_w, G + bo->ln1_b, d_ln, k->x_in, P + bo->ln1_w, T, D, t->eps, true);
+    if (G) memset(G + bo->qkv_b + D, 0, (size_t)D * sizeof *G);
+    layernorm_backward(dx, GP(bo->ln1_w), GP(bo->ln1_b), d_ln, k->x_in, P + bo->ln1_w, T, D, t->eps, true);
+#undef LORA
 }
 
 static size_t block_backward_work(const tower_cache *c, const tower_spec *t) {
-    return (size_t)c->T * (4 * (size_t)c->D + (size_t)t->H) + attention_backward_scratch(c->max_len, c->D / t->heads) + 16;
+    size_t r = t->lora ? (size_t)t->lora->rank : 0;
+    return (size_t)c->T * (4 * (size_t)c->D + (size_t)t->H + r) + attention_backward_scratch(c->max_len, c->D / t->heads) +
+           16;
 }
 
 /* All blocks forward from blocks[0].x_in; the pooled rows after. */
 static int blocks_forward(const clipc_model *m, const tower_spec *t, tower_cache *c, clipc_error *err) {
     float *scratch = malloc(attention_scratch(c->max_len, c->D / t->heads) * sizeof(float));
     if (!scratch) return clipc_fail(err, "out of memory");
-    for (int l = 0; l < t->layers; l++)
-        block_forward_train(m, t, &t->blocks[l], c, &c->blocks[l], l + 1 < t->layers ? c->blocks[l + 1].x_in : c->x_out,
-                            scratch);
+    packing pk = {c->start, c->len, c->n, c->T, c->max_len, c->probs_offset};
+    for (int l = 0; l < t->layers; l++) /* fp32 (cache_init checks): model_gemm needs no workspace */
+        block_forward(m, t, l, &pk, &c->blocks[l], l + 1 < t->layers ? c->blocks[l + 1].x_in : c->x_out, NULL, scratch,
+                      NULL, false);
     free(scratch);
     for (int i = 0; i < c->n; i++)
         memcpy(c->pooled_in + (size_t)i * c->D, c->x_out + (size_t)c->pool_row[i] * c->D, (size_t)c->D * sizeof(float));
@@ -186,12 +207,12 @@ static float *head_and_blocks_backward(const clipc_model *m, const tower_spec *t
         return NULL;
     }
     /* features = LN(pooled_in) @ proj */
-    matmul_backward(dpool, G + proj, dfeat, c->pooled, m->params + proj, n, D, E);
-    layernorm_backward(dpool + (size_t)n * D, G + ln_w, G + ln_b, dpool, c->pooled_in, m->params + ln_w, n, D, t->eps,
+    matmul_backward(dpool, GP(proj), dfeat, c->pooled, m->params + proj, n, D, E);
+    layernorm_backward(dpool + (size_t)n * D, GP(ln_w), GP(ln_b), dpool, c->pooled_in, m->params + ln_w, n, D, t->eps,
                        false);
     for (int i = 0; i < n; i++)
         memcpy(dx + (size_t)c->pool_row[i] * D, dpool + (size_t)(n + i) * D, (size_t)D * sizeof *dx);
-    for (int l = t->layers - 1; l >= 0; l--) block_backward(m, t, &t->blocks[l], c, &c->blocks[l], dx, G, work);
+    for (int l = t->layers - 1; l >= 0; l--) block_backward(m, t, l, c, &c->blocks[l], dx, G, work);
     free(dpool);
     free(work);
     return dx;
@@ -199,26 +220,29 @@ static float *head_and_blocks_backward(const clipc_model *m, const tower_spec *t
 
 /* ---- ViT ------------------------------------------------------------------------ */
 
-int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *features, tower_cache *c,
-                      clipc_error *err) {
+int vit_train_forward(const clipc_model *m, const lora_tower *lora, const float *pixels, int n, float *features,
+                      tower_cache *c, clipc_error *err) {
     const clipc_config *cfg = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
     int R = cfg->image_resolution, P = cfg->vision_patch_size, G = R / P, S = G * G + 1, D = cfg->vision_width;
     int K = 3 * P * P;
+    if (cfg->vision_tower != CLIPC_VIT) return clipc_fail(err, "training the image tower needs a ViT (this is a ResNet)");
     int *lens = calloc((size_t)(n > 0 ? n : 1), sizeof *lens);
     if (!lens) return clipc_fail(err, "out of memory");
     for (int i = 0; i < n; i++) lens[i] = S;
     bump b;
+    tower_spec t = vision_tower_spec(m);
+    t.lora = lora;
     size_t extra = (size_t)n * G * G * K + (size_t)n * G * G * D;
-    int rc = cache_init(c, m, n, lens, D, cfg->vision_mlp_width, cfg->vision_heads, cfg->vision_layers, extra, &b, err);
+    int rc = cache_init(c, m, &t, n, lens, extra, &b, err);
     free(lens);
     if (rc) return -1;
+    c->lora = lora;
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i]; /* the class token */
     c->patches = take(&b, (size_t)n * G * G * K);
     float *emb = take(&b, (size_t)n * G * G * D);
     vit_embed(m, pixels, n, c->patches, emb, c->x0, NULL); /* training runs fp32 */
-    tower_spec t = vision_tower_spec(m);
     layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D, t.eps);
     if (blocks_forward(m, &t, c, err)) return -1;
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D, t.eps);
@@ -233,11 +257,16 @@ int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *
     int P = cfg->vision_patch_size, Gs = cfg->image_resolution / P, S = Gs * Gs + 1, D = c->D, n = c->n;
     int K = 3 * P * P;
     tower_spec t = vision_tower_spec(m);
-    float *dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w,
-                                         L->v_ln_post_b, L->v_proj, dfeatures, G);
+    t.lora = c->lora;
+    float *dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w, L->v_ln_post_b, L->v_proj, dfeatures, G);
+    if (!dx) return clipc_fail(err, "out of memory in the backward pass");
+    if (!G) { /* a frozen tower: nothing below the blocks learns */
+        free(dx);
+        return 0;
+    }
     float *dx0 = malloc((size_t)c->T * D * sizeof *dx0);
     float *demb = malloc((size_t)n * Gs * Gs * D * sizeof *demb);
-    if (!dx || !dx0 || !demb) {
+    if (!dx0 || !demb) {
         free(dx);
         free(dx0);
         free(demb);
@@ -261,8 +290,8 @@ int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *
 
 /* ---- text ---------------------------------------------------------------------- */
 
-int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float *features, tower_cache *c,
-                       clipc_error *err) {
+int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_prompt *prompt, const int32_t *tokens,
+                       int n, float *features, tower_cache *c, clipc_error *err) {
     const clipc_config *cfg = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
@@ -273,33 +302,49 @@ int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float
         free(lens);
         return -1;
     }
-    for (int i = 0; i < n; i++) lens[i]++;
+    for (int i = 0; i < n; i++) {
+        lens[i]++;
+        if (prompt && lens[i] < prompt->n_ctx + 2) {
+            free(lens);
+            return clipc_fail(err, "text %d has %d tokens: too short for %d context vectors", i, lens[i], prompt->n_ctx);
+        }
+    }
     bump b;
-    int rc = cache_init(c, m, n, lens, D, cfg->text_mlp_width, cfg->text_heads, cfg->text_layers, 0, &b, err);
+    tower_spec t = text_tower_spec(m);
+    t.lora = lora;
+    int rc = cache_init(c, m, &t, n, lens, 0, &b, err);
     free(lens);
     if (rc) return -1;
+    c->lora = lora;
     c->tokens = tokens;
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i] + c->len[i] - 1;
     text_embed(m, tokens, n, c->start, c->len, c->x0);
+    if (prompt) /* CoOp: positions 1..n_ctx hold the learned vectors instead of their tokens' embeddings */
+        for (int i = 0; i < n; i++)
+            for (int p = 1; p <= prompt->n_ctx; p++) {
+                float *x = c->x0 + (size_t)(c->start[i] + p) * D;
+                const float *v = prompt->ctx + i * prompt->stride + (size_t)(p - 1) * D, *pos = Pm + L->t_pos + (size_t)p * D;
+                for (int d = 0; d < D; d++) x[d] = v[d] + pos[d];
+            }
     memcpy(c->blocks[0].x_in, c->x0, (size_t)c->T * D * sizeof(float));
-    tower_spec t = text_tower_spec(m);
     if (blocks_forward(m, &t, c, err)) return -1;
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D, t.eps);
     matmul_forward(features, c->pooled, Pm + L->t_proj, n, D, cfg->embed_dim);
     return 0;
 }
 
-int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *G,
+int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *G, float *dx0,
                         clipc_error *err) {
     const clipc_config *cfg = &m->cfg;
     const model_layout *L = &m->L;
     int D = c->D, ctx = cfg->context_length;
     tower_spec t = text_tower_spec(m);
-    float *dx = head_and_blocks_backward(m, &t, c, L->t_ln_w, L->t_ln_b,
-                                         L->t_proj, dfeatures, G);
+    t.lora = c->lora;
+    float *dx = head_and_blocks_backward(m, &t, c, L->t_ln_w, L->t_ln_b, L->t_proj, dfeatures, G);
     if (!dx) return clipc_fail(err, "out of memory in the backward pass");
+    if (dx0) memcpy(dx0, dx, (size_t)c->T * D * sizeof *dx0);
     /* x0 = token_embedding[token] + positional_embedding[position] */
-    for (int i = 0; i < c->n; i++)
+    for (int i = 0; i < c->n && G; i++)
         for (int p = 0; p < c->len[i]; p++) {
             const float *g = dx + (size_t)(c->start[i] + p) * D;
             float *gt = G + L->t_tok + (size_t)c->tokens[(size_t)i * ctx + p] * D, *gp = G + L->t_pos + (size_t)p * D;

@@ -6,11 +6,7 @@
 #define CLIPC_TRAIN_H
 
 #include "../internal.h"
-
-/* What one residual block keeps for its backward pass. */
-typedef struct block_cache {
-    float *x_in, *ln1, *qkv, *probs, *att, *x_mid, *ln2, *fc_pre, *fc_act;
-} block_cache;
+#include "../model/tower.h" /* block_cache: what one residual block keeps for its backward pass; LoRA */
 
 /* What one tower's forward pass keeps. Owns one allocation (mem). */
 typedef struct tower_cache {
@@ -21,6 +17,7 @@ typedef struct tower_cache {
     const int32_t *tokens;        /* text: the caller's token rows */
     float *x0;                    /* embeddings + positions [T, D] */
     block_cache *blocks;
+    const lora_tower *lora;       /* the LoRA the forward pass applied (NULL: none) */
     float *x_out;                 /* after the last block [T, D] */
     float *pooled_in, *pooled;    /* pooled rows before / after the final LayerNorm [n, D] */
     void *mem;                    /* the activations; kept between steps and grown on need */
@@ -32,17 +29,32 @@ typedef struct tower_cache {
  * the next forward pass without freeing: its buffers are kept. */
 void tower_cache_free(tower_cache *c);
 
+/* CoOp's learned context (Zhou et al. 2022): n_ctx vectors [n_ctx, width]
+ * that replace the token embeddings at positions 1..n_ctx of every text
+ * (the positional embedding is still added). stride 0: one context for all
+ * texts; else text i's starts at ctx + i * stride (CoCoOp). */
+typedef struct text_prompt {
+    const float *ctx;
+    int n_ctx;
+    size_t stride;
+} text_prompt;
+
 /* Forward passes that fill a cache (zeroed, or one from an earlier pass,
- * whose buffers are reused); features [n, embed_dim] as encode_*. */
-int vit_train_forward(const clipc_model *m, const float *pixels, int n, float *features, tower_cache *c,
-                      clipc_error *err);
-int text_train_forward(const clipc_model *m, const int32_t *tokens, int n, float *features, tower_cache *c,
-                       clipc_error *err);
+ * whose buffers are reused); features [n, embed_dim] as encode_*. lora
+ * (NULL: none) adds its low-rank updates to the tower's blocks; prompt
+ * (NULL: none) sets the text's context vectors. The model must be at fp32. */
+int vit_train_forward(const clipc_model *m, const lora_tower *lora, const float *pixels, int n, float *features,
+                      tower_cache *c, clipc_error *err);
+int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_prompt *prompt, const int32_t *tokens,
+                       int n, float *features, tower_cache *c, clipc_error *err);
 /* Backward passes: dfeatures [n, embed_dim] in, parameter gradients added
- * into grads (laid out like model->params). */
+ * into grads (laid out like model->params; NULL: none, for a frozen
+ * tower), LoRA gradients into the forward pass's lora. dx0 (NULL: not
+ * wanted) receives the gradient w.r.t. the text tower's input embeddings
+ * [T, width], the packed rows of the cache (c->start, c->len). */
 int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads,
                        clipc_error *err);
-int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads,
+int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads, float *dx0,
                         clipc_error *err);
 
 /* ---- data parallelism over MPI (dist.c) ---------------------------------- */

@@ -113,10 +113,10 @@ static int run_share(void *ctx, int s, clipc_error *err) {
     float *grads = s ? t->share_grads + (size_t)(s - 1) * t->m->table.total : t->grads;
     switch (j->work) {
     case SHARE_FORWARD:
-        if (vit_train_forward(t->m, j->pixels + row * 3 * R * R, count, j->fi + row * E, &t->image[s], err)) return -1;
-        return text_train_forward(t->m, j->tokens + row * ctx_len, count, j->ft + row * E, &t->text[s], err);
+        if (vit_train_forward(t->m, NULL, j->pixels + row * 3 * R * R, count, j->fi + row * E, &t->image[s], err)) return -1;
+        return text_train_forward(t->m, NULL, NULL, j->tokens + row * ctx_len, count, j->ft + row * E, &t->text[s], err);
     case SHARE_TEXT_BACKWARD:
-        return text_train_backward(t->m, &t->text[s], j->dt + row * E, grads, err);
+        return text_train_backward(t->m, &t->text[s], j->dt + row * E, grads, NULL, err);
     case SHARE_IMAGE_BACKWARD:
         return vit_train_backward(t->m, &t->image[s], j->di + row * E, grads, err);
     }
