@@ -26,7 +26,7 @@ CFLAGS  += -DCLIPC_MPI $(shell pkg-config --cflags ompi-c)
 LDLIBS  += $(MPI_LIBS)
 endif
 
-LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c src/hub/*.c)
+LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c src/hub/*.c src/finetune/*.c)
 LIB_CXX := $(wildcard src/index/*.cpp)
 LIB_ASM := src/tokenizer/vocab_blob.S src/server/page_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)

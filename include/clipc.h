@@ -65,6 +65,13 @@ typedef struct clipc_config {
     float vision_ln_eps, text_ln_eps;
     int vision_activation;
     int vision_layer_scale, text_layer_scale;
+    /* What `clipc finetune` adds to a model (0: none). prompt_ctx: CoOp's
+     * learned context vectors ("prompt_learner.ctx" [prompt_ctx, text_width]),
+     * which then replace the templates of the zero-shot classifier;
+     * adapter_hidden: CLIP-Adapter's bottleneck on the image features
+     * ("adapter.visual.fc1.weight" [adapter_hidden, embed_dim], fc2 back,
+     * and the residual ratio "adapter.visual.ratio"), applied by encode_image. */
+    int prompt_ctx, adapter_hidden;
 } clipc_config;
 
 typedef struct clipc_model clipc_model;
@@ -184,7 +191,9 @@ const char *const *clipc_imagenet_templates(int *count);
 
 /* The zero-shot classifier of OpenAI's prompt-engineering notebook: for each
  * label, the normalised mean of the normalised text embeddings of every
- * template with "{}" replaced by the label. weights: [n_labels, embed_dim]. */
+ * template with "{}" replaced by the label. weights: [n_labels, embed_dim].
+ * A model fine-tuned with CoOp (config prompt_ctx > 0) uses its learned
+ * prompt "[ctx] label." instead of the templates. */
 int clipc_zeroshot_classifier(clipc_model *model, clipc_tokenizer *tok, const char *const *labels, int n_labels,
                               const char *const *templates, int n_templates, float *weights, clipc_error *err);
 

@@ -215,6 +215,8 @@ typedef struct model_layout {
     block_offsets *t_blocks;
     size_t logit_scale;
     size_t logit_bias; /* SigLIP only (cfg.has_logit_bias) */
+    size_t prompt_ctx;                              /* cfg.prompt_ctx > 0 */
+    size_t adapter_fc1, adapter_fc2, adapter_ratio; /* cfg.adapter_hidden > 0 */
 } model_layout;
 
 int params_build(const clipc_config *cfg, param_table *table, model_layout *layout,
@@ -265,6 +267,17 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys);
 int model_save_with(const clipc_model *m, const char *path, const char *dtype, const st_out_tensor *extra,
                     int n_extra, const char *const *extra_keys, const char *const *extra_values, int n_extra_meta,
                     clipc_error *err);
+
+/* template with its "{}" replaced by label (malloc'd), or NULL (no "{}", or out of memory) */
+char *template_fill(const char *pattern, const char *label);
+struct text_prompt; /* model/tower.h */
+/* The tokens of CoOp's prompt "X X ... X label." (n_ctx placeholders, whose
+ * embeddings the learned context replaces), truncated to context. */
+int prompt_tokens(clipc_tokenizer *tok, const char *label, int n_ctx, int context, int32_t *out, clipc_error *err);
+/* clipc_encode_text with CoOp's context vectors in place of tokens 1..n_ctx
+ * (prompt NULL: plain clipc_encode_text). */
+int model_encode_text_prompted(clipc_model *m, const int32_t *tokens, int n, const struct text_prompt *prompt,
+                               float *out, clipc_error *err);
 
 /* ---- model/precision.c: the linear layers at the model's precision ---- */
 
@@ -322,6 +335,14 @@ void matmul_forward(float *y, const float *x, const float *W, int n, int in, int
 void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W, int n, int in, int out);
 void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim, float eps);
 /* Its backward from the input x: dx (=|+=) ..., dw += ..., db += ... */
+/* CLIP-Adapter (Gao et al. 2021, eq. 2-3) on image features f [n, E]:
+ *   hid = relu(f W1^T) [n, h],  a = relu(hid W2^T) [n, E],  out = ratio a + (1 - ratio) f
+ * out may be f; hid and a keep the intermediates for the backward. */
+void adapter_forward(float *out, float *hid, float *a, const float *f, const float *W1, const float *W2, float ratio,
+                     int n, int E, int h);
+/* Its backward: dW1, dW2 added into; df (NULL: not wanted) overwritten. */
+void adapter_backward(float *df, float *dW1, float *dW2, const float *dout, const float *f, const float *hid,
+                      const float *a, const float *W1, const float *W2, float ratio, int n, int E, int h);
 void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
                         int dim, float eps, bool accumulate_dx);
 /* dx = dy * act'(x) for CLIPC_QUICK_GELU / CLIPC_GELU, x the pre-activation. */

@@ -57,5 +57,7 @@ int cmd_export_images(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_pull(int argc, char **argv);
 int cmd_models(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
+int cmd_wise(int argc, char **argv);
 
 #endif

@@ -27,6 +27,10 @@ static const char USAGE[] =
     "                                          zero-shot classification\n"
     "  train --data fashion-mnist --out DIR (--steps N | --epochs E) [--resume] ...\n"
     "                                          contrastive training from scratch (see train --help)\n"
+    "  finetune [-m MODEL] --method lora|adapter|coop|full --dataset D (--steps N | --epochs E) --out DIR\n"
+    "                                          adapt a model to a labelled dataset (see finetune --help)\n"
+    "  wise -m ZERO_SHOT --finetuned FT --alpha A -o OUT\n"
+    "                                          WiSE-FT: the two models' weights interpolated\n"
     "  eval zeroshot|retrieval|linear-probe [-m MODEL] --dataset|--data ...\n"
     "                                          CLIP_benchmark-style evaluation (see eval --help)\n"
     "  retrieve [-m MODEL] --dataset D [-k K] QUERY...\n"
@@ -204,7 +208,7 @@ int main(int argc, char **argv) {
         {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
         {"index", cmd_index},       {"search", cmd_search}, {"export", cmd_export}, {"serve", cmd_serve},
         {"export-images", cmd_export_images}, {"convert", cmd_convert}, {"pull", cmd_pull},
-        {"models", cmd_models},
+        {"models", cmd_models},     {"finetune", cmd_finetune}, {"wise", cmd_wise},
     };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);

@@ -20,7 +20,8 @@ typedef struct image_set {
     char name[64];      /* "fashion-mnist", the folder's or the file's name */
 } image_set;
 
-/* spec is "fashion-mnist", a directory or a .csv/.tsv file. split picks
+/* spec is "fashion-mnist", "fashion-mnist-inverted" (its intensities
+ * inverted: the domain-shift benchmark), a directory or a .csv/.tsv file. split picks
  * Fashion-MNIST's "train" or "test" part (ignored otherwise). A CSV needs
  * the columns img_key (image path) and label_key (class name or number). */
 int image_set_open(const char *spec, const char *split, const char *img_key, const char *label_key, image_set *out,

@@ -30,6 +30,10 @@ int config_validate(const clipc_config *c, clipc_error *err) {
         c->text_width <= 0 || c->text_layers <= 0 || c->text_heads <= 0 || c->text_width % c->text_heads)
         return clipc_fail(err, "invalid text tower configuration (width %d, heads %d, layers %d, context %d)",
                           c->text_width, c->text_heads, c->text_layers, c->context_length);
+    if (c->prompt_ctx < 0 || (c->prompt_ctx > 0 && c->prompt_ctx > c->context_length - 3))
+        return clipc_fail(err, "%d prompt context vectors do not fit a context of %d tokens", c->prompt_ctx, c->context_length);
+    if (c->adapter_hidden < 0 || c->adapter_hidden > (1 << 16))
+        return clipc_fail(err, "invalid adapter width %d", c->adapter_hidden);
     if (c->vocab_size <= CLIPC_EOT)
         return clipc_fail(err, "vocabulary of %d ids cannot hold CLIP's special tokens", c->vocab_size);
     if (c->vision_tower == CLIPC_VIT) {
@@ -373,6 +377,7 @@ typedef struct encode_job {
     const float *pixels;   /* images, or NULL */
     const int32_t *tokens; /* texts */
     const int *eot;
+    const text_prompt *prompt; /* CoOp's context (NULL: none) */
     const int *bound;
     float *out;
 } encode_job;
@@ -388,7 +393,13 @@ static int encode_share(void *ctx, int s, clipc_error *err) {
         int rc = c->vision_tower == CLIPC_VIT ? vit_forward(j->m, a, px, count, out) : resnet_forward(j->m, a, px, count, out);
         return rc ? clipc_fail(err, "out of memory encoding images") : 0;
     }
-    if (count > 0 && text_forward(j->m, a, j->tokens + (size_t)first * c->context_length, count, j->eot + first, out))
+    text_prompt share = {0}, *prompt = NULL;
+    if (j->prompt) { /* text i's context is at ctx + i * stride */
+        share = *j->prompt;
+        share.ctx += (size_t)first * share.stride;
+        prompt = &share;
+    }
+    if (count > 0 && text_forward(j->m, a, j->tokens + (size_t)first * c->context_length, count, j->eot + first, prompt, out))
         return clipc_fail(err, "out of memory encoding text");
     return 0;
 }
@@ -405,8 +416,16 @@ int clipc_encode_image(clipc_model *m, const float *pixels, int n, float *out, c
             int count = bound[s + 1] - bound[s];
             if (arena_reserve(&m->scratch[s], vit ? vit_scratch(c, count) : resnet_scratch(c, count), err)) return -1;
         }
-        encode_job job = {m, pixels, NULL, NULL, bound, out};
+        encode_job job = {m, pixels, NULL, NULL, NULL, bound, out};
         if (run_encode(shares, inner, encode_share, &job, err)) return -1;
+    }
+    if (c->adapter_hidden > 0) { /* a fine-tuned CLIP-Adapter on the features */
+        const float *P = m->params;
+        float *hid = malloc(((size_t)n * c->adapter_hidden + (size_t)n * c->embed_dim) * sizeof *hid);
+        if (!hid) return clipc_fail(err, "out of memory");
+        adapter_forward(out, hid, hid + (size_t)n * c->adapter_hidden, out, P + m->L.adapter_fc1, P + m->L.adapter_fc2,
+                        P[m->L.adapter_ratio], n, c->embed_dim, c->adapter_hidden);
+        free(hid);
     }
     if (m->tap) model_tap(m, "encode_image", out, n, c->embed_dim);
     return 0;
@@ -423,6 +442,11 @@ static void text_share_size(const int *eot, int first, int count, int *total, in
 }
 
 int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, clipc_error *err) {
+    return model_encode_text_prompted(m, tokens, n, NULL, out, err);
+}
+
+int model_encode_text_prompted(clipc_model *m, const int32_t *tokens, int n, const text_prompt *prompt, float *out,
+                               clipc_error *err) {
     const clipc_config *c = &m->cfg;
     int *eot = malloc((size_t)(n > 0 ? n : 1) * sizeof *eot);
     if (!eot) return clipc_fail(err, "out of memory");
@@ -448,7 +472,7 @@ int clipc_encode_text(clipc_model *m, const int32_t *tokens, int n, float *out, 
             text_share_size(eot, bound[s], count, &total, &longest);
             rc = arena_reserve(&m->scratch[s], text_scratch(c, total, count, longest), err);
         }
-        encode_job job = {m, NULL, tokens, eot, bound, out};
+        encode_job job = {m, NULL, tokens, eot, prompt, bound, out};
         if (rc == 0) rc = run_encode(shares, inner, encode_share, &job, err);
     }
     free(eot);

@@ -387,3 +387,30 @@ void avgpool_forward(float *y, const float *x, int N, int C, int H, int W, int k
                 }
         }
 }
+
+void adapter_forward(float *out, float *hid, float *a, const float *f, const float *W1, const float *W2, float ratio,
+                     int n, int E, int h) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, h, E, 1.0f, f, E, W1, E, 0.0f, hid, h);
+    relu_forward(hid, (size_t)n * h);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, h, 1.0f, hid, h, W2, h, 0.0f, a, E);
+    relu_forward(a, (size_t)n * E);
+    for (size_t i = 0; i < (size_t)n * E; i++) out[i] = ratio * a[i] + (1.0f - ratio) * f[i];
+}
+
+/* d a = ratio dout, masked by a > 0; dW2 += d^T hid; d hid = d W2, masked
+ * by hid > 0; dW1 += d hid^T f; df = (1 - ratio) dout + d hid W1. */
+void adapter_backward(float *df, float *dW1, float *dW2, const float *dout, const float *f, const float *hid,
+                      const float *a, const float *W1, const float *W2, float ratio, int n, int E, int h) {
+    float *da = malloc(((size_t)n * E + (size_t)n * h) * sizeof *da), *dh = da ? da + (size_t)n * E : NULL;
+    if (!da) return; /* callers check finite gradients; an empty step is caught there */
+    for (size_t i = 0; i < (size_t)n * E; i++) da[i] = a[i] > 0 ? ratio * dout[i] : 0.0f;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, E, h, n, 1.0f, da, E, hid, h, 1.0f, dW2, h);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, h, E, 1.0f, da, E, W2, h, 0.0f, dh, h);
+    for (size_t i = 0; i < (size_t)n * h; i++) dh[i] = hid[i] > 0 ? dh[i] : 0.0f;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, h, E, n, 1.0f, dh, h, f, E, 1.0f, dW1, E);
+    if (df) {
+        for (size_t i = 0; i < (size_t)n * E; i++) df[i] = (1.0f - ratio) * dout[i];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, E, h, 1.0f, dh, h, W1, E, 1.0f, df, E);
+    }
+    free(da);
+}

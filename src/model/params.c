@@ -193,6 +193,14 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
     L->t_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->embed_dim), "text_projection");
     L->logit_scale = add(t, PI_LOGIT_SCALE, 0, 0, NULL, "logit_scale");
     if (c->has_logit_bias) L->logit_bias = add(t, PI_LOGIT_BIAS, 0, 0, NULL, "logit_bias");
+    /* fine-tuned additions (finetune/): initialised by the method that trains them */
+    if (c->prompt_ctx > 0)
+        L->prompt_ctx = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->prompt_ctx, Wt), "prompt_learner.ctx");
+    if (c->adapter_hidden > 0) {
+        L->adapter_fc1 = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->adapter_hidden, c->embed_dim), "adapter.visual.fc1.weight");
+        L->adapter_fc2 = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->embed_dim, c->adapter_hidden), "adapter.visual.fc2.weight");
+        L->adapter_ratio = add(t, PI_ZEROS, 0, 0, NULL, "adapter.visual.ratio");
+    }
     if (t->oom) {
             params_free(t, L);
             return clipc_fail(err, "out of memory building the parameter table");

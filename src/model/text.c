@@ -12,13 +12,19 @@
 
 /* x [T, D] = token_embedding[token] + positional_embedding[position] for
  * each sequence's first len[i] tokens, packed from row start[i]. */
-void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len, float *x) {
+void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len,
+                const text_prompt *prompt, float *x) {
     int D = m->cfg.text_width, ctx = m->cfg.context_length, T = n ? start[n - 1] + len[n - 1] : 0;
     const float *tok = m->params + m->L.t_tok, *pos = m->params + m->L.t_pos;
 #pragma omp parallel for
     for (int i = 0; i < n; i++)
         for (int p = 0; p < len[i]; p++)
             memcpy(x + (size_t)(start[i] + p) * D, tok + (size_t)tokens[(size_t)i * ctx + p] * D, (size_t)D * sizeof *x);
+    if (prompt) /* CoOp: the learned vectors instead of the placeholder tokens' embeddings */
+        for (int i = 0; i < n; i++)
+            for (int p = 1; p <= prompt->n_ctx && p < len[i]; p++)
+                memcpy(x + (size_t)(start[i] + p) * D, prompt->ctx + i * prompt->stride + (size_t)(p - 1) * D,
+                       (size_t)D * sizeof *x);
     model_tap(m, "token_embedding", x, T, D);
 #pragma omp parallel for
     for (int i = 0; i < n; i++)
@@ -51,7 +57,8 @@ size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len)
 }
 
 /* eot[i] is the pooling position of sequence i; it runs over eot[i] + 1 tokens. */
-int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, const int *eot, float *out) {
+int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, const int *eot, const text_prompt *prompt,
+                 float *out) {
     const clipc_config *c = &m->cfg;
     const float *Pm = m->params;
     const model_layout *L = &m->L;
@@ -68,7 +75,7 @@ int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, c
         max_len = len[i] > max_len ? len[i] : max_len;
     }
     float *x = arena_alloc(a, (size_t)T * D);
-    text_embed(m, tokens, n, start, len, x);
+    text_embed(m, tokens, n, start, len, prompt, x);
 
     packing pk = {start, len, n, T, max_len, NULL};
     float *pooled = arena_alloc(a, (size_t)n * D);

@@ -35,6 +35,16 @@ typedef struct block_cache {
     float *lora_u[LORA_TARGETS]; /* training with LoRA: x A^T [T, r] of each adapted weight */
 } block_cache;
 
+/* CoOp's learned context (Zhou et al. 2022): n_ctx vectors [n_ctx, width]
+ * that replace the token embeddings at positions 1..n_ctx of every text
+ * (the positional embedding is still added). stride 0: one context for all
+ * texts; else text i's starts at ctx + i * stride (CoCoOp). */
+typedef struct text_prompt {
+    const float *ctx;
+    int n_ctx;
+    size_t stride;
+} text_prompt;
+
 /* One transformer tower's blocks and settings. */
 typedef struct tower_spec {
     const block_offsets *blocks;
@@ -70,9 +80,13 @@ void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches,
 int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
 size_t resnet_scratch(const clipc_config *c, int n);
 int resnet_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
-void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len, float *x);
+/* x = token_embedding[tokens] + positional_embedding, with the prompt's
+ * context vectors in place of tokens 1..n_ctx (prompt NULL: none). */
+void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *start, const int *len,
+                const text_prompt *prompt, float *x);
 int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int *eot, clipc_error *err);
 size_t text_scratch(const clipc_config *c, int total_tokens, int n, int max_len);
-int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, const int *eot, float *out);
+int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, const int *eot, const text_prompt *prompt,
+                 float *out);
 
 #endif

@@ -4,6 +4,7 @@
  * averaged, and the mean is normalised again. Images are then classified by
  * softmax(exp(logit_scale) * cosine). */
 #include "../internal.h"
+#include "../model/tower.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -98,8 +99,7 @@ const char *const *clipc_imagenet_templates(int *count) {
     return IMAGENET_TEMPLATES;
 }
 
-/* template with its "{}" replaced by label (malloc'd), or NULL */
-static char *fill(const char *template, const char *label) {
+char *template_fill(const char *template, const char *label) {
     const char *hole = strstr(template, "{}");
     if (!hole) return NULL;
     size_t a = (size_t)(hole - template), b = strlen(label), c = strlen(hole + 2);
@@ -111,11 +111,42 @@ static char *fill(const char *template, const char *label) {
     return s;
 }
 
+int prompt_tokens(clipc_tokenizer *tok, const char *label, int n_ctx, int context, int32_t *out, clipc_error *err) {
+    size_t len = strlen(label);
+    char *text = malloc((size_t)n_ctx * 2 + len + 2);
+    if (!text) return clipc_fail(err, "out of memory");
+    for (int i = 0; i < n_ctx; i++) memcpy(text + 2 * i, "X ", 2);
+    memcpy(text + 2 * (size_t)n_ctx, label, len);
+    memcpy(text + 2 * (size_t)n_ctx + len, ".", 2);
+    int rc = clipc_tokenize(tok, text, context, 1, out, err);
+    if (rc == 0 && out[n_ctx + 1] == CLIPC_EOT) rc = clipc_fail(err, "'%s' leaves no room for the class name", text);
+    free(text);
+    return rc;
+}
+
+/* CoOp's classifier: one prompt per label, its context the model's learned vectors. */
+static int learned_prompt_classifier(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int n_labels,
+                                     float *weights, clipc_error *err) {
+    const clipc_config *c = clipc_model_config(m);
+    int32_t *tokens = malloc((size_t)n_labels * c->context_length * sizeof *tokens);
+    if (!tokens) return clipc_fail(err, "out of memory");
+    int rc = 0;
+    for (int l = 0; l < n_labels && rc == 0; l++)
+        if ((rc = prompt_tokens(tok, labels[l], c->prompt_ctx, c->context_length, tokens + (size_t)l * c->context_length, err)))
+            clipc_fail_prefix(err, labels[l]);
+    text_prompt p = {m->params + m->L.prompt_ctx, c->prompt_ctx, 0};
+    if (rc == 0) rc = model_encode_text_prompted(m, tokens, n_labels, &p, weights, err);
+    if (rc == 0) clipc_normalize_rows(weights, n_labels, c->embed_dim);
+    free(tokens);
+    return rc;
+}
+
 int clipc_zeroshot_classifier(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int n_labels,
                               const char *const *templates, int n_templates, float *weights, clipc_error *err) {
     const clipc_config *c = clipc_model_config(m);
     int E = c->embed_dim, ctx = c->context_length;
     if (n_labels < 1 || n_templates < 1) return clipc_fail(err, "need at least one label and one template");
+    if (c->prompt_ctx > 0) return learned_prompt_classifier(m, tok, labels, n_labels, weights, err);
     for (int t = 0; t < n_templates; t++)
         if (!strstr(templates[t], "{}")) return clipc_fail(err, "template '%s' has no {} for the class name", templates[t]);
     int32_t *tokens = malloc((size_t)n_templates * ctx * sizeof *tokens);
@@ -124,7 +155,7 @@ int clipc_zeroshot_classifier(clipc_model *m, clipc_tokenizer *tok, const char *
     if (!tokens || !feats) rc = clipc_fail(err, "out of memory");
     for (int l = 0; l < n_labels && rc == 0; l++) {
         for (int t = 0; t < n_templates && rc == 0; t++) {
-            char *text = fill(templates[t], labels[l]);
+            char *text = template_fill(templates[t], labels[l]);
             if (!text) {
                 rc = clipc_fail(err, "out of memory");
                 break;

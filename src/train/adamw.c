@@ -9,18 +9,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-int adamw_init(adamw *opt, const clipc_model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
-               clipc_error *err) {
+int adamw_init_flat(adamw *opt, size_t count, float lr, float beta1, float beta2, float eps, float weight_decay,
+                    clipc_error *err) {
     memset(opt, 0, sizeof *opt);
     opt->lr = lr, opt->beta1 = beta1, opt->beta2 = beta2, opt->eps = eps, opt->weight_decay = weight_decay;
-    opt->count = m->table.total;
-    opt->m = calloc(opt->count, sizeof *opt->m);
-    opt->v = calloc(opt->count, sizeof *opt->v);
-    opt->decay = calloc(opt->count, 1);
+    opt->count = count;
+    opt->m = calloc(count ? count : 1, sizeof *opt->m);
+    opt->v = calloc(count ? count : 1, sizeof *opt->v);
+    opt->decay = malloc(count ? count : 1);
     if (!opt->m || !opt->v || !opt->decay) {
         adamw_free(opt);
         return clipc_fail(err, "out of memory for the optimiser state");
     }
+    memset(opt->decay, 1, count);
+    return 0;
+}
+
+int adamw_init(adamw *opt, const clipc_model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+               clipc_error *err) {
+    if (adamw_init_flat(opt, m->table.total, lr, beta1, beta2, eps, weight_decay, err)) return -1;
+    memset(opt->decay, 0, opt->count);
     for (int i = 0; i < m->table.count; i++) {
         const param_spec *p = &m->table.items[i];
         /* ndim < 2: gains, biases, class embedding, logit_scale — and the

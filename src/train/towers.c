@@ -318,14 +318,7 @@ int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_
     c->lora = lora;
     c->tokens = tokens;
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i] + c->len[i] - 1;
-    text_embed(m, tokens, n, c->start, c->len, c->x0);
-    if (prompt) /* CoOp: positions 1..n_ctx hold the learned vectors instead of their tokens' embeddings */
-        for (int i = 0; i < n; i++)
-            for (int p = 1; p <= prompt->n_ctx; p++) {
-                float *x = c->x0 + (size_t)(c->start[i] + p) * D;
-                const float *v = prompt->ctx + i * prompt->stride + (size_t)(p - 1) * D, *pos = Pm + L->t_pos + (size_t)p * D;
-                for (int d = 0; d < D; d++) x[d] = v[d] + pos[d];
-            }
+    text_embed(m, tokens, n, c->start, c->len, prompt, c->x0);
     memcpy(c->blocks[0].x_in, c->x0, (size_t)c->T * D * sizeof(float));
     if (blocks_forward(m, &t, c, err)) return -1;
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D, t.eps);

@@ -29,16 +29,6 @@ typedef struct tower_cache {
  * the next forward pass without freeing: its buffers are kept. */
 void tower_cache_free(tower_cache *c);
 
-/* CoOp's learned context (Zhou et al. 2022): n_ctx vectors [n_ctx, width]
- * that replace the token embeddings at positions 1..n_ctx of every text
- * (the positional embedding is still added). stride 0: one context for all
- * texts; else text i's starts at ctx + i * stride (CoCoOp). */
-typedef struct text_prompt {
-    const float *ctx;
-    int n_ctx;
-    size_t stride;
-} text_prompt;
-
 /* Forward passes that fill a cache (zeroed, or one from an earlier pass,
  * whose buffers are reused); features [n, embed_dim] as encode_*. lora
  * (NULL: none) adds its low-rank updates to the tower's blocks; prompt
@@ -171,6 +161,9 @@ typedef struct adamw {
  * class embedding and logit_scale (all ndim < 2) get none. */
 int adamw_init(adamw *opt, const clipc_model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
                clipc_error *err);
+/* The same over count floats of one flat vector, decay applying to all. */
+int adamw_init_flat(adamw *opt, size_t count, float lr, float beta1, float beta2, float eps, float weight_decay,
+                    clipc_error *err);
 void adamw_free(adamw *opt);
 /* One step of PyTorch's AdamW with the current opt->lr. */
 void adamw_step(adamw *opt, float *params, const float *grads);

@@ -534,6 +534,10 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
     if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
+    /* what clipc finetune adds: sizes from shapes (load_params checks the rest) */
+    const st_tensor *ctx = st_find(&f, "prompt_learner.ctx"), *ad = st_find(&f, "adapter.visual.fc1.weight");
+    cfg.prompt_ctx = ctx && ctx->ndim == 2 && ctx->shape[0] <= 4096 ? (int)ctx->shape[0] : ctx ? -1 : 0;
+    cfg.adapter_hidden = ad && ad->ndim == 2 && ad->shape[0] <= (1 << 16) ? (int)ad->shape[0] : ad ? -1 : 0;
     /* the architecture was guessed from names and a few shapes: the file
      * must hold at least a byte per parameter before they are allocated */
     size_t held = 0;

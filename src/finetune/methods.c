@@ -1,0 +1,408 @@
+/* methods.c — the four fine-tuning methods: what each trains, what it
+ * caches, its step (forward, the class cross-entropy, backward) and how its
+ * result enters the model. The loop around them is finetune.c. */
+#include "methods.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const TARGET_NAMES[LORA_TARGETS] = {"q", "k", "v", "out", "fc", "proj"};
+/* Hugging Face CLIPModel's module names, which PEFT's adapter files use */
+static const char *const TARGET_HF[LORA_TARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                    "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+
+int lora_targets_parse(const char *list, char *bad, size_t cap) {
+    int mask = 0;
+    const char *p = list;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        int found = -1;
+        for (int t = 0; t < LORA_TARGETS; t++)
+            if (strlen(TARGET_NAMES[t]) == len && !strncmp(p, TARGET_NAMES[t], len)) found = t;
+        if (found < 0) {
+            snprintf(bad, cap, "%.*s", (int)len, p);
+            return -1;
+        }
+        mask |= 1 << found;
+        p += len + (p[len] == ',');
+    }
+    return mask;
+}
+
+static bool trains(const method_run *r, int tower) {
+    return (r->o->method == FT_LORA || r->o->method == FT_FULL) && (r->o->towers & tower);
+}
+
+/* The rows of the batch's images, features or pixels, gathered. */
+static void gather(float *dst, const float *src, size_t width, const int *rows, int B) {
+    for (int i = 0; i < B; i++) memcpy(dst + (size_t)i * width, src + (size_t)rows[i] * width, width * sizeof *dst);
+}
+
+/* ---- LoRA ------------------------------------------------------------------------------ */
+
+/* A target's input and output widths, and its weight's offset. */
+static void lora_shape(const clipc_model *m, const tower_spec *t, int l, int tg, int *in, int *out, size_t *w) {
+    const block_offsets *b = &t->blocks[l];
+    int D = t->D, H = t->H;
+    *in = tg == LORA_PROJ ? H : D;
+    *out = tg == LORA_FC ? H : D;
+    *w = tg <= LORA_V ? b->qkv_w + (size_t)tg * D * D : tg == LORA_OUT ? b->out_w : tg == LORA_FC ? b->fc_w : b->proj_w;
+    (void)m;
+}
+
+static tower_spec spec_of(const clipc_model *m, int k) { return k == 0 ? vision_tower_spec(m) : text_tower_spec(m); }
+
+/* Lays the A, B of every adapted weight out in theta (A first, then B, per
+ * weight) and initialises them as PEFT does: A ~ kaiming_uniform(a=sqrt 5)
+ * = U(-1/sqrt(in), 1/sqrt(in)), B = 0, so training starts at the base model. */
+static int lora_setup(method_run *r, clipc_error *err) {
+    const finetune_options *o = r->o;
+    size_t total = 0;
+    for (int k = 0; k < 2; k++) {
+        if (!(o->towers & (k == 0 ? FT_IMAGE : FT_TEXT))) continue;
+        tower_spec t = spec_of(r->m, k);
+        if (o->rank > t.D) return clipc_fail(err, "--rank %d is larger than the %s tower's width %d", o->rank,
+                                             k == 0 ? "image" : "text", t.D);
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++)
+                if (o->targets & (1 << tg)) {
+                    int in, out;
+                    size_t w;
+                    lora_shape(r->m, &t, l, tg, &in, &out, &w);
+                    total += (size_t)o->rank * (in + out);
+                }
+    }
+    r->count = total;
+    r->theta = calloc(total ? total : 1, sizeof *r->theta);
+    r->grad = calloc(total ? total : 1, sizeof *r->grad);
+    if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
+    r->decay_all = true;
+    rng g;
+    rng_seed(&g, o->seed ^ 0x4c6f5241ULL);
+    size_t at = 0;
+    for (int k = 0; k < 2; k++) {
+        if (!(o->towers & (k == 0 ? FT_IMAGE : FT_TEXT))) continue;
+        tower_spec t = spec_of(r->m, k);
+        r->pairs[k] = calloc((size_t)t.layers * LORA_TARGETS, sizeof *r->pairs[k]);
+        if (!r->pairs[k]) return clipc_fail(err, "out of memory");
+        r->lora[k] = (lora_tower){(lora_pair(*)[LORA_TARGETS])r->pairs[k], o->rank, o->alpha / (float)o->rank};
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++) {
+                if (!(o->targets & (1 << tg))) continue;
+                int in, out;
+                size_t w;
+                lora_shape(r->m, &t, l, tg, &in, &out, &w);
+                lora_pair *p = &r->lora[k].blocks[l][tg];
+                p->A = r->theta + at, p->dA = r->grad + at;
+                float bound = 1.0f / sqrtf((float)in);
+                for (size_t i = 0; i < (size_t)o->rank * in; i++) p->A[i] = bound * (float)(2 * rng_uniform(&g) - 1);
+                at += (size_t)o->rank * in;
+                p->B = r->theta + at, p->dB = r->grad + at; /* zero */
+                at += (size_t)o->rank * out;
+            }
+    }
+    return 0;
+}
+
+/* W += scale B A for every adapted weight, and the PEFT-named tensors. */
+static int lora_finish(method_run *r, finetune_result *res, clipc_error *err) {
+    int n = 0;
+    for (int k = 0; k < 2; k++)
+        if (r->pairs[k]) n += 2 * spec_of(r->m, k).layers * __builtin_popcount((unsigned)r->o->targets);
+    res->tensors = calloc((size_t)n + 1, sizeof *res->tensors);
+    res->names = calloc((size_t)n + 1, sizeof *res->names);
+    res->data = malloc((r->count ? r->count : 1) * sizeof *res->data);
+    if (!res->tensors || !res->names || !res->data) return clipc_fail(err, "out of memory");
+    memcpy(res->data, r->theta, r->count * sizeof *res->data);
+    for (int k = 0; k < 2; k++) {
+        if (!r->pairs[k]) continue;
+        tower_spec t = spec_of(r->m, k);
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++) {
+                const lora_pair *p = &r->lora[k].blocks[l][tg];
+                if (!p->A) continue;
+                int in, out, rk = r->o->rank;
+                size_t w;
+                lora_shape(r->m, &t, l, tg, &in, &out, &w);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, rk, r->lora[k].scale, p->B, rk, p->A,
+                            in, 1.0f, r->m->params + w, in);
+                for (int ab = 0; ab < 2; ab++) {
+                    st_out_tensor *s = &res->tensors[res->n_tensors];
+                    snprintf(res->names[res->n_tensors], sizeof res->names[0],
+                             "base_model.model.%s.encoder.layers.%d.%s.lora_%c.weight",
+                             k == 0 ? "vision_model" : "text_model", l, TARGET_HF[tg], ab ? 'B' : 'A');
+                    s->name = res->names[res->n_tensors++];
+                    s->ndim = 2;
+                    s->shape[0] = ab ? out : rk;
+                    s->shape[1] = ab ? rk : in;
+                    s->data = res->data + ((ab ? p->B : p->A) - r->theta);
+                }
+            }
+    }
+    return 0;
+}
+
+/* ---- CoOp ------------------------------------------------------------------------------ */
+
+/* The context: the token embeddings of --ctx-init, or N(0, 0.02) as CoOp's
+ * generic context. */
+static int coop_setup(method_run *r, clipc_error *err) {
+    const finetune_options *o = r->o;
+    int D = r->m->cfg.text_width;
+    r->count = (size_t)o->n_ctx * D;
+    r->theta = malloc(r->count * sizeof *r->theta);
+    r->grad = calloc(r->count, sizeof *r->grad);
+    r->dx0 = NULL;
+    if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
+    r->decay_all = true;
+    if (o->ctx_init) {
+        int32_t *ids = NULL;
+        int n_ids = 0;
+        if (clipc_tokenizer_encode(r->tok, o->ctx_init, &ids, &n_ids, err)) return -1;
+        if (n_ids != o->n_ctx) {
+            free(ids);
+            return clipc_fail(err, "--ctx-init '%s' is %d tokens, not --ctx %d", o->ctx_init, n_ids, o->n_ctx);
+        }
+        for (int j = 0; j < n_ids; j++)
+            memcpy(r->theta + (size_t)j * D, r->m->params + r->m->L.t_tok + (size_t)ids[j] * D, (size_t)D * sizeof(float));
+        free(ids);
+    } else {
+        rng g;
+        rng_seed(&g, o->seed ^ 0x436f4f70ULL);
+        for (size_t i = 0; i < r->count; i++) r->theta[i] = 0.02f * (float)rng_normal(&g);
+    }
+    int ctx = r->m->cfg.context_length;
+    r->cls_tokens = malloc((size_t)r->C * ctx * sizeof *r->cls_tokens);
+    if (!r->cls_tokens) return clipc_fail(err, "out of memory");
+    for (int c = 0; c < r->C; c++)
+        if (prompt_tokens(r->tok, r->set->class_names[c], o->n_ctx, ctx, r->cls_tokens + (size_t)c * ctx, err))
+            return clipc_fail_prefix(err, r->set->class_names[c]);
+    return 0;
+}
+
+/* ---- CLIP-Adapter ---------------------------------------------------------------------- */
+
+/* W1 [h, E] then W2 [E, h], nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)). */
+static int adapter_setup(method_run *r, clipc_error *err) {
+    int E = r->E, h = r->m->cfg.adapter_hidden;
+    r->count = (size_t)2 * h * E;
+    r->theta = malloc(r->count * sizeof *r->theta);
+    r->grad = calloc(r->count, sizeof *r->grad);
+    if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
+    r->decay_all = true;
+    rng g;
+    rng_seed(&g, r->o->seed ^ 0x41646170ULL);
+    for (size_t i = 0; i < r->count; i++) {
+        float bound = 1.0f / sqrtf((float)(i < (size_t)h * E ? E : h));
+        r->theta[i] = bound * (float)(2 * rng_uniform(&g) - 1);
+    }
+    r->m->params[r->m->L.adapter_ratio] = r->o->ratio;
+    return 0;
+}
+
+/* ---- full ---------------------------------------------------------------------------------- */
+
+/* The model's own parameters; AdamW's decay on the matrices of the trained
+ * towers only (the rest has no gradient and must not shrink either). */
+static int full_setup(method_run *r, clipc_error *err) {
+    clipc_model *m = r->m;
+    r->theta = m->params;
+    r->count = m->table.total;
+    r->grad = calloc(r->count, sizeof *r->grad);
+    r->decay = calloc(r->count, 1);
+    if (!r->grad || !r->decay) return clipc_fail(err, "out of memory for the gradients");
+    size_t text_first = m->L.t_tok, text_end = m->L.logit_scale;
+    for (int i = 0; i < m->table.count; i++) {
+        const param_spec *p = &m->table.items[i];
+        bool image = p->offset < text_first, text = p->offset >= text_first && p->offset < text_end;
+        if (p->ndim >= 2 && ((image && (r->o->towers & FT_IMAGE)) || (text && (r->o->towers & FT_TEXT))))
+            memset(r->decay + p->offset, 1, p->numel);
+    }
+    return 0;
+}
+
+/* ---- the interface ------------------------------------------------------------------------ */
+
+int method_setup(method_run *r, clipc_model *m0, clipc_error *err) {
+    const finetune_options *o = r->o;
+    const clipc_config *c = &r->m->cfg;
+    int E = r->E, C = r->C, ctx = c->context_length, R = c->image_resolution;
+    if (trains(r, FT_IMAGE) && c->vision_tower != CLIPC_VIT)
+        return clipc_fail(err, "--method %s on the image tower needs a ViT; this model's image tower is a ResNet "
+                               "(use --tower text, or coop/adapter)", finetune_method_name(o->method));
+    int rc = o->method == FT_LORA    ? lora_setup(r, err)
+             : o->method == FT_COOP  ? coop_setup(r, err)
+             : o->method == FT_ADAPTER ? adapter_setup(r, err)
+                                     : full_setup(r, err);
+    if (rc) return -1;
+    int B = o->batch < r->n ? o->batch : r->n;
+    r->bfeat = malloc((size_t)B * E * sizeof(float));
+    r->dfeat = malloc((size_t)B * E * sizeof(float));
+    r->cfeat = malloc((size_t)C * E * sizeof(float));
+    r->dcls = malloc((size_t)C * E * sizeof(float));
+    if (!r->bfeat || !r->dfeat || !r->cfeat || !r->dcls) return clipc_fail(err, "out of memory");
+    /* a frozen image tower runs once per image */
+    if (!trains(r, FT_IMAGE)) {
+        if (!(r->img_feat = malloc((size_t)r->n * E * sizeof(float)))) return clipc_fail(err, "out of memory");
+        if (clipc_encode_image(m0, r->pixels, r->n, r->img_feat, err)) return -1;
+    } else if (!(r->bpix = malloc((size_t)B * 3 * R * R * sizeof(float)))) {
+        return clipc_fail(err, "out of memory");
+    }
+    if (o->method == FT_ADAPTER) {
+        int h = c->adapter_hidden;
+        r->hid = malloc((size_t)B * h * sizeof(float));
+        r->act = malloc((size_t)B * E * sizeof(float));
+        if (!r->hid || !r->act) return clipc_fail(err, "out of memory");
+    }
+    /* a frozen text tower: the zero-shot classifier of the templates */
+    if (o->method != FT_COOP && !trains(r, FT_TEXT)) {
+        if (!(r->cls_feat = malloc((size_t)C * E * sizeof(float)))) return clipc_fail(err, "out of memory");
+        return clipc_zeroshot_classifier(m0, r->tok, (const char *const *)r->set->class_names, C, o->templates,
+                                         o->n_templates, r->cls_feat, err);
+    }
+    if (o->method != FT_COOP) { /* a trained text tower: one prompt per class, the first template */
+        if (!(r->cls_tokens = malloc((size_t)C * ctx * sizeof *r->cls_tokens))) return clipc_fail(err, "out of memory");
+        for (int k = 0; k < C; k++) {
+            char *text = template_fill(o->templates[0], r->set->class_names[k]);
+            if (!text) return clipc_fail(err, "template '%s' has no {}", o->templates[0]);
+            rc = clipc_tokenize(r->tok, text, ctx, 1, r->cls_tokens + (size_t)k * ctx, err);
+            free(text);
+            if (rc) return -1;
+        }
+    }
+    return 0;
+}
+
+int method_step(method_run *r, const int *rows, int B, float *loss, int *correct, clipc_error *err) {
+    const finetune_options *o = r->o;
+    clipc_model *m = r->m;
+    int E = r->E, C = r->C, R = m->cfg.image_resolution;
+    int *y = malloc((size_t)B * sizeof *y);
+    if (!y) return clipc_fail(err, "out of memory");
+    for (int i = 0; i < B; i++) y[i] = r->labels[rows[i]];
+    bool image = trains(r, FT_IMAGE), text = o->method == FT_COOP || trains(r, FT_TEXT);
+    float *G = o->method == FT_FULL ? r->grad : NULL; /* full: the model's gradients; else frozen towers */
+    const lora_tower *li = o->method == FT_LORA && r->pairs[0] ? &r->lora[0] : NULL;
+    const lora_tower *lt = o->method == FT_LORA && r->pairs[1] ? &r->lora[1] : NULL;
+    int rc = 0;
+    /* image features of the batch */
+    float *img = r->bfeat;
+    if (image) {
+        gather(r->bpix, r->pixels, (size_t)3 * R * R, rows, B);
+        rc = vit_train_forward(m, li, r->bpix, B, r->bfeat, &r->icache, err);
+    } else {
+        gather(r->bfeat, r->img_feat, (size_t)E, rows, B);
+    }
+    float *f_in = NULL;
+    if (rc == 0 && o->method == FT_ADAPTER) { /* on the cached features */
+        f_in = r->dfeat; /* borrowed until the loss: the adapter's input */
+        memcpy(f_in, r->bfeat, (size_t)B * E * sizeof *f_in);
+        const float *P = m->params;
+        adapter_forward(r->bfeat, r->hid, r->act, f_in, r->theta, r->theta + (size_t)m->cfg.adapter_hidden * E,
+                        P[m->L.adapter_ratio], B, E, m->cfg.adapter_hidden);
+    }
+    /* class embeddings */
+    const float *cls = r->cls_feat;
+    text_prompt prompt = {r->theta, o->n_ctx, 0};
+    if (rc == 0 && text) {
+        rc = text_train_forward(m, lt, o->method == FT_COOP ? &prompt : NULL, r->cls_tokens, C, r->cfeat, &r->tcache, err);
+        cls = r->cfeat;
+    }
+    if (rc == 0) {
+        float *dimg = image || o->method == FT_ADAPTER ? malloc((size_t)B * E * sizeof *dimg) : NULL;
+        if ((image || o->method == FT_ADAPTER) && !dimg) rc = clipc_fail(err, "out of memory");
+        if (rc == 0) *loss = class_cross_entropy(img, cls, y, B, C, E, r->scale, dimg, text ? r->dcls : NULL, correct);
+        if (rc == 0 && o->method == FT_ADAPTER) {
+            int h = m->cfg.adapter_hidden;
+            adapter_backward(NULL, r->grad, r->grad + (size_t)h * E, dimg, f_in, r->hid, r->act, r->theta,
+                             r->theta + (size_t)h * E, m->params[m->L.adapter_ratio], B, E, h);
+        }
+        if (rc == 0 && image) rc = vit_train_backward(m, &r->icache, dimg, G, err);
+        free(dimg);
+    }
+    if (rc == 0 && text) {
+        float *dx0 = NULL;
+        if (o->method == FT_COOP && !(dx0 = malloc((size_t)r->tcache.T * m->cfg.text_width * sizeof *dx0)))
+            rc = clipc_fail(err, "out of memory");
+        if (rc == 0) rc = text_train_backward(m, &r->tcache, r->dcls, G, dx0, err);
+        if (rc == 0 && dx0) { /* the context's gradient: summed over the class prompts */
+            int D = m->cfg.text_width;
+            for (int k = 0; k < C; k++)
+                for (int j = 0; j < o->n_ctx; j++) {
+                    const float *g = dx0 + (size_t)(r->tcache.start[k] + 1 + j) * D;
+                    for (int d = 0; d < D; d++) r->grad[(size_t)j * D + d] += g[d];
+                }
+        }
+        free(dx0);
+    }
+    free(y);
+    return rc;
+}
+
+int method_apply(method_run *r, clipc_error *err) {
+    (void)r, (void)err; /* every method's forward reads theta itself */
+    return 0;
+}
+
+/* One tensor of the result: its data copied from theta. */
+static int single_tensor(method_run *r, finetune_result *res, const char *const *names, const int64_t (*shapes)[2],
+                         const int *ndims, int n, clipc_error *err) {
+    res->tensors = calloc((size_t)n, sizeof *res->tensors);
+    res->names = calloc((size_t)n, sizeof *res->names);
+    res->data = malloc(r->count * sizeof *res->data);
+    if (!res->tensors || !res->names || !res->data) return clipc_fail(err, "out of memory");
+    memcpy(res->data, r->theta, r->count * sizeof *res->data);
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        snprintf(res->names[i], sizeof res->names[i], "%s", names[i]);
+        res->tensors[i] = (st_out_tensor){res->names[i], ndims[i], {shapes[i][0], shapes[i][1]}, res->data + at, ST_F32};
+        at += (size_t)shapes[i][0] * (ndims[i] > 1 ? shapes[i][1] : 1);
+    }
+    res->n_tensors = n;
+    return 0;
+}
+
+int method_finish(method_run *r, finetune_result *res, clipc_error *err) {
+    clipc_model *m = r->m;
+    const clipc_config *c = &m->cfg;
+    switch (r->o->method) {
+    case FT_LORA:
+        return lora_finish(r, res, err);
+    case FT_COOP: {
+        memcpy(m->params + m->L.prompt_ctx, r->theta, r->count * sizeof(float));
+        static const char *const names[] = {"prompt_learner.ctx"};
+        const int64_t shapes[][2] = {{c->prompt_ctx, c->text_width}};
+        const int nd[] = {2};
+        return single_tensor(r, res, names, shapes, nd, 1, err);
+    }
+    case FT_ADAPTER: {
+        int h = c->adapter_hidden, E = c->embed_dim;
+        memcpy(m->params + m->L.adapter_fc1, r->theta, (size_t)h * E * sizeof(float));
+        memcpy(m->params + m->L.adapter_fc2, r->theta + (size_t)h * E, (size_t)h * E * sizeof(float));
+        static const char *const names[] = {"adapter.visual.fc1.weight", "adapter.visual.fc2.weight"};
+        const int64_t shapes[][2] = {{h, E}, {E, h}};
+        const int nd[] = {2, 2};
+        return single_tensor(r, res, names, shapes, nd, 2, err);
+    }
+    default: /* full: trained in place */
+        r->count = 0;
+        for (int i = 0; i < m->table.count; i++) {
+            const param_spec *p = &m->table.items[i];
+            bool image = p->offset < m->L.t_tok, text = p->offset >= m->L.t_tok && p->offset < m->L.logit_scale;
+            if ((image && (r->o->towers & FT_IMAGE)) || (text && (r->o->towers & FT_TEXT))) r->count += p->numel;
+        }
+        return 0;
+    }
+}
+
+void method_free(method_run *r) {
+    if (r->theta != r->m->params) free(r->theta);
+    free(r->grad), free(r->decay);
+    free(r->img_feat), free(r->cls_feat), free(r->cls_tokens);
+    tower_cache_free(&r->icache);
+    tower_cache_free(&r->tcache);
+    free(r->bpix), free(r->bfeat), free(r->dfeat), free(r->cfeat), free(r->dcls), free(r->hid), free(r->act);
+    free(r->pairs[0]), free(r->pairs[1]);
+}
