@@ -50,5 +50,6 @@ void test_precision(void);
 void test_arch(void);
 void test_pull(void);
 void test_hostile(void);
+void test_finetune(void);
 
 #endif

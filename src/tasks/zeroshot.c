@@ -135,7 +135,12 @@ static int learned_prompt_classifier(clipc_model *m, clipc_tokenizer *tok, const
         if ((rc = prompt_tokens(tok, labels[l], c->prompt_ctx, c->context_length, tokens + (size_t)l * c->context_length, err)))
             clipc_fail_prefix(err, labels[l]);
     text_prompt p = {m->params + m->L.prompt_ctx, c->prompt_ctx, 0};
-    if (rc == 0) rc = model_encode_text_prompted(m, tokens, n_labels, &p, weights, err);
+    /* one label per call, as the template path encodes them (a GEMM's rounding depends on its row count) */
+    for (int l = 0; l < n_labels && rc == 0; l++)
+        rc = model_encode_text_prompted(m, tokens + (size_t)l * c->context_length, 1, &p, weights + (size_t)l * c->embed_dim, err);
+    /* normalised twice, as the template path's mean of one normalised embedding is renormalised: the
+     * classifier of a context initialised from a template is then that template's, bit for bit */
+    if (rc == 0) clipc_normalize_rows(weights, n_labels, c->embed_dim);
     if (rc == 0) clipc_normalize_rows(weights, n_labels, c->embed_dim);
     free(tokens);
     return rc;

@@ -1,0 +1,443 @@
+/* test_finetune.c — fine-tuning: each method's gradients against central
+ * finite differences on `tiny`, the identities every method starts from
+ * (LoRA with B = 0, CoOp initialised from "a photo of a", CLIP-Adapter at
+ * ratio 0), merged LoRA against unmerged, WiSE-FT's endpoints, and the
+ * command end to end with its bad-input contract. */
+#include "test.h"
+#include "../src/finetune/methods.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void random_fill(float *x, size_t n, uint64_t seed, float scale) {
+    rng r;
+    rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) x[i] = scale * (float)rng_normal(&r);
+}
+
+/* A LoRA on every target of every block of tower k (0 image, 1 text), with
+ * A and B random (B zero when zero_b); storage in *mem. */
+static lora_tower make_lora(const clipc_model *m, int k, int rank, bool zero_b, float **mem, float **gmem,
+                            lora_pair **pairs) {
+    tower_spec t = k == 0 ? vision_tower_spec(m) : text_tower_spec(m);
+    size_t per = 0;
+    for (int tg = 0; tg < LORA_TARGETS; tg++) {
+        int in = tg == LORA_PROJ ? t.H : t.D, out = tg == LORA_FC ? t.H : t.D;
+        per += (size_t)rank * (in + out);
+    }
+    *mem = calloc(per * t.layers, sizeof **mem);
+    *gmem = calloc(per * t.layers, sizeof **gmem);
+    *pairs = calloc((size_t)t.layers * LORA_TARGETS, sizeof **pairs);
+    lora_tower lt = {(lora_pair(*)[LORA_TARGETS]) * pairs, rank, 2.0f / rank};
+    size_t at = 0;
+    for (int l = 0; l < t.layers; l++)
+        for (int tg = 0; tg < LORA_TARGETS; tg++) {
+            int in = tg == LORA_PROJ ? t.H : t.D, out = tg == LORA_FC ? t.H : t.D;
+            lora_pair *p = &lt.blocks[l][tg];
+            p->A = *mem + at, p->dA = *gmem + at;
+            random_fill(p->A, (size_t)rank * in, 100 + at, 0.2f);
+            at += (size_t)rank * in;
+            p->B = *mem + at, p->dB = *gmem + at;
+            if (!zero_b) random_fill(p->B, (size_t)rank * out, 200 + at, 0.2f);
+            at += (size_t)rank * out;
+        }
+    return lt;
+}
+
+/* L = sum(w * features) of the image (k 0) or text (k 1) tower, with lora and prompt. */
+static double tower_loss(const clipc_model *m, int k, const lora_tower *lt, const text_prompt *pr, const float *pixels,
+                         const int32_t *tokens, int n, const float *w) {
+    clipc_error err;
+    int E = m->cfg.embed_dim;
+    float *f = malloc((size_t)n * E * sizeof *f);
+    tower_cache c = {0};
+    int rc = k == 0 ? vit_train_forward(m, lt, pixels, n, f, &c, &err)
+                    : text_train_forward(m, lt, pr, tokens, n, f, &c, &err);
+    double L = 0;
+    for (size_t i = 0; rc == 0 && i < (size_t)n * E; i++) L += (double)w[i] * f[i];
+    tower_cache_free(&c);
+    free(f);
+    return rc ? NAN : L;
+}
+
+static void make_inputs(const clipc_model *m, clipc_tokenizer *tok, float **pixels, int32_t **tokens, int n) {
+    int R = m->cfg.image_resolution, ctx = m->cfg.context_length;
+    *pixels = malloc((size_t)n * 3 * R * R * sizeof **pixels);
+    random_fill(*pixels, (size_t)n * 3 * R * R, 5, 1.0f);
+    *tokens = calloc((size_t)n * ctx, sizeof **tokens);
+    static const char *const texts[] = {"a photo of a dog.", "a red shirt", "X X X X sneaker."};
+    clipc_error err;
+    for (int i = 0; i < n; i++) clipc_tokenize(tok, texts[i % 3], ctx, 1, *tokens + (size_t)i * ctx, &err);
+}
+
+/* dA, dB of a LoRA on both towers against central differences. */
+static void check_lora_gradients(clipc_model *m, clipc_tokenizer *tok) {
+    int n = 3, E = m->cfg.embed_dim;
+    float *pixels, *w = malloc((size_t)n * E * sizeof *w);
+    int32_t *tokens;
+    make_inputs(m, tok, &pixels, &tokens, n);
+    random_fill(w, (size_t)n * E, 9, 1.0f);
+    for (int k = 0; k < 2; k++) {
+        float *mem, *gmem;
+        lora_pair *pairs;
+        lora_tower lt = make_lora(m, k, 2, false, &mem, &gmem, &pairs);
+        clipc_error err;
+        float *f = malloc((size_t)n * E * sizeof *f);
+        tower_cache c = {0};
+        int rc = k == 0 ? vit_train_forward(m, &lt, pixels, n, f, &c, &err)
+                        : text_train_forward(m, &lt, NULL, tokens, n, f, &c, &err);
+        CHECK(rc == 0, "%s", err.message);
+        rc = k == 0 ? vit_train_backward(m, &c, w, NULL, &err) : text_train_backward(m, &c, w, NULL, NULL, &err);
+        CHECK(rc == 0, "%s", err.message);
+        double worst = 0;
+        int tested = 0;
+        tower_spec t = k == 0 ? vision_tower_spec(m) : text_tower_spec(m);
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++)
+                for (int ab = 0; ab < 2; ab++)
+                    for (int probe = 0; probe < 2; probe++) {
+                        lora_pair *p = &lt.blocks[l][tg];
+                        float *x = ab ? p->B : p->A, *g = ab ? p->dB : p->dA;
+                        size_t at = (size_t)(probe * 37 + l * 5 + tg) % 16;
+                        float keep = x[at], h = 1e-2f;
+                        x[at] = keep + h;
+                        double up = tower_loss(m, k, &lt, NULL, pixels, tokens, n, w);
+                        x[at] = keep - h;
+                        double down = tower_loss(m, k, &lt, NULL, pixels, tokens, n, w);
+                        x[at] = keep;
+                        double fd = (up - down) / (2 * h), rel = fabs(fd - g[at]) / fmax(1e-2, fabs(fd));
+                        worst = fmax(worst, rel);
+                        tested++;
+                    }
+        CHECK(worst < 2e-2, "%s-tower LoRA gradients: worst relative error %.3g over %d entries",
+              k ? "text" : "image", worst, tested);
+        printf("  LoRA %s tower: %d A/B entries, worst relative error vs central differences %.2g\n",
+               k ? "text" : "image", tested, worst);
+        tower_cache_free(&c);
+        free(f), free(mem), free(gmem), free(pairs);
+    }
+    free(pixels), free(tokens), free(w);
+}
+
+/* B = 0 is the base model exactly; merged equals unmerged. */
+static void check_lora_identities(clipc_model *m, clipc_tokenizer *tok) {
+    int n = 3, E = m->cfg.embed_dim;
+    float *pixels;
+    int32_t *tokens;
+    make_inputs(m, tok, &pixels, &tokens, n);
+    float *base = malloc((size_t)n * E * sizeof *base), *ours = malloc((size_t)n * E * sizeof *ours);
+    clipc_error err;
+    for (int k = 0; k < 2; k++) {
+        float *mem, *gmem;
+        lora_pair *pairs;
+        lora_tower zero = make_lora(m, k, 3, true, &mem, &gmem, &pairs);
+        tower_cache c = {0};
+        CHECK((k == 0 ? clipc_encode_image(m, pixels, n, base, &err) : clipc_encode_text(m, tokens, n, base, &err)) == 0,
+              "%s", err.message);
+        CHECK((k == 0 ? vit_train_forward(m, &zero, pixels, n, ours, &c, &err)
+                      : text_train_forward(m, &zero, NULL, tokens, n, ours, &c, &err)) == 0,
+              "%s", err.message);
+        double d = max_abs_diff(base, ours, (size_t)n * E);
+        CHECK(d < 1e-5, "%s tower: LoRA with B = 0 differs from the base model by %g", k ? "text" : "image", d);
+        free(mem), free(gmem), free(pairs);
+        /* merged: W + scale B A, run by inference */
+        lora_tower lt = make_lora(m, k, 3, false, &mem, &gmem, &pairs);
+        CHECK((k == 0 ? vit_train_forward(m, &lt, pixels, n, ours, &c, &err)
+                      : text_train_forward(m, &lt, NULL, tokens, n, ours, &c, &err)) == 0,
+              "%s", err.message);
+        clipc_model *merged = model_extend(m, &m->cfg, &err);
+        tower_spec t = k == 0 ? vision_tower_spec(m) : text_tower_spec(m);
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++) {
+                const block_offsets *b = &t.blocks[l];
+                int in = tg == LORA_PROJ ? t.H : t.D, out = tg == LORA_FC ? t.H : t.D;
+                size_t wo = tg <= LORA_V ? b->qkv_w + (size_t)tg * t.D * t.D
+                            : tg == LORA_OUT ? b->out_w : tg == LORA_FC ? b->fc_w : b->proj_w;
+                const lora_pair *p = &lt.blocks[l][tg];
+                for (int i = 0; i < out; i++)
+                    for (int j = 0; j < in; j++) {
+                        double s = 0;
+                        for (int r = 0; r < 3; r++) s += (double)p->B[i * 3 + r] * p->A[(size_t)r * in + j];
+                        merged->params[wo + (size_t)i * in + j] += lt.scale * (float)s;
+                    }
+            }
+        CHECK((k == 0 ? clipc_encode_image(merged, pixels, n, base, &err)
+                      : clipc_encode_text(merged, tokens, n, base, &err)) == 0,
+              "%s", err.message);
+        double scale = 0;
+        for (size_t i = 0; i < (size_t)n * E; i++) scale = fmax(scale, fabs(base[i]));
+        d = max_abs_diff(base, ours, (size_t)n * E);
+        CHECK(d <= 1e-5 * fmax(1, scale), "%s tower: merged LoRA differs from unmerged by %g (scale %g)",
+              k ? "text" : "image", d, scale);
+        d = max_abs_diff(base, ours, (size_t)n * E);
+        tower_cache_free(&c);
+        clipc_model_free(merged);
+        free(mem), free(gmem), free(pairs);
+    }
+    free(pixels), free(tokens), free(base), free(ours);
+}
+
+/* CoOp: the context's gradient, and the "a photo of a" start. */
+static void check_coop(clipc_model *m, clipc_tokenizer *tok) {
+    int n = 3, E = m->cfg.embed_dim, D = m->cfg.text_width, ctx = m->cfg.context_length, n_ctx = 4;
+    clipc_error err;
+    static const char *const labels[] = {"dog", "t-shirt", "ankle boot"};
+    int32_t *tokens = calloc((size_t)n * ctx, sizeof *tokens);
+    for (int i = 0; i < n; i++)
+        CHECK(prompt_tokens(tok, labels[i], n_ctx, ctx, tokens + (size_t)i * ctx, &err) == 0, "%s", err.message);
+    float *v = malloc((size_t)n_ctx * D * sizeof *v), *w = malloc((size_t)n * E * sizeof *w);
+    random_fill(v, (size_t)n_ctx * D, 3, 0.05f);
+    random_fill(w, (size_t)n * E, 4, 1.0f);
+    text_prompt p = {v, n_ctx, 0};
+    float *f = malloc((size_t)n * E * sizeof *f);
+    tower_cache c = {0};
+    CHECK(text_train_forward(m, NULL, &p, tokens, n, f, &c, &err) == 0, "%s", err.message);
+    float *dx0 = malloc((size_t)c.T * D * sizeof *dx0), *g = calloc((size_t)n_ctx * D, sizeof *g);
+    CHECK(text_train_backward(m, &c, w, NULL, dx0, &err) == 0, "%s", err.message);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n_ctx; j++)
+            for (int d = 0; d < D; d++) g[(size_t)j * D + d] += dx0[(size_t)(c.start[i] + 1 + j) * D + d];
+    double worst = 0;
+    for (int probe = 0; probe < 12; probe++) {
+        size_t at = (size_t)probe * 23 % ((size_t)n_ctx * D);
+        float keep = v[at], h = 1e-2f;
+        v[at] = keep + h;
+        double up = tower_loss(m, 1, NULL, &p, NULL, tokens, n, w);
+        v[at] = keep - h;
+        double down = tower_loss(m, 1, NULL, &p, NULL, tokens, n, w);
+        v[at] = keep;
+        double fd = (up - down) / (2 * h);
+        worst = fmax(worst, fabs(fd - g[at]) / fmax(1e-2, fabs(fd)));
+    }
+    CHECK(worst < 2e-2, "CoOp context gradient: worst relative error %.3g", worst);
+    printf("  CoOp context: 12 entries, worst relative error vs central differences %.2g\n", worst);
+    tower_cache_free(&c);
+    /* initialised from "a photo of a": exactly the zero-shot classifier of "a photo of a {}." */
+    clipc_config cfg = m->cfg;
+    cfg.prompt_ctx = n_ctx;
+    clipc_model *coop = model_extend(m, &cfg, &err);
+    int32_t *ids = NULL;
+    int n_ids = 0;
+    CHECK(coop && clipc_tokenizer_encode(tok, "a photo of a", &ids, &n_ids, &err) == 0 && n_ids == n_ctx, "init");
+    for (int j = 0; coop && j < n_ids; j++)
+        memcpy(coop->params + coop->L.prompt_ctx + (size_t)j * D, m->params + m->L.t_tok + (size_t)ids[j] * D,
+               (size_t)D * sizeof(float));
+    const char *tmpl[] = {"a photo of a {}."};
+    float *zs = malloc((size_t)n * E * sizeof *zs), *learned = malloc((size_t)n * E * sizeof *learned);
+    CHECK(clipc_zeroshot_classifier(m, tok, labels, n, tmpl, 1, zs, &err) == 0, "%s", err.message);
+    CHECK(coop && clipc_zeroshot_classifier(coop, tok, labels, n, tmpl, 1, learned, &err) == 0, "%s", err.message);
+    CHECK(max_abs_diff(zs, learned, (size_t)n * E) == 0, "CoOp from 'a photo of a' differs from zero-shot by %g",
+          max_abs_diff(zs, learned, (size_t)n * E));
+    /* and it survives a save and load */
+    char path[] = "/tmp/clipc_coop_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    CHECK(coop && clipc_model_save(coop, path, &err) == 0, "%s", err.message);
+    clipc_model *back = clipc_model_load(path, &err);
+    CHECK(back && clipc_model_config(back)->prompt_ctx == n_ctx, "the learned prompt is lost on load: %s",
+          back ? "" : err.message);
+    if (back) {
+        CHECK(clipc_zeroshot_classifier(back, tok, labels, n, tmpl, 1, zs, &err) == 0, "%s", err.message);
+        CHECK(max_abs_diff(zs, learned, (size_t)n * E) == 0, "reloaded CoOp classifier differs");
+    }
+    remove(path);
+    clipc_model_free(back);
+    clipc_model_free(coop);
+    free(ids), free(zs), free(learned), free(tokens), free(v), free(w), free(f), free(dx0), free(g);
+}
+
+/* CLIP-Adapter: ratio 0 is the identity; its gradients; the class CE's. */
+static void check_adapter_and_loss(clipc_model *m) {
+    int n = 4, E = m->cfg.embed_dim, h = E / 4, C = 3;
+    float *f = malloc((size_t)n * E * sizeof *f), *W = malloc((size_t)2 * h * E * sizeof *W);
+    float *out = malloc((size_t)n * E * sizeof *out), *hid = malloc((size_t)n * h * sizeof *hid);
+    float *a = malloc((size_t)n * E * sizeof *a), *cls = malloc((size_t)C * E * sizeof *cls);
+    float *gW = calloc((size_t)2 * h * E, sizeof *gW), *df = malloc((size_t)n * E * sizeof *df);
+    float *dcls = malloc((size_t)C * E * sizeof *dcls);
+    random_fill(f, (size_t)n * E, 11, 1.0f);
+    random_fill(W, (size_t)2 * h * E, 12, 0.3f);
+    random_fill(cls, (size_t)C * E, 13, 1.0f);
+    int y[] = {0, 2, 1, 2};
+    adapter_forward(out, hid, a, f, W, W + (size_t)h * E, 0.0f, n, E, h);
+    CHECK(max_abs_diff(out, f, (size_t)n * E) == 0, "CLIP-Adapter at ratio 0 is not the identity");
+    /* L = CE(adapter(f)); dW and df against central differences */
+    float ratio = 0.4f;
+    adapter_forward(out, hid, a, f, W, W + (size_t)h * E, ratio, n, E, h);
+    float *dout = malloc((size_t)n * E * sizeof *dout);
+    int hits;
+    class_cross_entropy(out, cls, y, n, C, E, 20.0f, dout, dcls, &hits);
+    adapter_backward(df, gW, gW + (size_t)h * E, dout, f, hid, a, W, W + (size_t)h * E, ratio, n, E, h);
+    double worst = 0, worst_cls = 0;
+    for (int probe = 0; probe < 24; probe++) {
+        float *x = probe < 12 ? W : probe < 18 ? f : cls;
+        size_t at = (size_t)probe * 31 % (probe < 18 && probe >= 12 ? (size_t)n * E : probe < 12 ? (size_t)2 * h * E
+                                                                                                : (size_t)C * E);
+        float keep = x[at], eps = 1e-3f;
+        double L[2];
+        for (int s = 0; s < 2; s++) {
+            x[at] = keep + (s ? -eps : eps);
+            adapter_forward(out, hid, a, f, W, W + (size_t)h * E, ratio, n, E, h);
+            L[s] = class_cross_entropy(out, cls, y, n, C, E, 20.0f, NULL, NULL, NULL);
+        }
+        x[at] = keep;
+        double fd = (L[0] - L[1]) / (2 * eps);
+        double ours = probe < 12 ? gW[at] : probe < 18 ? df[at] : dcls[at];
+        double rel = fabs(fd - ours) / fmax(1e-2, fabs(fd));
+        if (probe < 18) worst = fmax(worst, rel);
+        else worst_cls = fmax(worst_cls, rel);
+    }
+    CHECK(worst < 2e-2, "CLIP-Adapter gradients: worst relative error %.3g", worst);
+    CHECK(worst_cls < 2e-2, "class cross-entropy gradient w.r.t. the class embeddings: worst relative error %.3g",
+          worst_cls);
+    printf("  CLIP-Adapter + class cross-entropy: worst relative error vs central differences %.2g, %.2g\n", worst,
+           worst_cls);
+    free(f), free(W), free(out), free(hid), free(a), free(cls), free(gW), free(df), free(dcls), free(dout);
+}
+
+static void check_wise(clipc_model *m) {
+    clipc_error err;
+    clipc_config cfg = m->cfg;
+    cfg.adapter_hidden = 4; /* the fine-tuned one has a tensor the zero-shot one lacks */
+    clipc_model *ft = model_extend(m, &cfg, &err);
+    random_fill(ft->params, ft->table.total, 21, 0.1f);
+    clipc_model *w0 = wise_interpolate(m, ft, 0, &err), *w1 = wise_interpolate(m, ft, 1, &err);
+    clipc_model *wh = wise_interpolate(m, ft, 0.5f, &err);
+    CHECK(w0 && w1 && wh, "%s", err.message);
+    if (w0 && w1 && wh) {
+        bool same0 = true, same1 = true;
+        double worst = 0;
+        for (int t = 0; t < ft->table.count; t++) { /* tensor by tensor (the array has alignment gaps) */
+            const param_spec *p = &ft->table.items[t];
+            const float *z = m->params + p->offset, *f = ft->params + p->offset;
+            bool shared = t < m->table.count;
+            same0 &= !memcmp(w0->params + p->offset, shared ? z : f, p->numel * sizeof(float));
+            same1 &= !memcmp(w1->params + p->offset, f, p->numel * sizeof(float));
+            for (size_t i = 0; shared && i < p->numel; i++)
+                worst = fmax(worst, fabs(wh->params[p->offset + i] - 0.5 * (z[i] + f[i])));
+        }
+        CHECK(same0, "WiSE-FT alpha 0 is not the zero-shot model");
+        CHECK(same1, "WiSE-FT alpha 1 is not the fine-tuned model");
+        CHECK(worst < 1e-6, "WiSE-FT alpha 0.5 is not the midpoint (%g)", worst);
+    }
+    clipc_model *other = clipc_model_init("fmnist", 1, &err);
+    clipc_model *bad = other ? wise_interpolate(other, ft, 0.5f, &err) : NULL;
+    CHECK(other && !bad && strstr(err.message, "differ in architecture"), "WiSE-FT of two architectures: %s",
+          err.message);
+    clipc_model_free(other), clipc_model_free(bad);
+    clipc_model_free(w0), clipc_model_free(w1), clipc_model_free(wh), clipc_model_free(ft);
+}
+
+static void check_shots(void) {
+    image_set s = {0};
+    clipc_error err;
+    if (image_set_open("fashion-mnist", "train", "filepath", "label", &s, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    int *rows = NULL, n = 0, *again = NULL, n2 = 0;
+    CHECK(few_shot_rows(&s, 4, 7, &rows, &n, &err) == 0 && n == 40, "4 shots of 10 classes: %d rows", n);
+    CHECK(few_shot_rows(&s, 4, 7, &again, &n2, &err) == 0 && n2 == n && !memcmp(rows, again, (size_t)n * sizeof *rows),
+          "the same seed draws other shots");
+    int per[10] = {0};
+    for (int i = 0; i < n; i++) per[s.labels[rows[i]]]++;
+    bool even = true;
+    for (int c = 0; c < 10; c++) even &= per[c] == 4;
+    CHECK(even, "shots are not 4 per class");
+    free(rows), free(again);
+    CHECK(few_shot_rows(&s, 7000, 7, &rows, &n, &err) != 0 && strstr(err.message, "has only 6000"),
+          "more shots than a class has: %s", err.message);
+    image_set_free(&s);
+}
+
+/* ---- the command ------------------------------------------------------------------------------ */
+
+static int sh(const char *fmt, const char *a, const char *b) {
+    char cmd[4096];
+    char inner[3000];
+    snprintf(inner, sizeof inner, fmt, a, b);
+    snprintf(cmd, sizeof cmd, "%s %s >/tmp/clipc_ft_out.txt 2>/tmp/clipc_ft_err.txt", clipc_binary, inner);
+    return run_cmd(cmd);
+}
+
+static bool file_has(const char *path, const char *what) {
+    unsigned char *d;
+    size_t len;
+    clipc_error err;
+    if (read_file(path, &d, &len, &err)) return false;
+    bool yes = memmem(d, len, what, strlen(what)) != NULL; /* binary files too */
+    free(d);
+    return yes;
+}
+
+static void check_command(void) {
+    char dir[] = "/tmp/clipc_ft_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    static const char *const methods[] = {"lora", "adapter", "coop", "full"};
+    char out[256], path[400];
+    for (int k = 0; k < 4; k++) {
+        snprintf(out, sizeof out, "%s/%s", dir, methods[k]);
+        int rc = sh("finetune --method %s --dataset fashion-mnist --shots 2 --steps 3 --eval-limit 50 --out %s",
+                    methods[k], out);
+        CHECK(rc == 0, "finetune --method %s exits %d", methods[k], rc);
+        snprintf(path, sizeof path, "%s/finetune.json", out);
+        CHECK(file_has(path, "\"zeroshot_top1_after\"") && file_has(path, "\"trainable_parameters\""),
+              "%s: finetune.json lacks its numbers", methods[k]);
+        snprintf(path, sizeof path, "%s/adapter.safetensors", out);
+        CHECK((access(path, F_OK) == 0) == (k != 3), "%s: adapter.safetensors %s", methods[k], k != 3 ? "missing" : "written");
+        /* the fine-tuned model loads in the other commands */
+        snprintf(path, sizeof path, "%s/model.safetensors", out);
+        CHECK(sh("eval zeroshot -m %s --dataset fashion-mnist%s", path, " --json") == 0 &&
+                  file_has("/tmp/clipc_ft_out.txt", "\"acc1\""),
+              "%s: the fine-tuned model does not evaluate", methods[k]);
+    }
+    snprintf(path, sizeof path, "%s/lora/adapter.safetensors", dir);
+    CHECK(file_has(path, "base_model.model.vision_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"),
+          "LoRA's adapter.safetensors lacks PEFT's names");
+    /* bad input: one error line, a non-zero exit, nothing left behind */
+    static const char *const bad[][2] = {
+        {"--method dora", "unknown --method"},
+        {"--method lora --targets q,z", "unknown target 'z'"},
+        {"--method lora --rank 1000", "larger than"},
+        {"--method coop --shots 7000", "has only 6000"},
+        {"--method coop --ctx 3 --ctx-init 'a photo of a'", "is 4 tokens"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(out, sizeof out, "%s/bad%zu", dir, i);
+        char args[512];
+        snprintf(args, sizeof args, "%s --dataset fashion-mnist --steps 2 --out", bad[i][0]);
+        int rc = sh("finetune %s %s", args, out);
+        CHECK(rc != 0 && file_has("/tmp/clipc_ft_err.txt", bad[i][1]), "finetune %s: exit %d, wanted '%s'", bad[i][0],
+              rc, bad[i][1]);
+        struct stat st;
+        CHECK(stat(out, &st) != 0, "finetune %s left %s behind", bad[i][0], out);
+    }
+    /* clipc wise */
+    snprintf(path, sizeof path, "%s/lora/model.safetensors", dir);
+    snprintf(out, sizeof out, "%s/wise.safetensors", dir);
+    CHECK(sh("wise --finetuned %s --alpha 0.5 -o %s", path, out) == 0 && access(out, F_OK) == 0, "clipc wise failed");
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s /tmp/clipc_ft_out.txt /tmp/clipc_ft_err.txt", dir);
+    run_cmd(cmd);
+}
+
+void test_finetune(void) {
+    clipc_error err;
+    clipc_model *m = clipc_model_init("tiny", 3, &err);
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    if (!m || !tok) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    check_lora_gradients(m, tok);
+    check_lora_identities(m, tok);
+    check_coop(m, tok);
+    check_adapter_and_loss(m);
+    check_wise(m);
+    check_shots();
+    check_command();
+    clipc_model_free(m);
+    clipc_tokenizer_free(tok);
+}
