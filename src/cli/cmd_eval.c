@@ -323,7 +323,8 @@ static int open_probe_sets(const eval_args *a, image_set *train, image_set *test
     struct stat st;
     char train_dir[4096], test_dir[4096];
     const char *train_spec = a->dataset, *test_spec = a->test_dataset;
-    if (strcmp(a->dataset, "fashion-mnist") && !test_spec) { /* DIR/train + DIR/test */
+    bool fm = !strcmp(a->dataset, "fashion-mnist") || !strcmp(a->dataset, "fashion-mnist-inverted");
+    if (!fm && !test_spec) { /* DIR/train + DIR/test */
         snprintf(train_dir, sizeof train_dir, "%s/train", a->dataset);
         snprintf(test_dir, sizeof test_dir, "%s/test", a->dataset);
         if (stat(train_dir, &st) || !S_ISDIR(st.st_mode) || stat(test_dir, &st) || !S_ISDIR(st.st_mode))
@@ -331,7 +332,7 @@ static int open_probe_sets(const eval_args *a, image_set *train, image_set *test
                              a->dataset);
         train_spec = train_dir, test_spec = test_dir;
     }
-    if (!test_spec) test_spec = "fashion-mnist";
+    if (!test_spec) test_spec = a->dataset; /* Fashion-MNIST's test split */
     if (image_set_open(train_spec, "train", a->img_key, a->label_key, train, &err)) return cli_error("%s", err.message);
     if (image_set_open(test_spec, "test", a->img_key, a->label_key, test, &err) ||
         image_set_align_classes(train, test, &err))
