@@ -335,14 +335,6 @@ void matmul_forward(float *y, const float *x, const float *W, int n, int in, int
 void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W, int n, int in, int out);
 void layernorm_forward(float *y, const float *x, const float *w, const float *b, int n, int dim, float eps);
 /* Its backward from the input x: dx (=|+=) ..., dw += ..., db += ... */
-/* CLIP-Adapter (Gao et al. 2021, eq. 2-3) on image features f [n, E]:
- *   hid = relu(f W1^T) [n, h],  a = relu(hid W2^T) [n, E],  out = ratio a + (1 - ratio) f
- * out may be f; hid and a keep the intermediates for the backward. */
-void adapter_forward(float *out, float *hid, float *a, const float *f, const float *W1, const float *W2, float ratio,
-                     int n, int E, int h);
-/* Its backward: dW1, dW2 added into; df (NULL: not wanted) overwritten. */
-void adapter_backward(float *df, float *dW1, float *dW2, const float *dout, const float *f, const float *hid,
-                      const float *a, const float *W1, const float *W2, float ratio, int n, int E, int h);
 void layernorm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int n,
                         int dim, float eps, bool accumulate_dx);
 /* dx = dy * act'(x) for CLIPC_QUICK_GELU / CLIPC_GELU, x the pre-activation. */
@@ -377,6 +369,14 @@ void batchnorm_forward(float *x, const float *w, const float *b, const float *me
                        const float *var, int N, int C, int HW, bool relu);
 /* AvgPool2d(k) with stride k, NCHW. */
 void avgpool_forward(float *y, const float *x, int N, int C, int H, int W, int k);
+/* CLIP-Adapter (Gao et al. 2021, eq. 2-3) on image features f [n, E]:
+ *   hid = relu(f W1^T) [n, h],  a = relu(hid W2^T) [n, E],  out = ratio a + (1 - ratio) f
+ * out may be f; hid and a keep the intermediates for the backward. */
+void adapter_forward(float *out, float *hid, float *a, const float *f, const float *W1, const float *W2, float ratio,
+                     int n, int E, int h);
+/* Its backward: dW1, dW2 added into; df (NULL: not wanted) overwritten. */
+void adapter_backward(float *df, float *dW1, float *dW2, const float *dout, const float *f, const float *hid,
+                      const float *a, const float *W1, const float *W2, float ratio, int n, int E, int h);
 
 /* ---- image/ -------------------------------------------------------------- */
 

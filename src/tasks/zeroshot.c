@@ -124,60 +124,45 @@ int prompt_tokens(clipc_tokenizer *tok, const char *label, int n_ctx, int contex
     return rc;
 }
 
-/* CoOp's classifier: one prompt per label, its context the model's learned vectors. */
-static int learned_prompt_classifier(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int n_labels,
-                                     float *weights, clipc_error *err) {
-    const clipc_config *c = clipc_model_config(m);
-    int32_t *tokens = malloc((size_t)n_labels * c->context_length * sizeof *tokens);
-    if (!tokens) return clipc_fail(err, "out of memory");
-    int rc = 0;
-    for (int l = 0; l < n_labels && rc == 0; l++)
-        if ((rc = prompt_tokens(tok, labels[l], c->prompt_ctx, c->context_length, tokens + (size_t)l * c->context_length, err)))
-            clipc_fail_prefix(err, labels[l]);
-    text_prompt p = {m->params + m->L.prompt_ctx, c->prompt_ctx, 0};
-    /* one label per call, as the template path encodes them (a GEMM's rounding depends on its row count) */
-    for (int l = 0; l < n_labels && rc == 0; l++)
-        rc = model_encode_text_prompted(m, tokens + (size_t)l * c->context_length, 1, &p, weights + (size_t)l * c->embed_dim, err);
-    /* normalised twice, as the template path's mean of one normalised embedding is renormalised: the
-     * classifier of a context initialised from a template is then that template's, bit for bit */
-    if (rc == 0) clipc_normalize_rows(weights, n_labels, c->embed_dim);
-    if (rc == 0) clipc_normalize_rows(weights, n_labels, c->embed_dim);
-    free(tokens);
-    return rc;
-}
-
 int clipc_zeroshot_classifier(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int n_labels,
                               const char *const *templates, int n_templates, float *weights, clipc_error *err) {
     const clipc_config *c = clipc_model_config(m);
     int E = c->embed_dim, ctx = c->context_length;
     if (n_labels < 1 || n_templates < 1) return clipc_fail(err, "need at least one label and one template");
-    if (c->prompt_ctx > 0) return learned_prompt_classifier(m, tok, labels, n_labels, weights, err);
-    for (int t = 0; t < n_templates; t++)
+    /* A CoOp model's learned context replaces the templates: one prompt per label. */
+    bool learned = c->prompt_ctx > 0;
+    text_prompt prompt = {learned ? m->params + m->L.prompt_ctx : NULL, c->prompt_ctx, 0};
+    int per_label = learned ? 1 : n_templates;
+    for (int t = 0; t < n_templates && !learned; t++)
         if (!strstr(templates[t], "{}")) return clipc_fail(err, "template '%s' has no {} for the class name", templates[t]);
-    int32_t *tokens = malloc((size_t)n_templates * ctx * sizeof *tokens);
-    float *feats = malloc((size_t)n_templates * E * sizeof *feats);
+    int32_t *tokens = malloc((size_t)per_label * ctx * sizeof *tokens);
+    float *feats = malloc((size_t)per_label * E * sizeof *feats);
     int rc = 0;
     if (!tokens || !feats) rc = clipc_fail(err, "out of memory");
     for (int l = 0; l < n_labels && rc == 0; l++) {
-        for (int t = 0; t < n_templates && rc == 0; t++) {
-            char *text = template_fill(templates[t], labels[l]);
-            if (!text) {
-                rc = clipc_fail(err, "out of memory");
-                break;
+        for (int t = 0; t < per_label && rc == 0; t++) {
+            if (learned) {
+                rc = prompt_tokens(tok, labels[l], c->prompt_ctx, ctx, tokens, err);
+            } else {
+                char *text = template_fill(templates[t], labels[l]);
+                if (!text) {
+                    rc = clipc_fail(err, "out of memory");
+                    break;
+                }
+                /* long prompts are truncated, as clip.tokenize(truncate=True) */
+                rc = clipc_tokenize(tok, text, ctx, 1, tokens + (size_t)t * ctx, err);
+                free(text);
             }
-            /* long prompts are truncated, as clip.tokenize(truncate=True) */
-            rc = clipc_tokenize(tok, text, ctx, 1, tokens + (size_t)t * ctx, err);
             if (rc) clipc_fail_prefix(err, labels[l]);
-            free(text);
         }
-        if (rc == 0) rc = clipc_encode_text(m, tokens, n_templates, feats, err);
+        if (rc == 0) rc = model_encode_text_prompted(m, tokens, per_label, learned ? &prompt : NULL, feats, err);
         if (rc) break;
-        clipc_normalize_rows(feats, n_templates, E);
+        clipc_normalize_rows(feats, per_label, E);
         float *w = weights + (size_t)l * E;
         for (int j = 0; j < E; j++) {
             double s = 0;
-            for (int t = 0; t < n_templates; t++) s += feats[(size_t)t * E + j];
-            w[j] = (float)(s / n_templates);
+            for (int t = 0; t < per_label; t++) s += feats[(size_t)t * E + j];
+            w[j] = (float)(s / per_label);
         }
         clipc_normalize_rows(w, 1, E);
     }
