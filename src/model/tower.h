@@ -58,6 +58,11 @@ typedef struct tower_spec {
 tower_spec vision_tower_spec(const clipc_model *m);
 tower_spec text_tower_spec(const clipc_model *m);
 
+/* The LoRA of target tg in block `layer` of the tower, or NULL. */
+static inline const lora_pair *lora_of(const tower_spec *t, int layer, int tg) {
+    return t->lora && t->lora->blocks[layer][tg].A ? &t->lora->blocks[layer][tg] : NULL;
+}
+
 /* One residual block, x_out = block(k->x_in), for every row of pk; x_out
  * may be k->x_in (in place). tmp [T, D] is needed with LayerScale or tap;
  * scratch: attention_scratch floats; ws: lowp_scratch floats. The one block

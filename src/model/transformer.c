@@ -78,11 +78,6 @@ static void lora_forward(float *y, int ldy, const float *x, const lora_pair *p, 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scale, u, r, p->B, r, 1.0f, y, ldy);
 }
 
-/* The adapted weight of target tg in this block, or NULL. */
-static const lora_pair *lora_of(const tower_spec *t, int layer, int tg) {
-    return t->lora && t->lora->blocks[layer][tg].A ? &t->lora->blocks[layer][tg] : NULL;
-}
-
 /* y (rows ldy apart) (=|+=) x W^T + b [+ LoRA], W the matrix at w_off. */
 static void linear_lora(const clipc_model *m, const tower_spec *t, const block_cache *k, int layer, int tg, float *y,
                         int ldy, const float *x, size_t w_off, const float *bias, int n, int in, int out,

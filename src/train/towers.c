@@ -35,6 +35,9 @@ void tower_cache_free(tower_cache *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* The gradient of the parameter at offset off, or NULL when G is (a frozen tower). */
+#define GP(off) (G ? G + (off) : NULL)
+
 /* Bump allocation inside the cache's one buffer. */
 typedef struct bump {
     float *p;
@@ -54,10 +57,11 @@ static float *take(bump *b, size_t n) {
  * given lengths; extra = floats the tower needs beyond the blocks. The
  * buffers of an earlier pass are reused when they are large enough, so a
  * training loop does not fault in fresh pages every step. */
-static int cache_init(tower_cache *c, const clipc_model *m, const tower_spec *t, int n, const int *lens, size_t extra, bump *b,
-                      clipc_error *err) {
+static int cache_init(tower_cache *c, const clipc_model *m, const tower_spec *t, int n, const int *lens, size_t extra,
+                      bump *b, clipc_error *err) {
     int D = t->D, H = t->H, heads = t->heads, layers = t->layers, r = t->lora ? t->lora->rank : 0;
-    if (m->precision != CLIPC_FP32) return clipc_fail(err, "training runs at fp32: the model is set to %s", clipc_precision_name(m->precision));
+    if (m->precision != CLIPC_FP32)
+        return clipc_fail(err, "training runs at fp32: the model is set to %s", clipc_precision_name(m->precision));
     if (t->blocks[0].ls1 != (size_t)-1)
         return clipc_fail(err, "training a model with LayerScale (ls_1/ls_2 gammas) is not supported yet");
     if (n > c->n_cap) {
@@ -147,22 +151,20 @@ static void block_backward(const clipc_model *m, const tower_spec *t, int layer,
     float s = t->lora ? t->lora->scale : 0;
     float *d_fc = work, *d_ln = d_fc + (size_t)T * H, *d_qkv = d_ln + (size_t)T * D;
     float *du = d_qkv + (size_t)T * 3 * D, *scratch = du + (size_t)T * r;
-#define GP(off) (G ? G + (off) : NULL)
-#define LORA(tg) (t->lora && t->lora->blocks[layer][tg].A ? &t->lora->blocks[layer][tg] : NULL)
     const lora_pair *p;
     linear_backward(d_fc, GP(bo->proj_w), GP(bo->proj_b), dx, k->fc_act, P + bo->proj_w, T, H, D, false);
-    if ((p = LORA(LORA_PROJ))) lora_backward(d_fc, dx, D, k->fc_act, k->lora_u[LORA_PROJ], p, T, H, D, r, s, du);
+    if ((p = lora_of(t, layer, LORA_PROJ))) lora_backward(d_fc, dx, D, k->fc_act, k->lora_u[LORA_PROJ], p, T, H, D, r, s, du);
     activation_backward(d_fc, d_fc, k->fc_pre, (size_t)T * H, t->act);
     linear_backward(d_ln, GP(bo->fc_w), GP(bo->fc_b), d_fc, k->ln2, P + bo->fc_w, T, D, H, false);
-    if ((p = LORA(LORA_FC))) lora_backward(d_ln, d_fc, H, k->ln2, k->lora_u[LORA_FC], p, T, D, H, r, s, du);
+    if ((p = lora_of(t, layer, LORA_FC))) lora_backward(d_ln, d_fc, H, k->ln2, k->lora_u[LORA_FC], p, T, D, H, r, s, du);
     layernorm_backward(dx, GP(bo->ln2_w), GP(bo->ln2_b), d_ln, k->x_mid, P + bo->ln2_w, T, D, t->eps, true);
     float *d_att = d_ln;
     linear_backward(d_att, GP(bo->out_w), GP(bo->out_b), dx, k->att, P + bo->out_w, T, D, D, false);
-    if ((p = LORA(LORA_OUT))) lora_backward(d_att, dx, D, k->att, k->lora_u[LORA_OUT], p, T, D, D, r, s, du);
+    if ((p = lora_of(t, layer, LORA_OUT))) lora_backward(d_att, dx, D, k->att, k->lora_u[LORA_OUT], p, T, D, D, r, s, du);
     attention_backward(d_qkv, d_att, k->qkv, k->probs, c->probs_offset, c->start, c->len, c->n, D, t->heads, scratch);
     linear_backward(d_ln, GP(bo->qkv_w), GP(bo->qkv_b), d_qkv, k->ln1, P + bo->qkv_w, T, D, 3 * D, false);
     for (int tg = LORA_Q; tg <= LORA_V; tg++)
-        if ((p = LORA(tg))) lora_backward(d_ln, d_qkv + tg * D, 3 * D, k->ln1, k->lora_u[tg], p, T, D, D, r, s, du);
+        if ((p = lora_of(t, layer, tg))) lora_backward(d_ln, d_qkv + tg * D, 3 * D, k->ln1, k->lora_u[tg], p, T, D, D, r, s, du);
     /* The key bias adds q_i . b_k to every score of row i, which softmax
      * ignores: its gradient, sum_i q_i sum_j dS_ij / sqrt(d), is exactly
      * zero. Summed in float it is rounding noise, which Adam's division by
@@ -170,7 +172,6 @@ static void block_backward(const clipc_model *m, const tower_spec *t, int layer,
      * with summation order, e.g. between 1 and 2 MPI ranks. */
     if (G) memset(G + bo->qkv_b + D, 0, (size_t)D * sizeof *G);
     layernorm_backward(dx, GP(bo->ln1_w), GP(bo->ln1_b), d_ln, k->x_in, P + bo->ln1_w, T, D, t->eps, true);
-#undef LORA
 }
 
 static size_t block_backward_work(const tower_cache *c, const tower_spec *t) {
