@@ -90,6 +90,8 @@ void rng_seed(rng *r, uint64_t seed);
 uint64_t rng_next(rng *r);
 double rng_uniform(rng *r);   /* [0, 1) */
 double rng_normal(rng *r);    /* N(0, 1) */
+/* perm = a Fisher-Yates shuffle of 0..n-1 drawn from seed. */
+void rng_permutation(uint64_t seed, int n, int *perm);
 
 /* ---- util/half.c ------------------------------------------------------- */
 

@@ -96,6 +96,11 @@ typedef struct probe_result {
     class_metrics test;  /* of the final fit (on all training rows) on the test set */
 } probe_result;
 
+/* The seeded order of n training images from which the linear probe, and
+ * fine-tuning's --shots, take the first K of each class: the same seed
+ * gives both the same shots. */
+void shot_order(uint64_t seed, int n, int *order);
+
 /* The CLIP paper's protocol: carve a validation split from the training
  * features (20%, or with shots > 0 a disjoint min(shots, 4) per class),
  * sweep lambda over 1e-6..1e2 (every decade, then a refinement around the

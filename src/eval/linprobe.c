@@ -110,6 +110,8 @@ static double top1(const double *W, const float *X, const int *y, int n, int d, 
     return (double)hit / n;
 }
 
+void shot_order(uint64_t seed, int n, int *order) { rng_permutation(seed ^ 0x11e4b90beULL, n, order); }
+
 int linear_probe(const float *Xtr, const int *ytr, int ntr, const float *Xte, const int *yte, int nte, int d, int C,
                  int shots, uint64_t seed, probe_result *out, clipc_error *err) {
     memset(out, 0, sizeof *out);
@@ -126,14 +128,7 @@ int linear_probe(const float *Xtr, const int *ytr, int ntr, const float *Xte, co
         rc = clipc_fail(err, "out of memory");
         goto done;
     }
-    /* A seeded shuffle decides the split. */
-    rng r;
-    rng_seed(&r, seed ^ 0x11e4b90beULL);
-    for (int i = 0; i < ntr; i++) perm[i] = i;
-    for (int i = ntr - 1; i > 0; i--) {
-        int j = (int)(rng_next(&r) % (uint64_t)(i + 1)), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
+    shot_order(seed, ntr, perm); /* a seeded shuffle decides the split */
     int n_fit = 0, n_val = 0;
     if (shots > 0) { /* shots per class to fit; a disjoint min(shots, 4) per class to validate (CoOp's rule) */
         int val_shots = shots < 4 ? shots : 4;

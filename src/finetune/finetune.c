@@ -35,14 +35,7 @@ int few_shot_rows(const image_set *set, int shots, uint64_t seed, int **rows, in
         *rows = NULL;
         return clipc_fail(err, "out of memory");
     }
-    /* a seeded shuffle of the whole set, then the first K of each class */
-    rng r;
-    rng_seed(&r, seed);
-    for (int i = 0; i < set->count; i++) order[i] = i;
-    for (int i = set->count - 1; i > 0; i--) {
-        int j = (int)(rng_next(&r) % (uint64_t)(i + 1)), t = order[i];
-        order[i] = order[j], order[j] = t;
-    }
+    shot_order(seed, set->count, order); /* the first K of each class: the linear probe's shots */
     *n = 0;
     for (int i = 0; i < set->count; i++) {
         int c = set->labels[order[i]];

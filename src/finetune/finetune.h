@@ -69,7 +69,8 @@ int finetune_run(clipc_model *m, clipc_tokenizer *tok, const image_set *set, con
                  const finetune_options *o, finetune_progress progress, void *ctx, clipc_model **out,
                  finetune_result *res, clipc_error *err);
 
-/* K rows per class of set, drawn with seed (CoOp's protocol); *rows is
+/* K rows per class of set, drawn with seed (CoOp's protocol; the same as
+ * the linear probe's with that seed, shot_order); *rows is
  * malloc'd. A class with fewer than K images is an error naming it. */
 int few_shot_rows(const image_set *set, int shots, uint64_t seed, int **rows, int *n, clipc_error *err);
 

@@ -141,15 +141,7 @@ void fmnist_caption(int label, uint64_t seed, long step, int index, char *out, s
 /* Sample i of epoch e: a Fisher-Yates permutation drawn from (seed, e). */
 int data_order_index(uint64_t seed, long epoch, int count, int i, int *perm_cache, long *cached_epoch) {
     if (*cached_epoch != epoch) {
-        for (int k = 0; k < count; k++) perm_cache[k] = k;
-        rng r;
-        rng_seed(&r, mix(seed, (uint64_t)epoch, 0xda7a));
-        for (int k = count - 1; k > 0; k--) {
-            int j = (int)(rng_next(&r) % (uint64_t)(k + 1));
-            int t = perm_cache[k];
-            perm_cache[k] = perm_cache[j];
-            perm_cache[j] = t;
-        }
+        rng_permutation(mix(seed, (uint64_t)epoch, 0xda7a), count, perm_cache);
         *cached_epoch = epoch;
     }
     return perm_cache[i];

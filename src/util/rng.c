@@ -38,3 +38,13 @@ double rng_normal(rng *r) {
     if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
+
+void rng_permutation(uint64_t seed, int n, int *perm) {
+    rng r;
+    rng_seed(&r, seed);
+    for (int k = 0; k < n; k++) perm[k] = k;
+    for (int k = n - 1; k > 0; k--) {
+        int j = (int)(rng_next(&r) % (uint64_t)(k + 1)), t = perm[k];
+        perm[k] = perm[j], perm[j] = t;
+    }
+}
