@@ -248,29 +248,40 @@ void image_set_free(image_set *s) {
 
 enum { FEATURE_BATCH = 64 };
 
+int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n, int R, float *out, clipc_error *err) {
+    size_t image_floats = (size_t)3 * R * R;
+    clipc_error *errs = calloc((size_t)(n > 0 ? n : 1), sizeof *errs);
+    int *failed = calloc((size_t)(n > 0 ? n : 1), sizeof *failed);
+    int rc = errs && failed ? 0 : clipc_fail(err, "out of memory");
+    if (rc == 0) {
+        #pragma omp parallel for schedule(dynamic)
+        for (int i = 0; i < n; i++)
+            failed[i] = image_set_pixels(s, rows ? rows[i] : first + i, R, out + i * image_floats, &errs[i]);
+    }
+    for (int i = 0; i < n && rc == 0; i++)
+        if (failed[i]) {
+            *err = errs[i];
+            rc = -1;
+        }
+    free(errs), free(failed);
+    return rc;
+}
+
 int image_set_features(clipc_model *m, const image_set *s, int first, int n, float *features, eval_progress progress,
                        void *ctx, clipc_error *err) {
     const clipc_config *c = clipc_model_config(m);
     int R = c->image_resolution, E = c->embed_dim;
     size_t image_floats = (size_t)3 * R * R;
     float *pixels = malloc(FEATURE_BATCH * image_floats * sizeof *pixels);
-    clipc_error *errs = calloc(FEATURE_BATCH, sizeof *errs);
-    int *failed = calloc(FEATURE_BATCH, sizeof *failed);
-    int rc = pixels && errs && failed ? 0 : clipc_fail(err, "out of memory");
+    int rc = pixels ? 0 : clipc_fail(err, "out of memory");
     for (int done = 0; done < n && rc == 0; done += FEATURE_BATCH) {
         int b = n - done < FEATURE_BATCH ? n - done : FEATURE_BATCH;
-        #pragma omp parallel for schedule(dynamic)
-        for (int i = 0; i < b; i++) failed[i] = image_set_pixels(s, first + done + i, R, pixels + i * image_floats, &errs[i]);
-        for (int i = 0; i < b && rc == 0; i++)
-            if (failed[i]) {
-                *err = errs[i];
-                rc = -1;
-            }
+        rc = image_set_pixels_batch(s, NULL, first + done, b, R, pixels, err);
         if (rc == 0) rc = clipc_encode_image(m, pixels, b, features + (size_t)done * E, err);
         if (rc == 0) clipc_normalize_rows(features + (size_t)done * E, b, E);
         if (rc == 0 && progress) progress(ctx, done + b, n);
     }
-    free(pixels), free(errs), free(failed);
+    free(pixels);
     return rc;
 }
 

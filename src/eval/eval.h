@@ -31,6 +31,9 @@ int image_set_open(const char *spec, const char *split, const char *img_key, con
 int image_set_read_classnames(image_set *s, const char *path, clipc_error *err);
 /* Image i as CLIP input [3, R, R], as _transform(R) gives it. */
 int image_set_pixels(const image_set *s, int i, int R, float *out, clipc_error *err);
+/* Images rows[0..n) (rows NULL: first..first+n-1) as CLIP input [n, 3, R, R],
+ * decoded on all cores; a failure reports the first failing image's error. */
+int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n, int R, float *out, clipc_error *err);
 /* Image i resized and center-cropped to size x size RGB bytes (thumbnails). */
 int image_set_rgb(const image_set *s, int i, int size, unsigned char *rgb, clipc_error *err);
 void image_set_free(image_set *s);

@@ -132,8 +132,8 @@ float class_cross_entropy(const float *img, const float *cls, const int *y, int 
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
-/* The fixed parts of a run: the model being trained, the training images,
- * and what the method caches. */
+/* The training images rows[0..n) as the model's input, all in memory (a
+ * few-shot set is small; a large one is refused before allocating). */
 static int load_pixels(const clipc_model *m, const image_set *set, const int *rows, int n, float **pixels,
                        clipc_error *err) {
     int R = m->cfg.image_resolution;
@@ -141,24 +141,14 @@ static int load_pixels(const clipc_model *m, const image_set *set, const int *ro
     if ((double)n * per * sizeof(float) > 8.0 * (1 << 30))
         return clipc_fail(err, "%d training images at %dx%d need %.1f GiB: use --shots, or fewer images", n, R, R,
                           (double)n * per * 4 / (1 << 30));
-    *pixels = malloc((size_t)n * per * sizeof **pixels);
-    clipc_error *errs = calloc((size_t)(n > 0 ? n : 1), sizeof *errs);
-    int failed = -1;
-    if (!*pixels || !errs) {
-        free(*pixels), free(errs);
-        *pixels = NULL;
+    if (!(*pixels = malloc((size_t)n * per * sizeof **pixels)))
         return clipc_fail(err, "out of memory for the training images");
+    if (image_set_pixels_batch(set, rows, 0, n, R, *pixels, err)) {
+        free(*pixels);
+        *pixels = NULL;
+        return -1;
     }
-#pragma omp parallel for schedule(dynamic)
-    for (int i = 0; i < n; i++)
-        if (image_set_pixels(set, rows[i], R, *pixels + (size_t)i * per, &errs[i])) {
-#pragma omp critical
-            failed = failed < 0 || i < failed ? i : failed;
-        }
-    if (failed >= 0) *err = errs[failed];
-    free(errs);
-    if (failed >= 0) free(*pixels), *pixels = NULL;
-    return failed >= 0 ? -1 : 0;
+    return 0;
 }
 
 int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, const int *rows, int n,
