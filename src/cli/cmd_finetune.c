@@ -127,9 +127,7 @@ static int zeroshot_top1(clipc_model *m, clipc_tokenizer *tok, const image_set *
 
 typedef struct progress_state {
     FILE *log;
-    long *steps;
-    float *loss;
-    int n;
+    history curve;
     double start, last;
 } progress_state;
 
@@ -139,7 +137,7 @@ static void on_step(void *ctx, long step, long total, float loss, float acc, flo
     if (p->log)
         fprintf(p->log, "{\"step\": %ld, \"loss\": %.6f, \"batch_acc\": %.4f, \"lr\": %.6g, \"elapsed_s\": %.2f}\n", step,
                 loss, acc, lr, now - p->start);
-    p->steps[p->n] = step, p->loss[p->n++] = loss;
+    history_add(&p->curve, step, loss);
     if (now - p->last > (cli_progress_enabled() ? 0.3 : 20.0) || step == total) {
         double rate = step / (now - p->start > 0 ? now - p->start : 1e-9);
         fprintf(stderr, "%sstep %ld/%ld  loss %.4f  batch acc %.2f  lr %.3g  %.1f steps/s  ETA %.0fs%s",
@@ -253,10 +251,7 @@ int cmd_finetune(int argc, char **argv) {
     made_dir = true;
     char path[4200];
     snprintf(path, sizeof path, "%s/log.jsonl", a.out);
-    ps.log = fopen(path, "w");
-    ps.steps = malloc((size_t)o.steps * sizeof *ps.steps);
-    ps.loss = malloc((size_t)o.steps * sizeof *ps.loss);
-    if (!ps.log || !ps.steps || !ps.loss) {
+    if (!(ps.log = fopen(path, "w"))) {
         rc = cli_error("cannot write %s", path);
         goto done;
     }
@@ -327,7 +322,7 @@ int cmd_finetune(int argc, char **argv) {
     fclose(ps.log);
     ps.log = NULL;
     snprintf(path, sizeof path, "%s/curve.svg", a.out);
-    if (write_curve_svg(path, ps.steps, ps.loss, ps.n, NULL, NULL, 0, o.steps, &err))
+    if (write_curve_svg(path, ps.curve.steps, ps.curve.loss, ps.curve.n, NULL, NULL, 0, o.steps, &err))
         fprintf(stderr, "clipc: warning: %s\n", err.message);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "method", a.method);
@@ -384,7 +379,7 @@ done:
         }
         rmdir(a.out); /* only when empty */
     }
-    free(ps.steps), free(ps.loss);
+    history_free(&ps.curve);
     finetune_result_free(&res);
     clipc_model_free(wise);
     clipc_model_free(ft);

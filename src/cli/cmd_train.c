@@ -36,44 +36,6 @@ static const char TRAIN_USAGE[] =
     "  batch/R pairs of every micro-batch, the loss sees all of them, and rank 0 writes the log\n"
     "  and checkpoints. A run resumes with any number of ranks.\n";
 
-typedef struct history {
-    long *steps, *eval_steps;
-    float *loss, *acc;
-    int n, n_eval, cap, cap_eval;
-} history;
-
-static void history_add(history *h, long step, float loss) {
-    if (h->n == h->cap) {
-        h->cap = h->cap ? 2 * h->cap : 1024;
-        long *s = realloc(h->steps, (size_t)h->cap * sizeof *s);
-        float *l = realloc(h->loss, (size_t)h->cap * sizeof *l);
-        if (!s || !l) { /* the curve is a convenience: keep what we have */
-            if (s) h->steps = s;
-            if (l) h->loss = l;
-            h->cap = h->n;
-            return;
-        }
-        h->steps = s, h->loss = l;
-    }
-    h->steps[h->n] = step, h->loss[h->n++] = loss;
-}
-
-static void history_eval(history *h, long step, float acc) {
-    if (h->n_eval == h->cap_eval) {
-        h->cap_eval = h->cap_eval ? 2 * h->cap_eval : 64;
-        long *s = realloc(h->eval_steps, (size_t)h->cap_eval * sizeof *s);
-        float *a = realloc(h->acc, (size_t)h->cap_eval * sizeof *a);
-        if (!s || !a) {
-            if (s) h->eval_steps = s;
-            if (a) h->acc = a;
-            h->cap_eval = h->n_eval;
-            return;
-        }
-        h->eval_steps = s, h->acc = a;
-    }
-    h->eval_steps[h->n_eval] = step, h->acc[h->n_eval++] = acc;
-}
-
 /* On resume, the curve continues from the log of the earlier run(s), and
  * the log is cut back to the checkpoint's step: lines a crashed session
  * wrote after its last checkpoint would otherwise appear twice. */
@@ -408,7 +370,7 @@ static int train_main(int argc, char **argv, const dist *d) {
     loader_stop(ld);
     clipc_tokenizer_free(tok);
     fclose(log);
-    free(h.steps), free(h.loss), free(h.eval_steps), free(h.acc);
+    history_free(&h);
 done:
     if (t.grads) trainer_free(&t);
     clipc_model_free(m);

@@ -1,10 +1,49 @@
-/* curve.c — the run's learning curves as an SVG picture: training loss
- * (and its running mean) and zero-shot accuracy against the step. */
+/* curve.c — the run's learning curves: the points collected as training
+ * goes (history), and the SVG picture of training loss (and its running
+ * mean) and zero-shot accuracy against the step. */
 #include "train.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+void history_add(history *h, long step, float loss) {
+    if (h->n == h->cap) {
+        h->cap = h->cap ? 2 * h->cap : 1024;
+        long *s = realloc(h->steps, (size_t)h->cap * sizeof *s);
+        float *l = realloc(h->loss, (size_t)h->cap * sizeof *l);
+        if (!s || !l) { /* the curve is a convenience: keep what we have */
+            if (s) h->steps = s;
+            if (l) h->loss = l;
+            h->cap = h->n;
+            return;
+        }
+        h->steps = s, h->loss = l;
+    }
+    h->steps[h->n] = step, h->loss[h->n++] = loss;
+}
+
+void history_eval(history *h, long step, float acc) {
+    if (h->n_eval == h->cap_eval) {
+        h->cap_eval = h->cap_eval ? 2 * h->cap_eval : 64;
+        long *s = realloc(h->eval_steps, (size_t)h->cap_eval * sizeof *s);
+        float *a = realloc(h->acc, (size_t)h->cap_eval * sizeof *a);
+        if (!s || !a) {
+            if (s) h->eval_steps = s;
+            if (a) h->acc = a;
+            h->cap_eval = h->n_eval;
+            return;
+        }
+        h->eval_steps = s, h->acc = a;
+    }
+    h->eval_steps[h->n_eval] = step, h->acc[h->n_eval++] = acc;
+}
+
+void history_free(history *h) {
+    free(h->steps), free(h->loss), free(h->eval_steps), free(h->acc);
+    memset(h, 0, sizeof *h);
+}
 
 static void panel(FILE *f, int x0, const char *title, const long *xs, const float *ys, int n, bool smooth,
                   float ymin, float ymax, const char *colour, long xmax) {

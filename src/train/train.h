@@ -251,6 +251,17 @@ int fmnist_zeroshot(clipc_model *m, clipc_tokenizer *tok, const fmnist *test, in
 
 /* ---- curves (curve.c) --------------------------------------------------------------- */
 
+/* The points of a run's curves, grown as they come (an allocation failure
+ * keeps what was collected: the curve is a convenience). */
+typedef struct history {
+    long *steps, *eval_steps;
+    float *loss, *acc;
+    int n, n_eval, cap, cap_eval;
+} history;
+void history_add(history *h, long step, float loss);
+void history_eval(history *h, long step, float acc);
+void history_free(history *h);
+
 int write_curve_svg(const char *path, const long *steps, const float *loss, int n, const long *eval_steps,
                     const float *acc, int n_eval, long total_steps, clipc_error *err);
 
