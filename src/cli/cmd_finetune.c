@@ -233,9 +233,8 @@ int cmd_finetune(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if (method == FT_LORA && (o.rank > clipc_model_config(m)->vision_width || o.rank > clipc_model_config(m)->text_width)) {
-        rc = cli_error("--rank %d is larger than the model's width (image %d, text %d)", o.rank,
-                       clipc_model_config(m)->vision_width, clipc_model_config(m)->text_width);
+    if (finetune_check(m, &o, &err)) { /* before the zero-shot evaluation and any output */
+        rc = cli_error("%s", err.message);
         goto done;
     }
     double before = 0, after = 0, src_before = NAN, src_after = NAN, wise_acc = NAN, wise_src = NAN;

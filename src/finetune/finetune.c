@@ -51,6 +51,26 @@ int few_shot_rows(const image_set *set, int shots, uint64_t seed, int **rows, in
     return rc;
 }
 
+bool finetune_trains(const finetune_options *o, int tower) {
+    return (o->method == FT_LORA || o->method == FT_FULL) && (o->towers & tower);
+}
+
+int finetune_check(const clipc_model *m, const finetune_options *o, clipc_error *err) {
+    const clipc_config *c = &m->cfg;
+    if (m->precision != CLIPC_FP32)
+        return clipc_fail(err, "fine-tuning runs at fp32 (the model is set to %s)", clipc_precision_name(m->precision));
+    if (finetune_trains(o, FT_IMAGE) && c->vision_tower != CLIPC_VIT)
+        return clipc_fail(err, "--method %s on the image tower needs a ViT; this model's image tower is a ResNet "
+                               "(use --tower text, or coop/adapter)", finetune_method_name(o->method));
+    for (int k = 0; k < 2 && o->method == FT_LORA; k++) {
+        int tower = k == 0 ? FT_IMAGE : FT_TEXT, width = k == 0 ? c->vision_width : c->text_width;
+        if ((o->towers & tower) && o->rank > width)
+            return clipc_fail(err, "--rank %d is larger than the %s tower's width %d", o->rank, k ? "text" : "image",
+                              width);
+    }
+    return 0;
+}
+
 clipc_model *model_extend(const clipc_model *m, const clipc_config *cfg, clipc_error *err) {
     clipc_model *x = model_new(cfg, err);
     if (!x) return NULL;
@@ -159,8 +179,7 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
     const clipc_config *c0 = &m0->cfg;
     int C = set->n_classes, E = c0->embed_dim, B = o->batch < n ? o->batch : n;
     if (n < 1) return clipc_fail(err, "no training images");
-    if (m0->precision != CLIPC_FP32) return clipc_fail(err, "fine-tuning runs at fp32 (the model is set to %s)",
-                                                       clipc_precision_name(m0->precision));
+    if (finetune_check(m0, o, err)) return -1;
     method_run run = {0};
     run.o = o;
     run.tok = tok;
@@ -181,7 +200,7 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
     if (rc == 0) rc = method_setup(&run, m0, err);
     adamw opt = {0};
     if (rc == 0) rc = adamw_init_flat(&opt, run.count, o->lr, 0.9f, 0.999f, 1e-8f, o->wd, err);
-    if (rc == 0 && !run.decay_all) /* only matrices decay: not gains, biases, embeddings' class token, scales */
+    if (rc == 0 && run.decay) /* full: the trained towers' matrices only */
         memcpy(opt.decay, run.decay, run.count);
     int *batch_rows = malloc((size_t)B * sizeof *batch_rows), *perm = malloc((size_t)n * sizeof *perm);
     if (rc == 0 && (!batch_rows || !perm)) rc = clipc_fail(err, "out of memory");
@@ -207,14 +226,13 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
             break;
         }
         opt.lr = lr_at(o->lr, step, warmup, o->steps);
-        adamw_step(&opt, run.theta, run.grad);
-        if ((rc = method_apply(&run, err))) break;
+        adamw_step(&opt, run.theta, run.grad); /* every method's forward reads theta itself */
         if (progress) progress(pctx, step + 1, o->steps, loss, (float)correct / B, opt.lr);
     }
     free(batch_rows), free(perm);
     adamw_free(&opt);
     if (rc == 0) rc = method_finish(&run, res, err);
-    res->trainable = run.count;
+    res->trainable = run.trainable;
     method_free(&run);
     free(run.labels);
     free(run.pixels);

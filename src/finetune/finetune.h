@@ -61,6 +61,13 @@ typedef struct finetune_result {
 } finetune_result;
 void finetune_result_free(finetune_result *r);
 
+/* Whether the method trains that tower's weights (lora, full). */
+bool finetune_trains(const finetune_options *o, int tower);
+/* Refuses what the model cannot do with these options, before any work: a
+ * reduced precision, an image tower that is not a ViT for a method that
+ * trains it, a LoRA rank above a trained tower's width. */
+int finetune_check(const clipc_model *m, const finetune_options *o, clipc_error *err);
+
 /* Fine-tunes a copy of m on images rows[0..n) of set (labels set->labels,
  * class names set->class_names); m itself is only read. On success *out
  * is the complete fine-tuned model: LoRA merged into the weights, CoOp's

@@ -31,9 +31,7 @@ int lora_targets_parse(const char *list, char *bad, size_t cap) {
     return mask;
 }
 
-static bool trains(const method_run *r, int tower) {
-    return (r->o->method == FT_LORA || r->o->method == FT_FULL) && (r->o->towers & tower);
-}
+static bool trains(const method_run *r, int tower) { return finetune_trains(r->o, tower); }
 
 /* The rows of the batch's images, features or pixels, gathered. */
 static void gather(float *dst, const float *src, size_t width, const int *rows, int B) {
@@ -43,13 +41,12 @@ static void gather(float *dst, const float *src, size_t width, const int *rows, 
 /* ---- LoRA ------------------------------------------------------------------------------ */
 
 /* A target's input and output widths, and its weight's offset. */
-static void lora_shape(const clipc_model *m, const tower_spec *t, int l, int tg, int *in, int *out, size_t *w) {
+static void lora_shape(const tower_spec *t, int l, int tg, int *in, int *out, size_t *w) {
     const block_offsets *b = &t->blocks[l];
     int D = t->D, H = t->H;
     *in = tg == LORA_PROJ ? H : D;
     *out = tg == LORA_FC ? H : D;
     *w = tg <= LORA_V ? b->qkv_w + (size_t)tg * D * D : tg == LORA_OUT ? b->out_w : tg == LORA_FC ? b->fc_w : b->proj_w;
-    (void)m;
 }
 
 static tower_spec spec_of(const clipc_model *m, int k) { return k == 0 ? vision_tower_spec(m) : text_tower_spec(m); }
@@ -62,15 +59,13 @@ static int lora_setup(method_run *r, clipc_error *err) {
     size_t total = 0;
     for (int k = 0; k < 2; k++) {
         if (!(o->towers & (k == 0 ? FT_IMAGE : FT_TEXT))) continue;
-        tower_spec t = spec_of(r->m, k);
-        if (o->rank > t.D) return clipc_fail(err, "--rank %d is larger than the %s tower's width %d", o->rank,
-                                             k == 0 ? "image" : "text", t.D);
+        tower_spec t = spec_of(r->m, k); /* finetune_check has bounded the rank by its width */
         for (int l = 0; l < t.layers; l++)
             for (int tg = 0; tg < LORA_TARGETS; tg++)
                 if (o->targets & (1 << tg)) {
                     int in, out;
                     size_t w;
-                    lora_shape(r->m, &t, l, tg, &in, &out, &w);
+                    lora_shape(&t, l, tg, &in, &out, &w);
                     total += (size_t)o->rank * (in + out);
                 }
     }
@@ -78,7 +73,6 @@ static int lora_setup(method_run *r, clipc_error *err) {
     r->theta = calloc(total ? total : 1, sizeof *r->theta);
     r->grad = calloc(total ? total : 1, sizeof *r->grad);
     if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
-    r->decay_all = true;
     rng g;
     rng_seed(&g, o->seed ^ 0x4c6f5241ULL);
     size_t at = 0;
@@ -93,7 +87,7 @@ static int lora_setup(method_run *r, clipc_error *err) {
                 if (!(o->targets & (1 << tg))) continue;
                 int in, out;
                 size_t w;
-                lora_shape(r->m, &t, l, tg, &in, &out, &w);
+                lora_shape(&t, l, tg, &in, &out, &w);
                 lora_pair *p = &r->lora[k].blocks[l][tg];
                 p->A = r->theta + at, p->dA = r->grad + at;
                 float bound = 1.0f / sqrtf((float)in);
@@ -125,7 +119,7 @@ static int lora_finish(method_run *r, finetune_result *res, clipc_error *err) {
                 if (!p->A) continue;
                 int in, out, rk = r->o->rank;
                 size_t w;
-                lora_shape(r->m, &t, l, tg, &in, &out, &w);
+                lora_shape(&t, l, tg, &in, &out, &w);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, rk, r->lora[k].scale, p->B, rk, p->A,
                             in, 1.0f, r->m->params + w, in);
                 for (int ab = 0; ab < 2; ab++) {
@@ -154,9 +148,7 @@ static int coop_setup(method_run *r, clipc_error *err) {
     r->count = (size_t)o->n_ctx * D;
     r->theta = malloc(r->count * sizeof *r->theta);
     r->grad = calloc(r->count, sizeof *r->grad);
-    r->dx0 = NULL;
     if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
-    r->decay_all = true;
     if (o->ctx_init) {
         int32_t *ids = NULL;
         int n_ids = 0;
@@ -191,7 +183,6 @@ static int adapter_setup(method_run *r, clipc_error *err) {
     r->theta = malloc(r->count * sizeof *r->theta);
     r->grad = calloc(r->count, sizeof *r->grad);
     if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
-    r->decay_all = true;
     rng g;
     rng_seed(&g, r->o->seed ^ 0x41646170ULL);
     for (size_t i = 0; i < r->count; i++) {
@@ -204,6 +195,12 @@ static int adapter_setup(method_run *r, clipc_error *err) {
 
 /* ---- full ---------------------------------------------------------------------------------- */
 
+/* Which tower a parameter belongs to (FT_IMAGE, FT_TEXT), or 0 (logit_scale and after): the table lays out
+ * the image tower first, then the text tower (params.c). */
+static int tower_of(const clipc_model *m, const param_spec *p) {
+    return p->offset < m->L.t_tok ? FT_IMAGE : p->offset < m->L.logit_scale ? FT_TEXT : 0;
+}
+
 /* The model's own parameters; AdamW's decay on the matrices of the trained
  * towers only (the rest has no gradient and must not shrink either). */
 static int full_setup(method_run *r, clipc_error *err) {
@@ -213,12 +210,12 @@ static int full_setup(method_run *r, clipc_error *err) {
     r->grad = calloc(r->count, sizeof *r->grad);
     r->decay = calloc(r->count, 1);
     if (!r->grad || !r->decay) return clipc_fail(err, "out of memory for the gradients");
-    size_t text_first = m->L.t_tok, text_end = m->L.logit_scale;
+    r->trainable = 0;
     for (int i = 0; i < m->table.count; i++) {
         const param_spec *p = &m->table.items[i];
-        bool image = p->offset < text_first, text = p->offset >= text_first && p->offset < text_end;
-        if (p->ndim >= 2 && ((image && (r->o->towers & FT_IMAGE)) || (text && (r->o->towers & FT_TEXT))))
-            memset(r->decay + p->offset, 1, p->numel);
+        if (!(tower_of(m, p) & r->o->towers)) continue;
+        r->trainable += p->numel;
+        if (p->ndim >= 2) memset(r->decay + p->offset, 1, p->numel);
     }
     return 0;
 }
@@ -229,20 +226,19 @@ int method_setup(method_run *r, clipc_model *m0, clipc_error *err) {
     const finetune_options *o = r->o;
     const clipc_config *c = &r->m->cfg;
     int E = r->E, C = r->C, ctx = c->context_length, R = c->image_resolution;
-    if (trains(r, FT_IMAGE) && c->vision_tower != CLIPC_VIT)
-        return clipc_fail(err, "--method %s on the image tower needs a ViT; this model's image tower is a ResNet "
-                               "(use --tower text, or coop/adapter)", finetune_method_name(o->method));
     int rc = o->method == FT_LORA    ? lora_setup(r, err)
              : o->method == FT_COOP  ? coop_setup(r, err)
              : o->method == FT_ADAPTER ? adapter_setup(r, err)
                                      : full_setup(r, err);
     if (rc) return -1;
+    if (o->method != FT_FULL) r->trainable = r->count; /* the flat vector is all trained */
     int B = o->batch < r->n ? o->batch : r->n;
     r->bfeat = malloc((size_t)B * E * sizeof(float));
     r->dfeat = malloc((size_t)B * E * sizeof(float));
     r->cfeat = malloc((size_t)C * E * sizeof(float));
     r->dcls = malloc((size_t)C * E * sizeof(float));
-    if (!r->bfeat || !r->dfeat || !r->cfeat || !r->dcls) return clipc_fail(err, "out of memory");
+    r->by = malloc((size_t)B * sizeof *r->by);
+    if (!r->bfeat || !r->dfeat || !r->cfeat || !r->dcls || !r->by) return clipc_fail(err, "out of memory");
     /* a frozen image tower runs once per image */
     if (!trains(r, FT_IMAGE)) {
         if (!(r->img_feat = malloc((size_t)r->n * E * sizeof(float)))) return clipc_fail(err, "out of memory");
@@ -254,7 +250,8 @@ int method_setup(method_run *r, clipc_model *m0, clipc_error *err) {
         int h = c->adapter_hidden;
         r->hid = malloc((size_t)B * h * sizeof(float));
         r->act = malloc((size_t)B * E * sizeof(float));
-        if (!r->hid || !r->act) return clipc_fail(err, "out of memory");
+        r->aout = malloc((size_t)B * E * sizeof(float));
+        if (!r->hid || !r->act || !r->aout) return clipc_fail(err, "out of memory");
     }
     /* a frozen text tower: the zero-shot classifier of the templates */
     if (o->method != FT_COOP && !trains(r, FT_TEXT)) {
@@ -278,76 +275,56 @@ int method_setup(method_run *r, clipc_model *m0, clipc_error *err) {
 int method_step(method_run *r, const int *rows, int B, float *loss, int *correct, clipc_error *err) {
     const finetune_options *o = r->o;
     clipc_model *m = r->m;
-    int E = r->E, C = r->C, R = m->cfg.image_resolution;
-    int *y = malloc((size_t)B * sizeof *y);
-    if (!y) return clipc_fail(err, "out of memory");
-    for (int i = 0; i < B; i++) y[i] = r->labels[rows[i]];
+    int E = r->E, C = r->C, R = m->cfg.image_resolution, D = m->cfg.text_width, h = m->cfg.adapter_hidden;
+    for (int i = 0; i < B; i++) r->by[i] = r->labels[rows[i]];
     bool image = trains(r, FT_IMAGE), text = o->method == FT_COOP || trains(r, FT_TEXT);
+    bool adapter = o->method == FT_ADAPTER;
     float *G = o->method == FT_FULL ? r->grad : NULL; /* full: the model's gradients; else frozen towers */
     const lora_tower *li = o->method == FT_LORA && r->pairs[0] ? &r->lora[0] : NULL;
     const lora_tower *lt = o->method == FT_LORA && r->pairs[1] ? &r->lora[1] : NULL;
     int rc = 0;
-    /* image features of the batch */
-    float *img = r->bfeat;
+    /* image features of the batch: the trained tower's, or the cache's; the adapter's on top */
     if (image) {
         gather(r->bpix, r->pixels, (size_t)3 * R * R, rows, B);
         rc = vit_train_forward(m, li, r->bpix, B, r->bfeat, &r->icache, err);
     } else {
         gather(r->bfeat, r->img_feat, (size_t)E, rows, B);
     }
-    float *f_in = NULL;
-    if (rc == 0 && o->method == FT_ADAPTER) { /* on the cached features */
-        f_in = r->dfeat; /* borrowed until the loss: the adapter's input */
-        memcpy(f_in, r->bfeat, (size_t)B * E * sizeof *f_in);
-        const float *P = m->params;
-        adapter_forward(r->bfeat, r->hid, r->act, f_in, r->theta, r->theta + (size_t)m->cfg.adapter_hidden * E,
-                        P[m->L.adapter_ratio], B, E, m->cfg.adapter_hidden);
+    const float *img = r->bfeat, *W1 = r->theta, *W2 = r->theta + (size_t)h * E;
+    float ratio = adapter ? m->params[m->L.adapter_ratio] : 0;
+    if (adapter) {
+        adapter_forward(r->aout, r->hid, r->act, r->bfeat, W1, W2, ratio, B, E, h);
+        img = r->aout;
     }
-    /* class embeddings */
+    /* class embeddings: the trained text tower's, or the cache's */
     const float *cls = r->cls_feat;
     text_prompt prompt = {r->theta, o->n_ctx, 0};
     if (rc == 0 && text) {
-        rc = text_train_forward(m, lt, o->method == FT_COOP ? &prompt : NULL, r->cls_tokens, C, r->cfeat, &r->tcache, err);
+        const text_prompt *p = o->method == FT_COOP ? &prompt : NULL;
+        rc = text_train_forward(m, lt, p, r->cls_tokens, C, r->cfeat, &r->tcache, err);
         cls = r->cfeat;
     }
-    if (rc == 0) {
-        float *dimg = image || o->method == FT_ADAPTER ? malloc((size_t)B * E * sizeof *dimg) : NULL;
-        if ((image || o->method == FT_ADAPTER) && !dimg) rc = clipc_fail(err, "out of memory");
-        if (rc == 0) *loss = class_cross_entropy(img, cls, y, B, C, E, r->scale, dimg, text ? r->dcls : NULL, correct);
-        if (rc == 0 && o->method == FT_ADAPTER) {
-            int h = m->cfg.adapter_hidden;
-            adapter_backward(NULL, r->grad, r->grad + (size_t)h * E, dimg, f_in, r->hid, r->act, r->theta,
-                             r->theta + (size_t)h * E, m->params[m->L.adapter_ratio], B, E, h);
-        }
-        if (rc == 0 && image) rc = vit_train_backward(m, &r->icache, dimg, G, err);
-        free(dimg);
-    }
-    if (rc == 0 && text) {
-        float *dx0 = NULL;
-        if (o->method == FT_COOP && !(dx0 = malloc((size_t)r->tcache.T * m->cfg.text_width * sizeof *dx0)))
-            rc = clipc_fail(err, "out of memory");
-        if (rc == 0) rc = text_train_backward(m, &r->tcache, r->dcls, G, dx0, err);
-        if (rc == 0 && dx0) { /* the context's gradient: summed over the class prompts */
-            int D = m->cfg.text_width;
-            for (int k = 0; k < C; k++)
-                for (int j = 0; j < o->n_ctx; j++) {
-                    const float *g = dx0 + (size_t)(r->tcache.start[k] + 1 + j) * D;
-                    for (int d = 0; d < D; d++) r->grad[(size_t)j * D + d] += g[d];
-                }
-        }
-        free(dx0);
-    }
-    free(y);
-    return rc;
-}
-
-int method_apply(method_run *r, clipc_error *err) {
-    (void)r, (void)err; /* every method's forward reads theta itself */
+    if (rc) return -1;
+    float *dimg = image || adapter ? r->dfeat : NULL;
+    *loss = class_cross_entropy(img, cls, r->by, B, C, E, r->scale, dimg, text ? r->dcls : NULL, correct);
+    if (adapter)
+        adapter_backward(NULL, r->grad, r->grad + (size_t)h * E, dimg, r->bfeat, r->hid, r->act, W1, W2, ratio, B, E, h);
+    if (image && vit_train_backward(m, &r->icache, dimg, G, err)) return -1;
+    if (!text) return 0;
+    if (o->method == FT_COOP && !r->dx0 && !(r->dx0 = malloc((size_t)r->tcache.T * D * sizeof *r->dx0)))
+        return clipc_fail(err, "out of memory"); /* the class prompts do not change: T neither */
+    if (text_train_backward(m, &r->tcache, r->dcls, G, o->method == FT_COOP ? r->dx0 : NULL, err)) return -1;
+    if (o->method == FT_COOP) /* the context's gradient: summed over the class prompts */
+        for (int k = 0; k < C; k++)
+            for (int j = 0; j < o->n_ctx; j++) {
+                const float *g = r->dx0 + (size_t)(r->tcache.start[k] + 1 + j) * D;
+                for (int d = 0; d < D; d++) r->grad[(size_t)j * D + d] += g[d];
+            }
     return 0;
 }
 
-/* One tensor of the result: its data copied from theta. */
-static int single_tensor(method_run *r, finetune_result *res, const char *const *names, const int64_t (*shapes)[2],
+/* The result's n tensors: theta copied, cut in the given shapes. */
+static int copy_tensors(method_run *r, finetune_result *res, const char *const *names, const int64_t (*shapes)[2],
                          const int *ndims, int n, clipc_error *err) {
     res->tensors = calloc((size_t)n, sizeof *res->tensors);
     res->names = calloc((size_t)n, sizeof *res->names);
@@ -375,7 +352,7 @@ int method_finish(method_run *r, finetune_result *res, clipc_error *err) {
         static const char *const names[] = {"prompt_learner.ctx"};
         const int64_t shapes[][2] = {{c->prompt_ctx, c->text_width}};
         const int nd[] = {2};
-        return single_tensor(r, res, names, shapes, nd, 1, err);
+        return copy_tensors(r, res, names, shapes, nd, 1, err);
     }
     case FT_ADAPTER: {
         int h = c->adapter_hidden, E = c->embed_dim;
@@ -384,15 +361,9 @@ int method_finish(method_run *r, finetune_result *res, clipc_error *err) {
         static const char *const names[] = {"adapter.visual.fc1.weight", "adapter.visual.fc2.weight"};
         const int64_t shapes[][2] = {{h, E}, {E, h}};
         const int nd[] = {2, 2};
-        return single_tensor(r, res, names, shapes, nd, 2, err);
+        return copy_tensors(r, res, names, shapes, nd, 2, err);
     }
     default: /* full: trained in place */
-        r->count = 0;
-        for (int i = 0; i < m->table.count; i++) {
-            const param_spec *p = &m->table.items[i];
-            bool image = p->offset < m->L.t_tok, text = p->offset >= m->L.t_tok && p->offset < m->L.logit_scale;
-            if ((image && (r->o->towers & FT_IMAGE)) || (text && (r->o->towers & FT_TEXT))) r->count += p->numel;
-        }
         return 0;
     }
 }
@@ -404,5 +375,6 @@ void method_free(method_run *r) {
     tower_cache_free(&r->icache);
     tower_cache_free(&r->tcache);
     free(r->bpix), free(r->bfeat), free(r->dfeat), free(r->cfeat), free(r->dcls), free(r->hid), free(r->act);
+    free(r->aout), free(r->dx0), free(r->by);
     free(r->pairs[0]), free(r->pairs[1]);
 }

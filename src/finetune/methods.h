@@ -14,18 +14,23 @@ typedef struct method_run {
     int *labels;             /* [n] */
     float *pixels;           /* [n, 3, R, R] */
     /* The trained parameters as one flat vector and its gradient (full:
-     * the model's own parameters); decay: where weight decay applies. */
+     * the model's own parameters); decay: where weight decay applies
+     * (NULL: everywhere). */
     float *theta, *grad;
     size_t count;
+    size_t trainable;        /* parameters that learn (full: the trained towers' share of count) */
     unsigned char *decay;
-    bool decay_all;
     /* caches of what cannot change during the run */
     float *img_feat;         /* [n, E] features of a frozen image tower */
     float *cls_feat;         /* [C, E] embeddings of the classes with a frozen text tower */
     int32_t *cls_tokens;     /* [C, context] the class prompts when the text tower runs */
     /* per step */
     tower_cache icache, tcache;
-    float *bpix, *bfeat, *dfeat, *cfeat, *dcls, *hid, *act, *dx0;
+    int *by;                 /* the batch's labels */
+    float *bpix, *bfeat, *dfeat; /* pixels, image features and their gradient [B, E] */
+    float *cfeat, *dcls;     /* class embeddings and their gradient [C, E] */
+    float *hid, *act, *aout; /* adapter: its intermediates and output */
+    float *dx0;              /* coop: the text tower's input gradient */
     /* lora */
     lora_tower lora[2];      /* [0] image, [1] text */
     lora_pair *pairs[2];
@@ -41,8 +46,6 @@ float class_cross_entropy(const float *img, const float *cls, const int *y, int 
 int method_setup(method_run *r, clipc_model *m0, clipc_error *err);
 /* Loss and gradient (added into r->grad) of the batch rows[0..B). */
 int method_step(method_run *r, const int *rows, int B, float *loss, int *correct, clipc_error *err);
-/* After each optimiser step: anything derived from theta. */
-int method_apply(method_run *r, clipc_error *err);
 /* Writes the trained parameters into r->m (LoRA merged) and the method's tensors into res. */
 int method_finish(method_run *r, finetune_result *res, clipc_error *err);
 void method_free(method_run *r);
