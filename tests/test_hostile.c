@@ -25,6 +25,19 @@ static void refused(const char *what, const char *dir, const char *args, const c
     printf("  %s: refused in one line, peak memory %ld MB\n", what, rss >> 10);
 }
 
+/* The tiny model saved with one extra tensor of the given shape (data zeros) at dir/name. */
+static void save_with_extra(const char *dir, const char *name, const char *tensor, int ndim, int64_t rows, int64_t cols) {
+    clipc_error err;
+    clipc_model *m = clipc_model_init("tiny", 1, &err);
+    float *zeros = calloc((size_t)(rows * (ndim > 1 ? cols : 1)), sizeof *zeros);
+    st_out_tensor extra = {tensor, ndim, {rows, cols}, zeros, ST_F32};
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    CHECK(m && zeros && model_save_with(m, path, "F32", &extra, 1, NULL, NULL, 0, &err) == 0, "writing %s", name);
+    free(zeros);
+    clipc_model_free(m);
+}
+
 void test_hostile(void) {
     char dir[] = "/tmp/clipc_hostile_XXXXXX", cmd[4096], args[2048];
     if (!mkdtemp(dir)) return;
@@ -52,6 +65,19 @@ void test_hostile(void) {
     /* a 1x600000 PNG (1,244 bytes) whose resize would be 224 x 134 million */
     snprintf(args, sizeof args, "preprocess --size 224 tests/data/bomb_1x600000.png -o %s/p.npy", dir);
     refused("1x600000 PNG resized to 224", dir, args, "CLIPC_MAX_IMAGE_PIXELS");
+    /* fine-tuning's tensors (prompt_learner.ctx, adapter.visual.*) with shapes no fine-tuning writes */
+    save_with_extra(dir, "ctx_huge.safetensors", "prompt_learner.ctx", 2, 5000, 32);
+    save_with_extra(dir, "ctx_1d.safetensors", "prompt_learner.ctx", 1, 32, 0);
+    save_with_extra(dir, "ctx_long.safetensors", "prompt_learner.ctx", 2, 80, 32);
+    save_with_extra(dir, "adapter_half.safetensors", "adapter.visual.fc1.weight", 2, 8, 32);
+    snprintf(args, sizeof args, "info %s/ctx_huge.safetensors", dir);
+    refused("a 5000-vector prompt", dir, args, "prompt_learner.ctx' has shape \\[5000, 32\\]: not a matrix of 1..4096 rows");
+    snprintf(args, sizeof args, "info %s/ctx_1d.safetensors", dir);
+    refused("a one-dimensional prompt", dir, args, "prompt_learner.ctx' has shape \\[32\\]");
+    snprintf(args, sizeof args, "info %s/ctx_long.safetensors", dir);
+    refused("a prompt longer than the context", dir, args, "80 prompt context vectors do not fit a context of 77 tokens");
+    snprintf(args, sizeof args, "info %s/adapter_half.safetensors", dir);
+    refused("an adapter without its second layer", dir, args, "missing tensor 'adapter.visual.fc2.weight'");
     /* --out folders are made with their parents; a file in the way is named */
     snprintf(cmd, sizeof cmd, "%s export-images --limit 2 --out %s/a/b/c >/dev/null 2>&1 && ls %s/a/b/c | grep -q . && "
              "touch %s/plain && %s export-images --limit 2 --out %s/plain/sub 2>&1 | grep -q 'plain: not a folder'",

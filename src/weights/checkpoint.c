@@ -293,6 +293,21 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     if (used < cap) snprintf(buf + used, cap - used, "]");
 }
 
+/* The row count of a fine-tuning tensor clipc finetune adds (0 when the
+ * file has none): a matrix of 1..max rows, else an error naming it. */
+static int finetune_rows(const st_file *f, const char *name, int64_t max, int *rows, clipc_error *err) {
+    const st_tensor *t = st_find(f, name);
+    *rows = 0;
+    if (!t) return 0;
+    if (t->ndim == 2 && t->shape[0] >= 1 && t->shape[0] <= max) {
+        *rows = (int)t->shape[0];
+        return 0;
+    }
+    char shape[160];
+    shape_str(shape, sizeof shape, t->ndim, t->shape);
+    return clipc_fail(err, "tensor '%s' has shape %s: not a matrix of 1..%lld rows", name, shape, (long long)max);
+}
+
 static bool is_float(int dtype) { return dtype == ST_F32 || dtype == ST_F16 || dtype == ST_BF16; }
 
 /* An int8 weight as clipc convert writes it: I8 values [out, ...] and an
@@ -534,10 +549,9 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
     if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
-    /* what clipc finetune adds: sizes from shapes (load_params checks the rest) */
-    const st_tensor *ctx = st_find(&f, "prompt_learner.ctx"), *ad = st_find(&f, "adapter.visual.fc1.weight");
-    cfg.prompt_ctx = ctx && ctx->ndim == 2 && ctx->shape[0] <= 4096 ? (int)ctx->shape[0] : ctx ? -1 : 0;
-    cfg.adapter_hidden = ad && ad->ndim == 2 && ad->shape[0] <= (1 << 16) ? (int)ad->shape[0] : ad ? -1 : 0;
+    /* what clipc finetune adds: sizes from shapes (config_validate and load_params check the rest) */
+    if (rc == 0) rc = finetune_rows(&f, "prompt_learner.ctx", 4096, &cfg.prompt_ctx, err);
+    if (rc == 0) rc = finetune_rows(&f, "adapter.visual.fc1.weight", 1 << 16, &cfg.adapter_hidden, err);
     /* the architecture was guessed from names and a few shapes: the file
      * must hold at least a byte per parameter before they are allocated */
     size_t held = 0;
