@@ -352,6 +352,75 @@ static void check_shots(void) {
     image_set_free(&s);
 }
 
+/* ---- contrastive fine-tuning from a checkpoint (clipc train --init) ---------------------------- */
+
+/* Bit-identical floats in [lo, hi) of two parameter arrays. */
+static bool same_range(const float *a, const float *b, size_t lo, size_t hi) {
+    return !memcmp(a + lo, b + lo, (hi - lo) * sizeof *a);
+}
+
+/* steps of the trainer on fixed random pairs; returns 0 or -1 with err set. */
+static int train_steps(clipc_model *m, clipc_tokenizer *tok, int freeze, float lr, float lr_t, int steps,
+                       clipc_error *err) {
+    int B = 4;
+    float *pixels;
+    int32_t *tokens;
+    make_inputs(m, tok, &pixels, &tokens, B);
+    train_options o = {.batch = B, .accum = 1, .lr = lr, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f,
+                       .weight_decay = 0.2f, .grad_clip = 0, .warmup = 1, .total_steps = 100,
+                       .lr_temperature = lr_t, .freeze = freeze};
+    trainer t;
+    int rc = trainer_init(&t, m, &o, NULL, err);
+    step_stats st;
+    for (int s = 0; s < steps && rc == 0; s++) rc = trainer_step(&t, pixels, tokens, &st, err);
+    if (t.grads) trainer_free(&t);
+    free(pixels), free(tokens);
+    return rc;
+}
+
+static void check_train_init(clipc_model *base, clipc_tokenizer *tok) {
+    clipc_error err;
+    size_t text_first = base->L.t_tok, text_end = base->L.logit_scale, total = base->table.total;
+    /* --freeze image (LiT) and --freeze text: the frozen tower bit-identical, the other moved */
+    for (int fz = FREEZE_IMAGE; fz <= FREEZE_TEXT; fz++) {
+        clipc_model *m = model_extend(base, &base->cfg, &err);
+        CHECK(m && train_steps(m, tok, fz, 1e-3f, 1e-2f, 3, &err) == 0, "training with --freeze %s: %s",
+              train_freeze_name(fz), err.message);
+        if (!m) continue;
+        bool image_same = same_range(m->params, base->params, 0, text_first);
+        bool text_same = same_range(m->params, base->params, text_first, text_end);
+        CHECK(fz == FREEZE_IMAGE ? image_same && !text_same : text_same && !image_same,
+              "--freeze %s: image tower %s, text tower %s", train_freeze_name(fz), image_same ? "unchanged" : "moved",
+              text_same ? "unchanged" : "moved");
+        clipc_model_free(m);
+    }
+    /* logit_scale's own learning rate: Adam's first step moves a parameter by about its lr, so 10x the
+     * temperature lr moves logit_scale 10x as far, and nothing else differs */
+    clipc_model *a = model_extend(base, &base->cfg, &err), *b = model_extend(base, &base->cfg, &err);
+    CHECK(a && b && train_steps(a, tok, FREEZE_NONE, 1e-3f, 1e-3f, 1, &err) == 0 &&
+              train_steps(b, tok, FREEZE_NONE, 1e-3f, 1e-2f, 1, &err) == 0,
+          "%s", err.message);
+    if (a && b) {
+        size_t ls = base->L.logit_scale;
+        double da = a->params[ls] - base->params[ls], db = b->params[ls] - base->params[ls];
+        CHECK(fabs(db / da - 10) < 1e-2, "logit_scale moved %g at lr_temperature = lr and %g at 10 lr", da, db);
+        CHECK(same_range(a->params, b->params, 0, ls) && same_range(a->params, b->params, ls + 1, total),
+              "lr_temperature changed parameters other than logit_scale");
+    }
+    clipc_model_free(a), clipc_model_free(b);
+    /* a ResNet image tower trains only frozen */
+    clipc_model *rn = clipc_model_init("tiny-rn", 2, &err);
+    CHECK(rn && train_steps(rn, tok, FREEZE_NONE, 1e-3f, 1e-3f, 1, &err) != 0 && strstr(err.message, "needs a ViT"),
+          "training a ResNet image tower: %s", err.message);
+    clipc_model *rn0 = rn ? model_extend(rn, &rn->cfg, &err) : NULL;
+    CHECK(rn && train_steps(rn, tok, FREEZE_IMAGE, 1e-3f, 1e-3f, 2, &err) == 0, "LiT on a ResNet: %s", err.message);
+    if (rn && rn0)
+        CHECK(same_range(rn->params, rn0->params, 0, rn->L.t_tok) &&
+                  !same_range(rn->params, rn0->params, rn->L.t_tok, rn->L.logit_scale),
+              "LiT on a ResNet: the image tower moved or the text tower did not");
+    clipc_model_free(rn), clipc_model_free(rn0);
+}
+
 /* ---- the command ------------------------------------------------------------------------------ */
 
 static int sh(const char *fmt, const char *a, const char *b) {
@@ -414,6 +483,22 @@ static void check_command(void) {
         struct stat st;
         CHECK(stat(out, &st) != 0, "finetune %s left %s behind", bad[i][0], out);
     }
+    /* clipc train --init: --freeze survives --stop-at and --resume; --init with --arch is refused */
+    snprintf(out, sizeof out, "%s/lit", dir);
+    CHECK(sh("train --init models/clipc-fmnist.safetensors --freeze image --data fashion-mnist --steps 4 --batch 16 "
+             "--eval-every 100 --eval-limit 50 --stop-at 2 --out %s%s", out, "") == 0 &&
+              sh("train --resume --data fashion-mnist --eval-limit 50 --out %s%s", out, "") == 0,
+          "train --init --freeze image, stopped and resumed");
+    snprintf(path, sizeof path, "%s/lit/model.safetensors", dir);
+    clipc_error err;
+    clipc_model *lit = clipc_model_load(path, &err), *src = clipc_model_load("models/clipc-fmnist.safetensors", &err);
+    CHECK(lit && src && same_range(lit->params, src->params, 0, src->L.t_tok) &&
+              !same_range(lit->params, src->params, src->L.t_tok, src->L.logit_scale),
+          "train --init --freeze image: the image tower must stay, the text tower move");
+    clipc_model_free(lit), clipc_model_free(src);
+    CHECK(sh("train --init models/clipc-fmnist.safetensors --arch tiny --data fashion-mnist --steps 2 --out %s/x%s", dir,
+             "") != 0 && file_has("/tmp/clipc_ft_err.txt", "drop --arch"),
+          "train --init with --arch is refused");
     /* clipc wise */
     snprintf(path, sizeof path, "%s/lora/model.safetensors", dir);
     snprintf(out, sizeof out, "%s/wise.safetensors", dir);
@@ -437,6 +522,7 @@ void test_finetune(void) {
     check_adapter_and_loss(m);
     check_wise(m);
     check_shots();
+    check_train_init(m, tok);
     check_command();
     clipc_model_free(m);
     clipc_tokenizer_free(tok);

@@ -233,7 +233,8 @@ int cmd_finetune(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if (finetune_check(m, &o, &err)) { /* before the zero-shot evaluation and any output */
+    if (clipc_model_set_precision(m, CLIPC_FP32, &err) || /* an int8 file's weights, trained at fp32 */
+        finetune_check(m, &o, &err)) { /* before the zero-shot evaluation and any output */
         rc = cli_error("%s", err.message);
         goto done;
     }

@@ -19,8 +19,9 @@ static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 
 static const char TRAIN_USAGE[] =
-    "usage: clipc train --data fashion-mnist|FILE.csv --out DIR [--arch NAME] [--batch B] [--accum K]\n"
-    "                   (--steps N | --epochs E) [--lr LR] [--wd WD] [--warmup STEPS] [--loss clip|siglip]\n"
+    "usage: clipc train --data fashion-mnist|FILE.csv --out DIR [--arch NAME | --init MODEL] [--batch B] [--accum K]\n"
+    "                   (--steps N | --epochs E) [--lr LR] [--lr-temperature LR] [--freeze image|text|none]\n"
+    "                   [--wd WD] [--warmup STEPS] [--loss clip|siglip]\n"
     "                   [--eval-every N] [--eval-limit N] [--grad-clip C] [--seed S] [--stop-at STEP] [--resume]\n"
     "                   [--csv-img-key filepath] [--csv-caption-key title] [--csv-separator C]\n"
     "  Trains a CLIP model (default arch: fmnist) on Fashion-MNIST images paired with captions\n"
@@ -28,6 +29,10 @@ static const char TRAIN_USAGE[] =
     "  columns; comma for .csv, tab otherwise; images get RandomResizedCrop(scale 0.9-1); unreadable\n"
     "  ones are skipped and counted). DIR receives checkpoint.safetensors (model + optimiser, for\n"
     "  --resume), model.safetensors (for embed/classify), log.jsonl and curve.svg.\n"
+    "  --init MODEL starts from a checkpoint (a file or a pulled name) instead of a random --arch:\n"
+    "  contrastive fine-tuning of both towers; --freeze image keeps the image tower fixed (LiT; a\n"
+    "  ResNet image tower can only be trained this way), --freeze text the text tower. logit_scale\n"
+    "  learns at --lr-temperature (default: 10 x --lr with --init, else --lr) on the same schedule.\n"
     "  Defaults: --batch 128 --accum 1 --lr 5e-4 --wd 0.2 --warmup 5%% of the steps (at most 500)\n"
     "  --loss clip --eval-every 500 --grad-clip 1 --seed 0. --eval-limit evaluates on the first N\n"
     "  test images only; --stop-at ends this session after STEP, with a checkpoint to --resume from.\n"
@@ -64,23 +69,29 @@ static void history_from_log(history *h, const char *path, long up_to) {
 }
 
 typedef struct args {
-    const char *data, *out, *arch, *img_key, *caption_key;
+    const char *data, *out, *arch, *init, *img_key, *caption_key;
     char separator;
     long batch, accum, steps, epochs, warmup, eval_every, seed, eval_limit, stop_at;
-    double lr, wd, grad_clip;
-    int loss;
-    bool resume, given_batch, given_accum, given_loss, given_eval_every, given_eval_limit;
+    double lr, wd, grad_clip, lr_temperature;
+    int loss, freeze;
+    bool resume, given_batch, given_accum, given_loss, given_eval_every, given_eval_limit, given_arch, given_freeze;
 } args;
 
 static int parse(int argc, char **argv, args *a) {
-    *a = (args){.arch = "fmnist", .img_key = "filepath", .caption_key = "title", .batch = 128, .accum = 1, .warmup = -1, .eval_every = 500, .lr = 5e-4, .wd = 0.2,
-                .grad_clip = 1.0};
+    *a = (args){.arch = "fmnist", .img_key = "filepath", .caption_key = "title", .batch = 128, .accum = 1, .warmup = -1,
+                .eval_every = 500, .lr = 5e-4, .wd = 0.2, .grad_clip = 1.0, .lr_temperature = -1};
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = true;
         if (!strcmp(f, "--data") && v) a->data = v;
         else if (!strcmp(f, "--out") && v) a->out = v;
-        else if (!strcmp(f, "--arch") && v) a->arch = v;
+        else if (!strcmp(f, "--arch") && v) a->arch = v, a->given_arch = true;
+        else if (!strcmp(f, "--init") && v) a->init = v;
+        else if (!strcmp(f, "--freeze") && v) {
+            a->freeze = !strcmp(v, "image") ? FREEZE_IMAGE : !strcmp(v, "text") ? FREEZE_TEXT : !strcmp(v, "none") ? 0 : -1;
+            if (a->freeze < 0) return cli_error("--freeze: '%s' is not image, text or none", v);
+            a->given_freeze = true;
+        }
         else if (!strcmp(f, "--csv-img-key") && v) a->img_key = v;
         else if (!strcmp(f, "--csv-caption-key") && v) a->caption_key = v;
         else if (!strcmp(f, "--csv-separator") && v) {
@@ -113,11 +124,14 @@ static int parse(int argc, char **argv, args *a) {
             if (!cli_int(f, v, 1, 100000000, &a->stop_at)) return 1;
         } else if (!strcmp(f, "--seed")) {
             if (!cli_int(f, v, 0, 0x7fffffffffffffffL, &a->seed)) return 1;
-        } else if (!strcmp(f, "--lr") || !strcmp(f, "--wd") || !strcmp(f, "--grad-clip")) {
+        } else if (!strcmp(f, "--lr") || !strcmp(f, "--wd") || !strcmp(f, "--grad-clip") || !strcmp(f, "--lr-temperature")) {
             char *end;
             double d = v ? strtod(v, &end) : 0;
             if (!v || *end || !(d >= 0) || d > 10) return cli_error("%s: '%s' is not a number in 0..10", f, v ? v : "");
-            *(!strcmp(f, "--lr") ? &a->lr : !strcmp(f, "--wd") ? &a->wd : &a->grad_clip) = d;
+            if (!strcmp(f, "--lr-temperature") && d == 0)
+                return cli_error("--lr-temperature: give a positive learning rate (a tiny one keeps logit_scale nearly fixed)");
+            *(!strcmp(f, "--lr") ? &a->lr : !strcmp(f, "--wd") ? &a->wd : !strcmp(f, "--grad-clip") ? &a->grad_clip
+                                                                                              : &a->lr_temperature) = d;
         } else {
             takes = false;
             if (!strcmp(f, "--resume")) a->resume = true;
@@ -132,6 +146,10 @@ static int parse(int argc, char **argv, args *a) {
     if (!a->data && a->resume) a->data = "fashion-mnist";
     if (!a->data) return cli_error("train: needs --data fashion-mnist|FILE.csv");
     if (!a->resume && !a->steps == !a->epochs) return cli_error("train: give exactly one of --steps and --epochs");
+    if (a->init && a->given_arch) return cli_error("train: --init MODEL brings its own architecture; drop --arch");
+    if (a->init && a->resume) return cli_error("train: --resume continues from DIR's checkpoint; drop --init");
+    if (a->resume && (a->given_freeze || a->lr_temperature > 0))
+        return cli_error("train: --resume keeps the run's --freeze and --lr-temperature");
     return 0;
 }
 
@@ -205,8 +223,11 @@ static int train_main(int argc, char **argv, const dist *d) {
 
     clipc_model *m = NULL;
     trainer t = {0};
+    /* with --init, logit_scale learns 10x faster by default, as CLIP fine-tuning recipes set it */
+    float lr_t = a.lr_temperature > 0 ? (float)a.lr_temperature : a.init ? 10 * (float)a.lr : (float)a.lr;
     train_options o = {.loss = a.loss, .batch = (int)a.batch, .accum = (int)a.accum, .lr = (float)a.lr, .beta1 = 0.9f,
-                       .beta2 = 0.98f, .eps = 1e-6f, .weight_decay = (float)a.wd, .grad_clip = (float)a.grad_clip};
+                       .beta2 = 0.98f, .eps = 1e-6f, .weight_decay = (float)a.wd, .grad_clip = (float)a.grad_clip,
+                       .lr_temperature = lr_t, .freeze = a.freeze};
     uint64_t seed = (uint64_t)a.seed;
     long step = 0;
     if (a.resume) {
@@ -229,25 +250,32 @@ static int train_main(int argc, char **argv, const dist *d) {
             rc = cli_error("%s already holds a run: use --resume, or another --out", a.out);
             goto done;
         }
-        const clipc_config *base = arch_config(a.arch);
-        if (!base) {
-            clipc_model *probe = clipc_model_init(a.arch, 0, &err); /* for its error message */
-            clipc_model_free(probe);
-            rc = cli_error("%s", err.message);
-            goto done;
+        if (a.init) { /* a pretrained model, at fp32 whatever its file held */
+            if (!(m = cli_load_model(a.init))) {
+                rc = 1;
+                goto done;
+            }
+            if (clipc_model_set_precision(m, CLIPC_FP32, &err)) {
+                rc = cli_error("%s", err.message);
+                goto done;
+            }
+        } else {
+            const clipc_config *base = arch_config(a.arch);
+            if (!base) {
+                clipc_model *probe = clipc_model_init(a.arch, 0, &err); /* for its error message */
+                clipc_model_free(probe);
+                rc = cli_error("%s", err.message);
+                goto done;
+            }
+            clipc_config cfg = *base;
+            cfg.has_logit_bias = a.loss == LOSS_SIGLIP;
+            if (!(m = model_new(&cfg, &err))) {
+                rc = cli_error("%s", err.message);
+                goto done;
+            }
+            model_randomize(m, seed);
+            if (a.loss == LOSS_SIGLIP) m->params[m->L.logit_scale] = logf(10.0f); /* SigLIP: t' = ln 10, b = -10 */
         }
-        clipc_config cfg = *base;
-        cfg.has_logit_bias = a.loss == LOSS_SIGLIP;
-        if (cfg.vision_tower != CLIPC_VIT) {
-            rc = cli_error("train: --arch %s: training supports ViT image towers", a.arch);
-            goto done;
-        }
-        if (!(m = model_new(&cfg, &err))) {
-            rc = cli_error("%s", err.message);
-            goto done;
-        }
-        model_randomize(m, seed);
-        if (a.loss == LOSS_SIGLIP) m->params[m->L.logit_scale] = logf(10.0f); /* SigLIP: t' = ln 10, b = -10 */
         long per_epoch = (src.count + a.batch * a.accum - 1) / (a.batch * a.accum);
         o.total_steps = a.steps ? a.steps : a.epochs * per_epoch;
         o.warmup = a.warmup >= 0 ? a.warmup : (o.total_steps / 20 < 500 ? o.total_steps / 20 : 500);
@@ -280,8 +308,11 @@ static int train_main(int argc, char **argv, const dist *d) {
     signal(SIGTERM, on_signal);
     if (lead)
         fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss\n",
-                a.resume ? "resumed model" : a.arch, clipc_model_param_count(m), src.count, fm ? "Fashion-MNIST" : a.data,
-                o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
+                a.resume ? "resumed model" : a.init ? a.init : a.arch, clipc_model_param_count(m), src.count,
+                fm ? "Fashion-MNIST" : a.data, o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
+    if (lead && (t.o.freeze || t.o.lr_temperature != t.o.lr))
+        fprintf(stderr, "frozen tower: %s; logit_scale's learning rate %g (the others' %g)\n",
+                train_freeze_name(t.o.freeze), t.o.lr_temperature, t.o.lr);
     if (lead && d->size > 1)
         fprintf(stderr, "data-parallel over %d ranks: %d pairs of each micro-batch per rank\n", d->size, t.local_batch);
     if (lead && t.shares > 1)

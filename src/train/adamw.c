@@ -45,17 +45,25 @@ void adamw_free(adamw *opt) {
     memset(opt, 0, sizeof *opt);
 }
 
-void adamw_step(adamw *opt, float *params, const float *grads) {
-    opt->step++;
-    float b1 = opt->beta1, b2 = opt->beta2, lr = opt->lr;
+/* Floats [lo, hi) at learning rate lr (opt->step already counted). */
+static void step_range(adamw *opt, float *params, const float *grads, size_t lo, size_t hi, float lr) {
+    float b1 = opt->beta1, b2 = opt->beta2;
     float bc1 = 1.0f - powf(b1, (float)opt->step), bc2_sqrt = sqrtf(1.0f - powf(b2, (float)opt->step));
     float step_size = lr / bc1, shrink = 1.0f - lr * opt->weight_decay;
-#pragma omp parallel for simd if (opt->count > 65536)
-    for (size_t i = 0; i < opt->count; i++) {
+#pragma omp parallel for simd if (hi - lo > 65536)
+    for (size_t i = lo; i < hi; i++) {
         float g = grads[i];
         if (opt->decay[i]) params[i] *= shrink;
         opt->m[i] = b1 * opt->m[i] + (1.0f - b1) * g;
         opt->v[i] = b2 * opt->v[i] + (1.0f - b2) * g * g;
         params[i] -= step_size * opt->m[i] / (sqrtf(opt->v[i]) / bc2_sqrt + opt->eps);
     }
+}
+
+void adamw_step(adamw *opt, float *params, const float *grads) {
+    opt->step++;
+    size_t g0 = opt->group_first, g1 = opt->group_first + opt->group_count;
+    step_range(opt, params, grads, 0, g0 < opt->count ? g0 : opt->count, opt->lr);
+    if (opt->group_count) step_range(opt, params, grads, g0, g1, opt->group_lr);
+    if (g1 < opt->count) step_range(opt, params, grads, g1, opt->count, opt->lr);
 }

@@ -33,10 +33,10 @@ int train_checkpoint_save(const trainer *t, const char *path, uint64_t seed, cli
         }
     }
     const train_options *o = &t->o;
-    char v[12][64];
-    const char *keys[12] = {"train_step", "train_seed", "train_loss", "train_batch", "train_accum", "train_lr",
+    char v[14][64];
+    const char *keys[14] = {"train_step", "train_seed", "train_loss", "train_batch", "train_accum", "train_lr",
                             "train_weight_decay", "train_warmup", "train_total_steps", "train_grad_clip",
-                            "train_eval_every", "train_eval_limit"};
+                            "train_lr_temperature", "train_freeze", "train_eval_every", "train_eval_limit"};
     snprintf(v[0], 64, "%ld", t->opt.step);
     snprintf(v[1], 64, "%llu", (unsigned long long)seed);
     snprintf(v[2], 64, "%s", o->loss == LOSS_SIGLIP ? "siglip" : "clip");
@@ -47,11 +47,13 @@ int train_checkpoint_save(const trainer *t, const char *path, uint64_t seed, cli
     snprintf(v[7], 64, "%ld", o->warmup);
     snprintf(v[8], 64, "%ld", o->total_steps);
     snprintf(v[9], 64, "%.9g", o->grad_clip);
-    snprintf(v[10], 64, "%ld", o->eval_every);
-    snprintf(v[11], 64, "%ld", o->eval_limit);
-    const char *vals[12];
-    for (int i = 0; i < 12; i++) vals[i] = v[i];
-    int rc = model_save_with(m, path, "F32", extra, 2 * n, keys, vals, o->eval_every > 0 ? 12 : 10, err);
+    snprintf(v[10], 64, "%.9g", o->lr_temperature);
+    snprintf(v[11], 64, "%s", train_freeze_name(o->freeze));
+    snprintf(v[12], 64, "%ld", o->eval_every);
+    snprintf(v[13], 64, "%ld", o->eval_limit);
+    const char *vals[14];
+    for (int i = 0; i < 14; i++) vals[i] = v[i];
+    int rc = model_save_with(m, path, "F32", extra, 2 * n, keys, vals, o->eval_every > 0 ? 14 : 12, err);
     free(extra);
     free(names);
     return rc;
@@ -98,7 +100,12 @@ int train_checkpoint_load(const char *path, clipc_model **model, train_options *
         char *el = st_metadata_get(&f, "train_eval_limit");
         o->eval_limit = el ? strtol(el, NULL, 10) : 0;
         free(el);
-        rc = trainer_init(t, m, o, d, err);
+        char *lt = st_metadata_get(&f, "train_lr_temperature"), *fz = st_metadata_get(&f, "train_freeze");
+        o->lr_temperature = lt ? strtof(lt, NULL) : o->lr; /* older checkpoints: one learning rate */
+        o->freeze = !fz ? FREEZE_NONE : !strcmp(fz, "image") ? FREEZE_IMAGE : !strcmp(fz, "text") ? FREEZE_TEXT : -1;
+        if (o->freeze < 0) rc = clipc_fail(err, "unknown train_freeze '%s' in the checkpoint", fz);
+        free(lt), free(fz);
+        if (rc == 0) rc = trainer_init(t, m, o, d, err);
     }
     for (int i = 0; i < m->table.count && rc == 0; i++) {
         const param_spec *p = &m->table.items[i];

@@ -155,6 +155,10 @@ typedef struct adamw {
     float *m, *v;        /* first and second moments, like params */
     unsigned char *decay;/* per float: 1 where weight decay applies */
     size_t count;
+    /* A parameter group with its own learning rate (PyTorch's param_groups):
+     * floats [group_first, group_first + group_count) step with group_lr. */
+    size_t group_first, group_count;
+    float group_lr;
 } adamw;
 
 /* Decay applies to tensors with two or more dimensions; gains, biases, the
@@ -165,7 +169,7 @@ int adamw_init(adamw *opt, const clipc_model *m, float lr, float beta1, float be
 int adamw_init_flat(adamw *opt, size_t count, float lr, float beta1, float beta2, float eps, float weight_decay,
                     clipc_error *err);
 void adamw_free(adamw *opt);
-/* One step of PyTorch's AdamW with the current opt->lr. */
+/* One step of PyTorch's AdamW with the current opt->lr (and group_lr). */
 void adamw_step(adamw *opt, float *params, const float *grads);
 
 /* ---- the training step (trainer.c) -------------------------------------------- */
@@ -176,7 +180,16 @@ typedef struct train_options {
     float lr, beta1, beta2, eps, weight_decay, grad_clip; /* grad_clip <= 0: none */
     long warmup, total_steps;
     long eval_every, eval_limit; /* the run's --eval-every and --eval-limit, kept for --resume (0: not recorded / all) */
+    float lr_temperature;      /* logit_scale's (and logit_bias's) learning rate, same schedule; <= 0: lr */
+    int freeze;                /* FREEZE_NONE, or the tower kept fixed (FREEZE_IMAGE: LiT) */
 } train_options;
+
+/* A frozen tower gets no gradients: its features come from the inference
+ * forward (no activations kept), it runs no backward pass, and AdamW
+ * neither moves nor decays it. */
+enum train_freeze { FREEZE_NONE = 0, FREEZE_IMAGE = 1, FREEZE_TEXT = 2 };
+/* "none", "image", "text" */
+const char *train_freeze_name(int freeze);
 
 typedef struct trainer {
     clipc_model *m;

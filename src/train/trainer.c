@@ -10,7 +10,11 @@
  *      feature;
  *   3. forward each micro-batch again, keeping activations, and back-
  *      propagate its slice of the feature gradient, summing into grads.
- * Then: global gradient-norm clipping, AdamW at the scheduled learning rate,
+ * A frozen tower (--freeze, as LiT locks the image tower) computes its
+ * features once per step with the inference forward and runs no backward.
+ *
+ * Then: global gradient-norm clipping, AdamW at the scheduled learning rate
+ * (logit_scale in its own group at lr_temperature, on the same schedule),
  * and logit_scale clamped to [0, ln 100] (OpenCLIP's convention).
  *
  * Over several ranks (dist.c), each holds a disjoint slice of every
@@ -37,6 +41,10 @@
 
 /* OpenCLIP's cosine_lr: linear warm-up to lr over warmup steps, then a
  * cosine decay to zero at total steps. step counts from 0. */
+const char *train_freeze_name(int freeze) {
+    return freeze == FREEZE_IMAGE ? "image" : freeze == FREEZE_TEXT ? "text" : "none";
+}
+
 float lr_at(float base, long step, long warmup, long total) {
     if (step < warmup) return base * (float)(step + 1) / (float)warmup;
     long e = step - warmup, es = total - warmup;
@@ -53,8 +61,13 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
     if (o->batch % t->d->size)
         return clipc_fail(err, "--batch %d does not split evenly over %d ranks", o->batch, t->d->size);
     t->local_batch = o->batch / t->d->size;
-    if (m->cfg.vision_layer_scale || m->cfg.text_layer_scale)
+    if (t->o.lr_temperature <= 0) t->o.lr_temperature = o->lr;
+    bool image = o->freeze != FREEZE_IMAGE, text = o->freeze != FREEZE_TEXT; /* the towers that learn */
+    if ((image && m->cfg.vision_layer_scale) || (text && m->cfg.text_layer_scale))
         return clipc_fail(err, "training a model with LayerScale (ls_1/ls_2 gammas) is not supported yet");
+    if (image && m->cfg.vision_tower != CLIPC_VIT)
+        return clipc_fail(err, "training the image tower needs a ViT; this model's is a ResNet (--freeze image trains "
+                               "the text tower alone)");
     if (!(t->pending = dist_pending_new())) return clipc_fail(err, "out of memory");
     if (o->loss == LOSS_SIGLIP && !m->cfg.has_logit_bias)
         return clipc_fail(err, "the SigLIP loss needs a model with a logit_bias (initialise it for SigLIP)");
@@ -75,6 +88,12 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
         dist_pending_free(t->pending);
         return -1;
     }
+    /* the temperature group: logit_scale, and logit_bias right after it (params.c) */
+    t->opt.group_first = m->L.logit_scale;
+    t->opt.group_count = (m->cfg.has_logit_bias ? m->L.logit_bias : m->L.logit_scale) + 1 - m->L.logit_scale;
+    /* a frozen tower does not decay either (it has no gradient, so no other motion) */
+    if (!image) memset(t->opt.decay, 0, m->L.t_tok);
+    if (!text) memset(t->opt.decay + m->L.t_tok, 0, m->L.logit_scale - m->L.t_tok);
     return 0;
 }
 
@@ -112,8 +131,11 @@ static int run_share(void *ctx, int s, clipc_error *err) {
     size_t row = (size_t)j->k * t->local_batch + first;
     float *grads = s ? t->share_grads + (size_t)(s - 1) * t->m->table.total : t->grads;
     switch (j->work) {
-    case SHARE_FORWARD:
-        if (vit_train_forward(t->m, NULL, j->pixels + row * 3 * R * R, count, j->fi + row * E, &t->image[s], err)) return -1;
+    case SHARE_FORWARD: /* a frozen tower's features are already there (trainer_compute_grads) */
+        if (t->o.freeze != FREEZE_IMAGE &&
+            vit_train_forward(t->m, NULL, j->pixels + row * 3 * R * R, count, j->fi + row * E, &t->image[s], err))
+            return -1;
+        if (t->o.freeze == FREEZE_TEXT) return 0;
         return text_train_forward(t->m, NULL, NULL, j->tokens + row * ctx_len, count, j->ft + row * E, &t->text[s], err);
     case SHARE_TEXT_BACKWARD:
         return text_train_backward(t->m, &t->text[s], j->dt + row * E, grads, NULL, err);
@@ -144,7 +166,9 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
     float *di = buf + (size_t)2 * N * E, *dt = buf + (size_t)3 * N * E;
     int rc = 0;
     /* 1. all features (with accumulation, each pass overwrites the
-     * caches of the last) */
+     * caches of the last); a frozen tower's by the inference forward, once */
+    if (t->o.freeze == FREEZE_IMAGE) rc = clipc_encode_image(m, pixels, N, job.fi, err);
+    if (t->o.freeze == FREEZE_TEXT) rc = clipc_encode_text(m, tokens, N, job.ft, err);
     for (job.k = 0; job.k < K && rc == 0; job.k++) rc = run_shares(t->shares, run_share, &job, err);
     /* 2. the loss over the step's pairs on every rank */
     if (rc == 0) {
@@ -164,12 +188,14 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
     size_t text_first = m->L.t_tok;
     for (job.k = 0; job.k < K && rc == 0; job.k++) {
         if (K > 1) job.work = SHARE_FORWARD, rc = run_shares(t->shares, run_share, &job, err);
-        if (rc == 0) job.work = SHARE_TEXT_BACKWARD, rc = run_shares(t->shares, run_share, &job, err);
+        if (rc == 0 && t->o.freeze != FREEZE_TEXT)
+            job.work = SHARE_TEXT_BACKWARD, rc = run_shares(t->shares, run_share, &job, err);
         if (rc == 0 && job.k == K - 1) {
             sum_shares(t, text_first, total);
             dist_sum_floats_start(t->d, t->grads + text_first, total - text_first, t->pending);
         }
-        if (rc == 0) job.work = SHARE_IMAGE_BACKWARD, rc = run_shares(t->shares, run_share, &job, err);
+        if (rc == 0 && t->o.freeze != FREEZE_IMAGE)
+            job.work = SHARE_IMAGE_BACKWARD, rc = run_shares(t->shares, run_share, &job, err);
     }
     if (rc == 0) {
         sum_shares(t, 0, text_first);
@@ -195,6 +221,7 @@ int trainer_step(trainer *t, const float *pixels, const int32_t *tokens, step_st
         for (size_t i = 0; i < t->m->table.total; i++) t->grads[i] *= s;
     }
     st->lr = t->opt.lr = lr_at(t->o.lr, t->opt.step, t->o.warmup, t->o.total_steps);
+    t->opt.group_lr = lr_at(t->o.lr_temperature, t->opt.step, t->o.warmup, t->o.total_steps);
     adamw_step(&t->opt, t->m->params, t->grads);
     float *ls = &t->m->params[t->m->L.logit_scale];
     *ls = fminf(fmaxf(*ls, 0.0f), logf(100.0f));
