@@ -6,6 +6,7 @@
 #include "../src/internal.h"
 #include "../src/train/train.h"
 #include "../src/index/index.h"
+#include "../src/finetune/finetune.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -415,6 +416,76 @@ static void bench_train(const char *arch, int batch, int steps, clipc_tokenizer 
     free(tokens);
 }
 
+/* ---- fine-tuning ------------------------------------------------------------------------ */
+
+typedef struct step_clock {
+    double *at;
+    int n;
+} step_clock;
+
+static void clock_step(void *ctx, long step, long total, float loss, float acc, float lr) {
+    (void)step, (void)total, (void)loss, (void)acc, (void)lr;
+    step_clock *c = ctx;
+    c->at[c->n++] = now();
+}
+
+/* Steps of LoRA and CoOp on m at batch 32 (40 Fashion-MNIST images, 4 per class, at the model's
+ * resolution): images/s per step from the fastest step after the first, and the GFLOP/s of the
+ * work a step does (LoRA: the image tower forward and its dx-only backward, about 2x the forward,
+ * and the text tower the same over the 10 class prompts; CoOp: the text tower only). */
+static void bench_finetune(clipc_model *m, clipc_tokenizer *tok, double peak) {
+    clipc_error err;
+    image_set set;
+    if (image_set_open("fashion-mnist", "train", "filepath", "label", &set, &err)) {
+        printf("finetune: skipped (%s)\n", err.message);
+        return;
+    }
+    int *rows = NULL, n = 0;
+    if (few_shot_rows(&set, 4, 0, &rows, &n, &err)) {
+        printf("finetune: %s\n", err.message);
+        image_set_free(&set);
+        return;
+    }
+    const clipc_config *c = clipc_model_config(m);
+    static const char *const simple[] = {"a photo of a {}."};
+    int lens[10], ctx = c->context_length;
+    int32_t *tokens = malloc((size_t)ctx * sizeof *tokens);
+    for (int k = 0; k < 10; k++) { /* the class prompts' lengths (CoOp's are the same: 4 context tokens) */
+        char *text = template_fill(simple[0], set.class_names[k]);
+        clipc_tokenize(tok, text, ctx, 1, tokens, &err);
+        for (lens[k] = 0; tokens[lens[k]] != CLIPC_EOT; lens[k]++) {}
+        lens[k]++;
+        free(text);
+    }
+    free(tokens);
+    static const int methods[] = {FT_LORA, FT_COOP};
+    for (int mi = 0; mi < 2; mi++) {
+        int method = methods[mi];
+        finetune_options o = {.method = method, .steps = 5, .batch = 32, .lr = 1e-4f, .towers = FT_IMAGE | FT_TEXT,
+                              .rank = 2, .alpha = 1, .targets = 7, .n_ctx = 4, .ctx_init = "a photo of a",
+                              .templates = simple, .n_templates = 1};
+        double at[8];
+        step_clock clk = {at, 0};
+        clipc_model *out = NULL;
+        finetune_result res;
+        double t0 = now();
+        if (finetune_run(m, tok, &set, rows, n, &o, clock_step, &clk, &out, &res, &err)) {
+            printf("finetune %s: %s\n", finetune_method_name(method), err.message);
+            continue;
+        }
+        double best = 1e30;
+        for (int i = 1; i < clk.n; i++) best = fmin(best, at[i] - at[i - 1]);
+        double flops = 2 * text_flops(c, lens, 10) + (method == FT_LORA ? 2 * 32 * vit_flops(c) : 0);
+        printf("finetune %-4s batch 32: %7.1f images/s per step  %6.1f GFLOP/s  %4.0f%% of peak  (%zu trainable; "
+               "setup and caching %.1f s)\n", finetune_method_name(method), 32 / best, flops / best / 1e9,
+               100 * flops / best / 1e9 / peak, res.trainable, at[0] - t0 - best);
+        finetune_result_free(&res);
+        clipc_model_free(out);
+    }
+    free(rows);
+    image_set_free(&set);
+}
+
 /* ---- search ------------------------------------------------------------------------ */
 
 static int compare_doubles(const void *a, const void *b) {
@@ -606,8 +677,8 @@ static void bench_index(clipc_model *m, const char *label) {
 }
 
 int main(int argc, char **argv) {
-    /* "bench_clipc encode": only the encoders (for quick comparisons) */
-    bool encode_only = argc > 1 && !strcmp(argv[1], "encode");
+    /* "bench_clipc encode": only the encoders (for quick comparisons); "finetune": only fine-tuning */
+    bool encode_only = argc > 1 && !strcmp(argv[1], "encode"), finetune_only = argc > 1 && !strcmp(argv[1], "finetune");
     clipc_error err;
     int threads = omp_get_max_threads();
     printf("clipc bench — %d threads; OpenBLAS %s\n", threads, openblas_get_config());
@@ -641,6 +712,13 @@ int main(int argc, char **argv) {
     rng_seed(&r, 7);
     for (size_t i = 0; i < (size_t)32 * 3 * R * R; i++) pixels[i] = (float)rng_normal(&r);
     printf("captions: %d typical captions, %.1f tokens on average (of %d positions)\n", 16, total / 64.0, ctx);
+    if (finetune_only) {
+        printf("\nfine-tuning ViT-B-32 (fp32 GEMMs by OpenBLAS %s)\n", openblas_get_corename());
+        bench_finetune(m, tok, peak);
+        free(ref_img);
+        free(ref_txt);
+        goto done;
+    }
 
     double lowp_peak[3] = {peak, 0, 0};
     for (int prec = CLIPC_FP32; prec <= CLIPC_INT8; prec++) {
@@ -665,6 +743,8 @@ int main(int argc, char **argv) {
     if (encode_only) goto done;
     bench_train("fmnist", 256, 5, tok, peak);
     bench_train("ViT-B-32", 32, 2, tok, peak);
+    printf("\nfine-tuning ViT-B-32 (fp32 GEMMs by OpenBLAS %s)\n", openblas_get_corename());
+    bench_finetune(m, tok, peak);
 
     printf("\nsearch\n");
     bench_index(m, "ViT-B-32");
