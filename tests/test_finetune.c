@@ -352,6 +352,151 @@ static void check_shots(void) {
     image_set_free(&s);
 }
 
+/* ---- against OpenAI's model code (tests/data/finetune, tools/ref/gen_finetune_refs.py) ----------
+ * The shared reference `tiny` run by clip/model.py on python3-torch, with LoRA on every target of both
+ * towers and CoOp's context: the class cross-entropy and its trainable gradients within 1e-4. */
+
+/* A fixture tensor as floats (malloc'd), or NULL after a failed check. */
+static float *fixture(const st_file *f, const char *name, size_t *n) {
+    const st_tensor *t = st_find(f, name);
+    CHECK(t != NULL, "fixture lacks %s", name);
+    if (n) *n = 0;
+    if (!t) return NULL;
+    size_t count = t->nbytes / 4;
+    float *x = malloc(count * sizeof *x);
+    st_to_f32(t, x);
+    if (n) *n = count;
+    return x;
+}
+
+/* max |ours - ref| / max |ref|: the relative error of a whole tensor. */
+static double rel_error(const float *ours, const float *ref, size_t n) {
+    double d = 0, s = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)ours[i] - ref[i])), s = fmax(s, fabs((double)ref[i]));
+    return d / (s > 0 ? s : 1);
+}
+
+static int32_t *fixture_tokens(const st_file *f, const char *name, int *rows, int ctx) {
+    size_t n = 0;
+    float *x = fixture(f, name, &n);
+    int32_t *t = malloc(n * sizeof *t);
+    for (size_t i = 0; x && i < n; i++) t[i] = (int32_t)x[i];
+    free(x);
+    *rows = (int)(n / (size_t)ctx);
+    return t;
+}
+
+static void check_against_pytorch(void) {
+    clipc_error err;
+    st_file f;
+    clipc_model *m = clipc_model_load(ref_path("tiny/model.safetensors"), &err);
+    if (!m || st_open("tests/data/finetune/reference.safetensors", &f, &err)) {
+        CHECK(0, "%s", err.message);
+        clipc_model_free(m);
+        return;
+    }
+    const clipc_config *c = &m->cfg;
+    int E = c->embed_dim, ctx = c->context_length, C, n_labels;
+    size_t nl = 0;
+    float *labels_f = fixture(&f, "labels", &nl);
+    n_labels = (int)nl;
+    int *labels = malloc(nl * sizeof *labels);
+    for (size_t i = 0; i < nl; i++) labels[i] = (int)labels_f[i];
+    npy_array imgs;
+    if (load_npy("tiny/images.npy", &imgs)) {
+        clipc_model_free(m);
+        st_close(&f);
+        return;
+    }
+    const float *pixels = (const float *)imgs.data; /* the first n_labels images, as the script takes them */
+    int32_t *class_tokens = fixture_tokens(&f, "class_tokens", &C, ctx);
+    int32_t *prompt_tokens = fixture_tokens(&f, "prompt_tokens", &C, ctx);
+    float scale = clipc_model_logit_scale(m);
+    float *fi = malloc((size_t)n_labels * E * sizeof *fi), *ft = malloc((size_t)C * E * sizeof *ft);
+    float *di = malloc((size_t)n_labels * E * sizeof *di), *dt = malloc((size_t)C * E * sizeof *dt);
+
+    /* LoRA on q, k, v, out, fc, proj of both towers */
+    static const char *const names[LORA_TARGETS] = {"q", "k", "v", "out", "fc", "proj"};
+    lora_pair *pairs[2];
+    lora_tower lt[2];
+    for (int k = 0; k < 2; k++) {
+        tower_spec t = k == 0 ? vision_tower_spec(m) : text_tower_spec(m);
+        pairs[k] = calloc((size_t)t.layers * LORA_TARGETS, sizeof *pairs[k]);
+        lt[k] = (lora_tower){(lora_pair(*)[LORA_TARGETS])pairs[k], 2, 4.0f / 2};
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++) {
+                char name[96];
+                size_t na = 0, nb = 0;
+                lora_pair *p = &lt[k].blocks[l][tg];
+                snprintf(name, sizeof name, "lora.%s.%d.%s.A", k ? "text" : "visual", l, names[tg]);
+                p->A = fixture(&f, name, &na);
+                snprintf(name, sizeof name, "lora.%s.%d.%s.B", k ? "text" : "visual", l, names[tg]);
+                p->B = fixture(&f, name, &nb);
+                p->dA = calloc(na + 1, sizeof(float));
+                p->dB = calloc(nb + 1, sizeof(float));
+            }
+    }
+    tower_cache ci = {0}, ct = {0};
+    CHECK(vit_train_forward(m, &lt[0], pixels, n_labels, fi, &ci, &err) == 0, "%s", err.message);
+    CHECK(text_train_forward(m, &lt[1], NULL, class_tokens, C, ft, &ct, &err) == 0, "%s", err.message);
+    float loss = class_cross_entropy(fi, ft, labels, n_labels, C, E, scale, di, dt, NULL);
+    CHECK(vit_train_backward(m, &ci, di, NULL, &err) == 0 && text_train_backward(m, &ct, dt, NULL, NULL, &err) == 0,
+          "%s", err.message);
+    float *ref_loss = fixture(&f, "lora_loss", NULL);
+    double loss_err = ref_loss ? fabs(loss - ref_loss[0]) / fabs(ref_loss[0]) : 1, worst = 0;
+    for (int k = 0; k < 2; k++) {
+        tower_spec t = k == 0 ? vision_tower_spec(m) : text_tower_spec(m);
+        for (int l = 0; l < t.layers; l++)
+            for (int tg = 0; tg < LORA_TARGETS; tg++)
+                for (int ab = 0; ab < 2; ab++) {
+                    char name[96];
+                    size_t n;
+                    snprintf(name, sizeof name, "lora_grad.%s.%d.%s.%c", k ? "text" : "visual", l, names[tg], ab ? 'B' : 'A');
+                    float *ref = fixture(&f, name, &n);
+                    const lora_pair *p = &lt[k].blocks[l][tg];
+                    if (ref) worst = fmax(worst, rel_error(ab ? p->dB : p->dA, ref, n));
+                    free(ref);
+                }
+    }
+    CHECK(loss_err < 1e-4, "LoRA loss %.7g, OpenAI's code %.7g", loss, ref_loss ? ref_loss[0] : 0);
+    CHECK(worst < 1e-4, "LoRA gradients: worst tensor's relative error %.3g against OpenAI's code", worst);
+    printf("  LoRA vs OpenAI's model code (PyTorch): loss relative error %.2g, worst A/B gradient %.2g\n", loss_err, worst);
+    free(ref_loss);
+
+    /* CoOp: 4 context vectors, the image tower frozen */
+    size_t nctx = 0;
+    float *ctx_v = fixture(&f, "coop.ctx", &nctx), *ref_g = fixture(&f, "coop_grad.ctx", NULL);
+    int n_ctx = (int)(nctx / (size_t)c->text_width), D = c->text_width;
+    text_prompt pr = {ctx_v, n_ctx, 0};
+    CHECK(clipc_encode_image(m, pixels, n_labels, fi, &err) == 0, "%s", err.message);
+    CHECK(text_train_forward(m, NULL, &pr, prompt_tokens, C, ft, &ct, &err) == 0, "%s", err.message);
+    loss = class_cross_entropy(fi, ft, labels, n_labels, C, E, scale, NULL, dt, NULL);
+    float *dx0 = malloc((size_t)ct.T * D * sizeof *dx0), *g = calloc(nctx, sizeof *g);
+    CHECK(text_train_backward(m, &ct, dt, NULL, dx0, &err) == 0, "%s", err.message);
+    for (int k = 0; k < C; k++)
+        for (int j = 0; j < n_ctx; j++)
+            for (int d = 0; d < D; d++) g[(size_t)j * D + d] += dx0[(size_t)(ct.start[k] + 1 + j) * D + d];
+    ref_loss = fixture(&f, "coop_loss", NULL);
+    loss_err = ref_loss ? fabs(loss - ref_loss[0]) / fabs(ref_loss[0]) : 1;
+    double gerr = ref_g ? rel_error(g, ref_g, nctx) : 1;
+    CHECK(loss_err < 1e-4, "CoOp loss %.7g, OpenAI's code %.7g", loss, ref_loss ? ref_loss[0] : 0);
+    CHECK(gerr < 1e-4, "CoOp context gradient: relative error %.3g against OpenAI's code", gerr);
+    printf("  CoOp vs OpenAI's model code (PyTorch): loss relative error %.2g, context gradient %.2g\n", loss_err, gerr);
+
+    for (int k = 0; k < 2; k++) {
+        int layers = k == 0 ? c->vision_layers : c->text_layers;
+        for (int i = 0; i < layers * LORA_TARGETS; i++)
+            free(pairs[k][i].A), free(pairs[k][i].B), free(pairs[k][i].dA), free(pairs[k][i].dB);
+        free(pairs[k]);
+    }
+    tower_cache_free(&ci), tower_cache_free(&ct);
+    free(ref_loss), free(ctx_v), free(ref_g), free(dx0), free(g);
+    free(fi), free(ft), free(di), free(dt), free(labels), free(labels_f), free(class_tokens), free(prompt_tokens);
+    npy_free(&imgs);
+    st_close(&f);
+    clipc_model_free(m);
+}
+
 /* ---- contrastive fine-tuning from a checkpoint (clipc train --init) ---------------------------- */
 
 /* Bit-identical floats in [lo, hi) of two parameter arrays. */
@@ -522,6 +667,7 @@ void test_finetune(void) {
     check_adapter_and_loss(m);
     check_wise(m);
     check_shots();
+    check_against_pytorch();
     check_train_init(m, tok);
     check_command();
     clipc_model_free(m);

@@ -15,7 +15,7 @@ compress to little in git.
 
 Run with Debian's python3-torch and python3-torchvision plus, from the
 Python package index, transformers==4.36.2 and open_clip_torch==2.23.0
-(tests/ref/setup.sh makes that venv). Rerunning it with those versions
+(tools/ref/setup.sh makes that venv). Rerunning it with those versions
 rewrites the same files byte for byte.
 """
 import json
