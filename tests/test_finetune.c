@@ -590,6 +590,7 @@ static void check_command(void) {
     char dir[] = "/tmp/clipc_ft_XXXXXX";
     if (!mkdtemp(dir)) return;
     static const char *const methods[] = {"lora", "adapter", "coop", "full"};
+    CHECK(sh("export-images --limit 3 --out %s/img%s", dir, "") == 0, "export-images for the command checks");
     char out[256], path[400];
     for (int k = 0; k < 4; k++) {
         snprintf(out, sizeof out, "%s/%s", dir, methods[k]);
@@ -606,6 +607,17 @@ static void check_command(void) {
         CHECK(sh("eval zeroshot -m %s --dataset fashion-mnist%s", path, " --json") == 0 &&
                   file_has("/tmp/clipc_ft_out.txt", "\"acc1\""),
               "%s: the fine-tuned model does not evaluate", methods[k]);
+        char args[1200];
+        snprintf(args, sizeof args, "--labels 'sneaker,ankle boot,bag' %s/img", dir);
+        CHECK(sh("classify -m %s %s/*/*.png", path, args) == 0 && file_has("/tmp/clipc_ft_out.txt", "sneaker"),
+              "%s: the fine-tuned model does not classify", methods[k]);
+        snprintf(args, sizeof args, "%s/img/*/*.png -o %s/e.npy", dir, dir);
+        CHECK(sh("embed -m %s --image %s", path, args) == 0, "%s: the fine-tuned model does not embed", methods[k]);
+        snprintf(args, sizeof args, "--db %s/%s.db %s/img", dir, methods[k], dir);
+        CHECK(sh("index -m %s %s", path, args) == 0, "%s: the fine-tuned model does not index", methods[k]);
+        snprintf(args, sizeof args, "--db %s/%s.db -k 1 'a photo of a bag'", dir, methods[k]);
+        CHECK(sh("search -m %s %s", path, args) == 0 && file_has("/tmp/clipc_ft_out.txt", ".png"),
+              "%s: its index does not search", methods[k]);
     }
     snprintf(path, sizeof path, "%s/lora/adapter.safetensors", dir);
     CHECK(file_has(path, "base_model.model.vision_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"),
