@@ -102,7 +102,9 @@ int train_checkpoint_load(const char *path, clipc_model **model, train_options *
         free(el);
         char *lt = st_metadata_get(&f, "train_lr_temperature"), *fz = st_metadata_get(&f, "train_freeze");
         o->lr_temperature = lt ? strtof(lt, NULL) : o->lr; /* older checkpoints: one learning rate */
-        o->freeze = !fz ? FREEZE_NONE : !strcmp(fz, "image") ? FREEZE_IMAGE : !strcmp(fz, "text") ? FREEZE_TEXT : -1;
+        o->freeze = !fz || !strcmp(fz, "none") ? FREEZE_NONE : !strcmp(fz, "image") ? FREEZE_IMAGE
+                  : !strcmp(fz, "text")           ? FREEZE_TEXT
+                                                  : -1;
         if (o->freeze < 0) rc = clipc_fail(err, "unknown train_freeze '%s' in the checkpoint", fz);
         free(lt), free(fz);
         if (rc == 0) rc = trainer_init(t, m, o, d, err);
