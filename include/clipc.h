@@ -70,8 +70,11 @@ typedef struct clipc_config {
      * which then replace the templates of the zero-shot classifier;
      * adapter_hidden: CLIP-Adapter's bottleneck on the image features
      * ("adapter.visual.fc1.weight" [adapter_hidden, embed_dim], fc2 back,
-     * and the residual ratio "adapter.visual.ratio"), applied by encode_image. */
-    int prompt_ctx, adapter_hidden;
+     * and the residual ratio "adapter.visual.ratio"), applied by encode_image;
+     * prompt_meta_hidden: CoCoOp's meta-network ("prompt_learner.meta_net.
+     * linear1/linear2", embed_dim -> hidden -> text_width), which shifts the
+     * context by a vector computed from each image. */
+    int prompt_ctx, adapter_hidden, prompt_meta_hidden;
 } clipc_config;
 
 typedef struct clipc_model clipc_model;
@@ -196,6 +199,14 @@ const char *const *clipc_imagenet_templates(int *count);
  * prompt "[ctx] label." instead of the templates. */
 int clipc_zeroshot_classifier(clipc_model *model, clipc_tokenizer *tok, const char *const *labels, int n_labels,
                               const char *const *templates, int n_templates, float *weights, clipc_error *err);
+
+/* Zero-shot probabilities [n_images, n_labels] of every kind of model: the
+ * classifier above with clipc_zeroshot_probs, or, for a model fine-tuned
+ * with CoCoOp (config prompt_meta_hidden > 0), a classifier per image.
+ * image_features as clipc_encode_image writes them. */
+int clipc_zeroshot_classify(clipc_model *model, clipc_tokenizer *tok, const char *const *labels, int n_labels,
+                            const char *const *templates, int n_templates, const float *image_features, int n_images,
+                            float *probs, clipc_error *err);
 
 /* probs[i, l] = softmax_l(exp(logit_scale) * cos(image_features[i], weights[l])). */
 void clipc_zeroshot_probs(const clipc_model *model, const float *image_features, int n_images,

@@ -218,6 +218,7 @@ typedef struct model_layout {
     size_t logit_scale;
     size_t logit_bias; /* SigLIP only (cfg.has_logit_bias) */
     size_t prompt_ctx;                              /* cfg.prompt_ctx > 0 */
+    size_t meta_w1, meta_b1, meta_w2, meta_b2;      /* cfg.prompt_meta_hidden > 0 */
     size_t adapter_fc1, adapter_fc2, adapter_ratio; /* cfg.adapter_hidden > 0 */
 } model_layout;
 
@@ -272,6 +273,15 @@ int model_save_with(const clipc_model *m, const char *path, const char *dtype, c
 
 /* template with its "{}" replaced by label (malloc'd), or NULL (no "{}", or out of memory) */
 char *template_fill(const char *pattern, const char *label);
+/* CoCoOp's meta-network on normalised image features f [n, E]: hid [n, h], shift [n, text width]. */
+void prompt_meta_forward(const clipc_model *m, const float *f, int n, float *hid, float *shift);
+/* ctx [n, C, n_ctx, width]: the model's context plus image i's shift, for each of C prompts. */
+void cocoop_contexts(const clipc_model *m, const float *shift, int n, int C, float *ctx);
+/* scores [n, C]: cosines of L2-normalised image features with the classes (the template or
+ * learned-prompt classifier; a CoCoOp model's per-image classifiers). */
+int zeroshot_cosines(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int C,
+                     const char *const *templates, int n_templates, const float *features, int n, float *scores,
+                     clipc_error *err);
 struct text_prompt; /* model/tower.h */
 /* The tokens of CoOp's prompt "X X ... X label." (n_ctx placeholders, whose
  * embeddings the learned context replaces), truncated to context. */

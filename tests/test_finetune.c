@@ -249,6 +249,55 @@ static void check_coop(clipc_model *m, clipc_tokenizer *tok) {
     free(ids), free(zs), free(learned), free(tokens), free(v), free(w), free(f), free(dx0), free(g);
 }
 
+/* CoCoOp with a meta-network that outputs zero and the context of "a photo of a" is that template's
+ * zero-shot classifier for every image; its per-image classifiers survive a save and load. */
+static void check_cocoop_identity(clipc_model *m, clipc_tokenizer *tok) {
+    clipc_error err;
+    int n = 5, E = m->cfg.embed_dim, D = m->cfg.text_width, C = 3;
+    static const char *const labels[] = {"dog", "t-shirt", "ankle boot"};
+    clipc_config cfg = m->cfg;
+    cfg.prompt_ctx = 4, cfg.prompt_meta_hidden = 2;
+    clipc_model *cc = model_extend(m, &cfg, &err);
+    int32_t *ids = NULL;
+    int n_ids = 0;
+    CHECK(cc && clipc_tokenizer_encode(tok, "a photo of a", &ids, &n_ids, &err) == 0 && n_ids == 4, "init");
+    if (!cc) return;
+    for (int j = 0; j < n_ids; j++)
+        memcpy(cc->params + cc->L.prompt_ctx + (size_t)j * D, m->params + m->L.t_tok + (size_t)ids[j] * D,
+               (size_t)D * sizeof(float));
+    random_fill(cc->params + cc->L.meta_w1, (size_t)2 * E, 5, 0.3f); /* W2 and b2 zero: no shift */
+    float *f = malloc((size_t)n * E * sizeof *f), *zs = malloc((size_t)n * C * sizeof *zs);
+    float *ours = malloc((size_t)n * C * sizeof *ours);
+    random_fill(f, (size_t)n * E, 6, 1.0f);
+    clipc_normalize_rows(f, n, E);
+    const char *tmpl[] = {"a photo of a {}."};
+    CHECK(zeroshot_cosines(m, tok, labels, C, tmpl, 1, f, n, zs, &err) == 0, "%s", err.message);
+    CHECK(zeroshot_cosines(cc, tok, labels, C, tmpl, 1, f, n, ours, &err) == 0, "%s", err.message);
+    double d = max_abs_diff(zs, ours, (size_t)n * C);
+    CHECK(d < 1e-6, "CoCoOp with no shift differs from the zero-shot classifier by %g", d);
+    /* with a shift, the classifier changes per image, and the file keeps it */
+    random_fill(cc->params + cc->L.meta_w2, (size_t)D * 2, 7, 0.3f);
+    CHECK(zeroshot_cosines(cc, tok, labels, C, tmpl, 1, f, n, ours, &err) == 0, "%s", err.message);
+    CHECK(max_abs_diff(zs, ours, (size_t)n * C) > 1e-3, "the meta-network's shift changes nothing");
+    char path[] = "/tmp/clipc_cocoop_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    CHECK(clipc_model_save(cc, path, &err) == 0, "%s", err.message);
+    clipc_model *back = clipc_model_load(path, &err);
+    CHECK(back && clipc_model_config(back)->prompt_meta_hidden == 2, "the meta-network is lost on load");
+    if (back) {
+        CHECK(zeroshot_cosines(back, tok, labels, C, tmpl, 1, f, n, zs, &err) == 0, "%s", err.message);
+        CHECK(max_abs_diff(zs, ours, (size_t)n * C) == 0, "reloaded CoCoOp classifiers differ");
+        float *w = malloc((size_t)C * E * sizeof *w);
+        CHECK(clipc_zeroshot_classifier(back, tok, labels, C, tmpl, 1, w, &err) != 0 && strstr(err.message, "each image"),
+              "one classifier for a CoCoOp model: %s", err.message);
+        free(w);
+    }
+    remove(path);
+    clipc_model_free(back), clipc_model_free(cc);
+    free(ids), free(f), free(zs), free(ours);
+}
+
 /* CLIP-Adapter: ratio 0 is the identity; its gradients; the class CE's. */
 static void check_adapter_and_loss(clipc_model *m) {
     int n = 4, E = m->cfg.embed_dim, h = E / 4, C = 3;
@@ -350,6 +399,69 @@ static void check_shots(void) {
     CHECK(few_shot_rows(&s, 7000, 7, &rows, &n, &err) != 0 && strstr(err.message, "has only 6000"),
           "more shots than a class has: %s", err.message);
     image_set_free(&s);
+}
+
+/* ---- every method's step against central differences, through finetune_prepare -------------- */
+
+static void check_method_gradients(clipc_model *m, clipc_tokenizer *tok) {
+    clipc_error err;
+    image_set set;
+    if (image_set_open("fashion-mnist", "train", "filepath", "label", &set, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    int *rows = NULL, n = 0;
+    CHECK(few_shot_rows(&set, 1, 3, &rows, &n, &err) == 0, "%s", err.message);
+    static const char *const simple[] = {"a photo of a {}."};
+    for (int method = FT_LORA; method <= FT_COCOOP && rows; method++) {
+        finetune_options o = {.method = method, .steps = 1, .batch = 4, .lr = 1e-3f, .towers = FT_IMAGE | FT_TEXT,
+                              .rank = 2, .alpha = 4, .targets = (1 << LORA_TARGETS) - 1, .n_ctx = 4,
+                              .ctx_init = NULL, .ratio = 0.5f, .templates = simple, .n_templates = 1};
+        if (method == FT_FULL) o.towers = FT_IMAGE;
+        method_run r;
+        if (finetune_prepare(&r, m, tok, &set, rows, n, &o, &err)) {
+            CHECK(0, "%s: %s", finetune_method_name(method), err.message);
+            continue;
+        }
+        /* away from the starting point (LoRA's B = 0 would make every dA zero) */
+        rng g;
+        rng_seed(&g, 40 + method);
+        size_t lo = method == FT_FULL ? r.m->L.v_blocks[0].qkv_w : 0, span = method == FT_FULL ? 4096 : r.count;
+        for (size_t i = 0; i < span; i++) r.theta[lo + i] += 0.05f * (float)rng_normal(&g);
+        int batch[4] = {0, 3, 5, 8}, hits;
+        float loss;
+        memset(r.grad, 0, r.count * sizeof *r.grad);
+        CHECK(method_step(&r, batch, 4, &loss, &hits, &err) == 0, "%s: %s", finetune_method_name(method), err.message);
+        float *grad = malloc(r.count * sizeof *grad);
+        memcpy(grad, r.grad, r.count * sizeof *grad);
+        double worst = 0;
+        int tested = 0;
+        for (int probe = 0; probe < 40 && tested < 16; probe++) {
+            size_t at = lo + (size_t)(rng_next(&g) % span);
+            if (method != FT_FULL && fabs(grad[at]) < 1e-4) continue; /* an alignment gap, or a dead unit */
+            /* the five-point stencil: float32 towers give the loss ~1e-6 of noise, which a step small
+             * enough for the two-point rule's truncation error would amplify */
+            float keep = r.theta[at], h = 5e-3f, L[4];
+            static const float at_h[4] = {1, -1, 2, -2};
+            for (int k = 0; k < 4; k++) {
+                r.theta[at] = keep + at_h[k] * h;
+                memset(r.grad, 0, r.count * sizeof *r.grad);
+                method_step(&r, batch, 4, &L[k], &hits, &err);
+            }
+            r.theta[at] = keep;
+            double fd = (8.0 * (L[0] - L[1]) - (L[2] - L[3])) / (12.0 * h);
+            worst = fmax(worst, fabs(fd - grad[at]) / fmax(1e-2, fabs(fd)));
+            tested++;
+        }
+        CHECK(tested >= 8 && worst < 2e-2, "%s step: worst relative error %.3g over %d parameters",
+              finetune_method_name(method), worst, tested);
+        printf("  %s step: %d parameters, worst relative error vs central differences %.2g\n",
+               finetune_method_name(method), tested, worst);
+        free(grad);
+        finetune_release(&r, true);
+    }
+    free(rows);
+    image_set_free(&set);
 }
 
 /* ---- against OpenAI's model code (tests/data/finetune, tools/ref/gen_finetune_refs.py) ----------
@@ -589,10 +701,10 @@ static bool file_has(const char *path, const char *what) {
 static void check_command(void) {
     char dir[] = "/tmp/clipc_ft_XXXXXX";
     if (!mkdtemp(dir)) return;
-    static const char *const methods[] = {"lora", "adapter", "coop", "full"};
+    static const char *const methods[] = {"lora", "adapter", "coop", "full", "cocoop"};
     CHECK(sh("export-images --limit 3 --out %s/img%s", dir, "") == 0, "export-images for the command checks");
     char out[256], path[400];
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         snprintf(out, sizeof out, "%s/%s", dir, methods[k]);
         int rc = sh("finetune --method %s --dataset fashion-mnist --shots 2 --steps 3 --eval-limit 50 --out %s",
                     methods[k], out);
@@ -601,7 +713,8 @@ static void check_command(void) {
         CHECK(file_has(path, "\"zeroshot_top1_after\"") && file_has(path, "\"trainable_parameters\""),
               "%s: finetune.json lacks its numbers", methods[k]);
         snprintf(path, sizeof path, "%s/adapter.safetensors", out);
-        CHECK((access(path, F_OK) == 0) == (k != 3), "%s: adapter.safetensors %s", methods[k], k != 3 ? "missing" : "written");
+        bool full = !strcmp(methods[k], "full");
+        CHECK((access(path, F_OK) == 0) == !full, "%s: adapter.safetensors %s", methods[k], full ? "written" : "missing");
         /* the fine-tuned model loads in the other commands */
         snprintf(path, sizeof path, "%s/model.safetensors", out);
         CHECK(sh("eval zeroshot -m %s --dataset fashion-mnist%s", path, " --json") == 0 &&
@@ -676,9 +789,11 @@ void test_finetune(void) {
     check_lora_gradients(m, tok);
     check_lora_identities(m, tok);
     check_coop(m, tok);
+    check_cocoop_identity(m, tok);
     check_adapter_and_loss(m);
     check_wise(m);
     check_shots();
+    check_method_gradients(m, tok);
     check_against_pytorch();
     check_train_init(m, tok);
     check_command();

@@ -238,23 +238,23 @@ int cmd_classify(int argc, char **argv) {
     if (rc == 0) rc = cli_templates(templates_arg, &template_text, &templates, &n_templates);
     clipc_model *m = rc == 0 ? cli_load_model(model_path) : NULL;
     if (!m) rc = 1;
-    float *weights = NULL, *features = NULL, *probs = NULL;
+    float *features = NULL, *probs = NULL;
+    clipc_error err;
+    clipc_tokenizer *tok = NULL;
     if (rc == 0) {
         int E = clipc_model_config(m)->embed_dim;
-        weights = malloc((size_t)n_labels * E * sizeof *weights);
         features = malloc((size_t)n_images * E * sizeof *features);
         probs = malloc((size_t)n_images * n_labels * sizeof *probs);
-        clipc_error err;
-        clipc_tokenizer *tok = clipc_tokenizer_new(&err);
-        if (!weights || !features || !probs || !tok) rc = cli_error("%s", tok ? "out of memory" : err.message);
-        else if (clipc_zeroshot_classifier(m, tok, (const char *const *)labels, n_labels, templates, n_templates, weights, &err))
-            rc = cli_error("%s", err.message);
-        clipc_tokenizer_free(tok);
+        tok = clipc_tokenizer_new(&err);
+        if (!features || !probs || !tok) rc = cli_error("%s", tok ? "out of memory" : err.message);
     }
     if (rc == 0) cli_note_default_model(model_path, images, n_images);
     if (rc == 0) rc = cli_encode_image_files(m, images, n_images, features);
+    if (rc == 0 && clipc_zeroshot_classify(m, tok, (const char *const *)labels, n_labels, templates, n_templates, features,
+                                           n_images, probs, &err))
+        rc = cli_error("%s", err.message);
+    clipc_tokenizer_free(tok);
     if (rc == 0) {
-        clipc_zeroshot_probs(m, features, n_images, weights, n_labels, probs);
         int k = top < n_labels ? (int)top : n_labels;
         int *order = malloc((size_t)n_labels * sizeof *order);
         if (json) printf("[");
@@ -288,7 +288,6 @@ int cmd_classify(int argc, char **argv) {
         if (!order) rc = cli_error("out of memory");
         free(order);
     }
-    free(weights);
     free(features);
     free(probs);
     free(labels);

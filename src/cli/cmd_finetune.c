@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 static const char FINETUNE_USAGE[] =
-    "usage: clipc finetune [-m MODEL] --method lora|adapter|coop|full --dataset D [--test-dataset D2]\n"
+    "usage: clipc finetune [-m MODEL] --method lora|adapter|coop|cocoop|full --dataset D [--test-dataset D2]\n"
     "                      [--source-test-dataset D3] [--shots K] [--seed S] (--epochs E | --steps N)\n"
     "                      [--lr LR] [--wd WD] [--batch B] [--rank R] [--alpha A] [--targets q,k,v,out,fc,proj]\n"
     "                      [--tower image|text|both] [--ctx N] [--ctx-init \"a photo of a\"] [--residual-ratio A]\n"
@@ -25,6 +25,7 @@ static const char FINETUNE_USAGE[] =
     "    lora     --rank 2 --alpha 1 --targets q,k,v --tower both --lr 1e-3 (Hu et al.; CLIP-LoRA)\n"
     "    adapter  --residual-ratio 0.2 --lr 1e-3, on cached image features (CLIP-Adapter)\n"
     "    coop     --ctx-init \"a photo of a\" (or --ctx N for a random context) --lr 2e-3 (CoOp)\n"
+    "    cocoop   the same context, shifted per image by a meta-network on its features --lr 2e-3 (CoCoOp)\n"
     "    full     --tower image --lr 1e-5 --wd 0.1 (the classifier head: the zero-shot class embeddings)\n"
     "  --batch 32, --templates simple. DIR receives model.safetensors (a complete model every command\n"
     "  loads), adapter.safetensors (the method's parameters; LoRA in PEFT's naming, with\n"
@@ -101,9 +102,9 @@ static int parse(int argc, char **argv, ft_args *a) {
         if (!ok) return 1;
         i++;
     }
-    if (!a->method) return cli_error("finetune: needs --method lora|adapter|coop|full");
+    if (!a->method) return cli_error("finetune: needs --method lora|adapter|coop|cocoop|full");
     if (finetune_method_parse(a->method) < 0)
-        return cli_error("finetune: unknown --method '%s' (lora, adapter, coop or full)", a->method);
+        return cli_error("finetune: unknown --method '%s' (lora, adapter, coop, cocoop or full)", a->method);
     if (!a->dataset) return cli_error("finetune: needs --dataset fashion-mnist|DIR|FILE.csv");
     if (!a->out) return cli_error("finetune: needs --out DIR");
     if (!a->steps == !a->epochs) return cli_error("finetune: give exactly one of --steps and --epochs");
@@ -159,7 +160,8 @@ int cmd_finetune(int argc, char **argv) {
     int method = finetune_method_parse(a.method);
     finetune_options o = {.method = method, .batch = (int)a.batch, .seed = (uint64_t)a.seed, .rank = (int)a.rank,
                           .ratio = (float)a.ratio};
-    static const float default_lr[] = {1e-3f, 1e-3f, 2e-3f, 1e-5f};
+    static const float default_lr[] = {[FT_LORA] = 1e-3f, [FT_ADAPTER] = 1e-3f, [FT_COOP] = 2e-3f, [FT_FULL] = 1e-5f,
+                                       [FT_COCOOP] = 2e-3f};
     o.lr = a.lr > 0 ? (float)a.lr : default_lr[method];
     o.wd = a.wd >= 0 ? (float)a.wd : method == FT_FULL ? 0.1f : 0.0f;
     o.alpha = a.alpha > 0 ? (float)a.alpha : 1.0f;
@@ -172,7 +174,7 @@ int cmd_finetune(int argc, char **argv) {
     clipc_error err;
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
     if (!tok) return cli_error("%s", err.message);
-    if (method == FT_COOP) { /* the context: "a photo of a" unless --ctx asks for a random one */
+    if (method == FT_COOP || method == FT_COCOOP) { /* the context: "a photo of a" unless --ctx asks for a random one */
         o.ctx_init = a.given_ctx_init ? a.ctx_init : a.ctx > 0 ? NULL : "a photo of a";
         if (o.ctx_init) {
             int32_t *ids = NULL;
@@ -344,7 +346,7 @@ int cmd_finetune(int argc, char **argv) {
         cJSON_AddStringToObject(j, "targets", a.targets);
     }
     if (method == FT_LORA || method == FT_FULL) cJSON_AddStringToObject(j, "tower", tower);
-    if (method == FT_COOP) {
+    if (method == FT_COOP || method == FT_COCOOP) {
         cJSON_AddNumberToObject(j, "ctx", o.n_ctx);
         cJSON_AddStringToObject(j, "ctx_init", o.ctx_init ? o.ctx_init : "random N(0, 0.02)");
     }

@@ -60,18 +60,14 @@ int zeroshot_evaluate(clipc_model *m, clipc_tokenizer *tok, const image_set *s, 
     memset(out, 0, sizeof *out);
     int E = clipc_model_config(m)->embed_dim, C = s->n_classes;
     if (n <= 0 || n > s->count) n = s->count;
-    float *weights = malloc((size_t)C * E * sizeof *weights);
     float *features = malloc((size_t)n * E * sizeof *features), *scores = malloc((size_t)n * C * sizeof *scores);
-    int rc = weights && features && scores ? 0 : clipc_fail(err, "out of memory");
-    if (rc == 0)
-        rc = clipc_zeroshot_classifier(m, tok, (const char *const *)s->class_names, C, templates, n_templates, weights,
-                                       err);
+    int rc = features && scores ? 0 : clipc_fail(err, "out of memory");
     if (rc == 0) rc = image_set_features(m, s, 0, n, features, progress, ctx, err);
-    if (rc == 0) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, C, E, 1.0f, features, E, weights, E, 0.0f, scores, C);
-        rc = classification_metrics(scores, n, C, s->labels, out, err);
-    }
-    free(weights), free(features), free(scores);
+    if (rc == 0)
+        rc = zeroshot_cosines(m, tok, (const char *const *)s->class_names, C, templates, n_templates, features, n, scores,
+                              err);
+    if (rc == 0) rc = classification_metrics(scores, n, C, s->labels, out, err);
+    free(features), free(scores);
     return rc;
 }
 

@@ -9,15 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const METHOD_NAMES[] = {"lora", "adapter", "coop", "full"};
+static const char *const METHOD_NAMES[] = {"lora", "adapter", "coop", "full", "cocoop"};
+enum { N_METHODS = sizeof METHOD_NAMES / sizeof *METHOD_NAMES };
 
 int finetune_method_parse(const char *name) {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < N_METHODS; i++)
         if (!strcmp(name, METHOD_NAMES[i])) return i;
     return -1;
 }
 
-const char *finetune_method_name(int method) { return method >= 0 && method < 4 ? METHOD_NAMES[method] : "?"; }
+const char *finetune_method_name(int method) { return method >= 0 && method < N_METHODS ? METHOD_NAMES[method] : "?"; }
 
 void finetune_result_free(finetune_result *r) {
     free(r->tensors);
@@ -171,35 +172,53 @@ static int load_pixels(const clipc_model *m, const image_set *set, const int *ro
     return 0;
 }
 
+int finetune_prepare(method_run *run, clipc_model *m0, clipc_tokenizer *tok, const image_set *set, const int *rows,
+                     int n, const finetune_options *o, clipc_error *err) {
+    memset(run, 0, sizeof *run);
+    const clipc_config *c0 = &m0->cfg;
+    int E = c0->embed_dim;
+    if (n < 1) return clipc_fail(err, "no training images");
+    if (finetune_check(m0, o, err)) return -1;
+    run->o = o;
+    run->tok = tok;
+    run->set = set;
+    run->C = set->n_classes;
+    run->E = E;
+    run->n = n;
+    /* the model being trained: a copy, with the method's tensors when it has them */
+    clipc_config cfg = *c0;
+    if (o->method == FT_COOP || o->method == FT_COCOOP) cfg.prompt_ctx = o->n_ctx;
+    if (o->method == FT_COCOOP) cfg.prompt_meta_hidden = E / 16 > 0 ? E / 16 : 1; /* CoCoOp's vis_dim // 16 */
+    if (o->method == FT_ADAPTER) cfg.adapter_hidden = E / 4 > 0 ? E / 4 : 1; /* the paper's reduction of 4 */
+    if (!(run->m = model_extend(m0, &cfg, err))) return -1;
+    run->scale = clipc_model_logit_scale(run->m); /* fixed: the pretrained temperature */
+    run->labels = malloc((size_t)n * sizeof *run->labels);
+    int rc = run->labels ? 0 : clipc_fail(err, "out of memory");
+    for (int i = 0; i < n && rc == 0; i++) run->labels[i] = set->labels[rows[i]];
+    if (rc == 0) rc = load_pixels(run->m, set, rows, n, &run->pixels, err);
+    if (rc == 0) rc = method_setup(run, m0, err);
+    if (rc) finetune_release(run, true);
+    return rc;
+}
+
+void finetune_release(method_run *run, bool with_model) {
+    if (run->m) method_free(run);
+    free(run->labels);
+    free(run->pixels);
+    if (with_model) clipc_model_free(run->m);
+    memset(run, 0, sizeof *run);
+}
+
 int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, const int *rows, int n,
                  const finetune_options *o, finetune_progress progress, void *pctx, clipc_model **out,
                  finetune_result *res, clipc_error *err) {
     memset(res, 0, sizeof *res);
     *out = NULL;
-    const clipc_config *c0 = &m0->cfg;
-    int C = set->n_classes, E = c0->embed_dim, B = o->batch < n ? o->batch : n;
-    if (n < 1) return clipc_fail(err, "no training images");
-    if (finetune_check(m0, o, err)) return -1;
-    method_run run = {0};
-    run.o = o;
-    run.tok = tok;
-    run.set = set;
-    run.C = C;
-    run.E = E;
-    /* the model being trained: a copy, with the method's tensors when it has them */
-    clipc_config cfg = *c0;
-    if (o->method == FT_COOP) cfg.prompt_ctx = o->n_ctx;
-    if (o->method == FT_ADAPTER) cfg.adapter_hidden = E / 4 > 0 ? E / 4 : 1; /* the paper's reduction of 4 */
-    if (!(run.m = model_extend(m0, &cfg, err))) return -1;
-    run.scale = clipc_model_logit_scale(run.m); /* fixed: the pretrained temperature */
-    run.labels = malloc((size_t)n * sizeof *run.labels);
-    int rc = run.labels ? 0 : clipc_fail(err, "out of memory");
-    for (int i = 0; i < n && rc == 0; i++) run.labels[i] = set->labels[rows[i]];
-    if (rc == 0) rc = load_pixels(run.m, set, rows, n, &run.pixels, err);
-    run.n = n;
-    if (rc == 0) rc = method_setup(&run, m0, err);
+    method_run run;
+    if (finetune_prepare(&run, m0, tok, set, rows, n, o, err)) return -1;
+    int B = o->batch < n ? o->batch : n;
     adamw opt = {0};
-    if (rc == 0) rc = adamw_init_flat(&opt, run.count, o->lr, 0.9f, 0.999f, 1e-8f, o->wd, err);
+    int rc = adamw_init_flat(&opt, run.count, o->lr, 0.9f, 0.999f, 1e-8f, o->wd, err);
     if (rc == 0 && run.decay) /* full: the trained towers' matrices only */
         memcpy(opt.decay, run.decay, run.count);
     int *batch_rows = malloc((size_t)B * sizeof *batch_rows), *perm = malloc((size_t)n * sizeof *perm);
@@ -233,15 +252,13 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
     adamw_free(&opt);
     if (rc == 0) rc = method_finish(&run, res, err);
     res->trainable = run.trainable;
-    method_free(&run);
-    free(run.labels);
-    free(run.pixels);
+    clipc_model *trained = run.m;
+    finetune_release(&run, rc != 0);
     if (rc) {
-        clipc_model_free(run.m);
         finetune_result_free(res);
         return -1;
     }
-    *out = run.m;
+    *out = trained;
     return 0;
 }
 

@@ -13,6 +13,9 @@
  *   coop     CoOp's context vectors (Zhou et al. 2022): image features
  *            cached; each step runs the text tower over the C class prompts,
  *            forward and backward to the input embeddings.
+ *   cocoop   CoCoOp (Zhou et al. 2022b): CoOp's context shifted per image by
+ *            a meta-network on its (cached) features; each step runs the
+ *            text tower over batch x C prompts.
  *   full     every weight of the chosen towers, with AdamW and weight decay.
  * Internal to libclipc; the CLI and the tests use it. */
 #ifndef CLIPC_FINETUNE_H
@@ -20,10 +23,10 @@
 
 #include "../eval/eval.h"
 
-enum finetune_method { FT_LORA, FT_ADAPTER, FT_COOP, FT_FULL };
+enum finetune_method { FT_LORA, FT_ADAPTER, FT_COOP, FT_FULL, FT_COCOOP };
 enum finetune_towers { FT_IMAGE = 1, FT_TEXT = 2 };
 
-/* "lora", "adapter", "coop", "full" -> FT_*, or -1. */
+/* "lora", "adapter", "coop", "full", "cocoop" -> FT_*, or -1. */
 int finetune_method_parse(const char *name);
 const char *finetune_method_name(int method);
 /* "q,k,v,out,fc,proj" -> a bitmask of 1 << LORA_*; -1 on an unknown name. */

@@ -70,7 +70,7 @@ static int lora_setup(method_run *r, clipc_error *err) {
                 }
     }
     r->count = total;
-    r->theta = calloc(total ? total : 1, sizeof *r->theta);
+    r->theta = r->theta_mem = calloc(total ? total : 1, sizeof *r->theta);
     r->grad = calloc(total ? total : 1, sizeof *r->grad);
     if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
     rng g;
@@ -138,17 +138,42 @@ static int lora_finish(method_run *r, finetune_result *res, clipc_error *err) {
     return 0;
 }
 
-/* ---- CoOp ------------------------------------------------------------------------------ */
+/* ---- the model's own tensors as the trained vector ------------------------------------------ */
 
-/* The context: the token embeddings of --ctx-init, or N(0, 0.02) as CoOp's
- * generic context. */
-static int coop_setup(method_run *r, clipc_error *err) {
+/* CoOp's, CoCoOp's and CLIP-Adapter's parameters are tensors of the model being fine-tuned (params.c
+ * puts them last, in this order): theta is their range [first, end) of the model's parameters
+ * itself, so training and inference run the same code on the same floats. The range's alignment
+ * gaps get no gradient and never move. */
+static int own_tensors(method_run *r, size_t first, size_t end, clipc_error *err) {
+    r->theta = r->m->params + first;
+    r->count = end - first;
+    if (!(r->grad = calloc(r->count, sizeof *r->grad))) return clipc_fail(err, "out of memory");
+    r->trainable = 0;
+    for (int i = 0; i < r->m->table.count; i++) {
+        const param_spec *p = &r->m->table.items[i];
+        if (p->offset >= first && p->offset < end) r->trainable += p->numel;
+    }
+    return 0;
+}
+
+/* nn.Linear's default initialisation, U(-1/sqrt(in), 1/sqrt(in)), of n floats. */
+static void linear_init(float *x, size_t n, int in, rng *g) {
+    float bound = 1.0f / sqrtf((float)in);
+    for (size_t i = 0; i < n; i++) x[i] = bound * (float)(2 * rng_uniform(g) - 1);
+}
+
+/* ---- CoOp and CoCoOp -------------------------------------------------------------------- */
+
+/* The context: the token embeddings of --ctx-init, or N(0, 0.02) as CoOp's generic context;
+ * the class prompts "X X X X name.". CoCoOp adds the meta-network, nn.Linear-initialised. */
+static int prompt_setup(method_run *r, clipc_error *err) {
     const finetune_options *o = r->o;
-    int D = r->m->cfg.text_width;
-    r->count = (size_t)o->n_ctx * D;
-    r->theta = malloc(r->count * sizeof *r->theta);
-    r->grad = calloc(r->count, sizeof *r->grad);
-    if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
+    clipc_model *m = r->m;
+    const model_layout *L = &m->L;
+    int D = m->cfg.text_width, E = r->E, h = m->cfg.prompt_meta_hidden;
+    bool meta = o->method == FT_COCOOP;
+    if (own_tensors(r, L->prompt_ctx, meta ? L->meta_b2 + D : L->prompt_ctx + (size_t)o->n_ctx * D, err)) return -1;
+    float *ctx = m->params + L->prompt_ctx;
     if (o->ctx_init) {
         int32_t *ids = NULL;
         int n_ids = 0;
@@ -158,38 +183,102 @@ static int coop_setup(method_run *r, clipc_error *err) {
             return clipc_fail(err, "--ctx-init '%s' is %d tokens, not --ctx %d", o->ctx_init, n_ids, o->n_ctx);
         }
         for (int j = 0; j < n_ids; j++)
-            memcpy(r->theta + (size_t)j * D, r->m->params + r->m->L.t_tok + (size_t)ids[j] * D, (size_t)D * sizeof(float));
+            memcpy(ctx + (size_t)j * D, m->params + L->t_tok + (size_t)ids[j] * D, (size_t)D * sizeof(float));
         free(ids);
     } else {
         rng g;
         rng_seed(&g, o->seed ^ 0x436f4f70ULL);
-        for (size_t i = 0; i < r->count; i++) r->theta[i] = 0.02f * (float)rng_normal(&g);
+        for (size_t i = 0; i < (size_t)o->n_ctx * D; i++) ctx[i] = 0.02f * (float)rng_normal(&g);
     }
-    int ctx = r->m->cfg.context_length;
-    r->cls_tokens = malloc((size_t)r->C * ctx * sizeof *r->cls_tokens);
+    if (meta) {
+        rng g;
+        rng_seed(&g, o->seed ^ 0x436f436fULL);
+        linear_init(m->params + L->meta_w1, (size_t)h * E, E, &g);
+        linear_init(m->params + L->meta_b1, (size_t)h, E, &g);
+        linear_init(m->params + L->meta_w2, (size_t)D * h, h, &g);
+        linear_init(m->params + L->meta_b2, (size_t)D, h, &g);
+    }
+    int ctx_len = m->cfg.context_length, B = o->batch < r->n ? o->batch : r->n, copies = meta ? B : 1;
+    /* CoCoOp runs the C prompts once per image of the batch: the tokens repeat B times */
+    r->cls_tokens = malloc((size_t)copies * r->C * ctx_len * sizeof *r->cls_tokens);
     if (!r->cls_tokens) return clipc_fail(err, "out of memory");
     for (int c = 0; c < r->C; c++)
-        if (prompt_tokens(r->tok, r->set->class_names[c], o->n_ctx, ctx, r->cls_tokens + (size_t)c * ctx, err))
+        if (prompt_tokens(r->tok, r->set->class_names[c], o->n_ctx, ctx_len, r->cls_tokens + (size_t)c * ctx_len, err))
             return clipc_fail_prefix(err, r->set->class_names[c]);
+    for (int i = 1; i < copies; i++)
+        memcpy(r->cls_tokens + (size_t)i * r->C * ctx_len, r->cls_tokens, (size_t)r->C * ctx_len * sizeof *r->cls_tokens);
+    if (meta) {
+        size_t T = (size_t)B * r->C;
+        r->fn = malloc((size_t)B * E * sizeof *r->fn);
+        r->hid = malloc((size_t)B * h * sizeof *r->hid);
+        r->shift = malloc((size_t)B * D * sizeof *r->shift);
+        r->ctxs = malloc(T * o->n_ctx * D * sizeof *r->ctxs);
+        r->dshift = malloc((size_t)B * D * sizeof *r->dshift);
+        r->dhid = malloc((size_t)B * h * sizeof *r->dhid);
+        if (!r->fn || !r->hid || !r->shift || !r->ctxs || !r->dshift || !r->dhid)
+            return clipc_fail(err, "out of memory");
+    }
+    return 0;
+}
+
+/* CoCoOp's step on the batch's cached features f [B, E]: the meta-network's shift of each image's
+ * context, the text tower over B C prompts, the class cross-entropy of each image against its own
+ * C class embeddings, and back through the text tower to the context and the meta-network. */
+static int cocoop_step(method_run *r, const float *f, int B, float *loss, int *correct, clipc_error *err) {
+    clipc_model *m = r->m;
+    const model_layout *L = &m->L;
+    int E = r->E, C = r->C, D = m->cfg.text_width, h = m->cfg.prompt_meta_hidden, n_ctx = r->o->n_ctx;
+    size_t T = (size_t)B * C;
+    memcpy(r->fn, f, (size_t)B * E * sizeof *r->fn);
+    clipc_normalize_rows(r->fn, B, E);
+    prompt_meta_forward(m, r->fn, B, r->hid, r->shift);
+    cocoop_contexts(m, r->shift, B, C, r->ctxs);
+    text_prompt p = {r->ctxs, n_ctx, (size_t)n_ctx * D};
+    if (text_train_forward(m, NULL, &p, r->cls_tokens, (int)T, r->cfeat, &r->tcache, err)) return -1;
+    double sum = 0;
+    *correct = 0;
+    for (int i = 0; i < B; i++) { /* the mean over the batch of each image's cross-entropy */
+        int hit = 0;
+        sum += class_cross_entropy(f + (size_t)i * E, r->cfeat + (size_t)i * C * E, &r->by[i], 1, C, E, r->scale, NULL,
+                                   r->dcls + (size_t)i * C * E, &hit);
+        *correct += hit;
+    }
+    *loss = (float)(sum / B);
+    for (size_t k = 0; k < T * E; k++) r->dcls[k] /= (float)B;
+    if (!r->dx0 && !(r->dx0 = malloc((size_t)r->tcache.T * D * sizeof *r->dx0))) return clipc_fail(err, "out of memory");
+    if (text_train_backward(m, &r->tcache, r->dcls, NULL, r->dx0, err)) return -1;
+    /* ctx_t = ctx + shift_i for prompt t of image i: both get the context rows' gradients */
+    float *g_ctx = r->grad, *dshift = r->dshift;
+    memset(dshift, 0, (size_t)B * D * sizeof *dshift);
+    for (size_t t = 0; t < T; t++)
+        for (int j = 0; j < n_ctx; j++) {
+            const float *g = r->dx0 + (size_t)(r->tcache.start[t] + 1 + j) * D;
+            for (int d = 0; d < D; d++) {
+                g_ctx[(size_t)j * D + d] += g[d];
+                dshift[(t / C) * D + d] += g[d];
+            }
+        }
+    /* shift = W2 relu(W1 fn + b1) + b2 */
+    float *G = r->grad - L->prompt_ctx, *dhid = r->dhid; /* gradients indexed by model offset */
+    const float *P = m->params;
+    linear_backward(dhid, G + L->meta_w2, G + L->meta_b2, dshift, r->hid, P + L->meta_w2, B, h, D, false);
+    for (size_t k = 0; k < (size_t)B * h; k++) dhid[k] = r->hid[k] > 0 ? dhid[k] : 0.0f;
+    linear_backward(NULL, G + L->meta_w1, G + L->meta_b1, dhid, r->fn, P + L->meta_w1, B, E, h, false);
     return 0;
 }
 
 /* ---- CLIP-Adapter ---------------------------------------------------------------------- */
 
-/* W1 [h, E] then W2 [E, h], nn.Linear's default U(-1/sqrt(in), 1/sqrt(in)). */
+/* W1 [h, E] and W2 [E, h], nn.Linear-initialised; the ratio is fixed. */
 static int adapter_setup(method_run *r, clipc_error *err) {
+    const model_layout *L = &r->m->L;
     int E = r->E, h = r->m->cfg.adapter_hidden;
-    r->count = (size_t)2 * h * E;
-    r->theta = malloc(r->count * sizeof *r->theta);
-    r->grad = calloc(r->count, sizeof *r->grad);
-    if (!r->theta || !r->grad) return clipc_fail(err, "out of memory");
+    if (own_tensors(r, L->adapter_fc1, L->adapter_fc2 + (size_t)E * h, err)) return -1;
     rng g;
     rng_seed(&g, r->o->seed ^ 0x41646170ULL);
-    for (size_t i = 0; i < r->count; i++) {
-        float bound = 1.0f / sqrtf((float)(i < (size_t)h * E ? E : h));
-        r->theta[i] = bound * (float)(2 * rng_uniform(&g) - 1);
-    }
-    r->m->params[r->m->L.adapter_ratio] = r->o->ratio;
+    linear_init(r->m->params + L->adapter_fc1, (size_t)h * E, E, &g);
+    linear_init(r->m->params + L->adapter_fc2, (size_t)E * h, h, &g);
+    r->m->params[L->adapter_ratio] = r->o->ratio;
     return 0;
 }
 
@@ -226,17 +315,18 @@ int method_setup(method_run *r, clipc_model *m0, clipc_error *err) {
     const finetune_options *o = r->o;
     const clipc_config *c = &r->m->cfg;
     int E = r->E, C = r->C, ctx = c->context_length, R = c->image_resolution;
-    int rc = o->method == FT_LORA    ? lora_setup(r, err)
-             : o->method == FT_COOP  ? coop_setup(r, err)
-             : o->method == FT_ADAPTER ? adapter_setup(r, err)
-                                     : full_setup(r, err);
+    int rc = o->method == FT_LORA                                ? lora_setup(r, err)
+             : o->method == FT_COOP || o->method == FT_COCOOP ? prompt_setup(r, err)
+             : o->method == FT_ADAPTER                        ? adapter_setup(r, err)
+                                                              : full_setup(r, err);
     if (rc) return -1;
-    if (o->method != FT_FULL) r->trainable = r->count; /* the flat vector is all trained */
+    if (o->method == FT_LORA) r->trainable = r->count; /* the flat vector is all trained */
     int B = o->batch < r->n ? o->batch : r->n;
     r->bfeat = malloc((size_t)B * E * sizeof(float));
     r->dfeat = malloc((size_t)B * E * sizeof(float));
-    r->cfeat = malloc((size_t)C * E * sizeof(float));
-    r->dcls = malloc((size_t)C * E * sizeof(float));
+    size_t class_rows = (size_t)C * (o->method == FT_COCOOP ? B : 1); /* CoCoOp: C per image */
+    r->cfeat = malloc(class_rows * E * sizeof(float));
+    r->dcls = malloc(class_rows * E * sizeof(float));
     r->by = malloc((size_t)B * sizeof *r->by);
     if (!r->bfeat || !r->dfeat || !r->cfeat || !r->dcls || !r->by) return clipc_fail(err, "out of memory");
     /* a frozen image tower runs once per image */
@@ -254,12 +344,13 @@ int method_setup(method_run *r, clipc_model *m0, clipc_error *err) {
         if (!r->hid || !r->act || !r->aout) return clipc_fail(err, "out of memory");
     }
     /* a frozen text tower: the zero-shot classifier of the templates */
-    if (o->method != FT_COOP && !trains(r, FT_TEXT)) {
+    bool prompted = o->method == FT_COOP || o->method == FT_COCOOP;
+    if (!prompted && !trains(r, FT_TEXT)) {
         if (!(r->cls_feat = malloc((size_t)C * E * sizeof(float)))) return clipc_fail(err, "out of memory");
         return clipc_zeroshot_classifier(m0, r->tok, (const char *const *)r->set->class_names, C, o->templates,
                                          o->n_templates, r->cls_feat, err);
     }
-    if (o->method != FT_COOP) { /* a trained text tower: one prompt per class, the first template */
+    if (!prompted) { /* a trained text tower: one prompt per class, the first template */
         if (!(r->cls_tokens = malloc((size_t)C * ctx * sizeof *r->cls_tokens))) return clipc_fail(err, "out of memory");
         for (int k = 0; k < C; k++) {
             char *text = template_fill(o->templates[0], r->set->class_names[k]);
@@ -290,7 +381,9 @@ int method_step(method_run *r, const int *rows, int B, float *loss, int *correct
     } else {
         gather(r->bfeat, r->img_feat, (size_t)E, rows, B);
     }
-    const float *img = r->bfeat, *W1 = r->theta, *W2 = r->theta + (size_t)h * E;
+    if (o->method == FT_COCOOP) return cocoop_step(r, r->bfeat, B, loss, correct, err);
+    size_t w2 = m->L.adapter_fc2 - m->L.adapter_fc1; /* W2's place in theta (and grad) */
+    const float *img = r->bfeat, *W1 = r->theta, *W2 = r->theta + w2;
     float ratio = adapter ? m->params[m->L.adapter_ratio] : 0;
     if (adapter) {
         adapter_forward(r->aout, r->hid, r->act, r->bfeat, W1, W2, ratio, B, E, h);
@@ -308,7 +401,7 @@ int method_step(method_run *r, const int *rows, int B, float *loss, int *correct
     float *dimg = image || adapter ? r->dfeat : NULL;
     *loss = class_cross_entropy(img, cls, r->by, B, C, E, r->scale, dimg, text ? r->dcls : NULL, correct);
     if (adapter)
-        adapter_backward(NULL, r->grad, r->grad + (size_t)h * E, dimg, r->bfeat, r->hid, r->act, W1, W2, ratio, B, E, h);
+        adapter_backward(NULL, r->grad, r->grad + w2, dimg, r->bfeat, r->hid, r->act, W1, W2, ratio, B, E, h);
     if (image && vit_train_backward(m, &r->icache, dimg, G, err)) return -1;
     if (!text) return 0;
     if (o->method == FT_COOP && !r->dx0 && !(r->dx0 = malloc((size_t)r->tcache.T * D * sizeof *r->dx0)))
@@ -323,58 +416,49 @@ int method_step(method_run *r, const int *rows, int B, float *loss, int *correct
     return 0;
 }
 
-/* The result's n tensors: theta copied, cut in the given shapes. */
-static int copy_tensors(method_run *r, finetune_result *res, const char *const *names, const int64_t (*shapes)[2],
-                         const int *ndims, int n, clipc_error *err) {
+/* The result: the named tensors of the fine-tuned model, copied. */
+static int copy_tensors(method_run *r, finetune_result *res, const char *const *names, int n, clipc_error *err) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += params_find(&r->m->table, names[i])->numel;
     res->tensors = calloc((size_t)n, sizeof *res->tensors);
     res->names = calloc((size_t)n, sizeof *res->names);
-    res->data = malloc(r->count * sizeof *res->data);
+    res->data = malloc(total * sizeof *res->data);
     if (!res->tensors || !res->names || !res->data) return clipc_fail(err, "out of memory");
-    memcpy(res->data, r->theta, r->count * sizeof *res->data);
     size_t at = 0;
     for (int i = 0; i < n; i++) {
+        const param_spec *p = params_find(&r->m->table, names[i]);
+        memcpy(res->data + at, r->m->params + p->offset, p->numel * sizeof *res->data);
         snprintf(res->names[i], sizeof res->names[i], "%s", names[i]);
-        res->tensors[i] = (st_out_tensor){res->names[i], ndims[i], {shapes[i][0], shapes[i][1]}, res->data + at, ST_F32};
-        at += (size_t)shapes[i][0] * (ndims[i] > 1 ? shapes[i][1] : 1);
+        res->tensors[i] = (st_out_tensor){res->names[i], p->ndim, {p->shape[0], p->shape[1]}, res->data + at, ST_F32};
+        at += p->numel;
     }
     res->n_tensors = n;
     return 0;
 }
 
 int method_finish(method_run *r, finetune_result *res, clipc_error *err) {
-    clipc_model *m = r->m;
-    const clipc_config *c = &m->cfg;
+    /* coop, cocoop and adapter trained the model's own tensors; full, all of it */
+    static const char *const coop[] = {"prompt_learner.ctx", "prompt_learner.meta_net.linear1.weight",
+                                       "prompt_learner.meta_net.linear1.bias", "prompt_learner.meta_net.linear2.weight",
+                                       "prompt_learner.meta_net.linear2.bias"};
+    static const char *const adapter[] = {"adapter.visual.fc1.weight", "adapter.visual.fc2.weight"};
     switch (r->o->method) {
-    case FT_LORA:
-        return lora_finish(r, res, err);
-    case FT_COOP: {
-        memcpy(m->params + m->L.prompt_ctx, r->theta, r->count * sizeof(float));
-        static const char *const names[] = {"prompt_learner.ctx"};
-        const int64_t shapes[][2] = {{c->prompt_ctx, c->text_width}};
-        const int nd[] = {2};
-        return copy_tensors(r, res, names, shapes, nd, 1, err);
-    }
-    case FT_ADAPTER: {
-        int h = c->adapter_hidden, E = c->embed_dim;
-        memcpy(m->params + m->L.adapter_fc1, r->theta, (size_t)h * E * sizeof(float));
-        memcpy(m->params + m->L.adapter_fc2, r->theta + (size_t)h * E, (size_t)h * E * sizeof(float));
-        static const char *const names[] = {"adapter.visual.fc1.weight", "adapter.visual.fc2.weight"};
-        const int64_t shapes[][2] = {{h, E}, {E, h}};
-        const int nd[] = {2, 2};
-        return copy_tensors(r, res, names, shapes, nd, 2, err);
-    }
-    default: /* full: trained in place */
-        return 0;
+    case FT_LORA: return lora_finish(r, res, err);
+    case FT_COOP: return copy_tensors(r, res, coop, 1, err);
+    case FT_COCOOP: return copy_tensors(r, res, coop, 5, err);
+    case FT_ADAPTER: return copy_tensors(r, res, adapter, 2, err);
+    default: return 0;
     }
 }
 
 void method_free(method_run *r) {
-    if (r->theta != r->m->params) free(r->theta);
+    free(r->theta_mem);
     free(r->grad), free(r->decay);
     free(r->img_feat), free(r->cls_feat), free(r->cls_tokens);
     tower_cache_free(&r->icache);
     tower_cache_free(&r->tcache);
     free(r->bpix), free(r->bfeat), free(r->dfeat), free(r->cfeat), free(r->dcls), free(r->hid), free(r->act);
     free(r->aout), free(r->dx0), free(r->by);
+    free(r->fn), free(r->shift), free(r->ctxs), free(r->dshift), free(r->dhid);
     free(r->pairs[0]), free(r->pairs[1]);
 }

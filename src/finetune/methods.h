@@ -17,6 +17,7 @@ typedef struct method_run {
      * the model's own parameters); decay: where weight decay applies
      * (NULL: everywhere). */
     float *theta, *grad;
+    float *theta_mem;        /* theta's allocation when it is not the model's own tensors (lora) */
     size_t count;
     size_t trainable;        /* parameters that learn (full: the trained towers' share of count) */
     unsigned char *decay;
@@ -30,7 +31,9 @@ typedef struct method_run {
     float *bpix, *bfeat, *dfeat; /* pixels, image features and their gradient [B, E] */
     float *cfeat, *dcls;     /* class embeddings and their gradient [C, E] */
     float *hid, *act, *aout; /* adapter: its intermediates and output */
-    float *dx0;              /* coop: the text tower's input gradient */
+    float *dx0;              /* coop, cocoop: the text tower's input gradient */
+    float *fn, *shift, *ctxs, *dshift, *dhid; /* cocoop: normalised features, the meta-network's shift
+                                               * [B, width], the B C contexts, their gradients */
     /* lora */
     lora_tower lora[2];      /* [0] image, [1] text */
     lora_pair *pairs[2];
@@ -41,6 +44,13 @@ typedef struct method_run {
  * (either NULL) and the top-1 hits; NAN when out of memory. */
 float class_cross_entropy(const float *img, const float *cls, const int *y, int B, int C, int E, float scale,
                           float *d_img, float *d_cls, int *correct);
+
+/* A run before its first step: the model copy being trained (with the method's tensors),
+ * the training images rows[0..n) of set, method_setup done (finetune_run = this, the steps,
+ * method_finish). finetune_release frees it all, the model too when with_model. */
+int finetune_prepare(method_run *run, clipc_model *m0, clipc_tokenizer *tok, const image_set *set, const int *rows,
+                     int n, const finetune_options *o, clipc_error *err);
+void finetune_release(method_run *run, bool with_model);
 
 /* m0: the pretrained model (for cached features). Sets theta, grad, count. */
 int method_setup(method_run *r, clipc_model *m0, clipc_error *err);

@@ -32,6 +32,8 @@ int config_validate(const clipc_config *c, clipc_error *err) {
                           c->text_width, c->text_heads, c->text_layers, c->context_length);
     if (c->prompt_ctx < 0 || (c->prompt_ctx > 0 && c->prompt_ctx > c->context_length - 3))
         return clipc_fail(err, "%d prompt context vectors do not fit a context of %d tokens", c->prompt_ctx, c->context_length);
+    if (c->prompt_meta_hidden < 0 || c->prompt_meta_hidden > (1 << 16) || (c->prompt_meta_hidden > 0 && !c->prompt_ctx))
+        return clipc_fail(err, "invalid CoCoOp meta-network width %d (it needs a learned prompt)", c->prompt_meta_hidden);
     if (c->adapter_hidden < 0 || c->adapter_hidden > (1 << 16))
         return clipc_fail(err, "invalid adapter width %d", c->adapter_hidden);
     if (c->vocab_size <= CLIPC_EOT)

@@ -196,6 +196,13 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
     /* fine-tuned additions (finetune/): initialised by the method that trains them */
     if (c->prompt_ctx > 0)
         L->prompt_ctx = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->prompt_ctx, Wt), "prompt_learner.ctx");
+    if (c->prompt_meta_hidden > 0) { /* CoCoOp's meta_net: Linear(E, h), ReLU, Linear(h, text width) */
+        int h = c->prompt_meta_hidden;
+        L->meta_w1 = add(t, PI_NORMAL, 0.02f, 2, SHAPE(h, c->embed_dim), "prompt_learner.meta_net.linear1.weight");
+        L->meta_b1 = add(t, PI_ZEROS, 0, 1, SHAPE(h), "prompt_learner.meta_net.linear1.bias");
+        L->meta_w2 = add(t, PI_NORMAL, 0.02f, 2, SHAPE(Wt, h), "prompt_learner.meta_net.linear2.weight");
+        L->meta_b2 = add(t, PI_ZEROS, 0, 1, SHAPE(Wt), "prompt_learner.meta_net.linear2.bias");
+    }
     if (c->adapter_hidden > 0) {
         L->adapter_fc1 = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->adapter_hidden, c->embed_dim), "adapter.visual.fc1.weight");
         L->adapter_fc2 = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->embed_dim, c->adapter_hidden), "adapter.visual.fc2.weight");

@@ -6,6 +6,8 @@
 #include "../internal.h"
 #include "../model/tower.h"
 
+#include <cblas.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +131,8 @@ int clipc_zeroshot_classifier(clipc_model *m, clipc_tokenizer *tok, const char *
     const clipc_config *c = clipc_model_config(m);
     int E = c->embed_dim, ctx = c->context_length;
     if (n_labels < 1 || n_templates < 1) return clipc_fail(err, "need at least one label and one template");
+    if (c->prompt_meta_hidden > 0)
+        return clipc_fail(err, "a CoCoOp model's classifier depends on each image: use clipc_zeroshot_classify");
     /* A CoOp model's learned context replaces the templates: one prompt per label. */
     bool learned = c->prompt_ctx > 0;
     text_prompt prompt = {learned ? m->params + m->L.prompt_ctx : NULL, c->prompt_ctx, 0};
@@ -191,4 +195,105 @@ void clipc_zeroshot_probs(const clipc_model *m, const float *image_features, int
         for (int l = 0; l < n_labels; l++) sum += exp(p[l] - max);
         for (int l = 0; l < n_labels; l++) p[l] = (float)(exp(p[l] - max) / sum);
     }
+}
+
+/* ---- CoCoOp: a classifier per image ------------------------------------------------------- */
+
+void prompt_meta_forward(const clipc_model *m, const float *f, int n, float *hid, float *shift) {
+    const clipc_config *c = &m->cfg;
+    const float *P = m->params;
+    linear_forward(hid, f, P + m->L.meta_w1, P + m->L.meta_b1, n, c->embed_dim, c->prompt_meta_hidden, false);
+    relu_forward(hid, (size_t)n * c->prompt_meta_hidden);
+    linear_forward(shift, hid, P + m->L.meta_w2, P + m->L.meta_b2, n, c->prompt_meta_hidden, c->text_width, false);
+}
+
+void cocoop_contexts(const clipc_model *m, const float *shift, int n, int C, float *ctx) {
+    const clipc_config *c = &m->cfg;
+    int D = c->text_width, n_ctx = c->prompt_ctx;
+    const float *base = m->params + m->L.prompt_ctx;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < C; k++) {
+            float *dst = ctx + ((size_t)i * C + k) * n_ctx * D;
+            for (int j = 0; j < n_ctx; j++)
+                for (int d = 0; d < D; d++) dst[(size_t)j * D + d] = base[(size_t)j * D + d] + shift[(size_t)i * D + d];
+        }
+}
+
+/* weights [n, C, E]: image i's normalised class embeddings, its prompts' context shifted by the
+ * meta-network's output on its normalised features (CoCoOp, Zhou et al. 2022b, eq. 2). */
+static int cocoop_classifiers(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int C,
+                              const float *features, int n, float *weights, clipc_error *err) {
+    const clipc_config *c = &m->cfg;
+    int E = c->embed_dim, D = c->text_width, ctx = c->context_length, n_ctx = c->prompt_ctx;
+    int h = c->prompt_meta_hidden;
+    size_t T = (size_t)n * C;
+    int32_t *tokens = malloc(T * ctx * sizeof *tokens);
+    float *fn = malloc((size_t)n * E * sizeof *fn), *hid = malloc((size_t)n * h * sizeof *hid);
+    float *shift = malloc((size_t)n * D * sizeof *shift), *ctxs = malloc(T * n_ctx * D * sizeof *ctxs);
+    int rc = tokens && fn && hid && shift && ctxs ? 0 : clipc_fail(err, "out of memory");
+    for (int k = 0; k < C && rc == 0; k++)
+        if ((rc = prompt_tokens(tok, labels[k], n_ctx, ctx, tokens + (size_t)k * ctx, err))) clipc_fail_prefix(err, labels[k]);
+    for (int i = 1; i < n && rc == 0; i++) memcpy(tokens + (size_t)i * C * ctx, tokens, (size_t)C * ctx * sizeof *tokens);
+    if (rc == 0) {
+        memcpy(fn, features, (size_t)n * E * sizeof *fn);
+        clipc_normalize_rows(fn, n, E);
+        prompt_meta_forward(m, fn, n, hid, shift);
+        cocoop_contexts(m, shift, n, C, ctxs);
+        text_prompt p = {ctxs, n_ctx, (size_t)n_ctx * D};
+        rc = model_encode_text_prompted(m, tokens, (int)T, &p, weights, err);
+    }
+    if (rc == 0) clipc_normalize_rows(weights, (int)T, E);
+    free(tokens), free(fn), free(hid), free(shift), free(ctxs);
+    return rc;
+}
+
+enum { COCOOP_CHUNK = 64 }; /* images per batch of per-image classifiers */
+
+int zeroshot_cosines(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int C,
+                     const char *const *templates, int n_templates, const float *features, int n, float *scores,
+                     clipc_error *err) {
+    int E = clipc_model_config(m)->embed_dim;
+    bool per_image = clipc_model_config(m)->prompt_meta_hidden > 0;
+    int chunk = per_image ? COCOOP_CHUNK : 1;
+    float *weights = malloc((size_t)chunk * C * E * sizeof *weights);
+    if (!weights) return clipc_fail(err, "out of memory");
+    int rc = 0;
+    if (!per_image) {
+        rc = clipc_zeroshot_classifier(m, tok, labels, C, templates, n_templates, weights, err);
+        if (rc == 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, C, E, 1.0f, features, E, weights, E, 0.0f, scores, C);
+    }
+    for (int i0 = 0; per_image && i0 < n && rc == 0; i0 += chunk) {
+        int b = n - i0 < chunk ? n - i0 : chunk;
+        rc = cocoop_classifiers(m, tok, labels, C, features + (size_t)i0 * E, b, weights, err);
+        for (int i = 0; i < b && rc == 0; i++) /* image i against its own C class embeddings */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, C, E, 1.0f, weights + (size_t)i * C * E, E,
+                        features + (size_t)(i0 + i) * E, 1, 0.0f, scores + (size_t)(i0 + i) * C, 1);
+    }
+    free(weights);
+    return rc;
+}
+
+int clipc_zeroshot_classify(clipc_model *m, clipc_tokenizer *tok, const char *const *labels, int n_labels,
+                            const char *const *templates, int n_templates, const float *image_features, int n_images,
+                            float *probs, clipc_error *err) {
+    int E = clipc_model_config(m)->embed_dim;
+    bool per_image = clipc_model_config(m)->prompt_meta_hidden > 0;
+    int chunk = per_image ? COCOOP_CHUNK : 1;
+    float *weights = malloc((size_t)chunk * n_labels * E * sizeof *weights);
+    if (!weights) return clipc_fail(err, "out of memory");
+    int rc = 0;
+    if (!per_image) {
+        rc = clipc_zeroshot_classifier(m, tok, labels, n_labels, templates, n_templates, weights, err);
+        if (rc == 0) clipc_zeroshot_probs(m, image_features, n_images, weights, n_labels, probs);
+    }
+    for (int i0 = 0; per_image && i0 < n_images && rc == 0; i0 += chunk) {
+        int b = n_images - i0 < chunk ? n_images - i0 : chunk;
+        rc = cocoop_classifiers(m, tok, labels, n_labels, image_features + (size_t)i0 * E, b, weights, err);
+        for (int i = 0; i < b && rc == 0; i++)
+            clipc_zeroshot_probs(m, image_features + (size_t)(i0 + i) * E, 1, weights + (size_t)i * n_labels * E,
+                                 n_labels, probs + (size_t)(i0 + i) * n_labels);
+    }
+    free(weights);
+    return rc;
 }

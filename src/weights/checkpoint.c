@@ -552,6 +552,7 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     /* what clipc finetune adds: sizes from shapes (config_validate and load_params check the rest) */
     if (rc == 0) rc = finetune_rows(&f, "prompt_learner.ctx", 4096, &cfg.prompt_ctx, err);
     if (rc == 0) rc = finetune_rows(&f, "adapter.visual.fc1.weight", 1 << 16, &cfg.adapter_hidden, err);
+    if (rc == 0) rc = finetune_rows(&f, "prompt_learner.meta_net.linear1.weight", 1 << 16, &cfg.prompt_meta_hidden, err);
     /* the architecture was guessed from names and a few shapes: the file
      * must hold at least a byte per parameter before they are allocated */
     size_t held = 0;
