@@ -22,6 +22,7 @@ for shots in 1 4 16; do
   for m in "lora --rank 4 --alpha 8 --targets q,k,v,out,fc,proj --lr 1e-2" \
            "adapter --residual-ratio 0.6 --lr 1e-2" \
            "coop --lr 1e-1" \
+           "cocoop --lr 1e-1" \
            "full --tower both --lr 1e-3"; do
     name=${m%% *}
     dir="$OUT/$name-$shots"
