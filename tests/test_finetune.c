@@ -464,6 +464,69 @@ static void check_method_gradients(clipc_model *m, clipc_tokenizer *tok) {
     image_set_free(&set);
 }
 
+/* On a ModifiedResNet (RN50 is CoOp's model): CoOp, CoCoOp, CLIP-Adapter and text-tower LoRA run,
+ * and the methods that would train the ResNet are refused with the reason. */
+static int stop_after_three(void *ctx) {
+    int *calls = ctx;
+    return ++*calls > 3;
+}
+static void count_steps(void *ctx, long step, long total, float loss, float acc, float lr) {
+    (void)ctx, (void)step, (void)total, (void)loss, (void)acc, (void)lr;
+}
+
+static void check_resnet_methods(clipc_tokenizer *tok) {
+    clipc_error err;
+    clipc_model *rn = clipc_model_init("tiny-rn", 4, &err);
+    image_set set;
+    if (!rn || image_set_open("fashion-mnist", "train", "filepath", "label", &set, &err)) {
+        CHECK(0, "%s", err.message);
+        clipc_model_free(rn);
+        return;
+    }
+    int *rows = NULL, n = 0;
+    CHECK(few_shot_rows(&set, 1, 3, &rows, &n, &err) == 0, "%s", err.message);
+    static const char *const simple[] = {"a photo of a {}."};
+    static const struct { int method, towers; bool ok; } cases[] = {
+        {FT_COOP, 0, true}, {FT_COCOOP, 0, true}, {FT_ADAPTER, 0, true}, {FT_LORA, FT_TEXT, true},
+        {FT_LORA, FT_IMAGE | FT_TEXT, false}, {FT_FULL, FT_IMAGE, false}, {FT_FULL, FT_TEXT, true}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases && rows; i++) {
+        finetune_options o = {.method = cases[i].method, .steps = 2, .batch = 4, .lr = 1e-3f, .towers = cases[i].towers,
+                              .rank = 2, .alpha = 4, .targets = 7, .n_ctx = 4, .ctx_init = "a photo of a",
+                              .ratio = 0.2f, .templates = simple, .n_templates = 1};
+        clipc_model *out = NULL;
+        finetune_result res;
+        int rc = finetune_run(rn, tok, &set, rows, n, &o, NULL, NULL, &out, &res, &err);
+        CHECK(cases[i].ok ? rc == 0 : rc != 0 && strstr(err.message, "needs a ViT"), "ResNet, %s (towers %d): %s",
+              finetune_method_name(cases[i].method), cases[i].towers, rc ? err.message : "ran");
+        if (rc == 0) finetune_result_free(&res);
+        clipc_model_free(out);
+    }
+    /* a stop request (Ctrl-C in the command) ends the run after the steps taken, with that model */
+    int calls = 0;
+    finetune_options o = {.method = FT_COOP, .steps = 50, .batch = 4, .lr = 1e-2f, .n_ctx = 4, .ctx_init = "a photo of a",
+                          .templates = simple, .n_templates = 1, .stop = stop_after_three};
+    clipc_model *out = NULL;
+    finetune_result res;
+    CHECK(rows && finetune_run(rn, tok, &set, rows, n, &o, count_steps, &calls, &out, &res, &err) == 0 &&
+              res.steps_done == 3 && out && res.n_tensors == 1,
+          "a run stopped after 3 steps: %s", err.message);
+    if (out) { /* three steps moved the context away from the embeddings of "a photo of a" */
+        int32_t *ids = NULL, n_ids = 0, D = rn->cfg.text_width;
+        bool moved = false;
+        if (clipc_tokenizer_encode(tok, "a photo of a", &ids, &n_ids, &err) == 0)
+            for (int j = 0; j < n_ids; j++)
+                moved |= memcmp(out->params + out->L.prompt_ctx + (size_t)j * D,
+                                rn->params + rn->L.t_tok + (size_t)ids[j] * D, (size_t)D * sizeof(float)) != 0;
+        CHECK(moved, "the stopped run's context is still its initialisation");
+        free(ids);
+        finetune_result_free(&res);
+    }
+    clipc_model_free(out);
+    free(rows);
+    image_set_free(&set);
+    clipc_model_free(rn);
+}
+
 /* ---- against OpenAI's model code (tests/data/finetune, tools/ref/gen_finetune_refs.py) ----------
  * The shared reference `tiny` run by clip/model.py on python3-torch, with LoRA on every target of both
  * towers and CoOp's context: the class cross-entropy and its trainable gradients within 1e-4. */
@@ -794,6 +857,7 @@ void test_finetune(void) {
     check_wise(m);
     check_shots();
     check_method_gradients(m, tok);
+    check_resnet_methods(tok);
     check_against_pytorch();
     check_train_init(m, tok);
     check_command();

@@ -202,7 +202,7 @@ int cmd_finetune(int argc, char **argv) {
     int n_templates = 0, *rows = NULL, n_rows = 0;
     finetune_result res = {0};
     progress_state ps = {0};
-    bool made_dir = false;
+    bool made_dir = false, cut_short = false; /* cut short by Ctrl-C: outputs kept, exit 130 */
     const char *test_spec = a.test_dataset ? a.test_dataset : a.dataset;
     if (image_set_open(a.dataset, "train", a.img_key, a.label_key, &train, &err) ||
         (a.classnames && image_set_read_classnames(&train, a.classnames, &err)) ||
@@ -262,11 +262,12 @@ int cmd_finetune(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     o.stop = stop_requested;
     if (finetune_run(m, tok, &train, rows, n_rows, &o, on_step, &ps, &ft, &res, &err)) {
-        rc = interrupted ? 130 : 1;
         fprintf(stderr, "\n");
-        cli_error("%s%s", err.message, interrupted ? " (nothing was saved)" : "");
+        rc = cli_error("%s", err.message);
         goto done;
     }
+    if ((cut_short = res.steps_done < o.steps)) /* Ctrl-C: what was trained is kept, as train keeps a checkpoint */
+        fprintf(stderr, "\ninterrupted at step %ld of %ld: saving the model as trained so far\n", res.steps_done, o.steps);
     double wall = cli_now() - ps.start;
     if ((rc = zeroshot_top1(ft, tok, &test, a.eval_limit, templates, n_templates, &after))) goto done;
     if (a.source_test && (rc = zeroshot_top1(ft, tok, &source, a.eval_limit, templates, n_templates, &src_after))) goto done;
@@ -336,6 +337,7 @@ int cmd_finetune(int argc, char **argv) {
     cJSON_AddNumberToObject(j, "test_images", a.eval_limit > 0 && a.eval_limit < test.count ? a.eval_limit : test.count);
     cJSON_AddNumberToObject(j, "seed", (double)a.seed);
     cJSON_AddNumberToObject(j, "steps", (double)o.steps);
+    cJSON_AddNumberToObject(j, "steps_done", (double)res.steps_done);
     cJSON_AddNumberToObject(j, "batch", B);
     cJSON_AddNumberToObject(j, "lr", o.lr);
     cJSON_AddStringToObject(j, "lr_schedule", "linear warm-up (5% of the steps, at most 50), then cosine to 0");
@@ -393,7 +395,7 @@ done:
     image_set_free(&test);
     image_set_free(&source);
     clipc_tokenizer_free(tok);
-    return rc;
+    return rc ? rc : cut_short ? 130 : 0;
 }
 
 int cmd_wise(int argc, char **argv) {

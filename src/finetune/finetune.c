@@ -225,11 +225,9 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
     if (rc == 0 && (!batch_rows || !perm)) rc = clipc_fail(err, "out of memory");
     long cached_epoch = -1;
     long warmup = o->steps / 20 < 50 ? o->steps / 20 : 50;
-    for (long step = 0; step < o->steps && rc == 0; step++) {
-        if (o->stop && o->stop(pctx)) {
-            rc = clipc_fail(err, "interrupted at step %ld of %ld", step, o->steps);
-            break;
-        }
+    long step = 0;
+    for (; step < o->steps && rc == 0; step++) {
+        if (o->stop && o->stop(pctx)) break; /* the model so far is the result */
         for (int i = 0; i < B; i++) { /* each epoch a new seeded order */
             long k = step * B + i;
             batch_rows[i] = data_order_index(o->seed, k / n, n, (int)(k % n), perm, &cached_epoch);
@@ -252,6 +250,7 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
     adamw_free(&opt);
     if (rc == 0) rc = method_finish(&run, res, err);
     res->trainable = run.trainable;
+    res->steps_done = step;
     clipc_model *trained = run.m;
     finetune_release(&run, rc != 0);
     if (rc) {

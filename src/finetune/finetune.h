@@ -47,7 +47,8 @@ typedef struct finetune_options {
     float ratio;         /* adapter: the residual ratio alpha of eq. 3 */
     const char *const *templates; /* the fixed class embeddings' templates */
     int n_templates;
-    int (*stop)(void *ctx);       /* polled before each step (with progress's ctx): non-zero ends the run (NULL: never) */
+    int (*stop)(void *ctx);       /* polled before each step (with progress's ctx): non-zero ends the run
+                                   * there, the model as trained so far (NULL: never) */
 } finetune_options;
 
 /* Called after every step (NULL for none). */
@@ -55,6 +56,7 @@ typedef void (*finetune_progress)(void *ctx, long step, long total, float loss, 
 
 typedef struct finetune_result {
     size_t trainable;   /* parameters the method trained */
+    long steps_done;    /* o->steps, or fewer when o->stop ended the run early */
     /* The method's parameters alone, for adapter.safetensors (lora: PEFT's
      * names; none for full). Owned: finetune_result_free. */
     st_out_tensor *tensors;
