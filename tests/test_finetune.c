@@ -287,7 +287,9 @@ static void check_cocoop_identity(clipc_model *m, clipc_tokenizer *tok) {
     CHECK(back && clipc_model_config(back)->prompt_meta_hidden == 2, "the meta-network is lost on load");
     if (back) {
         CHECK(zeroshot_cosines(back, tok, labels, C, tmpl, 1, f, n, zs, &err) == 0, "%s", err.message);
-        CHECK(max_abs_diff(zs, ours, (size_t)n * C) == 0, "reloaded CoCoOp classifiers differ");
+        /* equal up to rounding: a batch of texts is split between threads by the machine's load */
+        CHECK(max_abs_diff(zs, ours, (size_t)n * C) < 1e-6, "reloaded CoCoOp classifiers differ by %g",
+              max_abs_diff(zs, ours, (size_t)n * C));
         float *w = malloc((size_t)C * E * sizeof *w);
         CHECK(clipc_zeroshot_classifier(back, tok, labels, C, tmpl, 1, w, &err) != 0 && strstr(err.message, "each image"),
               "one classifier for a CoCoOp model: %s", err.message);
