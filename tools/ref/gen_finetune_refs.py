@@ -32,6 +32,9 @@ import torch.nn.utils.parametrize as parametrize
 import clip
 from clip.model import CLIP
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_arch_refs import save_safetensors  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "..", "shared", "reference")
 OUT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "..", "..", "tests", "data", "finetune")
@@ -53,23 +56,6 @@ def load_safetensors(path):
         dtype = {"F32": np.float32, "I64": np.int64}[t["dtype"]]
         out[name] = np.frombuffer(data[a:b], dtype=dtype).reshape(t["shape"]).copy()
     return out, meta
-
-
-def save_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype=np.float32)
-        raw = a.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def model_from_reference():
@@ -171,7 +157,8 @@ def main():
     out["labels"] = np.array(LABELS, dtype=np.float32)
     out["class_tokens"] = class_tokens.numpy().astype(np.float32)
     out["prompt_tokens"] = prompt_tokens.numpy().astype(np.float32)
-    save_safetensors(os.path.join(OUT, "reference.safetensors"), out)
+    save_safetensors(os.path.join(OUT, "reference.safetensors"), {k: v.astype(np.float32) for k, v in out.items()},
+                     {"source": "tools/ref/gen_finetune_refs.py"})
     with open(os.path.join(OUT, "README.md"), "w") as f:
         f.write("Made by tools/ref/gen_finetune_refs.py (torch %s, openai-clip, the shared reference `tiny`):\n"
                 "LoRA (rank %d, alpha %g, targets %s, both towers) and CoOp (4 context vectors) on %d images of %d\n"
