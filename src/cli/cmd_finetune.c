@@ -24,8 +24,9 @@ static const char FINETUNE_USAGE[] =
     "  Methods and defaults:\n"
     "    lora     --rank 2 --alpha 1 --targets q,k,v --tower both --lr 1e-3 (Hu et al.; CLIP-LoRA)\n"
     "    adapter  --residual-ratio 0.2 --lr 1e-3, on cached image features (CLIP-Adapter)\n"
-    "    coop     --ctx-init \"a photo of a\" (or --ctx N for a random context) --lr 2e-3 (CoOp)\n"
-    "    cocoop   the same context, shifted per image by a meta-network on its features --lr 2e-3 (CoCoOp)\n"
+    "    coop     --ctx 16, random N(0, 0.02) (or --ctx-init \"a photo of a\": its tokens) --lr 2e-3 (CoOp)\n"
+    "    cocoop   --ctx-init \"a photo of a\", the context shifted per image by a meta-network on its\n"
+    "             features --lr 2e-3 (CoCoOp)\n"
     "    full     --tower image --lr 1e-5 --wd 0.1 (the classifier head: the zero-shot class embeddings)\n"
     "  --batch 32, --templates simple. DIR receives model.safetensors (a complete model every command\n"
     "  loads), adapter.safetensors (the method's parameters; LoRA in PEFT's naming, with\n"
@@ -174,8 +175,10 @@ int cmd_finetune(int argc, char **argv) {
     clipc_error err;
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
     if (!tok) return cli_error("%s", err.message);
-    if (method == FT_COOP || method == FT_COCOOP) { /* the context: "a photo of a" unless --ctx asks for a random one */
-        o.ctx_init = a.given_ctx_init ? a.ctx_init : a.ctx > 0 ? NULL : "a photo of a";
+    if (method == FT_COOP || method == FT_COCOOP) {
+        /* the papers' defaults: CoOp 16 random vectors, CoCoOp "a photo of a"'s embeddings; --ctx N alone: random */
+        o.ctx_init = a.given_ctx_init ? a.ctx_init : a.ctx > 0 || method == FT_COOP ? NULL : "a photo of a";
+        if (!o.ctx_init && a.ctx <= 0) a.ctx = 16;
         if (o.ctx_init) {
             int32_t *ids = NULL;
             if (clipc_tokenizer_encode(tok, o.ctx_init, &ids, &o.n_ctx, &err)) {
