@@ -1,7 +1,10 @@
 /* main.c — runs every test suite. */
 #include "test.h"
 
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -118,6 +121,48 @@ int run_measured(const char *cmd, long *maxrss_kb) {
         return -1;
     *maxrss_kb = result[1];
     return (int)result[0];
+}
+
+/* A one-shot HTTP/1.0 request on loopback: the status, and the body in
+ * *body (malloc'd, NUL-terminated; *len bytes). */
+int test_http(int port, const char *method, const char *target, const void *data, size_t data_len, char **body,
+              size_t *len) {
+    *body = NULL, *len = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    char head[2048];
+    int n = snprintf(head, sizeof head, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: %zu\r\n\r\n", method,
+                     target, data_len);
+    if (write(fd, head, (size_t)n) != n) data_len = 0;
+    for (size_t off = 0; off < data_len;) {
+        ssize_t w = write(fd, (const char *)data + off, data_len - off);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    size_t cap = 65536, got = 0;
+    char *buf = malloc(cap + 1);
+    for (ssize_t r; (r = read(fd, buf + got, cap - got)) > 0;) {
+        got += (size_t)r;
+        if (got == cap) buf = realloc(buf, (cap *= 2) + 1);
+    }
+    close(fd);
+    buf[got] = 0;
+    int status = 0;
+    sscanf(buf, "HTTP/%*s %d", &status);
+    char *start = strstr(buf, "\r\n\r\n");
+    if (start) {
+        *len = got - (size_t)(start + 4 - buf);
+        *body = malloc(*len + 1);
+        memcpy(*body, start + 4, *len);
+        (*body)[*len] = 0;
+    }
+    free(buf);
+    return status;
 }
 
 int main(int argc, char **argv) {

@@ -38,6 +38,11 @@ int run_cmd(const char *cmd);
  * signal if killed, -1 if it could not run) and peak RSS in KiB. */
 int run_measured(const char *cmd, long *maxrss_kb);
 
+/* A one-shot HTTP/1.0 request to 127.0.0.1:port: the status (-1: no connection) and the body in
+ * *body (malloc'd, NUL-terminated; *len bytes). */
+int test_http(int port, const char *method, const char *target, const void *data, size_t data_len, char **body,
+              size_t *len);
+
 void test_model(void);
 void test_tokenizer(void);
 void test_image(void);

@@ -689,48 +689,6 @@ static void check_mpi(void) {
     free(err);
 }
 
-/* A one-shot HTTP/1.0 request on loopback: the status, and the body in
- * *body (malloc'd, NUL-terminated; *len bytes). */
-static int http(int port, const char *method, const char *target, const void *data, size_t data_len, char **body,
-                size_t *len) {
-    *body = NULL, *len = 0;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    char head[2048];
-    int n = snprintf(head, sizeof head, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: %zu\r\n\r\n", method,
-                     target, data_len);
-    if (write(fd, head, (size_t)n) != n) data_len = 0;
-    for (size_t off = 0; off < data_len;) {
-        ssize_t w = write(fd, (const char *)data + off, data_len - off);
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    size_t cap = 65536, got = 0;
-    char *buf = malloc(cap + 1);
-    for (ssize_t r; (r = read(fd, buf + got, cap - got)) > 0;) {
-        got += (size_t)r;
-        if (got == cap) buf = realloc(buf, (cap *= 2) + 1);
-    }
-    close(fd);
-    buf[got] = 0;
-    int status = 0;
-    sscanf(buf, "HTTP/%*s %d", &status);
-    char *start = strstr(buf, "\r\n\r\n");
-    if (start) {
-        *len = got - (size_t)(start + 4 - buf);
-        *body = malloc(*len + 1);
-        memcpy(*body, start + 4, *len);
-        (*body)[*len] = 0;
-    }
-    free(buf);
-    return status;
-}
-
 /* Index 2,000 exported Fashion-MNIST PNGs with the shipped model: killed
  * mid-run, the index is consistent and the next run completes it; a second
  * writer is refused; then search (text, arithmetic, image, JSON), export,
@@ -851,13 +809,13 @@ static void check_search(void) {
     int status = -1;
     for (int i = 0; i < 100 && status < 0; i++) {
         usleep(50000);
-        status = http(port, "GET", "/", NULL, 0, &body, &len);
+        status = test_http(port, "GET", "/", NULL, 0, &body, &len);
         if (status < 0) continue;
         CHECK(status == 200 && body && strstr(body, "<title>clipc search</title>"), "GET /: %d", status);
         free(body);
     }
     CHECK(status == 200, "the server did not come up on port %d", port);
-    status = http(port, "GET", "/api/search?q=a%20handbag&k=3", NULL, 0, &body, &len);
+    status = test_http(port, "GET", "/api/search?q=a%20handbag&k=3", NULL, 0, &body, &len);
     j = cJSON_Parse(body ? body : "");
     const cJSON *results = cJSON_GetObjectItem(j, "results");
     bags = 0;
@@ -870,11 +828,11 @@ static void check_search(void) {
     cJSON_Delete(j);
     free(body);
     char target[256];
-    status = http(port, "GET", "/search?q=a%20handbag&k=3", NULL, 0, &body, &len); /* the same without /api */
+    status = test_http(port, "GET", "/search?q=a%20handbag&k=3", NULL, 0, &body, &len); /* the same without /api */
     CHECK(status == 200 && body && strstr(body, "\"results\"") && strstr(body, "/bag/"), "GET /search: %d", status);
     free(body);
     snprintf(target, sizeof target, "/api/similar?id=%.0f&k=2", first_id);
-    status = http(port, "GET", target, NULL, 0, &body, &len);
+    status = test_http(port, "GET", target, NULL, 0, &body, &len);
     j = cJSON_Parse(body ? body : "");
     results = cJSON_GetObjectItem(j, "results");
     CHECK(status == 200 && json_number(cJSON_GetArrayItem(results, 0), NULL, "id") == first_id &&
@@ -883,13 +841,13 @@ static void check_search(void) {
     cJSON_Delete(j);
     free(body);
     snprintf(target, sizeof target, "/api/thumb/%.0f", first_id);
-    status = http(port, "GET", target, NULL, 0, &body, &len);
+    status = test_http(port, "GET", target, NULL, 0, &body, &len);
     CHECK(status == 200 && len > 8 && !memcmp(body, "\x89PNG", 4), "GET %s: %d, %zu bytes", target, status, len);
     free(body);
     unsigned char *png_data = NULL;
     size_t png_len = 0;
     read_file(some_bag, &png_data, &png_len, &err);
-    status = http(port, "POST", "/api/search?k=1", png_data, png_len, &body, &len);
+    status = test_http(port, "POST", "/api/search?k=1", png_data, png_len, &body, &len);
     CHECK(status == 200 && body && strstr(body, some_bag + strlen(dir)), "POST an image: %d %s", status, body);
     free(body), free(png_data);
     static const struct { const char *method, *target; int status; const char *message; } bad[] = {
@@ -906,7 +864,7 @@ static void check_search(void) {
         {"POST", "/api/search?k=1", 400, "POST an image"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        status = http(port, bad[i].method, bad[i].target, NULL, 0, &body, &len);
+        status = test_http(port, bad[i].method, bad[i].target, NULL, 0, &body, &len);
         j = cJSON_Parse(body ? body : "");
         const char *e = cJSON_GetStringValue(cJSON_GetObjectItem(j, "error"));
         CHECK(status == bad[i].status && e && strstr(e, bad[i].message), "%s %s: %d %s (want %d, '%s')", bad[i].method,
@@ -915,7 +873,7 @@ static void check_search(void) {
         free(body);
     }
     char *big = calloc(1, 2 << 20);
-    status = http(port, "POST", "/api/search?k=1", big, 2 << 20, &body, &len);
+    status = test_http(port, "POST", "/api/search?k=1", big, 2 << 20, &body, &len);
     CHECK(status == 413, "a 2 MB upload over the 1 MB limit: %d %s", status, body ? body : "");
     free(big), free(body);
     { /* the query's length is bounded */
@@ -923,7 +881,7 @@ static void check_search(void) {
         int at = snprintf(long_q, 64, "/api/search?q=");
         memset(long_q + at, 'a', 1100);
         long_q[at + 1100] = 0;
-        status = http(port, "GET", long_q, NULL, 0, &body, &len);
+        status = test_http(port, "GET", long_q, NULL, 0, &body, &len);
         CHECK(status == 400 && body && strstr(body, "longer than 1000"), "a 1100-byte query: %d", status);
         free(long_q), free(body);
     }

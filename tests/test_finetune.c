@@ -796,6 +796,23 @@ static void check_command(void) {
         snprintf(args, sizeof args, "--db %s/%s.db -k 1 'a photo of a bag'", dir, methods[k]);
         CHECK(sh("search -m %s %s", path, args) == 0 && file_has("/tmp/clipc_ft_out.txt", ".png"),
               "%s: its index does not search", methods[k]);
+        /* and serves it */
+        int port = 19000 + (int)(getpid() % 500) * 5 + k;
+        char cmd[2000], *body = NULL;
+        size_t len;
+        snprintf(cmd, sizeof cmd, "%s serve -m %s --db %s/%s.db --port %d >/dev/null 2>&1 & echo $! > %s/serve.pid",
+                 clipc_binary, path, dir, methods[k], port, dir);
+        run_cmd(cmd);
+        int status = -1;
+        for (int i = 0; i < 100 && status < 0; i++) {
+            usleep(50000);
+            status = test_http(port, "GET", "/api/search?q=a%20bag&k=1", NULL, 0, &body, &len);
+        }
+        CHECK(status == 200 && body && strstr(body, "\"results\"") && strstr(body, ".png"),
+              "%s: clipc serve with the fine-tuned model: %d %s", methods[k], status, body ? body : "");
+        free(body);
+        snprintf(cmd, sizeof cmd, "kill $(cat %s/serve.pid) 2>/dev/null; sleep 0.2", dir);
+        run_cmd(cmd);
     }
     snprintf(path, sizeof path, "%s/lora/adapter.safetensors", dir);
     CHECK(file_has(path, "base_model.model.vision_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"),
