@@ -73,8 +73,12 @@ typedef struct clipc_config {
      * and the residual ratio "adapter.visual.ratio"), applied by encode_image;
      * prompt_meta_hidden: CoCoOp's meta-network ("prompt_learner.meta_net.
      * linear1/linear2", embed_dim -> hidden -> text_width), which shifts the
-     * context by a vector computed from each image. */
-    int prompt_ctx, adapter_hidden, prompt_meta_hidden;
+     * context by a vector computed from each image; prompt_classes: CoOp's
+     * class-specific contexts (CSC), "prompt_learner.ctx" [prompt_classes,
+     * prompt_ctx, text_width], one per class the file names in its
+     * "prompt_classnames" metadata (a JSON array), which the classifier's
+     * labels are matched against. */
+    int prompt_ctx, adapter_hidden, prompt_meta_hidden, prompt_classes;
 } clipc_config;
 
 typedef struct clipc_model clipc_model;
@@ -196,7 +200,8 @@ const char *const *clipc_imagenet_templates(int *count);
  * label, the normalised mean of the normalised text embeddings of every
  * template with "{}" replaced by the label. weights: [n_labels, embed_dim].
  * A model fine-tuned with CoOp (config prompt_ctx > 0) uses its learned
- * prompt "[ctx] label." instead of the templates. */
+ * prompt "[ctx] label." instead of the templates; with class-specific
+ * contexts (prompt_classes > 0) each label must be one of its classes. */
 int clipc_zeroshot_classifier(clipc_model *model, clipc_tokenizer *tok, const char *const *labels, int n_labels,
                               const char *const *templates, int n_templates, float *weights, clipc_error *err);
 

@@ -245,6 +245,9 @@ struct clipc_model {
     bool lowp_native;       /* oneDNN has a kernel (else emulated on sgemm) */
     struct lowp_weight *lowp;
     int n_lowp;
+    /* CoOp's class-specific contexts (cfg.prompt_classes > 0): the class of
+     * each, in the order of prompt_learner.ctx (owned, cfg.prompt_classes strings). */
+    char **prompt_labels;
     /* Debug tap: when set, called with named intermediate activations
      * (rows x cols, row-major) so tests can localise a mismatch. */
     void (*tap)(void *ctx, const char *name, const float *x, int rows, int cols);
@@ -259,6 +262,8 @@ clipc_model *model_new(const clipc_config *cfg, clipc_error *err);
  * the parameters are allocated, when that is fewer bytes than parameters
  * (an architecture guessed from names must not cost gigabytes to refuse). */
 clipc_model *model_new_within(const clipc_config *cfg, size_t held_bytes, clipc_error *err);
+/* Copies n class names into m->prompt_labels (n must be cfg.prompt_classes). */
+int model_set_prompt_labels(clipc_model *m, char *const *names, int n, clipc_error *err);
 /* A named architecture's config (NULL if unknown). */
 const clipc_config *arch_config(const char *name);
 /* Fills the model's parameters with its initialisation, from seed. */

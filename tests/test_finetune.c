@@ -300,6 +300,60 @@ static void check_cocoop_identity(clipc_model *m, clipc_tokenizer *tok) {
     free(ids), free(f), free(zs), free(ours);
 }
 
+/* CoOp's class-specific contexts: each class's own, found by name whatever the order of the labels. */
+static void check_csc(clipc_model *m, clipc_tokenizer *tok) {
+    clipc_error err;
+    int E = m->cfg.embed_dim, D = m->cfg.text_width, C = 3;
+    static const char *const classes[] = {"dog", "t-shirt", "ankle boot"};
+    static const char *const swapped[] = {"ankle boot", "dog"};
+    clipc_config cfg = m->cfg;
+    cfg.prompt_ctx = 4, cfg.prompt_classes = C;
+    clipc_model *csc = model_extend(m, &cfg, &err);
+    int32_t *ids = NULL;
+    int n_ids = 0;
+    CHECK(csc && model_set_prompt_labels(csc, (char *const *)classes, C, &err) == 0 &&
+              clipc_tokenizer_encode(tok, "a photo of a", &ids, &n_ids, &err) == 0 && n_ids == 4,
+          "init: %s", err.message);
+    if (!csc) return;
+    for (int k = 0; k < C; k++) /* every class starts from "a photo of a" */
+        for (int j = 0; j < n_ids; j++)
+            memcpy(csc->params + csc->L.prompt_ctx + ((size_t)k * 4 + j) * D, m->params + m->L.t_tok + (size_t)ids[j] * D,
+                   (size_t)D * sizeof(float));
+    const char *tmpl[] = {"a photo of a {}."};
+    float *zs = malloc((size_t)C * E * sizeof *zs), *w = malloc((size_t)C * E * sizeof *w);
+    CHECK(clipc_zeroshot_classifier(m, tok, classes, C, tmpl, 1, zs, &err) == 0, "%s", err.message);
+    CHECK(clipc_zeroshot_classifier(csc, tok, classes, C, tmpl, 1, w, &err) == 0, "%s", err.message);
+    CHECK(max_abs_diff(zs, w, (size_t)C * E) == 0, "class-specific contexts of 'a photo of a' differ from zero-shot");
+    /* a different context for "dog" changes its row only; labels in another order find their own */
+    csc->params[csc->L.prompt_ctx] += 0.5f;
+    CHECK(clipc_zeroshot_classifier(csc, tok, classes, C, tmpl, 1, w, &err) == 0, "%s", err.message);
+    CHECK(max_abs_diff(zs, w, E) > 1e-4 && max_abs_diff(zs + E, w + E, (size_t)2 * E) == 0,
+          "changing dog's context must change dog's embedding alone");
+    float *w2 = malloc((size_t)2 * E * sizeof *w2);
+    CHECK(clipc_zeroshot_classifier(csc, tok, swapped, 2, tmpl, 1, w2, &err) == 0 &&
+              max_abs_diff(w2, w + 2 * E, E) == 0 && max_abs_diff(w2 + E, w, E) == 0,
+          "labels in another order do not find their own contexts");
+    static const char *const unknown[] = {"dog", "cat"};
+    CHECK(clipc_zeroshot_classifier(csc, tok, unknown, 2, tmpl, 1, w2, &err) != 0 && strstr(err.message, "'cat' is not among"),
+          "an unknown label: %s", err.message);
+    /* the classes survive a save and load */
+    char path[] = "/tmp/clipc_csc_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    CHECK(clipc_model_save(csc, path, &err) == 0, "%s", err.message);
+    clipc_model *back = clipc_model_load(path, &err);
+    CHECK(back && clipc_model_config(back)->prompt_classes == C && !strcmp(back->prompt_labels[2], "ankle boot"),
+          "class-specific contexts lost on load: %s", back ? "" : err.message);
+    if (back) {
+        CHECK(clipc_zeroshot_classifier(back, tok, swapped, 2, tmpl, 1, w2, &err) == 0 &&
+                  max_abs_diff(w2, w + 2 * E, E) == 0 && max_abs_diff(w2 + E, w, E) == 0,
+              "reloaded class-specific contexts differ");
+    }
+    remove(path);
+    clipc_model_free(back), clipc_model_free(csc);
+    free(ids), free(zs), free(w), free(w2);
+}
+
 /* CLIP-Adapter: ratio 0 is the identity; its gradients; the class CE's. */
 static void check_adapter_and_loss(clipc_model *m) {
     int n = 4, E = m->cfg.embed_dim, h = E / 4, C = 3;
@@ -415,10 +469,12 @@ static void check_method_gradients(clipc_model *m, clipc_tokenizer *tok) {
     int *rows = NULL, n = 0;
     CHECK(few_shot_rows(&set, 1, 3, &rows, &n, &err) == 0, "%s", err.message);
     static const char *const simple[] = {"a photo of a {}."};
-    for (int method = FT_LORA; method <= FT_COCOOP && rows; method++) {
+    for (int variant = FT_LORA; variant <= FT_COCOOP + 1 && rows; variant++) {
+        int method = variant <= FT_COCOOP ? variant : FT_COOP; /* the last: CoOp with class-specific contexts */
         finetune_options o = {.method = method, .steps = 1, .batch = 4, .lr = 1e-3f, .towers = FT_IMAGE | FT_TEXT,
                               .rank = 2, .alpha = 4, .targets = (1 << LORA_TARGETS) - 1, .n_ctx = 4,
-                              .ctx_init = NULL, .ratio = 0.5f, .templates = simple, .n_templates = 1};
+                              .ctx_init = NULL, .ratio = 0.5f, .templates = simple, .n_templates = 1,
+                              .csc = variant > FT_COCOOP};
         if (method == FT_FULL) o.towers = FT_IMAGE;
         method_run r;
         if (finetune_prepare(&r, m, tok, &set, rows, n, &o, &err)) {
@@ -427,7 +483,7 @@ static void check_method_gradients(clipc_model *m, clipc_tokenizer *tok) {
         }
         /* away from the starting point (LoRA's B = 0 would make every dA zero) */
         rng g;
-        rng_seed(&g, 40 + method);
+        rng_seed(&g, 40 + variant);
         size_t lo = method == FT_FULL ? r.m->L.v_blocks[0].qkv_w : 0, span = method == FT_FULL ? 4096 : r.count;
         for (size_t i = 0; i < span; i++) r.theta[lo + i] += 0.05f * (float)rng_normal(&g);
         int batch[4] = {0, 3, 5, 8}, hits;
@@ -455,10 +511,10 @@ static void check_method_gradients(clipc_model *m, clipc_tokenizer *tok) {
             worst = fmax(worst, fabs(fd - grad[at]) / fmax(1e-2, fabs(fd)));
             tested++;
         }
-        CHECK(tested >= 8 && worst < 2e-2, "%s step: worst relative error %.3g over %d parameters",
-              finetune_method_name(method), worst, tested);
-        printf("  %s step: %d parameters, worst relative error vs central differences %.2g\n",
-               finetune_method_name(method), tested, worst);
+        CHECK(tested >= 8 && worst < 2e-2, "%s%s step: worst relative error %.3g over %d parameters",
+              finetune_method_name(method), o.csc ? " --csc" : "", worst, tested);
+        printf("  %s%s step: %d parameters, worst relative error vs central differences %.2g\n",
+               finetune_method_name(method), o.csc ? " --csc" : "", tested, worst);
         free(grad);
         finetune_release(&r, true);
     }
@@ -782,7 +838,7 @@ static void check_command(void) {
         CHECK((access(path, F_OK) == 0) == !full, "%s: adapter.safetensors %s", methods[k], full ? "written" : "missing");
         /* the fine-tuned model loads in the other commands */
         snprintf(path, sizeof path, "%s/model.safetensors", out);
-        CHECK(sh("eval zeroshot -m %s --dataset fashion-mnist%s", path, " --json") == 0 &&
+        CHECK(sh("eval zeroshot -m %s --dataset fashion-mnist --json --out %s/eval", path, dir) == 0 &&
                   file_has("/tmp/clipc_ft_out.txt", "\"acc1\""),
               "%s: the fine-tuned model does not evaluate", methods[k]);
         char args[1200];
@@ -814,6 +870,16 @@ static void check_command(void) {
         snprintf(cmd, sizeof cmd, "kill $(cat %s/serve.pid) 2>/dev/null; sleep 0.2", dir);
         run_cmd(cmd);
     }
+    /* CoOp with a context per class: its model classifies the dataset's classes */
+    snprintf(out, sizeof out, "%s/csc", dir);
+    CHECK(sh("finetune --method coop --csc --ctx 4 --dataset fashion-mnist --shots 2 --steps 3 --eval-limit 50 --out %s%s", out,
+             "") == 0 && file_has("/tmp/clipc_ft_err.txt", "after fine-tuning"),
+          "finetune --method coop --csc");
+    snprintf(path, sizeof path, "%s/csc/model.safetensors", dir);
+    CHECK(sh("eval zeroshot -m %s --dataset fashion-mnist --json --out %s/eval", path, dir) == 0 &&
+              sh("classify -m %s --labels 'cat,bag' %s/img/*/*.png", path, dir) != 0 &&
+              file_has("/tmp/clipc_ft_err.txt", "'cat' is not among"),
+          "the --csc model evaluates fashion-mnist and refuses a class it has no context for");
     snprintf(path, sizeof path, "%s/lora/adapter.safetensors", dir);
     CHECK(file_has(path, "base_model.model.vision_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"),
           "LoRA's adapter.safetensors lacks PEFT's names");
@@ -824,6 +890,7 @@ static void check_command(void) {
         {"--method lora --rank 1000", "larger than"},
         {"--method coop --shots 7000", "has only 6000"},
         {"--method coop --ctx 3 --ctx-init 'a photo of a'", "is 4 tokens"},
+        {"--method lora --csc", "--csc (a context per class) is CoOp's"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         snprintf(out, sizeof out, "%s/bad%zu", dir, i);
@@ -872,6 +939,7 @@ void test_finetune(void) {
     check_lora_identities(m, tok);
     check_coop(m, tok);
     check_cocoop_identity(m, tok);
+    check_csc(m, tok);
     check_adapter_and_loss(m);
     check_wise(m);
     check_shots();

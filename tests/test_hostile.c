@@ -26,11 +26,12 @@ static void refused(const char *what, const char *dir, const char *args, const c
 }
 
 /* The tiny model saved with one extra tensor of the given shape (data zeros) at dir/name. */
-static void save_with_extra(const char *dir, const char *name, const char *tensor, int ndim, int64_t rows, int64_t cols) {
+static void save_with_extra(const char *dir, const char *name, const char *tensor, int ndim, int64_t rows, int64_t cols,
+                            int64_t depth) {
     clipc_error err;
     clipc_model *m = clipc_model_init("tiny", 1, &err);
-    float *zeros = calloc((size_t)(rows * (ndim > 1 ? cols : 1)), sizeof *zeros);
-    st_out_tensor extra = {tensor, ndim, {rows, cols}, zeros, ST_F32};
+    float *zeros = calloc((size_t)(rows * (ndim > 1 ? cols : 1) * (ndim > 2 ? depth : 1)), sizeof *zeros);
+    st_out_tensor extra = {tensor, ndim, {rows, cols, depth}, zeros, ST_F32};
     char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     CHECK(m && zeros && model_save_with(m, path, "F32", &extra, 1, NULL, NULL, 0, &err) == 0, "writing %s", name);
@@ -66,10 +67,11 @@ void test_hostile(void) {
     snprintf(args, sizeof args, "preprocess --size 224 tests/data/bomb_1x600000.png -o %s/p.npy", dir);
     refused("1x600000 PNG resized to 224", dir, args, "CLIPC_MAX_IMAGE_PIXELS");
     /* fine-tuning's tensors (prompt_learner.ctx, adapter.visual.*) with shapes no fine-tuning writes */
-    save_with_extra(dir, "ctx_huge.safetensors", "prompt_learner.ctx", 2, 5000, 32);
-    save_with_extra(dir, "ctx_1d.safetensors", "prompt_learner.ctx", 1, 32, 0);
-    save_with_extra(dir, "ctx_long.safetensors", "prompt_learner.ctx", 2, 80, 32);
-    save_with_extra(dir, "adapter_half.safetensors", "adapter.visual.fc1.weight", 2, 8, 32);
+    save_with_extra(dir, "ctx_huge.safetensors", "prompt_learner.ctx", 2, 5000, 32, 0);
+    save_with_extra(dir, "ctx_1d.safetensors", "prompt_learner.ctx", 1, 32, 0, 0);
+    save_with_extra(dir, "ctx_long.safetensors", "prompt_learner.ctx", 2, 80, 32, 0);
+    save_with_extra(dir, "adapter_half.safetensors", "adapter.visual.fc1.weight", 2, 8, 32, 0);
+    save_with_extra(dir, "csc_unnamed.safetensors", "prompt_learner.ctx", 3, 3, 4, 32); /* no prompt_classnames */
     snprintf(args, sizeof args, "info %s/ctx_huge.safetensors", dir);
     refused("a 5000-vector prompt", dir, args, "prompt_learner.ctx' has shape \\[5000, 32\\]: not a matrix of 1..4096 rows");
     snprintf(args, sizeof args, "info %s/ctx_1d.safetensors", dir);
@@ -78,6 +80,8 @@ void test_hostile(void) {
     refused("a prompt longer than the context", dir, args, "80 prompt context vectors do not fit a context of 77 tokens");
     snprintf(args, sizeof args, "info %s/adapter_half.safetensors", dir);
     refused("an adapter without its second layer", dir, args, "missing tensor 'adapter.visual.fc2.weight'");
+    snprintf(args, sizeof args, "info %s/csc_unnamed.safetensors", dir);
+    refused("class-specific contexts without their class names", dir, args, "must name their 3 classes");
     /* --out folders are made with their parents; a file in the way is named */
     snprintf(cmd, sizeof cmd, "%s export-images --limit 2 --out %s/a/b/c >/dev/null 2>&1 && ls %s/a/b/c | grep -q . && "
              "touch %s/plain && %s export-images --limit 2 --out %s/plain/sub 2>&1 | grep -q 'plain: not a folder'",

@@ -15,7 +15,7 @@ static const char FINETUNE_USAGE[] =
     "usage: clipc finetune [-m MODEL] --method lora|adapter|coop|cocoop|full --dataset D [--test-dataset D2]\n"
     "                      [--source-test-dataset D3] [--shots K] [--seed S] (--epochs E | --steps N)\n"
     "                      [--lr LR] [--wd WD] [--batch B] [--rank R] [--alpha A] [--targets q,k,v,out,fc,proj]\n"
-    "                      [--tower image|text|both] [--ctx N] [--ctx-init \"a photo of a\"] [--residual-ratio A]\n"
+    "                      [--tower image|text|both] [--ctx N] [--ctx-init \"a photo of a\"] [--csc] [--residual-ratio A]\n"
     "                      [--templates simple|imagenet|FILE] [--classnames FILE] [--eval-limit N] [--wise A]\n"
     "                      [--csv-img-key filepath] [--csv-label-key label] --out DIR\n"
     "  Adapts a pretrained model to a labelled dataset (fashion-mnist, fashion-mnist-inverted, a folder\n"
@@ -24,7 +24,8 @@ static const char FINETUNE_USAGE[] =
     "  Methods and defaults:\n"
     "    lora     --rank 2 --alpha 1 --targets q,k,v --tower both --lr 1e-3 (Hu et al.; CLIP-LoRA)\n"
     "    adapter  --residual-ratio 0.2 --lr 1e-3, on cached image features (CLIP-Adapter)\n"
-    "    coop     --ctx 16, random N(0, 0.02) (or --ctx-init \"a photo of a\": its tokens) --lr 2e-3 (CoOp)\n"
+    "    coop     --ctx 16, random N(0, 0.02) (or --ctx-init \"a photo of a\": its tokens) --lr 2e-3 (CoOp);\n"
+    "             --csc learns a context per class (CoOp's CSC; the model then classifies those classes)\n"
     "    cocoop   --ctx-init \"a photo of a\", the context shifted per image by a meta-network on its\n"
     "             features --lr 2e-3 (CoCoOp)\n"
     "    full     --tower image --lr 1e-5 --wd 0.1 (the classifier head: the zero-shot class embeddings)\n"
@@ -42,7 +43,7 @@ typedef struct ft_args {
         *classnames, *img_key, *label_key;
     long shots, seed, epochs, steps, batch, rank, ctx, eval_limit;
     double lr, wd, alpha, ratio, wise;
-    bool given_ctx_init;
+    bool given_ctx_init, csc;
 } ft_args;
 
 static bool parse_real(const char *flag, const char *v, double lo, double hi, double *out) {
@@ -83,6 +84,10 @@ static int parse(int argc, char **argv, ft_args *a) {
             continue;
         }
         bool ok = true;
+        if (!strcmp(f, "--csc")) { /* a flag: no value */
+            a->csc = true;
+            continue;
+        }
         if (!strcmp(f, "--shots")) ok = cli_int(f, v, 1, 100000, &a->shots);
         else if (!strcmp(f, "--seed")) ok = cli_int(f, v, 0, 0x7fffffffffffffffL, &a->seed);
         else if (!strcmp(f, "--epochs")) ok = cli_int(f, v, 1, 100000, &a->epochs);
@@ -109,6 +114,7 @@ static int parse(int argc, char **argv, ft_args *a) {
     if (!a->dataset) return cli_error("finetune: needs --dataset fashion-mnist|DIR|FILE.csv");
     if (!a->out) return cli_error("finetune: needs --out DIR");
     if (!a->steps == !a->epochs) return cli_error("finetune: give exactly one of --steps and --epochs");
+    if (a->csc && strcmp(a->method, "coop")) return cli_error("finetune: --csc (a context per class) is CoOp's: --method coop");
     if (a->wise >= 0 && strcmp(a->method, "lora") && strcmp(a->method, "full"))
         return cli_error("finetune: --wise interpolates weights: it applies to --method lora and full");
     return 0;
@@ -160,7 +166,7 @@ int cmd_finetune(int argc, char **argv) {
     if (rc) return rc < 0 ? 0 : rc;
     int method = finetune_method_parse(a.method);
     finetune_options o = {.method = method, .batch = (int)a.batch, .seed = (uint64_t)a.seed, .rank = (int)a.rank,
-                          .ratio = (float)a.ratio};
+                          .ratio = (float)a.ratio, .csc = a.csc};
     static const float default_lr[] = {[FT_LORA] = 1e-3f, [FT_ADAPTER] = 1e-3f, [FT_COOP] = 2e-3f, [FT_FULL] = 1e-5f,
                                        [FT_COCOOP] = 2e-3f};
     o.lr = a.lr > 0 ? (float)a.lr : default_lr[method];
@@ -354,6 +360,7 @@ int cmd_finetune(int argc, char **argv) {
     if (method == FT_COOP || method == FT_COCOOP) {
         cJSON_AddNumberToObject(j, "ctx", o.n_ctx);
         cJSON_AddStringToObject(j, "ctx_init", o.ctx_init ? o.ctx_init : "random N(0, 0.02)");
+        if (method == FT_COOP) cJSON_AddBoolToObject(j, "class_specific_context", o.csc);
     }
     if (method == FT_ADAPTER) cJSON_AddNumberToObject(j, "residual_ratio", o.ratio);
     cJSON_AddNumberToObject(j, "zeroshot_top1_before", before);

@@ -84,6 +84,11 @@ clipc_model *model_extend(const clipc_model *m, const clipc_config *cfg, clipc_e
     }
     memcpy(x->params, m->params, m->table.total * sizeof *x->params);
     memcpy(x->source_dtype, m->source_dtype, sizeof x->source_dtype);
+    if (m->prompt_labels && cfg->prompt_classes == m->cfg.prompt_classes &&
+        model_set_prompt_labels(x, m->prompt_labels, m->cfg.prompt_classes, err)) {
+        clipc_model_free(x);
+        return NULL;
+    }
     return x;
 }
 
@@ -188,12 +193,14 @@ int finetune_prepare(method_run *run, clipc_model *m0, clipc_tokenizer *tok, con
     /* the model being trained: a copy, with the method's tensors when it has them */
     clipc_config cfg = *c0;
     if (o->method == FT_COOP || o->method == FT_COCOOP) cfg.prompt_ctx = o->n_ctx;
+    if (o->method == FT_COOP && o->csc) cfg.prompt_classes = run->C;
     if (o->method == FT_COCOOP) cfg.prompt_meta_hidden = E / 16 > 0 ? E / 16 : 1; /* CoCoOp's vis_dim // 16 */
     if (o->method == FT_ADAPTER) cfg.adapter_hidden = E / 4 > 0 ? E / 4 : 1; /* the paper's reduction of 4 */
     if (!(run->m = model_extend(m0, &cfg, err))) return -1;
+    int rc = cfg.prompt_classes ? model_set_prompt_labels(run->m, set->class_names, run->C, err) : 0;
     run->scale = clipc_model_logit_scale(run->m); /* fixed: the pretrained temperature */
     run->labels = malloc((size_t)n * sizeof *run->labels);
-    int rc = run->labels ? 0 : clipc_fail(err, "out of memory");
+    if (rc == 0 && !run->labels) rc = clipc_fail(err, "out of memory");
     for (int i = 0; i < n && rc == 0; i++) run->labels[i] = set->labels[rows[i]];
     if (rc == 0) rc = load_pixels(run->m, set, rows, n, &run->pixels, err);
     if (rc == 0) rc = method_setup(run, m0, err);

@@ -43,6 +43,7 @@ typedef struct finetune_options {
     float alpha;
     int targets;         /* lora: 1 << LORA_* */
     int n_ctx;           /* coop: context length (with ctx_init: its token count) */
+    bool csc;            /* coop: a context per class (CoOp's class-specific context, CSC) */
     const char *ctx_init;/* coop: "a photo of a", or NULL for N(0, 0.02) */
     float ratio;         /* adapter: the residual ratio alpha of eq. 3 */
     const char *const *templates; /* the fixed class embeddings' templates */

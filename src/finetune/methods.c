@@ -172,7 +172,8 @@ static int prompt_setup(method_run *r, clipc_error *err) {
     const model_layout *L = &m->L;
     int D = m->cfg.text_width, E = r->E, h = m->cfg.prompt_meta_hidden;
     bool meta = o->method == FT_COCOOP;
-    if (own_tensors(r, L->prompt_ctx, meta ? L->meta_b2 + D : L->prompt_ctx + (size_t)o->n_ctx * D, err)) return -1;
+    size_t contexts = o->csc ? (size_t)r->C : 1, ctx_floats = contexts * o->n_ctx * D; /* CSC: one per class */
+    if (own_tensors(r, L->prompt_ctx, meta ? L->meta_b2 + D : L->prompt_ctx + ctx_floats, err)) return -1;
     float *ctx = m->params + L->prompt_ctx;
     if (o->ctx_init) {
         int32_t *ids = NULL;
@@ -182,13 +183,14 @@ static int prompt_setup(method_run *r, clipc_error *err) {
             free(ids);
             return clipc_fail(err, "--ctx-init '%s' is %d tokens, not --ctx %d", o->ctx_init, n_ids, o->n_ctx);
         }
-        for (int j = 0; j < n_ids; j++)
-            memcpy(ctx + (size_t)j * D, m->params + L->t_tok + (size_t)ids[j] * D, (size_t)D * sizeof(float));
+        for (size_t k = 0; k < contexts; k++)
+            for (int j = 0; j < n_ids; j++)
+                memcpy(ctx + (k * n_ids + j) * D, m->params + L->t_tok + (size_t)ids[j] * D, (size_t)D * sizeof(float));
         free(ids);
     } else {
         rng g;
         rng_seed(&g, o->seed ^ 0x436f4f70ULL);
-        for (size_t i = 0; i < (size_t)o->n_ctx * D; i++) ctx[i] = 0.02f * (float)rng_normal(&g);
+        for (size_t i = 0; i < ctx_floats; i++) ctx[i] = 0.02f * (float)rng_normal(&g);
     }
     if (meta) {
         rng g;
@@ -391,7 +393,7 @@ int method_step(method_run *r, const int *rows, int B, float *loss, int *correct
     }
     /* class embeddings: the trained text tower's, or the cache's */
     const float *cls = r->cls_feat;
-    text_prompt prompt = {r->theta, o->n_ctx, 0};
+    text_prompt prompt = {r->theta, o->n_ctx, o->csc ? (size_t)o->n_ctx * D : 0}; /* CSC: class k's own */
     if (rc == 0 && text) {
         const text_prompt *p = o->method == FT_COOP ? &prompt : NULL;
         rc = text_train_forward(m, lt, p, r->cls_tokens, C, r->cfeat, &r->tcache, err);
@@ -411,7 +413,8 @@ int method_step(method_run *r, const int *rows, int B, float *loss, int *correct
         for (int k = 0; k < C; k++)
             for (int j = 0; j < o->n_ctx; j++) {
                 const float *g = r->dx0 + (size_t)(r->tcache.start[k] + 1 + j) * D;
-                for (int d = 0; d < D; d++) r->grad[(size_t)j * D + d] += g[d];
+                float *dctx = r->grad + ((o->csc ? (size_t)k * o->n_ctx : 0) + j) * D;
+                for (int d = 0; d < D; d++) dctx[d] += g[d];
             }
     return 0;
 }
@@ -429,7 +432,8 @@ static int copy_tensors(method_run *r, finetune_result *res, const char *const *
         const param_spec *p = params_find(&r->m->table, names[i]);
         memcpy(res->data + at, r->m->params + p->offset, p->numel * sizeof *res->data);
         snprintf(res->names[i], sizeof res->names[i], "%s", names[i]);
-        res->tensors[i] = (st_out_tensor){res->names[i], p->ndim, {p->shape[0], p->shape[1]}, res->data + at, ST_F32};
+        res->tensors[i] = (st_out_tensor){res->names[i], p->ndim, {0}, res->data + at, ST_F32};
+        memcpy(res->tensors[i].shape, p->shape, sizeof p->shape);
         at += p->numel;
     }
     res->n_tensors = n;

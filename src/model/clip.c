@@ -2,6 +2,8 @@
  * and the two encoders of the public API. */
 #include "tower.h"
 
+#include <cjson/cJSON.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <omp.h>
@@ -32,6 +34,10 @@ int config_validate(const clipc_config *c, clipc_error *err) {
                           c->text_width, c->text_heads, c->text_layers, c->context_length);
     if (c->prompt_ctx < 0 || (c->prompt_ctx > 0 && c->prompt_ctx > c->context_length - 3))
         return clipc_fail(err, "%d prompt context vectors do not fit a context of %d tokens", c->prompt_ctx, c->context_length);
+    if (c->prompt_classes < 0 || c->prompt_classes > (1 << 16) || (c->prompt_classes > 0 && !c->prompt_ctx) ||
+        (c->prompt_classes > 0 && c->prompt_meta_hidden > 0))
+        return clipc_fail(err, "invalid class-specific prompt count %d (it needs a learned prompt, and no meta-network)",
+                          c->prompt_classes);
     if (c->prompt_meta_hidden < 0 || c->prompt_meta_hidden > (1 << 16) || (c->prompt_meta_hidden > 0 && !c->prompt_ctx))
         return clipc_fail(err, "invalid CoCoOp meta-network width %d (it needs a learned prompt)", c->prompt_meta_hidden);
     if (c->adapter_hidden < 0 || c->adapter_hidden > (1 << 16))
@@ -93,8 +99,27 @@ clipc_model *model_new_within(const clipc_config *cfg, size_t held_bytes, clipc_
     return m;
 }
 
+int model_set_prompt_labels(clipc_model *m, char *const *names, int n, clipc_error *err) {
+    if (n != m->cfg.prompt_classes)
+        return clipc_fail(err, "%d class names for %d class-specific contexts", n, m->cfg.prompt_classes);
+    char **copy = calloc((size_t)(n > 0 ? n : 1), sizeof *copy);
+    for (int i = 0; copy && i < n; i++)
+        if (!(copy[i] = strdup(names[i]))) {
+            while (i > 0) free(copy[--i]);
+            free(copy);
+            copy = NULL;
+        }
+    if (!copy) return clipc_fail(err, "out of memory");
+    for (int i = 0; m->prompt_labels && i < m->cfg.prompt_classes; i++) free(m->prompt_labels[i]);
+    free(m->prompt_labels);
+    m->prompt_labels = copy;
+    return 0;
+}
+
 void clipc_model_free(clipc_model *m) {
     if (!m) return;
+    for (int i = 0; m->prompt_labels && i < m->cfg.prompt_classes; i++) free(m->prompt_labels[i]);
+    free(m->prompt_labels);
     model_lowp_free(m);
     free(m->params);
     params_free(&m->table, &m->L);
@@ -228,6 +253,8 @@ int model_save_with(const clipc_model *m, const char *path, const char *dtype, c
                     int n_extra, const char *const *extra_keys, const char *const *extra_values, int n_extra_meta,
                     clipc_error *err) {
     bool int8 = !strcmp(dtype, "int8") || !strcmp(dtype, "I8");
+    if (m->cfg.prompt_classes > 0 && !m->prompt_labels)
+        return clipc_fail(err, "the model's %d class-specific contexts have no class names", m->cfg.prompt_classes);
     int st_dtype = !strcmp(dtype, "F32") ? ST_F32 : !strcmp(dtype, "F16") ? ST_F16 : !strcmp(dtype, "BF16") ? ST_BF16
                  : int8 ? ST_F32 : -1;
     if (st_dtype < 0) return clipc_fail(err, "unknown dtype '%s' (F32, F16, BF16 or int8)", dtype);
@@ -239,10 +266,16 @@ int model_save_with(const clipc_model *m, const char *path, const char *dtype, c
     st_out_tensor *ts = calloc((size_t)cap, sizeof *ts);
     char (*scale_names)[112] = int8 ? calloc((size_t)m->table.count, sizeof *scale_names) : NULL;
     char (*values)[64] = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *values);
-    const char **keys = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *keys);
-    const char **vals = calloc(MODEL_META_MAX + (size_t)n_extra_meta, sizeof *vals);
+    const char **keys = calloc(MODEL_META_MAX + 1 + (size_t)n_extra_meta, sizeof *keys);
+    const char **vals = calloc(MODEL_META_MAX + 1 + (size_t)n_extra_meta, sizeof *vals);
+    char *classnames = NULL; /* CoOp's class-specific contexts: their classes, as a JSON array */
+    if (m->cfg.prompt_classes > 0 && m->prompt_labels) {
+        cJSON *a = cJSON_CreateStringArray((const char *const *)m->prompt_labels, m->cfg.prompt_classes);
+        classnames = a ? cJSON_PrintUnformatted(a) : NULL;
+        cJSON_Delete(a);
+    }
     int rc = -1, count = 0;
-    if (!ts || !values || !keys || !vals || (int8 && !scale_names)) {
+    if (!ts || !values || !keys || !vals || (int8 && !scale_names) || (m->cfg.prompt_classes > 0 && !classnames)) {
         clipc_fail(err, "out of memory");
         goto done;
     }
@@ -273,9 +306,11 @@ int model_save_with(const clipc_model *m, const char *path, const char *dtype, c
     for (int i = 0; i < n_extra; i++) ts[count++] = extra[i];
     int k = model_metadata(m, values, keys);
     for (int i = 0; i < k; i++) vals[i] = values[i];
+    if (classnames) keys[k] = "prompt_classnames", vals[k++] = classnames;
     for (int i = 0; i < n_extra_meta; i++) keys[k + i] = extra_keys[i], vals[k + i] = extra_values[i];
     rc = st_write(path, ts, count, keys, vals, k + n_extra_meta, err);
 done:
+    free(classnames);
     free(ts);
     free(scale_names);
     free(values);

@@ -194,7 +194,9 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
     L->logit_scale = add(t, PI_LOGIT_SCALE, 0, 0, NULL, "logit_scale");
     if (c->has_logit_bias) L->logit_bias = add(t, PI_LOGIT_BIAS, 0, 0, NULL, "logit_bias");
     /* fine-tuned additions (finetune/): initialised by the method that trains them */
-    if (c->prompt_ctx > 0)
+    if (c->prompt_ctx > 0 && c->prompt_classes > 0) /* CoOp's class-specific contexts */
+        L->prompt_ctx = add(t, PI_NORMAL, 0.02f, 3, SHAPE(c->prompt_classes, c->prompt_ctx, Wt), "prompt_learner.ctx");
+    else if (c->prompt_ctx > 0)
         L->prompt_ctx = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->prompt_ctx, Wt), "prompt_learner.ctx");
     if (c->prompt_meta_hidden > 0) { /* CoCoOp's meta_net: Linear(E, h), ReLU, Linear(h, text width) */
         int h = c->prompt_meta_hidden;

@@ -159,6 +159,14 @@ int clipc_zeroshot_classifier(clipc_model *m, clipc_tokenizer *tok, const char *
             }
             if (rc) clipc_fail_prefix(err, labels[l]);
         }
+        if (rc == 0 && c->prompt_classes > 0) { /* CoOp's class-specific contexts: this label's own */
+            int k = 0;
+            while (k < c->prompt_classes && strcmp(m->prompt_labels[k], labels[l])) k++;
+            if (k == c->prompt_classes)
+                rc = clipc_fail(err, "'%s' is not among the %d classes this model learned contexts for (the first: '%s')",
+                                labels[l], c->prompt_classes, m->prompt_labels[0]);
+            prompt.ctx = m->params + m->L.prompt_ctx + (size_t)k * c->prompt_ctx * c->text_width;
+        }
         if (rc == 0) rc = model_encode_text_prompted(m, tokens, per_label, learned ? &prompt : NULL, feats, err);
         if (rc) break;
         clipc_normalize_rows(feats, per_label, E);

@@ -540,6 +540,30 @@ static bool is_zip(const char *path) {
     return got == 4 && !memcmp(magic, "PK\x03\x04", 4);
 }
 
+/* The classes of CoOp's class-specific contexts: "prompt_classnames", a JSON array of one string per context. */
+static int read_prompt_labels(const st_file *f, clipc_model *m, clipc_error *err) {
+    int C = m->cfg.prompt_classes;
+    if (C <= 0) return 0;
+    char *text = st_metadata_get(f, "prompt_classnames");
+    cJSON *a = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1, rc = 0;
+    char **names = n == C && C > 0 ? calloc((size_t)C, sizeof *names) : NULL;
+    for (int i = 0; names && i < C && rc == 0; i++) {
+        const cJSON *s = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsString(s)) rc = -1;
+        else names[i] = s->valuestring;
+    }
+    if (!names || rc)
+        rc = clipc_fail(err, "prompt_learner.ctx holds %d class-specific contexts: the metadata 'prompt_classnames' must "
+                             "name their %d classes as a JSON array of strings", C, C);
+    else
+        rc = model_set_prompt_labels(m, names, C, err);
+    free(names);
+    cJSON_Delete(a);
+    return rc;
+}
+
 clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     st_file f;
     if (is_zip(path) ? pt_open(path, &f, err) : st_open(path, &f, err)) return NULL;
@@ -550,7 +574,15 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
     /* what clipc finetune adds: sizes from shapes (config_validate and load_params check the rest) */
-    if (rc == 0) rc = finetune_rows(&f, "prompt_learner.ctx", 4096, &cfg.prompt_ctx, err);
+    const st_tensor *ctx = st_find(&f, "prompt_learner.ctx");
+    if (rc == 0 && ctx && ctx->ndim == 3) { /* CoOp's class-specific contexts [classes, n_ctx, width] */
+        if (ctx->shape[0] < 1 || ctx->shape[0] > (1 << 16) || ctx->shape[1] < 1 || ctx->shape[1] > 4096)
+            rc = clipc_fail(err, "tensor 'prompt_learner.ctx' has %lld contexts of %lld vectors: out of range",
+                            (long long)ctx->shape[0], (long long)ctx->shape[1]);
+        cfg.prompt_classes = (int)ctx->shape[0], cfg.prompt_ctx = (int)ctx->shape[1];
+    } else if (rc == 0) {
+        rc = finetune_rows(&f, "prompt_learner.ctx", 4096, &cfg.prompt_ctx, err);
+    }
     if (rc == 0) rc = finetune_rows(&f, "adapter.visual.fc1.weight", 1 << 16, &cfg.adapter_hidden, err);
     if (rc == 0) rc = finetune_rows(&f, "prompt_learner.meta_net.linear1.weight", 1 << 16, &cfg.prompt_meta_hidden, err);
     /* the architecture was guessed from names and a few shapes: the file
@@ -560,7 +592,7 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     clipc_model *m = NULL;
     if (rc == 0) m = model_new_within(&cfg, held, err);
     if (m && (load_params(&f, naming, &m->table, m->params, m->source_dtype, err) ||
-              (!strcmp(m->source_dtype, "int8") && adopt_int8(&f, m, err)))) {
+              (!strcmp(m->source_dtype, "int8") && adopt_int8(&f, m, err)) || read_prompt_labels(&f, m, err))) {
         clipc_model_free(m);
         m = NULL;
     }
