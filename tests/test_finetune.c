@@ -918,6 +918,16 @@ static void check_command(void) {
     CHECK(sh("train --init models/clipc-fmnist.safetensors --arch tiny --data fashion-mnist --steps 2 --out %s/x%s", dir,
              "") != 0 && file_has("/tmp/clipc_ft_err.txt", "drop --arch"),
           "train --init with --arch is refused");
+    /* a CSV of class numbers has no names to prompt with */
+    char cmd2[1600];
+    snprintf(cmd2, sizeof cmd2, "{ echo filepath,label; i=0; for f in %s/img/*/*.png; do echo \"$f,$((i %% 2))\"; i=$((i+1)); done; } "
+             "> %s/numbered.csv", dir, dir);
+    run_cmd(cmd2);
+    snprintf(cmd2, sizeof cmd2, "--dataset %s/numbered.csv --test-dataset %s/numbered.csv --steps 2", dir, dir);
+    snprintf(out, sizeof out, "%s/numbered", dir);
+    CHECK(sh("finetune --method coop %s --out %s", cmd2, out) != 0 &&
+              file_has("/tmp/clipc_ft_err.txt", "its classes are numbers (0..1): give --classnames"),
+          "a CSV of class numbers without --classnames");
     /* clipc wise */
     snprintf(path, sizeof path, "%s/lora/model.safetensors", dir);
     snprintf(out, sizeof out, "%s/wise.safetensors", dir);

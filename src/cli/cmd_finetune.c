@@ -223,6 +223,14 @@ int cmd_finetune(int argc, char **argv) {
         rc = cli_error("%s", err.message);
         goto done;
     }
+    bool numbered = !a.classnames; /* class numbers of a CSV make prompts like "a photo of a 3." */
+    for (int c = 0; c < train.n_classes && numbered; c++)
+        numbered = strspn(train.class_names[c], "0123456789") == strlen(train.class_names[c]);
+    if (numbered) {
+        rc = cli_error("%s: its classes are numbers (0..%d): give --classnames FILE with their names, one per line",
+                       train.name, train.n_classes - 1);
+        goto done;
+    }
     if ((rc = cli_templates(a.templates ? a.templates : "simple", &template_text, &templates, &n_templates))) goto done;
     o.templates = templates, o.n_templates = n_templates;
     if (a.shots > 0) {
@@ -253,8 +261,10 @@ int cmd_finetune(int argc, char **argv) {
     fprintf(stderr, "zero-shot before fine-tuning on %s...\n", test.name);
     if ((rc = zeroshot_top1(m, tok, &test, a.eval_limit, templates, n_templates, &before))) goto done;
     if (a.source_test && (rc = zeroshot_top1(m, tok, &source, a.eval_limit, templates, n_templates, &src_before))) goto done;
-    fprintf(stderr, "zero-shot top-1 %.2f%%; fine-tuning (%s) on %d images of %d classes: %ld steps of %d, lr %g\n",
-            100 * before, a.method, n_rows, train.n_classes, o.steps, B, o.lr);
+    long warmup = finetune_warmup(o.steps);
+    fprintf(stderr, "zero-shot top-1 %.2f%%; fine-tuning (%s) on %d images of %d classes: %ld steps of %d, lr %g "
+                    "(linear warm-up over %ld steps, then cosine to 0), weight decay %g\n",
+            100 * before, a.method, n_rows, train.n_classes, o.steps, B, o.lr, warmup, o.wd);
     if (make_dirs(a.out, &err)) {
         rc = cli_error("%s", err.message);
         goto done;
@@ -349,7 +359,8 @@ int cmd_finetune(int argc, char **argv) {
     cJSON_AddNumberToObject(j, "steps_done", (double)res.steps_done);
     cJSON_AddNumberToObject(j, "batch", B);
     cJSON_AddNumberToObject(j, "lr", o.lr);
-    cJSON_AddStringToObject(j, "lr_schedule", "linear warm-up (5% of the steps, at most 50), then cosine to 0");
+    cJSON_AddStringToObject(j, "lr_schedule", "linear warm-up, then cosine to 0");
+    cJSON_AddNumberToObject(j, "warmup_steps", (double)finetune_warmup(o.steps));
     cJSON_AddNumberToObject(j, "weight_decay", o.wd);
     if (method == FT_LORA) {
         cJSON_AddNumberToObject(j, "rank", o.rank);

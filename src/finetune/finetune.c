@@ -52,6 +52,8 @@ int few_shot_rows(const image_set *set, int shots, uint64_t seed, int **rows, in
     return rc;
 }
 
+long finetune_warmup(long steps) { return steps / 20 < 50 ? steps / 20 : 50; }
+
 bool finetune_trains(const finetune_options *o, int tower) {
     return (o->method == FT_LORA || o->method == FT_FULL) && (o->towers & tower);
 }
@@ -231,7 +233,7 @@ int finetune_run(clipc_model *m0, clipc_tokenizer *tok, const image_set *set, co
     int *batch_rows = malloc((size_t)B * sizeof *batch_rows), *perm = malloc((size_t)n * sizeof *perm);
     if (rc == 0 && (!batch_rows || !perm)) rc = clipc_fail(err, "out of memory");
     long cached_epoch = -1;
-    long warmup = o->steps / 20 < 50 ? o->steps / 20 : 50;
+    long warmup = finetune_warmup(o->steps);
     long step = 0;
     for (; step < o->steps && rc == 0; step++) {
         if (o->stop && o->stop(pctx)) break; /* the model so far is the result */

@@ -67,6 +67,9 @@ typedef struct finetune_result {
 } finetune_result;
 void finetune_result_free(finetune_result *r);
 
+/* The learning-rate schedule: linear warm-up over finetune_warmup(steps)
+ * steps (5%, at most 50), then cosine to 0 (lr_at). */
+long finetune_warmup(long steps);
 /* Whether the method trains that tower's weights (lora, full). */
 bool finetune_trains(const finetune_options *o, int tower);
 /* Refuses what the model cannot do with these options, before any work: a
