@@ -101,11 +101,25 @@ build-fuzz/fuzz_pickle: $(FUZZ_PICKLE_SRC) $(wildcard src/*.h)
 	@mkdir -p build-fuzz
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_PICKLE_SRC) -lzip -lcjson -lz -o $@
 
-fuzz-build: build-fuzz/fuzz_pickle
+FUZZ_CKPT_SRC := tests/fuzz/fuzz_checkpoint.c $(wildcard src/weights/*.c src/model/*.c src/util/*.c)
+build-fuzz/fuzz_checkpoint: $(FUZZ_CKPT_SRC) $(wildcard src/*.h src/*/*.h include/*.h)
+	@mkdir -p build-fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-pass-failed -fopenmp $(BLAS_CFLAGS) $(FUZZ_CKPT_SRC) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas \
+	    -ldnnl -lzip -lcjson -lz -lm -o $@
+
+# The checkpoint target's seeds: small models written by build/clipc (plain, F16, fine-tuned with CoOp's
+# class-specific contexts, CoCoOp and CLIP-Adapter), made once.
+build-fuzz/corpus-checkpoint/.made: $(BUILD)/clipc
+	sh tests/fuzz/checkpoint_seeds.sh $(BUILD)/clipc build-fuzz/corpus-checkpoint
+	@touch $@
+
+fuzz-build: build-fuzz/fuzz_pickle build-fuzz/fuzz_checkpoint build-fuzz/corpus-checkpoint/.made
 
 fuzz: fuzz-build
 	@mkdir -p build-fuzz/corpus-pickle
 	build-fuzz/fuzz_pickle -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-pickle tests/fuzz/corpus/pickle
+	build-fuzz/fuzz_checkpoint -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 -print_final_stats=1 \
+	    build-fuzz/corpus-checkpoint
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -268,18 +268,26 @@ static void check_refusals(void) {
     run_cmd(cmd);
 }
 
-/* The unpickler's fuzz target (make fuzz-build), for a bounded time on the
- * seed corpus: any crash, leak or UB report fails it. */
+/* The model parsers' fuzz targets (make fuzz-build): the unpickler on its seed corpus and checkpoint
+ * loading on the headers of files clipc writes, each for a bounded time. Any crash, leak or UB report
+ * fails it. */
 static void check_fuzz(void) {
     const char *secs = getenv("CLIPC_FUZZ_SECONDS") ? getenv("CLIPC_FUZZ_SECONDS") : "20";
-    char cmd[1024];
-    CHECK(access("build-fuzz/fuzz_pickle", X_OK) == 0, "build-fuzz/fuzz_pickle is not built (make fuzz-build)");
-    snprintf(cmd, sizeof cmd,
-             "d=$(mktemp -d) && build-fuzz/fuzz_pickle -max_total_time=%s -print_final_stats=1 $d tests/fuzz/corpus/pickle "
-             ">$d.log 2>&1; rc=$?; grep -E 'stat::number_of_executed_units' $d.log | sed 's/^/  fuzz_pickle: /'; "
-             "if [ $rc != 0 ]; then tail -30 $d.log; fi; rm -rf $d $d.log; exit $rc",
-             secs);
-    CHECK(run_cmd(cmd) == 0, "the unpickler's fuzz target failed (reproducer above)");
+    static const char *const targets[][3] = {
+        {"fuzz_pickle", "tests/fuzz/corpus/pickle", "the unpickler"},
+        {"fuzz_checkpoint", "build-fuzz/corpus-checkpoint", "checkpoint loading"},
+    };
+    for (size_t i = 0; i < sizeof targets / sizeof *targets; i++) {
+        char cmd[1024], bin[64];
+        snprintf(bin, sizeof bin, "build-fuzz/%s", targets[i][0]);
+        CHECK(access(bin, X_OK) == 0, "%s is not built (make fuzz-build)", bin);
+        snprintf(cmd, sizeof cmd,
+                 "d=$(mktemp -d) && %s -max_total_time=%s -print_final_stats=1 $d %s >$d.log 2>&1; rc=$?; "
+                 "grep -E 'stat::number_of_executed_units' $d.log | sed 's/^/  %s: /'; "
+                 "if [ $rc != 0 ]; then tail -30 $d.log; fi; rm -rf $d $d.log; exit $rc",
+                 bin, secs, targets[i][1], targets[i][0]);
+        CHECK(run_cmd(cmd) == 0, "the fuzz target of %s failed (reproducer above)", targets[i][2]);
+    }
 }
 
 void test_arch(void) {
