@@ -21,10 +21,12 @@ for m in "coop --csc --ctx 2" "cocoop" "adapter"; do
     mv "$T/$name/model.safetensors" "$T/$name.safetensors"
 done
 cp tests/data/bomb_arch.safetensors "$T/"
+# each seed: the data length as 4 little-endian bytes, then the header JSON (coreutils only)
 for f in "$T"/*.safetensors; do
-    python3 -c '
-import struct, sys
-raw = open(sys.argv[1], "rb").read()
-n = struct.unpack("<Q", raw[:8])[0]
-sys.stdout.buffer.write(struct.pack("<I", len(raw) - 8 - n) + raw[8:8 + n])' "$f" > "$OUT/$(basename "$f" .safetensors)"
+    n=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    data=$(( $(stat -c %s "$f") - 8 - n ))
+    out="$OUT/$(basename "$f" .safetensors)"
+    printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $((data & 255)) $(((data >> 8) & 255)) $(((data >> 16) & 255)) \
+        $(((data >> 24) & 255)))" > "$out"
+    tail -c +9 "$f" | head -c "$n" >> "$out"
 done
