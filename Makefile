@@ -4,6 +4,7 @@
 #   make bench      throughput and share of the machine's peak
 #   make sanitize   the tests under AddressSanitizer + UBSan
 #   make install PREFIX=/usr/local   (binary, libraries, header, pkg-config file, default model)
+#   make uninstall PREFIX=/usr/local removes them
 
 CC      ?= cc
 PREFIX  ?= /usr/local
@@ -91,6 +92,13 @@ install: all
 	install -m 644 models/clipc-fmnist.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
+# Removes exactly what install put there (and the share/clipc folder when it is left empty).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/clipc $(DESTDIR)$(PREFIX)/lib/libclipc.a $(DESTDIR)$(PREFIX)/lib/libclipc.so \
+	    $(DESTDIR)$(PREFIX)/include/clipc.h $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist.safetensors \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
+	-rmdir $(DESTDIR)$(PREFIX)/share/clipc 2>/dev/null
+
 # libFuzzer targets (clang): each parser, under ASan + UBSan.
 #   make fuzz                 builds them and runs each for FUZZ_TIME seconds on its seed corpus
 FUZZ_TIME ?= 60
@@ -124,4 +132,4 @@ fuzz: fuzz-build
 clean:
 	rm -rf build build-san build-fuzz
 
-.PHONY: all test bench sanitize install clean fuzz fuzz-build
+.PHONY: uninstall all test bench sanitize install clean fuzz fuzz-build

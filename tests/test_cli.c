@@ -90,6 +90,20 @@ static void check_commands(void) {
     out = slurp("out.txt");
     CHECK(!strcmp(out, "3306 267 1002 256\n321\n"), "tokenize --ids output: %s", out);
     free(out);
+    /* --npy writes the rows embed --tokens reads: the same embeddings as embed --text */
+    snprintf(args, sizeof args, "tokenize --npy %s/tk.npy 'a photo of a bag' 'a red shirt'", dir);
+    CHECK(clipc(args) == 0, "tokenize --npy");
+    snprintf(args, sizeof args, "embed --tokens %s/tk.npy -o %s/e1.npy", dir, dir);
+    CHECK(clipc(args) == 0, "embed --tokens of tokenize --npy rows");
+    snprintf(args, sizeof args, "embed --text 'a photo of a bag' 'a red shirt' -o %s/e2.npy", dir);
+    CHECK(clipc(args) == 0, "embed --text");
+    snprintf(args, sizeof args, "cmp -s %s/e1.npy %s/e2.npy", dir, dir);
+    CHECK(run_cmd(args) == 0, "embeddings of tokenize --npy rows differ from embed --text's");
+    CHECK(clipc("tokenize --ids --npy /tmp/never.npy 'a'") != 0, "tokenize --ids --npy is refused");
+    /* make install to a prefix, then make uninstall: nothing is left */
+    snprintf(args, sizeof args, "make -s install PREFIX=%s/pfx >/dev/null 2>&1 && test -x %s/pfx/bin/clipc && "
+             "make -s uninstall PREFIX=%s/pfx >/dev/null 2>&1 && test -z \"$(find %s/pfx -type f)\"", dir, dir, dir, dir);
+    CHECK(run_cmd(args) == 0, "make uninstall leaves files that make install put");
 
     /* preprocess equals the reference tensor */
     snprintf(args, sizeof args, "preprocess --size 32 %s %s -o %s/p.npy", ref_path("preprocess/images/astronaut_512x512.png"),

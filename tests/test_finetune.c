@@ -915,6 +915,9 @@ static void check_command(void) {
               !same_range(lit->params, src->params, src->L.t_tok, src->L.logit_scale),
           "train --init --freeze image: the image tower must stay, the text tower move");
     clipc_model_free(lit), clipc_model_free(src);
+    CHECK(sh("train --resume --steps 8 --data fashion-mnist --out %s%s", out, "") != 0 &&
+              file_has("/tmp/clipc_ft_err.txt", "--steps and --epochs cannot change it"),
+          "train --resume with a new --steps is refused, not ignored");
     CHECK(sh("train --init models/clipc-fmnist.safetensors --arch tiny --data fashion-mnist --steps 2 --out %s/x%s", dir,
              "") != 0 && file_has("/tmp/clipc_ft_err.txt", "drop --arch"),
           "train --init with --arch is refused");

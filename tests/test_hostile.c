@@ -49,8 +49,13 @@ void test_hostile(void) {
     run_cmd(cmd);
     snprintf(args, sizeof args, "eval zeroshot --dataset %s/big.csv --out %s/o1", dir, dir);
     refused("CSV class number 100000", dir, args, "class number 100000 is too large");
-    snprintf(cmd, sizeof cmd, "%s eval zeroshot --dataset %s/sparse.csv --out %s/o2 >/dev/null 2>%s/err2 || cat %s/err2", clipc_binary, dir, dir, dir, dir);
+    /* (zero-shot needs the classes' names: numbers alone are refused, with what to do) */
+    snprintf(cmd, sizeof cmd, "printf 'zero\\none\\ntwo\\nthree\\n' > %s/names4.txt && %s eval zeroshot --dataset %s/sparse.csv "
+             "--classnames %s/names4.txt --out %s/o2 >/dev/null 2>%s/err2 || cat %s/err2", dir, clipc_binary, dir, dir, dir,
+             dir, dir);
     CHECK(run_cmd(cmd) == 0, "CSV class numbers 3, 0, 1 over three rows evaluate");
+    snprintf(args, sizeof args, "eval zeroshot --dataset %s/sparse.csv --out %s/o3", dir, dir);
+    refused("CSV class numbers without --classnames", dir, args, "its classes are numbers (0..3): give --classnames");
     /* .npy whose shape times the element size wraps around */
     snprintf(cmd, sizeof cmd,
              "h=\"{'descr': '<i4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }\"; "

@@ -174,6 +174,9 @@ static int eval_zeroshot(const eval_args *a) {
     if (image_set_open(a->dataset, "test", a->img_key, a->label_key, &set, &err)) return cli_error("%s", err.message);
     int rc = 0;
     if (a->classnames && image_set_read_classnames(&set, a->classnames, &err)) rc = cli_error("%s", err.message);
+    if (rc == 0 && !a->classnames && image_set_numbered(&set)) /* zero-shot prompts need the classes' names */
+        rc = cli_error("%s: its classes are numbers (0..%d): give --classnames FILE with their names, one per line",
+                       set.name, set.n_classes - 1);
     const char *template_arg = a->templates ? a->templates : set.paths ? "imagenet" : "simple";
     char *template_text = NULL;
     const char **templates = NULL;

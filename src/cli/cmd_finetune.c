@@ -223,10 +223,7 @@ int cmd_finetune(int argc, char **argv) {
         rc = cli_error("%s", err.message);
         goto done;
     }
-    bool numbered = !a.classnames; /* class numbers of a CSV make prompts like "a photo of a 3." */
-    for (int c = 0; c < train.n_classes && numbered; c++)
-        numbered = strspn(train.class_names[c], "0123456789") == strlen(train.class_names[c]);
-    if (numbered) {
+    if (!a.classnames && image_set_numbered(&train)) {
         rc = cli_error("%s: its classes are numbers (0..%d): give --classnames FILE with their names, one per line",
                        train.name, train.n_classes - 1);
         goto done;

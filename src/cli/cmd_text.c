@@ -8,6 +8,7 @@
 int cmd_tokenize(int argc, char **argv) {
     long context = 77;
     bool truncate = false, ids_only = false;
+    const char *npy = NULL; /* --npy OUT.npy: the rows as int32 [n, context], for embed --tokens */
     const char **texts = malloc((size_t)(argc + 1) * sizeof *texts);
     int n = 0;
     if (!texts) return cli_error("out of memory");
@@ -17,12 +18,15 @@ int cmd_tokenize(int argc, char **argv) {
                 free(texts);
                 return 1;
             }
+        } else if (!strcmp(argv[i], "--npy") && i + 1 < argc) {
+            npy = argv[++i];
         } else if (!strcmp(argv[i], "--truncate")) truncate = true;
         else if (!strcmp(argv[i], "--ids")) ids_only = true;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc tokenize [--context N] [--truncate] [--ids] TEXT...\n"
+            printf("usage: clipc tokenize [--context N] [--truncate] [--ids | --npy OUT.npy] TEXT...\n"
                    "  prints clip.tokenize(TEXT) rows: SOT, ids, EOT, zero padding to N (77);\n"
-                   "  --ids prints only the BPE ids (SimpleTokenizer.encode)\n");
+                   "  --ids prints only the BPE ids (SimpleTokenizer.encode); --npy writes the rows as\n"
+                   "  int32 [texts, N] instead (what embed --tokens reads)\n");
             free(texts);
             return 0;
         } else if (!strcmp(argv[i], "--")) { /* everything after is text */
@@ -34,9 +38,9 @@ int cmd_tokenize(int argc, char **argv) {
             texts[n++] = argv[i];
         }
     }
-    if (n == 0) {
+    if (n == 0 || (npy && ids_only)) {
         free(texts);
-        return cli_error("tokenize: no text given");
+        return cli_error("%s", n == 0 ? "tokenize: no text given" : "tokenize: --npy writes full rows; drop --ids");
     }
     clipc_error err;
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
@@ -44,8 +48,8 @@ int cmd_tokenize(int argc, char **argv) {
         free(texts);
         return cli_error("%s", err.message);
     }
-    int32_t *row = malloc((size_t)context * sizeof *row);
-    int rc = row ? 0 : cli_error("out of memory");
+    int32_t *rows = malloc((size_t)(npy ? n : 1) * context * sizeof *rows), *row = rows;
+    int rc = rows ? 0 : cli_error("out of memory");
     for (int t = 0; t < n && rc == 0; t++) {
         if (!texts[t][0]) {
             rc = cli_error("text %d is empty", t + 1);
@@ -53,6 +57,7 @@ int cmd_tokenize(int argc, char **argv) {
         }
         int32_t *ids = NULL;
         int count = (int)context;
+        if (npy) row = rows + (size_t)t * context;
         int fail = ids_only ? clipc_tokenizer_encode(tok, texts[t], &ids, &count, &err)
                             : clipc_tokenize(tok, texts[t], (int)context, truncate, row, &err);
         if (fail) {
@@ -60,11 +65,13 @@ int cmd_tokenize(int argc, char **argv) {
             break;
         }
         const int32_t *out = ids_only ? ids : row;
-        for (int k = 0; k < count; k++) printf(k ? " %d" : "%d", out[k]);
-        printf("\n");
+        for (int k = 0; k < count && !npy; k++) printf(k ? " %d" : "%d", out[k]);
+        if (!npy) printf("\n");
         free(ids);
     }
-    free(row);
+    int64_t shape[2] = {n, context};
+    if (rc == 0 && npy && npy_write(npy, "<i4", 2, shape, rows, &err)) rc = cli_error("%s", err.message);
+    free(rows);
     free(texts);
     clipc_tokenizer_free(tok);
     return rc;

@@ -241,6 +241,11 @@ static int train_main(int argc, char **argv, const dist *d) {
                            o.loss == LOSS_SIGLIP ? "siglip" : "clip");
             goto done;
         }
+        if (a.steps || a.epochs) { /* the cosine schedule was laid out for the run's own length */
+            rc = cli_error("--resume continues the run to its step %ld; --steps and --epochs cannot change it (to train "
+                           "further, start a new run from it: --init %s/model.safetensors)", o.total_steps, a.out);
+            goto done;
+        }
         /* the run's own --eval-every unless this command gives one */
         if (!a.given_eval_every && o.eval_every > 0) a.eval_every = o.eval_every;
         if (!a.given_eval_limit && o.eval_every > 0) a.eval_limit = o.eval_limit;

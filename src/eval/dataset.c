@@ -225,6 +225,12 @@ int image_set_read_classnames(image_set *s, const char *path, clipc_error *err) 
     return 0;
 }
 
+bool image_set_numbered(const image_set *s) {
+    for (int c = 0; c < s->n_classes; c++)
+        if (!is_number(s->class_names[c])) return false;
+    return s->n_classes > 0;
+}
+
 int image_set_pixels(const image_set *s, int i, int R, float *out, clipc_error *err) {
     if (!s->paths) return fmnist_pixels(&s->fm, i, R, out, err);
     return clipc_preprocess_file(s->paths[i], R, out, err);

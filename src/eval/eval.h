@@ -29,6 +29,9 @@ int image_set_open(const char *spec, const char *split, const char *img_key, con
 /* Replaces the class names with the lines of a file (one per class, in
  * class order: sorted folder names, or numeric CSV labels). */
 int image_set_read_classnames(image_set *s, const char *path, clipc_error *err);
+/* True when every class name is a number (a CSV of class numbers before
+ * --classnames names them): prompts like "a photo of a 3." mean nothing. */
+bool image_set_numbered(const image_set *s);
 /* Image i as CLIP input [3, R, R], as _transform(R) gives it. */
 int image_set_pixels(const image_set *s, int i, int R, float *out, clipc_error *err);
 /* Images rows[0..n) (rows NULL: first..first+n-1) as CLIP input [n, 3, R, R],
