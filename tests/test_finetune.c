@@ -849,15 +849,17 @@ static void check_command(void) {
         CHECK(sh("embed -m %s --image %s", path, args) == 0, "%s: the fine-tuned model does not embed", methods[k]);
         snprintf(args, sizeof args, "--db %s/%s.db %s/img", dir, methods[k], dir);
         CHECK(sh("index -m %s %s", path, args) == 0, "%s: the fine-tuned model does not index", methods[k]);
+        /* search and serve without -m use the model the index recorded (the default model would not match it) */
         snprintf(args, sizeof args, "--db %s/%s.db -k 1 'a photo of a bag'", dir, methods[k]);
-        CHECK(sh("search -m %s %s", path, args) == 0 && file_has("/tmp/clipc_ft_out.txt", ".png"),
+        CHECK(sh("search %s%s", args, "") == 0 && file_has("/tmp/clipc_ft_out.txt", ".png") &&
+                  file_has("/tmp/clipc_ft_err.txt", "using the index's model"),
               "%s: its index does not search", methods[k]);
         /* and serves it */
         int port = 19000 + (int)(getpid() % 500) * 5 + k;
         char cmd[2000], *body = NULL;
         size_t len;
-        snprintf(cmd, sizeof cmd, "%s serve -m %s --db %s/%s.db --port %d >/dev/null 2>&1 & echo $! > %s/serve.pid",
-                 clipc_binary, path, dir, methods[k], port, dir);
+        snprintf(cmd, sizeof cmd, "%s serve --db %s/%s.db --port %d >/dev/null 2>&1 & echo $! > %s/serve.pid", clipc_binary,
+                 dir, methods[k], port, dir);
         run_cmd(cmd);
         int status = -1;
         for (int i = 0; i < 100 && status < 0; i++) {

@@ -29,6 +29,11 @@ double cli_now(void);
 void cli_note_default_model(const char *model_path, const char *const *images, int n);
 /* Loads a model (path NULL: the default one), printing the error; NULL on failure. */
 clipc_model *cli_load_model(const char *path);
+/* The model to query an index with: model_path (-m) when given, else the one
+ * `clipc index -m` recorded in it (copied into path, cap bytes; a note on
+ * stderr), else NULL: the default model. */
+struct clip_index;
+const char *cli_index_model(struct clip_index *ix, const char *model_path, char *path, size_t cap);
 /* --templates: "imagenet" (OpenAI's 80), "simple" ("a photo of a {}."), or a
  * file with one template per line. *text is the file's text (free it, and
  * then *templates, when non-NULL). Returns 0 or 1 after reporting. */

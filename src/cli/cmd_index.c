@@ -85,10 +85,23 @@ int cmd_index(int argc, char **argv) {
         if (embedded) printf("; %.1f images/s", embedded / (secs > 1e-9 ? secs : 1e-9));
         printf("\n");
     }
+    if (rc == 0 && model_path) { /* so search and serve find the model without -m */
+        char *abs = realpath(model_path, NULL); /* a file; else a pulled model's name, kept as given */
+        if (index_set_model_path(ix, abs ? abs : model_path, &err)) rc = cli_error("%s", err.message);
+        free(abs);
+    }
     clipc_model_free(m);
     index_close(ix);
     free(dirs);
     return rc;
+}
+
+/* The model to query the index with: -m, else the one `clipc index -m` recorded, else the default.
+ * path receives the recorded one (cap bytes). */
+const char *cli_index_model(clip_index *ix, const char *model_path, char *path, size_t cap) {
+    if (model_path || index_model_path(ix, path, cap)) return model_path;
+    fprintf(stderr, "using the index's model %s\n", path);
+    return path;
 }
 
 /* ---- search ------------------------------------------------------------------------- */
@@ -167,7 +180,8 @@ int cmd_search(int argc, char **argv) {
     clipc_error err;
     clip_index *ix;
     if (index_open(db, false, &ix, &err)) return cli_error("%s", err.message);
-    clipc_model *m = cli_load_model(model_path);
+    char recorded[4096];
+    clipc_model *m = cli_load_model(cli_index_model(ix, model_path, recorded, sizeof recorded));
     int rc = m ? 0 : 1;
     if (rc == 0 && index_check_model(ix, m, &err)) rc = cli_error("%s", err.message);
     index_matrix mx = {0};

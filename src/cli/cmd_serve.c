@@ -1,5 +1,6 @@
 /* cmd_serve.c — `clipc serve`: the search page and JSON API over an index. */
 #include "cli.h"
+#include "../index/index.h"
 #include "../server/server.h"
 
 #include <signal.h>
@@ -45,13 +46,19 @@ int cmd_serve(int argc, char **argv) {
         } else return cli_error("serve: unexpected argument '%s'", argv[i]);
     }
     if (!db) return cli_error("serve: needs --db FILE");
+    char recorded[4096];
+    clipc_error err;
+    clip_index *ix;
+    if (!model_path && index_open(db, false, &ix, &err) == 0) { /* the model `clipc index -m` recorded */
+        model_path = cli_index_model(ix, NULL, recorded, sizeof recorded);
+        index_close(ix);
+    }
     clipc_model *m = cli_load_model(model_path);
     if (!m) return 1;
     signal(SIGINT, on_stop);
     signal(SIGTERM, on_stop);
     server_options o = {db, m, bind, (int)port, (int)max_k, (size_t)max_upload_mb << 20, &stop_serving, on_ready, NULL,
                         (void *)bind};
-    clipc_error err;
     int rc = server_run(&o, &err) ? cli_error("%s", err.message) : 0;
     clipc_model_free(m);
     return rc;

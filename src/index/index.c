@@ -155,6 +155,17 @@ static int meta_set(clip_index *ix, const char *key, const char *value, clipc_er
     return rc;
 }
 
+int index_set_model_path(clip_index *ix, const char *path, clipc_error *err) {
+    if (exec(ix, "BEGIN", err)) return -1;
+    if (meta_set(ix, "model_path", path, err)) {
+        exec(ix, "ROLLBACK", NULL);
+        return -1;
+    }
+    return exec(ix, "COMMIT", err);
+}
+
+int index_model_path(clip_index *ix, char *out, size_t cap) { return meta_get(ix, "model_path", out, cap) ? 0 : -1; }
+
 int index_model_info(clip_index *ix, char fingerprint[64], int *dim) {
     char d[32];
     if (!meta_get(ix, "model", fingerprint, 64) || !meta_get(ix, "embed_dim", d, sizeof d)) return -1;

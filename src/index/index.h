@@ -68,6 +68,12 @@ uint64_t index_generation(clip_index *ix);
 int64_t index_count(clip_index *ix);
 /* The model fingerprint and embedding size recorded in the index. */
 int index_model_info(clip_index *ix, char fingerprint[64], int *dim);
+/* Where the index's model is, as `clipc index -m` named it (a file's absolute
+ * path, or a pulled model's name), so search and serve can find it without
+ * -m: recorded with index_set_model_path, read with index_model_path (0 when
+ * the index has one; the file may since have moved). */
+int index_set_model_path(clip_index *ix, const char *path, clipc_error *err);
+int index_model_path(clip_index *ix, char *out, size_t cap);
 const char *index_db_path(const clip_index *ix);
 
 /* ---- search (search.c) ------------------------------------------------------ */
