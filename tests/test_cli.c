@@ -100,6 +100,16 @@ static void check_commands(void) {
     snprintf(args, sizeof args, "cmp -s %s/e1.npy %s/e2.npy", dir, dir);
     CHECK(run_cmd(args) == 0, "embeddings of tokenize --npy rows differ from embed --text's");
     CHECK(clipc("tokenize --ids --npy /tmp/never.npy 'a'") != 0, "tokenize --ids --npy is refused");
+    /* a misspelt command or flag gets a suggestion */
+    static const char *const misspelt[][2] = {{"finetnue", "did you mean 'finetune'?"},
+                                              {"train --step 3 --data fashion-mnist --out /tmp/never", "did you mean '--steps'?"},
+                                              {"finetune --metod coop", "did you mean '--method'?"}};
+    for (size_t i = 0; i < sizeof misspelt / sizeof *misspelt; i++) {
+        int rc = clipc(misspelt[i][0]);
+        char *msg = slurp("err.txt");
+        CHECK(rc != 0 && strstr(msg, misspelt[i][1]), "clipc %s: %s", misspelt[i][0], msg);
+        free(msg);
+    }
     /* make install to a prefix, then make uninstall: nothing is left */
     snprintf(args, sizeof args, "make -s install PREFIX=%s/pfx >/dev/null 2>&1 && test -x %s/pfx/bin/clipc && "
              "make -s uninstall PREFIX=%s/pfx >/dev/null 2>&1 && test -z \"$(find %s/pfx -type f)\"", dir, dir, dir, dir);

@@ -38,6 +38,8 @@ const char *cli_index_model(struct clip_index *ix, const char *model_path, char 
  * file with one template per line. *text is the file's text (free it, and
  * then *templates, when non-NULL). Returns 0 or 1 after reporting. */
 int cli_templates(const char *arg, char **text, const char ***templates, int *n);
+/* The candidate within two edits of word (the closest, the first on a tie), or NULL: "did you mean". */
+const char *cli_nearest(const char *word, const char *const *candidates, int n);
 /* Prints s as a JSON string literal on stdout. */
 void cli_json_string(const char *s);
 

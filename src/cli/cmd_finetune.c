@@ -104,7 +104,16 @@ static int parse(int argc, char **argv, ft_args *a) {
         else if (!strcmp(f, "--help")) {
             printf(FINETUNE_USAGE);
             return -1;
-        } else return cli_error("finetune: unexpected argument '%s' (see clipc finetune --help)", f);
+        } else {
+            static const char *const flags[] = {
+                "-m", "--model", "--method", "--dataset", "--test-dataset", "--source-test-dataset", "--out", "--targets",
+                "--tower", "--ctx-init", "--templates", "--classnames", "--csv-img-key", "--csv-label-key", "--csc",
+                "--shots", "--seed", "--epochs", "--steps", "--batch", "--rank", "--ctx", "--eval-limit", "--lr", "--wd",
+                "--alpha", "--residual-ratio", "--wise", "--help"};
+            const char *near = cli_nearest(f, flags, (int)(sizeof flags / sizeof *flags));
+            if (near) return cli_error("finetune: unexpected argument '%s': did you mean '%s'?", f, near);
+            return cli_error("finetune: unexpected argument '%s' (see clipc finetune --help)", f);
+        }
         if (!ok) return 1;
         i++;
     }
@@ -244,6 +253,7 @@ int cmd_finetune(int argc, char **argv) {
         for (int i = 0; i < n_rows; i++) rows[i] = i;
     }
     int B = (int)(a.batch < n_rows ? a.batch : n_rows);
+    if (a.batch > n_rows) fprintf(stderr, "note: --batch %ld is more than the %d training images: batches of %d\n", a.batch, n_rows, B);
     o.steps = a.steps ? a.steps : a.epochs * ((n_rows + B - 1) / B);
     if (!(m = cli_load_model(a.model))) {
         rc = 1;

@@ -138,7 +138,16 @@ static int parse(int argc, char **argv, args *a) {
             else if (!strcmp(f, "--help")) {
                 printf(TRAIN_USAGE);
                 return -1;
-            } else return cli_error("train: unexpected argument '%s' (see clipc train --help)", f);
+            } else {
+                static const char *const flags[] = {
+                    "--data", "--out", "--arch", "--init", "--freeze", "--csv-img-key", "--csv-caption-key",
+                    "--csv-separator", "--loss", "--batch", "--accum", "--steps", "--epochs", "--warmup", "--eval-every",
+                    "--eval-limit", "--stop-at", "--seed", "--lr", "--wd", "--grad-clip", "--lr-temperature", "--resume",
+                    "--help"};
+                const char *near = cli_nearest(f, flags, (int)(sizeof flags / sizeof *flags));
+                if (near) return cli_error("train: unexpected argument '%s': did you mean '%s'?", f, near);
+                return cli_error("train: unexpected argument '%s' (see clipc train --help)", f);
+            }
         }
         if (takes) i++;
     }
@@ -220,6 +229,9 @@ static int train_main(int argc, char **argv, const dist *d) {
         return cli_error("%s", err.message);
     }
     pair_source src = {fm ? &train : NULL, fm ? NULL : &csv, fm ? train.count : csv.count};
+    if (!a.resume && d->rank == 0 && a.batch * a.accum > src.count)
+        fprintf(stderr, "clipc: warning: a step of %ld pairs is more than the %d the data has: pairs repeat within a "
+                        "step\n", a.batch * a.accum, src.count);
 
     clipc_model *m = NULL;
     trainer t = {0};

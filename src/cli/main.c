@@ -163,6 +163,34 @@ clipc_model *cli_load_model(const char *path) {
     return m;
 }
 
+/* Damerau-free Levenshtein distance of two short words (at most 63 bytes counted). */
+static int edit_distance(const char *a, const char *b) {
+    int la = (int)strnlen(a, 63), lb = (int)strnlen(b, 63), row[64];
+    for (int j = 0; j <= lb; j++) row[j] = j;
+    for (int i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = i;
+        for (int j = 1; j <= lb; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+const char *cli_nearest(const char *word, const char *const *candidates, int n) {
+    const char *best = NULL;
+    int best_d = 3; /* a suggestion within two edits, no further */
+    for (int i = 0; i < n; i++) {
+        int d = edit_distance(word, candidates[i]);
+        if (d < best_d) best_d = d, best = candidates[i];
+    }
+    return best;
+}
+
 void cli_note_default_model(const char *model_path, const char *const *images, int n) {
     if (model_path || n <= 0 || getenv("CLIPC_MODEL")) return;
     unsigned char *data;
@@ -235,5 +263,9 @@ int main(int argc, char **argv) {
                        "                               else the model's own: fp32, or int8 for an int8 checkpoint)\n");
             return rc;
         }
+    const char *names[sizeof commands / sizeof *commands];
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) names[i] = commands[i].name;
+    const char *near = cli_nearest(argv[1], names, (int)(sizeof commands / sizeof *commands));
+    if (near) return cli_error("unknown command '%s': did you mean '%s'? (run 'clipc --help')", argv[1], near);
     return cli_error("unknown command '%s' (run 'clipc --help')", argv[1]);
 }
