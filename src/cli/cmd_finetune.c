@@ -123,7 +123,8 @@ static int parse(int argc, char **argv, ft_args *a) {
     if (!a->dataset) return cli_error("finetune: needs --dataset fashion-mnist|DIR|FILE.csv");
     if (!a->out) return cli_error("finetune: needs --out DIR");
     if (!a->steps == !a->epochs) return cli_error("finetune: give exactly one of --steps and --epochs");
-    if (a->csc && strcmp(a->method, "coop")) return cli_error("finetune: --csc (a context per class) is CoOp's: --method coop");
+    if (a->csc && strcmp(a->method, "coop"))
+        return cli_error("finetune: --csc (a context per class) is CoOp's: --method coop");
     if (a->wise >= 0 && strcmp(a->method, "lora") && strcmp(a->method, "full"))
         return cli_error("finetune: --wise interpolates weights: it applies to --method lora and full");
     return 0;
@@ -253,7 +254,8 @@ int cmd_finetune(int argc, char **argv) {
         for (int i = 0; i < n_rows; i++) rows[i] = i;
     }
     int B = (int)(a.batch < n_rows ? a.batch : n_rows);
-    if (a.batch > n_rows) fprintf(stderr, "note: --batch %ld is more than the %d training images: batches of %d\n", a.batch, n_rows, B);
+    if (a.batch > n_rows)
+        fprintf(stderr, "note: --batch %ld is more than the %d training images: batches of %d\n", a.batch, n_rows, B);
     o.steps = a.steps ? a.steps : a.epochs * ((n_rows + B - 1) / B);
     if (!(m = cli_load_model(a.model))) {
         rc = 1;

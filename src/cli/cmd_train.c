@@ -129,7 +129,8 @@ static int parse(int argc, char **argv, args *a) {
             double d = v ? strtod(v, &end) : 0;
             if (!v || *end || !(d >= 0) || d > 10) return cli_error("%s: '%s' is not a number in 0..10", f, v ? v : "");
             if (!strcmp(f, "--lr-temperature") && d == 0)
-                return cli_error("--lr-temperature: give a positive learning rate (a tiny one keeps logit_scale nearly fixed)");
+                return cli_error("--lr-temperature: give a positive learning rate (a tiny one keeps logit_scale "
+                                 "nearly fixed)");
             *(!strcmp(f, "--lr") ? &a->lr : !strcmp(f, "--wd") ? &a->wd : !strcmp(f, "--grad-clip") ? &a->grad_clip
                                                                                               : &a->lr_temperature) = d;
         } else {
