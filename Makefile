@@ -17,7 +17,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsentencepiece -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
 # Data-parallel training over MPI when OpenMPI's development files are
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
@@ -28,7 +28,7 @@ LDLIBS  += $(MPI_LIBS)
 endif
 
 LIB_SRC := $(wildcard src/util/*.c src/weights/*.c src/model/*.c src/tokenizer/*.c src/image/*.c src/tasks/*.c src/train/*.c src/eval/*.c src/index/*.c src/server/*.c src/hub/*.c src/finetune/*.c)
-LIB_CXX := $(wildcard src/index/*.cpp)
+LIB_CXX := $(wildcard src/index/*.cpp src/tokenizer/*.cpp)
 LIB_ASM := src/tokenizer/vocab_blob.S src/server/page_blob.S
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/*.c)
@@ -47,7 +47,7 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h src/*.h src/*/*.h tests/*.h)
 # gain ~8% from 512-bit vectors where the CPU has them (GCC prefers 256).
 $(BUILD)/src/model/precision.o: CFLAGS += -mprefer-vector-width=512
 
-# FAISS's C++ API, behind index.h's C functions (Debian ships no compiled FAISS C API)
+# FAISS's C++ API, behind index.h's C functions (Debian ships no compiled FAISS C API); SentencePiece behind spm.h
 CXX      ?= g++
 CXXFLAGS ?= $(OPT) -g
 $(BUILD)/%.o: %.cpp $(wildcard src/*.h src/*/*.h include/*.h)

@@ -36,7 +36,12 @@ typedef struct clipc_error {
 /* ---- models ------------------------------------------------------------ */
 
 enum clipc_vision_tower { CLIPC_VIT = 0, CLIPC_RESNET = 1 };
-enum clipc_activation { CLIPC_QUICK_GELU = 0, CLIPC_GELU = 1 };
+enum clipc_activation { CLIPC_QUICK_GELU = 0, CLIPC_GELU = 1, CLIPC_GELU_TANH = 2 };
+/* CLIP (OpenAI, OpenCLIP): softmax over cosines, class/EOT-token pooling.
+ * SigLIP (Zhai et al. 2023; SigLIP 2's fixed-resolution models): a sigmoid
+ * per image-text pair, attention-pooled image tokens (the "MAP" head), a
+ * bidirectional text tower pooled at its last position, SentencePiece. */
+enum clipc_family { CLIPC_CLIP = 0, CLIPC_SIGLIP = 1 };
 
 /* The constructor arguments of OpenAI's clip.model.CLIP, plus the head
  * counts and activation that build_model() would otherwise guess. */
@@ -79,6 +84,7 @@ typedef struct clipc_config {
      * "prompt_classnames" metadata (a JSON array), which the classifier's
      * labels are matched against. */
     int prompt_ctx, adapter_hidden, prompt_meta_hidden, prompt_classes;
+    int family; /* CLIPC_CLIP or CLIPC_SIGLIP (embed_dim is then the image tower's width) */
 } clipc_config;
 
 typedef struct clipc_model clipc_model;
@@ -115,6 +121,10 @@ size_t clipc_model_param_count(const clipc_model *model);
 const char *clipc_model_source_dtype(const clipc_model *model);
 /* exp(logit_scale): the inverse temperature that multiplies cosines. */
 float clipc_model_logit_scale(const clipc_model *model);
+/* logit_bias (SigLIP: logits = exp(logit_scale) cos + logit_bias), 0 without. */
+float clipc_model_logit_bias(const clipc_model *model);
+/* "CLIP" or "SigLIP". */
+const char *clipc_model_family_name(const clipc_model *model);
 
 /* encode_image: pixels are n preprocessed images [n,3,R,R] (R =
  * image_resolution); out receives [n, embed_dim] un-normalised projections,
@@ -162,6 +172,19 @@ typedef struct clipc_tokenizer clipc_tokenizer;
 
 /* The BPE merges built into the library (OpenAI's bpe_simple_vocab_16e6). */
 clipc_tokenizer *clipc_tokenizer_new(clipc_error *err);
+/* A SentencePiece model file: SigLIP's spiece.model (Hugging Face's
+ * SiglipTokenizer: lower-cased, punctuation removed, </s> appended) or
+ * SigLIP 2's Gemma tokenizer.model (<bos> prepended); a tokenizer_config.json
+ * beside it says which and overrides the special tokens. clipc_tokenize
+ * then pads rows with the pad id, as padding="max_length" does. */
+clipc_tokenizer *clipc_tokenizer_load(const char *path, clipc_error *err);
+/* The tokenizer a model's texts need: the built-in BPE for CLIP models; for
+ * SigLIP, the SentencePiece model found beside its checkpoint at load. */
+clipc_tokenizer *clipc_model_tokenizer(const clipc_model *model, clipc_error *err);
+/* SigLIP: the SentencePiece file found beside the checkpoint at load (NULL: none). */
+const char *clipc_model_tokenizer_path(const clipc_model *model);
+/* How many ids the tokenizer can produce. */
+int clipc_tokenizer_vocab_size(const clipc_tokenizer *tok);
 void clipc_tokenizer_free(clipc_tokenizer *tok);
 
 /* SimpleTokenizer.encode: BPE ids of the cleaned text, no SOT/EOT.
@@ -191,6 +214,14 @@ int clipc_preprocess_file(const char *path, int size, float *out, clipc_error *e
 int clipc_preprocess_memory(const void *data, size_t len, const char *name, int size,
                             float *out, clipc_error *err);
 
+/* The preprocessing a model was trained with, at its image_resolution R:
+ * CLIP's above, or SigLIP's (Hugging Face's SiglipImageProcessor:
+ * convert('RGB'), bicubic resize of the whole image to R x R without
+ * cropping, mean = std = 0.5). out receives [3, R, R]. */
+int clipc_model_preprocess_file(const clipc_model *model, const char *path, float *out, clipc_error *err);
+int clipc_model_preprocess_memory(const clipc_model *model, const void *data, size_t len, const char *name,
+                                  float *out, clipc_error *err);
+
 /* ---- zero-shot classification -------------------------------------------- */
 
 /* OpenAI's 80 ImageNet prompt templates ("a bad photo of a {}.", ...). */
@@ -213,7 +244,8 @@ int clipc_zeroshot_classify(clipc_model *model, clipc_tokenizer *tok, const char
                             const char *const *templates, int n_templates, const float *image_features, int n_images,
                             float *probs, clipc_error *err);
 
-/* probs[i, l] = softmax_l(exp(logit_scale) * cos(image_features[i], weights[l])). */
+/* probs[i, l] = softmax_l(exp(logit_scale) * cos(image_features[i], weights[l]));
+ * SigLIP: sigmoid(exp(logit_scale) * cos + logit_bias), independent per label. */
 void clipc_zeroshot_probs(const clipc_model *model, const float *image_features, int n_images,
                           const float *weights, int n_labels, float *probs);
 

@@ -18,6 +18,7 @@ PACKAGES=(
   openmpi-bin libopenmpi-dev  # data-parallel training: mpirun -np N clipc train ...
   libsqlite3-dev           # the image index (clipc index/search)
   libfaiss-dev             # approximate search (clipc search --ann)
+  libsentencepiece-dev     # SigLIP's and SigLIP 2's SentencePiece tokenizers
   libmicrohttpd-dev        # clipc serve
 )
 # `deps.sh --test` adds what only the tests use: headless Chromium for the

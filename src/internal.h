@@ -206,6 +206,10 @@ typedef struct model_layout {
     /* ViT */
     size_t v_class, v_pos, v_conv, v_ln_pre_w, v_ln_pre_b, v_ln_post_w, v_ln_post_b, v_proj;
     block_offsets *v_blocks;
+    /* SigLIP's ViT: the patch embedding's bias, and the MAP head (a learned
+     * probe attending over every token, then LayerNorm and a residual MLP) */
+    size_t v_conv_b, v_probe, v_head_ln_w, v_head_ln_b;
+    block_offsets v_head; /* qkv_*, out_* (the attention), fc_*, proj_* (the MLP) */
     /* ResNet */
     size_t r_conv[3];
     bn_offsets r_bn[3];
@@ -214,6 +218,7 @@ typedef struct model_layout {
     size_t ap_pos, ap_q_w, ap_q_b, ap_k_w, ap_k_b, ap_v_w, ap_v_b, ap_c_w, ap_c_b;
     /* text */
     size_t t_tok, t_pos, t_ln_w, t_ln_b, t_proj;
+    size_t t_head_b; /* SigLIP: t_proj is the head nn.Linear [embed_dim, width], with this bias */
     block_offsets *t_blocks;
     size_t logit_scale;
     size_t logit_bias; /* SigLIP only (cfg.has_logit_bias) */
@@ -248,6 +253,8 @@ struct clipc_model {
     /* CoOp's class-specific contexts (cfg.prompt_classes > 0): the class of
      * each, in the order of prompt_learner.ctx (owned, cfg.prompt_classes strings). */
     char **prompt_labels;
+    /* SigLIP: the SentencePiece model found beside the checkpoint (owned; NULL: none) */
+    char *tokenizer_path;
     /* Debug tap: when set, called with named intermediate activations
      * (rows x cols, row-major) so tests can localise a mismatch. */
     void (*tap)(void *ctx, const char *name, const float *x, int rows, int cols);
@@ -434,6 +441,13 @@ int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_e
  * crop. Errors name the image. */
 int image_memory_rgb(const void *data, size_t len, const char *name, int size, unsigned char *rgb, clipc_error *err);
 int image_file_rgb(const char *path, int size, unsigned char *rgb, clipc_error *err);
+/* SigLIP's: convert('RGB'), then a bicubic resize to size x size (no crop). */
+int image_resize_square_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err);
+/* A decoded image as a model of that family (CLIPC_CLIP, CLIPC_SIGLIP)
+ * takes it: [3, size, size] floats. */
+int image_pixels(const image *im, int family, int size, float *out, clipc_error *err);
+/* SigLIP's whole preprocessing of an encoded image at size x size. */
+int image_siglip_pixels(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err);
 /* ToTensor + Normalize(CLIP mean, std): packed RGB -> [3, size, size]. */
 void image_normalize(const unsigned char *rgb, int size, float *out);
 /* RGB pixels [height, width, 3] as a PNG file in memory (*out malloc'd). */
@@ -446,7 +460,23 @@ int image_encode_png(const unsigned char *rgb, int width, int height, unsigned c
  * (identical ids); tests set it to compare both paths. */
 extern size_t bpe_long_threshold;
 
+/* ---- tokenizer/spm.c: SigLIP's and Gemma's SentencePiece tokenizers ---- */
+
+typedef struct spm_tokenizer spm_tokenizer;
+spm_tokenizer *spm_tokenizer_load(const char *path, clipc_error *err);
+void spm_tokenizer_free(spm_tokenizer *t);
+int spm_tokenizer_vocab(const spm_tokenizer *t);
+int spm_tokenizer_encode(const spm_tokenizer *t, const char *text, int32_t **ids, int *n, clipc_error *err);
+/* One padded row of context ids (clipc_tokenize for a SentencePiece tokenizer). */
+int spm_tokenizer_row(const spm_tokenizer *t, const char *text, int context, int truncate, int32_t *out,
+                      clipc_error *err);
+
 /* ---- tokenizer/clean.c --------------------------------------------------- */
+
+/* SigLIP's text before SentencePiece: "▁" + text (its "▁" made spaces),
+ * lower-cased if lower, ASCII punctuation removed, whitespace runs made one
+ * space, stripped (malloc'd, or NULL with err set). */
+char *text_siglip_canonical(const char *text, bool lower, clipc_error *err);
 
 /* basic_clean + whitespace_clean + lower(): the text that the pre-split regex
  * sees. Returns a malloc'd UTF-8 string, or NULL with err set. */

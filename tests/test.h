@@ -56,5 +56,6 @@ void test_arch(void);
 void test_pull(void);
 void test_hostile(void);
 void test_finetune(void);
+void test_siglip(void);
 
 #endif

@@ -209,13 +209,13 @@ static void check_refusals(void) {
     if (!mkdtemp(dir)) return;
     snprintf(cmd, sizeof cmd,
              "cp tests/data/arch/hf_mlp2.5_eps_mixed_act/model.safetensors %s/ && "
-             "sed 's/\"hidden_act\": \"gelu\"/\"hidden_act\": \"gelu_new\"/' tests/data/arch/hf_mlp2.5_eps_mixed_act/config.json > %s/config.json",
+             "sed 's/\"hidden_act\": \"gelu\"/\"hidden_act\": \"silu\"/' tests/data/arch/hf_mlp2.5_eps_mixed_act/config.json > %s/config.json",
              dir, dir);
     CHECK(run_cmd(cmd) == 0, "prepare");
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     clipc_error err;
     clipc_model *m = clipc_model_load(path, &err);
-    CHECK(!m && strstr(err.message, "vision_config.hidden_act 'gelu_new' is not supported"), "gelu_new: %s",
+    CHECK(!m && strstr(err.message, "vision_config.hidden_act 'silu' is not supported"), "silu: %s",
           m ? "(loaded)" : err.message);
     clipc_model_free(m);
     /* OpenCLIP's open_clip_config.json beside the file: heads come from it,

@@ -104,17 +104,27 @@ static int act_kind;
 static void act_f(const float *v, float *y, void *p) {
     (void)p;
     memcpy(y, v, N * IN * sizeof *y);
-    if (act_kind == CLIPC_GELU) gelu_forward(y, N * IN);
-    else quick_gelu_forward(y, N * IN);
+    activation_forward(y, N * IN, act_kind);
 }
 
 static void check_activations(void) {
     float x[N * IN], w[N * IN], dx[N * IN];
     fill(x, N * IN, 12, 2), fill(w, N * IN, 13, 1);
-    for (act_kind = 0; act_kind < 2; act_kind++) {
+    static const char *const names[] = {"QuickGELU", "GELU", "GELU (tanh)"};
+    for (act_kind = 0; act_kind <= CLIPC_GELU_TANH; act_kind++) {
         activation_backward(dx, w, x, N * IN, act_kind);
-        check_fd(act_kind == CLIPC_GELU ? "GELU" : "QuickGELU", act_f, NULL, x, N * IN, N * IN, w, dx);
+        check_fd(names[act_kind], act_f, NULL, x, N * IN, N * IN, w, dx);
     }
+    /* the tanh approximation against its formula in double precision */
+    float y[N * IN];
+    memcpy(y, x, sizeof y);
+    activation_forward(y, N * IN, CLIPC_GELU_TANH);
+    double worst = 0;
+    for (int i = 0; i < N * IN; i++) {
+        double v = x[i], want = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        worst = fmax(worst, fabs(y[i] - want));
+    }
+    CHECK(worst < 1e-6, "GELU (tanh) differs from its formula by %.3g", worst);
 }
 
 /* attention over two packed sequences of lengths 3 and 5, D 8, 2 heads */

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Tokenizes texts into [n, ctx] rows; empty texts are refused. */
-static int tokenize_texts(const char *const *texts, int n, int ctx, bool truncate, int32_t *tokens) {
+/* Tokenizes texts into [n, ctx] rows with the model's tokenizer; empty texts are refused. */
+static int tokenize_texts(const clipc_model *m, const char *const *texts, int n, int ctx, bool truncate, int32_t *tokens) {
     clipc_error err;
-    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    clipc_tokenizer *tok = clipc_model_tokenizer(m, &err);
     if (!tok) return cli_error("%s", err.message);
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
@@ -98,7 +98,7 @@ int cmd_embed(int argc, char **argv) {
         else {
             n = n_texts;
             tokens = malloc((size_t)n * ctx * sizeof *tokens);
-            rc = tokens ? tokenize_texts(texts, n, ctx, truncate, tokens) : cli_error("out of memory");
+            rc = tokens ? tokenize_texts(m, texts, n, ctx, truncate, tokens) : cli_error("out of memory");
         }
         if (rc == 0) {
             features = malloc((size_t)n * E * sizeof *features + 1);
@@ -245,7 +245,7 @@ int cmd_classify(int argc, char **argv) {
         int E = clipc_model_config(m)->embed_dim;
         features = malloc((size_t)n_images * E * sizeof *features);
         probs = malloc((size_t)n_images * n_labels * sizeof *probs);
-        tok = clipc_tokenizer_new(&err);
+        tok = clipc_model_tokenizer(m, &err);
         if (!features || !probs || !tok) rc = cli_error("%s", tok ? "out of memory" : err.message);
     }
     if (rc == 0) cli_note_default_model(model_path, images, n_images);
@@ -280,6 +280,9 @@ int cmd_classify(int argc, char **argv) {
                 }
                 printf("]}");
             } else {
+                /* SigLIP's are independent sigmoids: they need not sum to 1 */
+                if (i == 0 && clipc_model_config(m)->family == CLIPC_SIGLIP)
+                    printf("(SigLIP: each label's own probability, sigmoid(scale cos + bias))\n");
                 printf("%s\n", images[i]);
                 for (int a = 0; a < k; a++) printf("  %7.2f%%  %s\n", 100.0 * p[order[a]], labels[order[a]]);
             }

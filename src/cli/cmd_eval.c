@@ -189,7 +189,7 @@ static int eval_zeroshot(const eval_args *a) {
     clipc_tokenizer *tok = NULL;
     if (rc == 0) {
         progress_ctx p = {"images", cli_now()};
-        tok = clipc_tokenizer_new(&err);
+        tok = clipc_model_tokenizer(m, &err);
         if (!tok || zeroshot_evaluate(m, tok, &set, 0, templates, n_templates, progress_cb, &p, &cm, &err))
             rc = cli_error("%s", err.message);
     }
@@ -233,7 +233,7 @@ static int text_features(clipc_model *m, char *const *texts, int n, float *featu
     enum { TEXT_BATCH = 256 };
     int32_t *tokens = malloc((size_t)TEXT_BATCH * c->context_length * sizeof *tokens);
     clipc_error err;
-    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    clipc_tokenizer *tok = clipc_model_tokenizer(m, &err);
     int rc = tokens && tok ? 0 : cli_error("%s", tok ? "out of memory" : err.message);
     double start = cli_now();
     for (int done = 0; done < n && rc == 0; done += TEXT_BATCH) {

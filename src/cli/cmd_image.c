@@ -9,9 +9,10 @@
 
 #define FILE_BATCH 32
 
-/* Preprocesses paths[0..n) into pixels; on failure reports the first bad
- * file (in input order) and returns 1. */
-static int preprocess_batch(const char *const *paths, int n, int size, float *pixels) {
+/* Preprocesses paths[0..n) into pixels, as model m takes them (m NULL:
+ * CLIP's at size); on failure reports the first bad file (in input order)
+ * and returns 1. */
+static int preprocess_batch(const clipc_model *m, const char *const *paths, int n, int size, float *pixels) {
     size_t per = (size_t)3 * size * size;
     clipc_error *errs = calloc((size_t)n, sizeof *errs);
     int *failed = calloc((size_t)n, sizeof *failed);
@@ -21,7 +22,9 @@ static int preprocess_batch(const char *const *paths, int n, int size, float *pi
         return cli_error("out of memory");
     }
 #pragma omp parallel for schedule(dynamic)
-    for (int i = 0; i < n; i++) failed[i] = clipc_preprocess_file(paths[i], size, pixels + i * per, &errs[i]);
+    for (int i = 0; i < n; i++)
+        failed[i] = m ? clipc_model_preprocess_file(m, paths[i], pixels + i * per, &errs[i])
+                      : clipc_preprocess_file(paths[i], size, pixels + i * per, &errs[i]);
     int rc = 0;
     for (int i = 0; i < n && !rc; i++)
         if (failed[i]) rc = cli_error("%s", errs[i].message);
@@ -39,7 +42,7 @@ int cli_encode_image_files(clipc_model *m, const char *const *paths, int n, floa
     int rc = 0;
     for (int done = 0; done < n && rc == 0; done += FILE_BATCH) {
         int b = n - done < FILE_BATCH ? n - done : FILE_BATCH;
-        rc = preprocess_batch(paths + done, b, R, pixels);
+        rc = preprocess_batch(m, paths + done, b, R, pixels);
         clipc_error err;
         if (rc == 0 && clipc_encode_image(m, pixels, b, features + (size_t)done * E, &err))
             rc = cli_error("%s", err.message);
@@ -51,7 +54,8 @@ int cli_encode_image_files(clipc_model *m, const char *const *paths, int n, floa
 
 int cmd_preprocess(int argc, char **argv) {
     long size = 224;
-    const char *out = NULL;
+    const char *out = NULL, *model_path = NULL;
+    bool sized = false;
     const char **files = malloc((size_t)(argc + 1) * sizeof *files);
     int n = 0;
     if (!files) return cli_error("out of memory");
@@ -61,10 +65,14 @@ int cmd_preprocess(int argc, char **argv) {
                 free(files);
                 return 1;
             }
+            sized = true;
         } else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "-m") && i + 1 < argc) model_path = argv[++i];
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc preprocess [--size N] IMAGE... -o FILE.npy\n"
-                   "  OpenAI's _transform(N) (default 224): float32 [n, 3, N, N]\n");
+            printf("usage: clipc preprocess [--size N | -m MODEL] IMAGE... -o FILE.npy\n"
+                   "  OpenAI's _transform(N) (default 224): float32 [n, 3, N, N];\n"
+                   "  -m: the preprocessing that model takes (a SigLIP model's: the whole image resized to\n"
+                   "  its resolution, mean = std = 0.5), at its resolution\n");
             free(files);
             return 0;
         } else if (argv[i][0] == '-') {
@@ -77,13 +85,18 @@ int cmd_preprocess(int argc, char **argv) {
     int rc = 0;
     if (!out) rc = cli_error("preprocess: needs -o FILE.npy");
     else if (n == 0) rc = cli_error("preprocess: no images given");
+    else if (model_path && sized) rc = cli_error("preprocess: give --size or -m, not both (a model has its resolution)");
+    clipc_model *m = rc == 0 && model_path ? cli_load_model(model_path) : NULL;
+    if (model_path && rc == 0 && !m) rc = 1;
+    if (m) size = clipc_model_config(m)->image_resolution;
     size_t per = (size_t)3 * size * size;
     float *pixels = rc ? NULL : malloc((size_t)n * per * sizeof *pixels);
     if (rc == 0 && !pixels) rc = cli_error("out of memory for %d images", n);
     for (int done = 0; done < n && rc == 0; done += FILE_BATCH) {
         int b = n - done < FILE_BATCH ? n - done : FILE_BATCH;
-        rc = preprocess_batch(files + done, b, (int)size, pixels + (size_t)done * per);
+        rc = preprocess_batch(m, files + done, b, (int)size, pixels + (size_t)done * per);
     }
+    clipc_model_free(m);
     clipc_error err;
     int64_t shape[4] = {n, 3, size, size};
     if (rc == 0 && npy_write(out, "<f4", 4, shape, pixels, &err)) rc = cli_error("%s", err.message);

@@ -113,14 +113,14 @@ static int make_query(clipc_model *m, const char *text, const char *image, float
     if (image) {
         float *pixels = malloc((size_t)3 * c->image_resolution * c->image_resolution * sizeof *pixels);
         int rc = pixels ? 0 : cli_error("out of memory");
-        if (rc == 0 && (clipc_preprocess_file(image, c->image_resolution, pixels, &err) ||
+        if (rc == 0 && (clipc_model_preprocess_file(m, image, pixels, &err) ||
                         clipc_encode_image(m, pixels, 1, q, &err)))
             rc = cli_error("%s", err.message);
         if (rc == 0) clipc_normalize_rows(q, 1, c->embed_dim);
         free(pixels);
         return rc;
     }
-    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    clipc_tokenizer *tok = clipc_model_tokenizer(m, &err);
     int rc = !tok || query_vector(m, tok, text, q, &err) ? cli_error("%s", err.message) : 0;
     clipc_tokenizer_free(tok);
     return rc;

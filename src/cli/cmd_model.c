@@ -41,7 +41,9 @@ int cmd_info(int argc, char **argv) {
     clipc_model *m = cli_load_model(argc ? argv[0] : NULL);
     if (!m) return 1;
     const clipc_config *c = clipc_model_config(m);
+    static const char *const act_names[] = {"QuickGELU", "GELU", "GELU (tanh)"};
     printf("file:           %s\n", argc ? argv[0] : "the default model (" DEFAULT_MODEL_FILE ")");
+    printf("family:         %s\n", clipc_model_family_name(m));
     if (c->vision_tower == CLIPC_VIT)
         printf("vision:         ViT, width %d, %d layers, %d heads, patch %d, %dx%d input\n", c->vision_width,
                c->vision_layers, c->vision_heads, c->vision_patch_size, c->image_resolution, c->image_resolution);
@@ -53,16 +55,23 @@ int cmd_info(int argc, char **argv) {
            c->text_layers, c->text_heads, c->context_length, c->vocab_size);
     printf("embedding:      %d\n", c->embed_dim);
     if (c->vision_tower == CLIPC_VIT)
-        printf("vision details: MLP %d wide, LayerNorm eps %g, %s%s\n", c->vision_mlp_width, c->vision_ln_eps,
-               c->vision_activation == CLIPC_GELU ? "GELU" : "QuickGELU", c->vision_layer_scale ? ", LayerScale" : "");
-    printf("text details:   MLP %d wide, LayerNorm eps %g, %s%s\n", c->text_mlp_width, c->text_ln_eps,
-           c->activation == CLIPC_GELU ? "GELU" : "QuickGELU", c->text_layer_scale ? ", LayerScale" : "");
+        printf("vision details: MLP %d wide, LayerNorm eps %g, %s%s%s\n", c->vision_mlp_width, c->vision_ln_eps,
+               act_names[c->vision_activation], c->vision_layer_scale ? ", LayerScale" : "",
+               c->family == CLIPC_SIGLIP ? ", no class token, attention-pooling (MAP) head" : "");
+    printf("text details:   MLP %d wide, LayerNorm eps %g, %s%s%s\n", c->text_mlp_width, c->text_ln_eps,
+           act_names[c->activation], c->text_layer_scale ? ", LayerScale" : "",
+           c->family == CLIPC_SIGLIP ? ", bidirectional, pooled at the last position" : "");
     printf("parameters:     %zu\n", clipc_model_param_count(m));
     char kernel[256];
     int prec = clipc_model_precision(m);
     printf("dtype:          %s\n", clipc_model_source_dtype(m));
     printf("precision:      %s (GEMMs: %s)\n", clipc_precision_name(prec), clipc_precision_kernel(prec, kernel, sizeof kernel));
     printf("logit scale:    %.4f\n", clipc_model_logit_scale(m));
+    if (c->has_logit_bias) printf("logit bias:     %.4f\n", clipc_model_logit_bias(m));
+    if (c->family == CLIPC_SIGLIP) {
+        const char *tp = clipc_model_tokenizer_path(m);
+        printf("tokenizer:      %s\n", tp ? tp : "none found beside the checkpoint (spiece.model or tokenizer.model)");
+    }
     clipc_model_free(m);
     return 0;
 }

@@ -7,7 +7,8 @@
 
 int cmd_tokenize(int argc, char **argv) {
     long context = 77;
-    bool truncate = false, ids_only = false;
+    bool truncate = false, ids_only = false, context_given = false;
+    const char *model_path = NULL, *spm_path = NULL;
     const char *npy = NULL; /* --npy OUT.npy: the rows as int32 [n, context], for embed --tokens */
     const char **texts = malloc((size_t)(argc + 1) * sizeof *texts);
     int n = 0;
@@ -18,15 +19,23 @@ int cmd_tokenize(int argc, char **argv) {
                 free(texts);
                 return 1;
             }
+            context_given = true;
+        } else if (!strcmp(argv[i], "-m") && i + 1 < argc) {
+            model_path = argv[++i];
+        } else if (!strcmp(argv[i], "--spm") && i + 1 < argc) {
+            spm_path = argv[++i];
         } else if (!strcmp(argv[i], "--npy") && i + 1 < argc) {
             npy = argv[++i];
         } else if (!strcmp(argv[i], "--truncate")) truncate = true;
         else if (!strcmp(argv[i], "--ids")) ids_only = true;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc tokenize [--context N] [--truncate] [--ids | --npy OUT.npy] TEXT...\n"
+            printf("usage: clipc tokenize [-m MODEL | --spm FILE.model] [--context N] [--truncate] [--ids | --npy OUT.npy] TEXT...\n"
                    "  prints clip.tokenize(TEXT) rows: SOT, ids, EOT, zero padding to N (77);\n"
                    "  --ids prints only the BPE ids (SimpleTokenizer.encode); --npy writes the rows as\n"
-                   "  int32 [texts, N] instead (what embed --tokens reads)\n");
+                   "  int32 [texts, N] instead (what embed --tokens reads).\n"
+                   "  -m: the model's tokenizer at its context length (a SigLIP model's SentencePiece\n"
+                   "  tokenizer, rows padded as Hugging Face's padding=\"max_length\"); --spm: a SentencePiece\n"
+                   "  model file (spiece.model, tokenizer.model) as SigLIP / SigLIP 2 use it\n");
             free(texts);
             return 0;
         } else if (!strcmp(argv[i], "--")) { /* everything after is text */
@@ -43,7 +52,19 @@ int cmd_tokenize(int argc, char **argv) {
         return cli_error("%s", n == 0 ? "tokenize: no text given" : "tokenize: --npy writes full rows; drop --ids");
     }
     clipc_error err;
-    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    if (model_path && spm_path) {
+        free(texts);
+        return cli_error("tokenize: give -m or --spm, not both");
+    }
+    clipc_model *m = model_path ? cli_load_model(model_path) : NULL;
+    if (model_path && !m) {
+        free(texts);
+        return 1;
+    }
+    if (m && !context_given) context = clipc_model_config(m)->context_length;
+    clipc_tokenizer *tok = m ? clipc_model_tokenizer(m, &err) : spm_path ? clipc_tokenizer_load(spm_path, &err)
+                                                                         : clipc_tokenizer_new(&err);
+    clipc_model_free(m);
     if (!tok) {
         free(texts);
         return cli_error("%s", err.message);

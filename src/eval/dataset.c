@@ -231,9 +231,12 @@ bool image_set_numbered(const image_set *s) {
     return s->n_classes > 0;
 }
 
-int image_set_pixels(const image_set *s, int i, int R, float *out, clipc_error *err) {
-    if (!s->paths) return fmnist_pixels(&s->fm, i, R, out, err);
-    return clipc_preprocess_file(s->paths[i], R, out, err);
+int image_set_pixels(const image_set *s, int i, const clipc_model *m, float *out, clipc_error *err) {
+    const clipc_config *c = clipc_model_config(m);
+    if (s->paths) return clipc_model_preprocess_file(m, s->paths[i], out, err);
+    if (c->family == CLIPC_CLIP) return fmnist_pixels(&s->fm, i, c->image_resolution, out, err);
+    image im = fmnist_image(&s->fm, i);
+    return image_pixels(&im, c->family, c->image_resolution, out, err);
 }
 
 int image_set_rgb(const image_set *s, int i, int size, unsigned char *rgb, clipc_error *err) {
@@ -254,7 +257,9 @@ void image_set_free(image_set *s) {
 
 enum { FEATURE_BATCH = 64 };
 
-int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n, int R, float *out, clipc_error *err) {
+int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n, const clipc_model *m, float *out,
+                           clipc_error *err) {
+    int R = clipc_model_config(m)->image_resolution;
     size_t image_floats = (size_t)3 * R * R;
     clipc_error *errs = calloc((size_t)(n > 0 ? n : 1), sizeof *errs);
     int *failed = calloc((size_t)(n > 0 ? n : 1), sizeof *failed);
@@ -262,7 +267,7 @@ int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n
     if (rc == 0) {
         #pragma omp parallel for schedule(dynamic)
         for (int i = 0; i < n; i++)
-            failed[i] = image_set_pixels(s, rows ? rows[i] : first + i, R, out + i * image_floats, &errs[i]);
+            failed[i] = image_set_pixels(s, rows ? rows[i] : first + i, m, out + i * image_floats, &errs[i]);
     }
     for (int i = 0; i < n && rc == 0; i++)
         if (failed[i]) {
@@ -282,7 +287,7 @@ int image_set_features(clipc_model *m, const image_set *s, int first, int n, flo
     int rc = pixels ? 0 : clipc_fail(err, "out of memory");
     for (int done = 0; done < n && rc == 0; done += FEATURE_BATCH) {
         int b = n - done < FEATURE_BATCH ? n - done : FEATURE_BATCH;
-        rc = image_set_pixels_batch(s, NULL, first + done, b, R, pixels, err);
+        rc = image_set_pixels_batch(s, NULL, first + done, b, m, pixels, err);
         if (rc == 0) rc = clipc_encode_image(m, pixels, b, features + (size_t)done * E, err);
         if (rc == 0) clipc_normalize_rows(features + (size_t)done * E, b, E);
         if (rc == 0 && progress) progress(ctx, done + b, n);

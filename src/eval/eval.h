@@ -32,11 +32,12 @@ int image_set_read_classnames(image_set *s, const char *path, clipc_error *err);
 /* True when every class name is a number (a CSV of class numbers before
  * --classnames names them): prompts like "a photo of a 3." mean nothing. */
 bool image_set_numbered(const image_set *s);
-/* Image i as CLIP input [3, R, R], as _transform(R) gives it. */
-int image_set_pixels(const image_set *s, int i, int R, float *out, clipc_error *err);
-/* Images rows[0..n) (rows NULL: first..first+n-1) as CLIP input [n, 3, R, R],
+/* Image i as the model's input [3, R, R] (clipc_model_preprocess_file). */
+int image_set_pixels(const image_set *s, int i, const clipc_model *m, float *out, clipc_error *err);
+/* Images rows[0..n) (rows NULL: first..first+n-1) as the model's input [n, 3, R, R],
  * decoded on all cores; a failure reports the first failing image's error. */
-int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n, int R, float *out, clipc_error *err);
+int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n, const clipc_model *m, float *out,
+                           clipc_error *err);
 /* Image i resized and center-cropped to size x size RGB bytes (thumbnails). */
 int image_set_rgb(const image_set *s, int i, int size, unsigned char *rgb, clipc_error *err);
 void image_set_free(image_set *s);

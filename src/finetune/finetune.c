@@ -60,6 +60,8 @@ bool finetune_trains(const finetune_options *o, int tower) {
 
 int finetune_check(const clipc_model *m, const finetune_options *o, clipc_error *err) {
     const clipc_config *c = &m->cfg;
+    if (c->family == CLIPC_SIGLIP) /* its MAP head and bidirectional text tower have no backward pass yet */
+        return clipc_fail(err, "SigLIP models run in clipc for inference only: fine-tuning them is not supported yet");
     if (m->precision != CLIPC_FP32)
         return clipc_fail(err, "fine-tuning runs at fp32 (the model is set to %s)", clipc_precision_name(m->precision));
     if (finetune_trains(o, FT_IMAGE) && c->vision_tower != CLIPC_VIT)
@@ -171,7 +173,7 @@ static int load_pixels(const clipc_model *m, const image_set *set, const int *ro
                           (double)n * per * 4 / (1 << 30));
     if (!(*pixels = malloc((size_t)n * per * sizeof **pixels)))
         return clipc_fail(err, "out of memory for the training images");
-    if (image_set_pixels_batch(set, rows, 0, n, R, *pixels, err)) {
+    if (image_set_pixels_batch(set, rows, 0, n, m, *pixels, err)) {
         free(*pixels);
         *pixels = NULL;
         return -1;

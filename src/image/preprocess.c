@@ -1,4 +1,5 @@
-/* preprocess.c — OpenAI's _transform(n) (clip/clip.py):
+/* preprocess.c — OpenAI's _transform(n) (clip/clip.py), and at the end
+ * SigLIP's image processor:
  *     Resize(n, BICUBIC)  short side to n, long side int(n * long / short)
  *     CenterCrop(n)       offset int(round((size - n) / 2)), half to even
  *     convert("RGB")
@@ -86,6 +87,69 @@ int clipc_preprocess_memory(const void *data, size_t len, const char *name, int 
     int rc = image_memory_rgb(data, len, name, size, rgb, err);
     if (rc == 0) image_normalize(rgb, size, out);
     free(rgb);
+    return rc;
+}
+
+/* SiglipImageProcessor: convert('RGB') first, then PIL's bicubic resize of
+ * the whole image to size x size (no crop: the aspect ratio is not kept). */
+int image_resize_square_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err) {
+    image in = {.mode = IM_RGB, .width = im->width, .height = im->height, .channels = 3};
+    if (!(in.pixels = malloc((size_t)im->width * im->height * 3))) return clipc_fail(err, "out of memory");
+    image_to_rgb(im, in.pixels);
+    image resized;
+    int rc = image_resize(&in, size, size, &resized, err);
+    free(in.pixels);
+    if (rc) return -1;
+    memcpy(rgb, resized.pixels, (size_t)size * size * 3);
+    image_free(&resized);
+    return 0;
+}
+
+/* rescale (x * 1/255 in float64, stored float32) then normalize ((x - 0.5) / 0.5 in float32), as
+ * transformers' image_transforms compute them. */
+static void siglip_normalize(const unsigned char *rgb, int size, float *out) {
+    size_t plane = (size_t)size * size;
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < plane; i++)
+            out[c * plane + i] = ((float)(rgb[i * 3 + c] * (1.0 / 255.0)) - 0.5f) / 0.5f;
+}
+
+int image_siglip_pixels(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err) {
+    image im;
+    if (image_decode(data, len, name, &im, err)) return -1;
+    int rc = image_pixels(&im, CLIPC_SIGLIP, size, out, err);
+    if (rc) clipc_fail_prefix(err, name);
+    image_free(&im);
+    return rc;
+}
+
+int image_pixels(const image *im, int family, int size, float *out, clipc_error *err) {
+    if (size < 1 || size > 4096) return clipc_fail(err, "preprocess size %d is out of range (1..4096)", size);
+    unsigned char *rgb = malloc((size_t)size * size * 3);
+    if (!rgb) return clipc_fail(err, "out of memory");
+    int rc = family == CLIPC_SIGLIP ? image_resize_square_rgb(im, size, rgb, err) : image_resize_crop_rgb(im, size, rgb, err);
+    if (rc == 0) (family == CLIPC_SIGLIP ? siglip_normalize : image_normalize)(rgb, size, out);
+    free(rgb);
+    return rc;
+}
+
+int clipc_model_preprocess_memory(const clipc_model *m, const void *data, size_t len, const char *name, float *out,
+                                  clipc_error *err) {
+    const clipc_config *c = clipc_model_config(m);
+    image im;
+    if (image_decode(data, len, name, &im, err)) return -1;
+    int rc = image_pixels(&im, c->family, c->image_resolution, out, err);
+    if (rc) clipc_fail_prefix(err, name);
+    image_free(&im);
+    return rc;
+}
+
+int clipc_model_preprocess_file(const clipc_model *m, const char *path, float *out, clipc_error *err) {
+    unsigned char *data;
+    size_t len;
+    if (read_file(path, &data, &len, err)) return -1;
+    int rc = clipc_model_preprocess_memory(m, data, len, path, out, err);
+    free(data);
     return rc;
 }
 

@@ -324,6 +324,7 @@ typedef struct batch {
 typedef struct decoder {
     const file_list *work;
     int R;
+    const clipc_model *m; /* whose preprocessing the images get */
     batch slots[2];
     pthread_t thread;
     pthread_mutex_t lock;
@@ -340,8 +341,8 @@ static void decode_batch(decoder *dc, batch *b, int k) {
      * is the bottleneck and gets every core the encoder leaves idle */
     #pragma omp parallel for schedule(dynamic)
     for (int i = 0; i < b->count; i++)
-        b->ok[i] = clipc_preprocess_file(dc->work->items[b->first + i].path, dc->R, b->pixels + i * image,
-                                         &b->errs[i]) == 0;
+        b->ok[i] = clipc_model_preprocess_file(dc->m, dc->work->items[b->first + i].path, b->pixels + i * image,
+                                               &b->errs[i]) == 0;
 }
 
 static void *decoder_run(void *arg) {
@@ -471,7 +472,7 @@ int index_update(clip_index *ix, clipc_model *m, const char *const *dirs, int n_
     if (rc == 0 && work.n) {
         const clipc_config *c = clipc_model_config(m);
         int E = c->embed_dim;
-        decoder dc = {.work = &work, .R = c->image_resolution,
+        decoder dc = {.work = &work, .m = m, .R = c->image_resolution,
                       .total_batches = (int)((work.n + INDEX_BATCH - 1) / INDEX_BATCH)};
         float *features = malloc((size_t)INDEX_BATCH * E * sizeof *features), *packed = NULL;
         size_t image = (size_t)3 * dc.R * dc.R;

@@ -20,8 +20,13 @@ static void config_defaults(clipc_config *c) {
 }
 
 int config_validate(const clipc_config *c, clipc_error *err) {
-    bool acts_ok = (c->activation == CLIPC_QUICK_GELU || c->activation == CLIPC_GELU) &&
-                   (c->vision_activation == CLIPC_QUICK_GELU || c->vision_activation == CLIPC_GELU);
+    bool acts_ok = c->activation >= CLIPC_QUICK_GELU && c->activation <= CLIPC_GELU_TANH &&
+                   c->vision_activation >= CLIPC_QUICK_GELU && c->vision_activation <= CLIPC_GELU_TANH;
+    if (c->family != CLIPC_CLIP && c->family != CLIPC_SIGLIP) return clipc_fail(err, "unknown model family %d", c->family);
+    if (c->family == CLIPC_SIGLIP &&
+        (c->vision_tower != CLIPC_VIT || c->embed_dim != c->vision_width || c->prompt_ctx || c->adapter_hidden))
+        return clipc_fail(err, "invalid SigLIP configuration: a ViT whose width (%d) is the embedding size (%d), and no "
+                               "fine-tuning additions", c->vision_width, c->embed_dim);
     if (!acts_ok) return clipc_fail(err, "unknown activation (text %d, image %d)", c->activation, c->vision_activation);
     if (!(c->vision_ln_eps > 0.0f && c->vision_ln_eps < 1.0f && c->text_ln_eps > 0.0f && c->text_ln_eps < 1.0f))
         return clipc_fail(err, "invalid LayerNorm epsilon (image %g, text %g)", c->vision_ln_eps, c->text_ln_eps);
@@ -42,7 +47,7 @@ int config_validate(const clipc_config *c, clipc_error *err) {
         return clipc_fail(err, "invalid CoCoOp meta-network width %d (it needs a learned prompt)", c->prompt_meta_hidden);
     if (c->adapter_hidden < 0 || c->adapter_hidden > (1 << 16))
         return clipc_fail(err, "invalid adapter width %d", c->adapter_hidden);
-    if (c->vocab_size <= CLIPC_EOT)
+    if (c->family == CLIPC_CLIP && c->vocab_size <= CLIPC_EOT)
         return clipc_fail(err, "vocabulary of %d ids cannot hold CLIP's special tokens", c->vocab_size);
     if (c->vision_tower == CLIPC_VIT) {
         if (c->vision_width <= 0 || c->vision_layers <= 0 || c->vision_heads <= 0 ||
@@ -120,6 +125,7 @@ void clipc_model_free(clipc_model *m) {
     if (!m) return;
     for (int i = 0; m->prompt_labels && i < m->cfg.prompt_classes; i++) free(m->prompt_labels[i]);
     free(m->prompt_labels);
+    free(m->tokenizer_path);
     model_lowp_free(m);
     free(m->params);
     params_free(&m->table, &m->L);
@@ -220,6 +226,7 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
 #define META(key, ...) (keys[k] = key, snprintf(values[k], 64, __VA_ARGS__), k++)
     META("naming", "openai");
     META("format", "pt");
+    if (c->family == CLIPC_SIGLIP) META("family", "siglip");
     META("embed_dim", "%d", c->embed_dim);
     META("image_resolution", "%d", c->image_resolution);
     if (c->vision_tower == CLIPC_VIT) {
@@ -239,10 +246,11 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
     META("transformer_width", "%d", c->text_width);
     META("transformer_heads", "%d", c->text_heads);
     META("transformer_layers", "%d", c->text_layers);
-    META("activation", "%s", c->activation == CLIPC_GELU ? "gelu" : "quick_gelu");
+    static const char *const act_names[] = {"quick_gelu", "gelu", "gelu_tanh"};
+    META("activation", "%s", act_names[c->activation]);
     /* only what differs from OpenAI's: files of OpenAI-shaped models stay as they were */
     if (c->vision_tower == CLIPC_VIT && c->vision_activation != c->activation)
-        META("vision_activation", "%s", c->vision_activation == CLIPC_GELU ? "gelu" : "quick_gelu");
+        META("vision_activation", "%s", act_names[c->vision_activation]);
     if (c->vision_ln_eps != 1e-5f) META("vision_ln_eps", "%.9g", c->vision_ln_eps);
     if (c->text_ln_eps != 1e-5f) META("text_ln_eps", "%.9g", c->text_ln_eps);
 #undef META
@@ -345,6 +353,12 @@ size_t clipc_model_param_count_of(const param_table *t) {
 const char *clipc_model_source_dtype(const clipc_model *m) { return m->source_dtype; }
 
 float clipc_model_logit_scale(const clipc_model *m) { return expf(m->params[m->L.logit_scale]); }
+
+float clipc_model_logit_bias(const clipc_model *m) { return m->cfg.has_logit_bias ? m->params[m->L.logit_bias] : 0.0f; }
+
+const char *clipc_model_tokenizer_path(const clipc_model *m) { return m->tokenizer_path; }
+
+const char *clipc_model_family_name(const clipc_model *m) { return m->cfg.family == CLIPC_SIGLIP ? "SigLIP" : "CLIP"; }
 
 void clipc_normalize_rows(float *rows, int n, int dim) {
     for (int i = 0; i < n; i++) {

@@ -179,9 +179,19 @@ void gelu_forward(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
+/* GELU's tanh approximation (PyTorch's approximate="tanh", SigLIP's
+ * gelu_pytorch_tanh): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+static void gelu_tanh_forward(float *x, size_t n) {
+#pragma omp parallel for if (n > 65536)
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + tanhf(0.7978845608028654f * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+}
+
 /* Activation backward from the pre-activation x: dx = dy * act'(x).
  *   QuickGELU: s + 1.702 x s (1 - s), s = sigmoid(1.702 x)
- *   GELU:      Phi(x) + x phi(x) */
+ *   GELU:      Phi(x) + x phi(x)
+ *   GELU tanh: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 0.044715 x^2),
+ *              t = tanh(sqrt(2/pi) (x + 0.044715 x^3)) */
 static void quick_gelu_backward_chunk(float *restrict dx, const float *restrict dy, const float *restrict x, size_t n) {
     /* libm's correctly rounded expf here, not fast_expf: the derivative
      * amplifies exp's last-bit error, and training is checked against
@@ -193,6 +203,14 @@ static void quick_gelu_backward_chunk(float *restrict dx, const float *restrict 
 }
 
 void activation_backward(float *dx, const float *dy, const float *x, size_t n, int activation) {
+    if (activation == CLIPC_GELU_TANH) {
+#pragma omp parallel for if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            float k = 0.7978845608028654f, t = tanhf(k * (x[i] + 0.044715f * x[i] * x[i] * x[i]));
+            dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * x[i] * (1.0f - t * t) * k * (1.0f + 0.134145f * x[i] * x[i]));
+        }
+        return;
+    }
     if (activation == CLIPC_GELU) {
 #pragma omp parallel for if (n > 65536)
         for (size_t i = 0; i < n; i++) {
@@ -206,7 +224,9 @@ void activation_backward(float *dx, const float *dy, const float *x, size_t n, i
 }
 
 void activation_forward(float *x, size_t n, int activation) {
-    if (activation == CLIPC_GELU)
+    if (activation == CLIPC_GELU_TANH)
+        gelu_tanh_forward(x, n);
+    else if (activation == CLIPC_GELU)
         gelu_forward(x, n);
     else
         quick_gelu_forward(x, n);

@@ -93,7 +93,39 @@ static size_t add_conv(param_table *t, const char *name, int64_t cout, int64_t c
     return add(t, PI_NORMAL, default_std(cin * k * k), 4, SHAPE(cout, cin, k, k), "%s", name);
 }
 
+/* SigLIP's ViT (Hugging Face SiglipVisionTransformer, in clipc's names):
+ * no class token and no ln_pre; the patch embedding has a bias; the
+ * MultiheadAttentionPoolingHead replaces the class token and proj. */
+static int build_siglip_vit(const clipc_config *c, param_table *t, model_layout *L) {
+    int64_t W = c->vision_width, P = c->vision_patch_size, G = c->image_resolution / c->vision_patch_size;
+    int64_t H = c->vision_mlp_width;
+    L->v_conv = add_conv(t, "visual.conv1.weight", W, 3, P);
+    L->v_conv_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.conv1.bias");
+    L->v_pos = add(t, PI_NORMAL, (float)pow((double)W, -0.5), 2, SHAPE(G * G, W), "visual.positional_embedding");
+    L->v_blocks = calloc((size_t)c->vision_layers, sizeof *L->v_blocks);
+    if (!L->v_blocks) return -1;
+    for (int i = 0; i < c->vision_layers; i++)
+        add_block(t, &L->v_blocks[i], "visual.transformer.", i, W, H, c->vision_layers, false, false);
+    L->v_ln_post_w = add(t, PI_ONES, 0, 1, SHAPE(W), "visual.ln_post.weight");
+    L->v_ln_post_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.ln_post.bias");
+    block_offsets *h = &L->v_head;
+    h->ls1 = h->ls2 = (size_t)-1;
+    L->v_probe = add(t, PI_NORMAL, 1.0f, 3, SHAPE(1, 1, W), "visual.head.probe");
+    h->qkv_w = add(t, PI_NORMAL, (float)sqrt(2.0 / (double)(4 * W)), 2, SHAPE(3 * W, W), "visual.head.attn.in_proj_weight");
+    h->qkv_b = add(t, PI_ZEROS, 0, 1, SHAPE(3 * W), "visual.head.attn.in_proj_bias");
+    h->out_w = add(t, PI_NORMAL, default_std(W), 2, SHAPE(W, W), "visual.head.attn.out_proj.weight");
+    h->out_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.head.attn.out_proj.bias");
+    L->v_head_ln_w = add(t, PI_ONES, 0, 1, SHAPE(W), "visual.head.ln.weight");
+    L->v_head_ln_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.head.ln.bias");
+    h->fc_w = add(t, PI_NORMAL, default_std(W), 2, SHAPE(H, W), "visual.head.mlp.c_fc.weight");
+    h->fc_b = add(t, PI_ZEROS, 0, 1, SHAPE(H), "visual.head.mlp.c_fc.bias");
+    h->proj_w = add(t, PI_NORMAL, default_std(H), 2, SHAPE(W, H), "visual.head.mlp.c_proj.weight");
+    h->proj_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.head.mlp.c_proj.bias");
+    return 0;
+}
+
 static int build_vit(const clipc_config *c, param_table *t, model_layout *L) {
+    if (c->family == CLIPC_SIGLIP) return build_siglip_vit(c, t, L);
     int64_t W = c->vision_width, P = c->vision_patch_size, G = c->image_resolution / c->vision_patch_size;
     float scale = (float)pow((double)W, -0.5);
     L->v_class = add(t, PI_NORMAL, scale, 1, SHAPE(W), "visual.class_embedding");
@@ -190,7 +222,12 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
                   c->text_layer_scale);
     L->t_ln_w = add(t, PI_ONES, 0, 1, SHAPE(Wt), "ln_final.weight");
     L->t_ln_b = add(t, PI_ZEROS, 0, 1, SHAPE(Wt), "ln_final.bias");
-    L->t_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->embed_dim), "text_projection");
+    if (c->family == CLIPC_SIGLIP) { /* SigLIP's text head: nn.Linear(width, embed_dim) */
+        L->t_proj = add(t, PI_NORMAL, default_std(Wt), 2, SHAPE(c->embed_dim, Wt), "text_head.weight");
+        L->t_head_b = add(t, PI_ZEROS, 0, 1, SHAPE(c->embed_dim), "text_head.bias");
+    } else {
+        L->t_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->embed_dim), "text_projection");
+    }
     L->logit_scale = add(t, PI_LOGIT_SCALE, 0, 0, NULL, "logit_scale");
     if (c->has_logit_bias) L->logit_bias = add(t, PI_LOGIT_BIAS, 0, 0, NULL, "logit_bias");
     /* fine-tuned additions (finetune/): initialised by the method that trains them */

@@ -90,8 +90,10 @@ static dnnl_primitive_t matmul_primitive(dnnl_data_type_t in_type, dnnl_data_typ
     dnnl_post_ops_t po = NULL;
     if (accumulate || act >= 0) {
         /* QuickGELU x sigmoid(1.702 x) is oneDNN's swish with alpha 1.702 */
-        dnnl_alg_kind_t alg = act == CLIPC_GELU ? dnnl_eltwise_gelu_erf : dnnl_eltwise_swish;
-        float alpha = act == CLIPC_GELU ? 0.0f : 1.702f;
+        dnnl_alg_kind_t alg = act == CLIPC_GELU        ? dnnl_eltwise_gelu_erf
+                              : act == CLIPC_GELU_TANH ? dnnl_eltwise_gelu_tanh
+                                                       : dnnl_eltwise_swish;
+        float alpha = act == CLIPC_QUICK_GELU ? 1.702f : 0.0f;
         if (dnnl_primitive_attr_create(&attr) || dnnl_post_ops_create(&po) ||
             (accumulate && dnnl_post_ops_append_sum(po, 1.0f)) ||
             (act >= 0 && dnnl_post_ops_append_eltwise(po, 1.0f, alg, alpha, 0.0f)) ||
@@ -257,6 +259,10 @@ static int gemm_weights(const clipc_model *m, lowp_weight *w) {
         W(L->v_conv, D, 3 * P * P);
         for (int l = 0; l < c->vision_layers; l++) {
             const block_offsets *b = &L->v_blocks[l];
+            W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
+        }
+        if (c->family == CLIPC_SIGLIP) { /* the MAP head: its keys and values cover every token */
+            const block_offsets *b = &L->v_head;
             W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
         }
     } else {

@@ -34,7 +34,8 @@ void text_embed(const clipc_model *m, const int32_t *tokens, int n, const int *s
 }
 
 /* Pooling positions: text.argmax(-1), the first position of the largest id
- * (EOT for every tokenized text); ids outside the vocabulary are refused. */
+ * (EOT for every tokenized text), or SigLIP's last position; ids outside
+ * the vocabulary are refused. */
 int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int *eot, clipc_error *err) {
     for (int i = 0; i < n; i++) {
         const int32_t *row = tokens + (size_t)i * c->context_length;
@@ -45,7 +46,8 @@ int text_eot_positions(const clipc_config *c, const int32_t *tokens, int n, int 
                                   row[p], p, c->vocab_size - 1);
             if (row[p] > row[best]) best = p;
         }
-        eot[i] = best;
+        /* SigLIP pools the last position (its texts are padded to the context) */
+        eot[i] = c->family == CLIPC_SIGLIP ? c->context_length - 1 : best;
     }
     return 0;
 }
@@ -84,7 +86,10 @@ int text_forward(const clipc_model *m, arena *a, const int32_t *tokens, int n, c
     /* ln_final is per row, so only the pooled rows need it. */
     layernorm_forward(pooled, pooled, Pm + L->t_ln_w, Pm + L->t_ln_b, n, D, c->text_ln_eps);
     model_tap(m, "text.pooled", pooled, n, D);
-    matmul_forward(out, pooled, Pm + L->t_proj, n, D, c->embed_dim);
+    if (c->family == CLIPC_SIGLIP) /* SigLIP's head: nn.Linear(width, embed_dim) */
+        linear_forward(out, pooled, Pm + L->t_proj, Pm + L->t_head_b, n, D, c->embed_dim, false);
+    else
+        matmul_forward(out, pooled, Pm + L->t_proj, n, D, c->embed_dim);
     free(start);
     return 0;
 }

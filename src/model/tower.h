@@ -49,7 +49,7 @@ typedef struct text_prompt {
 typedef struct tower_spec {
     const block_offsets *blocks;
     int layers, D, heads, H; /* H: the MLP's hidden width */
-    int act;                 /* CLIPC_QUICK_GELU or CLIPC_GELU */
+    int act;                 /* CLIPC_QUICK_GELU, CLIPC_GELU or CLIPC_GELU_TANH */
     float eps;               /* LayerNorm epsilon */
     bool causal;             /* the text tower's mask */
     const char *prefix;      /* tensor-name prefix, for the debug tap */

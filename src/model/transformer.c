@@ -34,8 +34,9 @@ tower_spec vision_tower_spec(const clipc_model *m) {
 
 tower_spec text_tower_spec(const clipc_model *m) {
     const clipc_config *c = &m->cfg;
+    /* SigLIP's text tower has no causal mask: every position sees the padding too */
     return (tower_spec){m->L.t_blocks, c->text_layers, c->text_width, c->text_heads, c->text_mlp_width,
-                        c->activation, c->text_ln_eps, true, "transformer.", NULL};
+                        c->activation, c->text_ln_eps, c->family != CLIPC_SIGLIP, "transformer.", NULL};
 }
 
 /* x [n, D] += gamma * y (a LayerScale residual branch), rows ldx apart. */
@@ -169,8 +170,9 @@ void transformer_forward(const clipc_model *m, arena *a, const tower_spec *t, fl
     float *tmp = arena_alloc(a, (size_t)T * D);
     float *scratch = arena_alloc(a, attention_scratch(pk->max_len, D / t->heads));
     float *ws = arena_alloc(a, lowp_scratch(T, H > D ? H : D, H > D ? H : D));
-    /* With a debug tap every row of every block is wanted: no pruning. */
-    int full = m->tap ? t->layers : t->layers - 1;
+    /* With a debug tap, or no pool_row (every row is wanted: SigLIP's
+     * image tower pools them all), no pruning. */
+    int full = m->tap || !pool_row ? t->layers : t->layers - 1;
     char name[128];
     /* in place: the residual stream is x_in, x_mid and x_out; one LayerNorm
      * buffer serves both; fc_pre == fc_act fuses the MLP */
@@ -179,6 +181,7 @@ void transformer_forward(const clipc_model *m, arena *a, const tower_spec *t, fl
         block_forward(m, t, l, pk, &k, x, tmp, scratch, ws, m->tap && l == 0);
         if (m->tap) model_tap(m, (snprintf(name, sizeof name, "%sresblocks.%d", t->prefix, l), name), x, T, D);
     }
+    if (!pool_row) return;
     if (full == t->layers) {
         for (int s = 0; s < n; s++) memcpy(pooled + (size_t)s * D, x + (size_t)pool_row[s] * D, (size_t)D * sizeof *x);
     } else {

@@ -2,10 +2,21 @@
  *     patches = conv1(image)                      (stride = kernel = patch)
  *     x = [class_embedding; patches] + positional_embedding
  *     x = transformer(ln_pre(x))
- *     features = ln_post(x[class token]) @ proj */
+ *     features = ln_post(x[class token]) @ proj
+ * and SigLIP's (Hugging Face SiglipVisionTransformer):
+ *     x = conv1(image) + bias + positional_embedding        (no class token)
+ *     x = ln_post(transformer(x))                           (no ln_pre)
+ *     features = map_head(x)                                (no proj) */
 #include "tower.h"
 
+#include <math.h>
 #include <stdlib.h>
+
+/* Tokens per image: the patches, and OpenAI's class token. */
+static int vit_tokens(const clipc_config *c) {
+    int G = c->image_resolution / c->vision_patch_size;
+    return G * G + (c->family == CLIPC_SIGLIP ? 0 : 1);
+}
 
 /* conv1 as a GEMM (each patch unrolled in the weight's (c, ky, kx) order
  * into patches [n*G*G, 3*P*P], projected into emb [n*G*G, D]), then
@@ -15,7 +26,7 @@
 void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x, float *ws) {
     const clipc_config *c = &m->cfg;
     const float *Pm = m->params;
-    int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = G * G + 1, D = c->vision_width;
+    int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = vit_tokens(c), D = c->vision_width;
     int K = 3 * P * P;
 #pragma omp parallel for collapse(2)
     for (int i = 0; i < n; i++)
@@ -27,6 +38,15 @@ void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches,
                     for (int kx = 0; kx < P; kx++)
                         *dst++ = pixels[(((size_t)i * 3 + ch) * R + py * P + ky) * R + px * P + kx];
         }
+    if (c->family == CLIPC_SIGLIP) { /* x = patches W^T + bias + positional_embedding, straight into x */
+        model_gemm(m, x, D, patches, K, m->L.v_conv, Pm + m->L.v_conv_b, n * G * G, K, D, false, -1, ws);
+        model_tap(m, "visual.conv1", x, n * G * G, D);
+        const float *pos = Pm + m->L.v_pos;
+#pragma omp parallel for
+        for (int i = 0; i < n; i++)
+            for (size_t j = 0; j < (size_t)S * D; j++) x[(size_t)i * S * D + j] += pos[j];
+        return;
+    }
     model_gemm(m, emb, D, patches, K, m->L.v_conv, NULL, n * G * G, K, D, false, -1, ws);
     model_tap(m, "visual.conv1", emb, n * G * G, D);
     const float *cls = Pm + m->L.v_class, *pos = Pm + m->L.v_pos;
@@ -41,15 +61,83 @@ void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches,
 }
 
 size_t vit_scratch(const clipc_config *c, int n) {
-    size_t G = (size_t)(c->image_resolution / c->vision_patch_size), S = G * G + 1, D = (size_t)c->vision_width;
-    size_t P = (size_t)c->vision_patch_size, T = (size_t)n * S;
+    size_t G = (size_t)(c->image_resolution / c->vision_patch_size), S = (size_t)vit_tokens(c), D = (size_t)c->vision_width;
+    size_t P = (size_t)c->vision_patch_size, T = (size_t)n * S, H = (size_t)c->vision_mlp_width;
+    size_t head = c->family == CLIPC_SIGLIP ? T * 2 * D + D + (size_t)n * (3 * D + H) + (size_t)n * c->vision_heads * S +
+                                                  lowp_scratch((int)T, (int)(H > 2 * D ? H : 2 * D), (int)(H > 2 * D ? H : 2 * D))
+                                            : 0;
     return (size_t)n * G * G * 3 * P * P + (size_t)n * G * G * D + T * D + 2 * (size_t)n * D +
            transformer_scratch((int)T, (int)D, c->vision_mlp_width, (int)S, c->vision_heads, n) +
-           lowp_scratch((int)(n * G * G), (int)(3 * P * P), (int)D) + 8 * 16;
+           lowp_scratch((int)(n * G * G), (int)(3 * P * P), (int)D) + head + 16 * 16;
+}
+
+/* SigLIP's MultiheadAttentionPoolingHead over x [n * S, D] (ln_post's output),
+ * Hugging Face's SiglipMultiheadAttentionPoolingHead:
+ *     h   = out_proj(attention(q = probe, k = v = x))      one query per image
+ *     out = h + mlp(layernorm(h))                          [n, D] */
+static void map_head(const clipc_model *m, arena *a, const float *x, int n, int S, float *out) {
+    const clipc_config *c = &m->cfg;
+    const float *P = m->params;
+    const block_offsets *b = &m->L.v_head;
+    int D = c->vision_width, heads = c->vision_heads, hd = D / heads, H = c->vision_mlp_width, T = n * S;
+    int widest = H > 2 * D ? H : 2 * D;
+    float *kv = arena_alloc(a, (size_t)T * 2 * D), *q = arena_alloc(a, (size_t)D);
+    float *att = arena_alloc(a, (size_t)n * D), *ln = arena_alloc(a, (size_t)n * D), *hid = arena_alloc(a, (size_t)n * H);
+    float *probs = arena_alloc(a, (size_t)n * heads * S), *ws = arena_alloc(a, lowp_scratch(T, widest, widest));
+    /* keys and values: rows D..3D of in_proj over every token; the query: the probe's rows 0..D */
+    model_gemm(m, kv, 2 * D, x, D, b->qkv_w + (size_t)D * D, P + b->qkv_b + D, T, D, 2 * D, false, -1, ws);
+    model_gemm(m, q, D, P + m->L.v_probe, D, b->qkv_w, P + b->qkv_b, 1, D, D, false, -1, ws);
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2)
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < heads; h++) {
+            float *p = probs + ((size_t)i * heads + h) * S, max = -INFINITY, sum = 0.0f;
+            const float *qh = q + h * hd, *keys = kv + (size_t)i * S * 2 * D + h * hd;
+            for (int s = 0; s < S; s++) {
+                float dot = 0.0f;
+                for (int d = 0; d < hd; d++) dot += qh[d] * keys[(size_t)s * 2 * D + d];
+                p[s] = dot * scale;
+                max = p[s] > max ? p[s] : max;
+            }
+            for (int s = 0; s < S; s++) sum += p[s] = expf(p[s] - max);
+            float *o = att + (size_t)i * D + h * hd;
+            for (int d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int s = 0; s < S; s++) {
+                const float *v = kv + ((size_t)i * S + s) * 2 * D + D + h * hd;
+                float w = p[s] / sum;
+                for (int d = 0; d < hd; d++) o[d] += w * v[d];
+            }
+        }
+    model_gemm(m, out, D, att, D, b->out_w, P + b->out_b, n, D, D, false, -1, ws);
+    model_tap(m, "visual.head.attn", out, n, D);
+    layernorm_forward(ln, out, P + m->L.v_head_ln_w, P + m->L.v_head_ln_b, n, D, c->vision_ln_eps);
+    model_mlp(m, out, ln, b->fc_w, P + b->fc_b, b->proj_w, P + b->proj_b, n, D, H, c->vision_activation, hid, ws);
+}
+
+static int siglip_vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out) {
+    const clipc_config *c = &m->cfg;
+    const model_layout *L = &m->L;
+    int P = c->vision_patch_size, G = c->image_resolution / P, S = G * G, D = c->vision_width, K = 3 * P * P, T = n * S;
+    int *start = malloc(2 * (size_t)n * sizeof *start);
+    if (!start) return -1;
+    int *len = start + n;
+    for (int i = 0; i < n; i++) start[i] = i * S, len[i] = S;
+    float *patches = arena_alloc(a, (size_t)T * K), *x = arena_alloc(a, (size_t)T * D);
+    vit_embed(m, pixels, n, patches, NULL, x, arena_alloc(a, lowp_scratch(T, K, D)));
+    model_tap(m, "visual.embeddings", x, T, D);
+    packing pk = {start, len, n, T, S, NULL};
+    tower_spec t = vision_tower_spec(m);
+    transformer_forward(m, a, &t, x, &pk, NULL, NULL);
+    layernorm_forward(x, x, m->params + L->v_ln_post_w, m->params + L->v_ln_post_b, T, D, c->vision_ln_eps);
+    model_tap(m, "visual.ln_post", x, T, D);
+    map_head(m, a, x, n, S, out);
+    free(start);
+    return 0;
 }
 
 int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out) {
     const clipc_config *c = &m->cfg;
+    if (c->family == CLIPC_SIGLIP) return siglip_vit_forward(m, a, pixels, n, out);
     const float *Pm = m->params;
     const model_layout *L = &m->L;
     int R = c->image_resolution, P = c->vision_patch_size, G = R / P, S = G * G + 1, D = c->vision_width;

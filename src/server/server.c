@@ -208,7 +208,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         const clipc_config *cfg = clipc_model_config(o->model);
         float *pixels = malloc((size_t)3 * cfg->image_resolution * cfg->image_resolution * sizeof *pixels);
         if (!pixels) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
-        int rc = clipc_preprocess_memory(u->data, u->len, "upload", cfg->image_resolution, pixels, &err);
+        int rc = clipc_model_preprocess_memory(o->model, u->data, u->len, "upload", pixels, &err);
         if (rc == 0) rc = clipc_encode_image(o->model, pixels, 1, s->q, &err) ? 2 : 0;
         free(pixels);
         if (rc) return send_error(c, rc == 2 ? MHD_HTTP_INTERNAL_SERVER_ERROR : MHD_HTTP_BAD_REQUEST, err.message);
@@ -238,7 +238,7 @@ int server_run(const server_options *o, clipc_error *err) {
     s.q = malloc((size_t)clipc_model_config(o->model)->embed_dim * sizeof *s.q);
     s.hits = malloc((size_t)o->max_k * sizeof *s.hits);
     if (rc == 0 && (!s.q || !s.hits)) rc = clipc_fail(err, "out of memory");
-    if (rc == 0 && !(s.tok = clipc_tokenizer_new(err))) rc = -1;
+    if (rc == 0 && !(s.tok = clipc_model_tokenizer(o->model, err))) rc = -1;
     struct MHD_Daemon *d = NULL;
     if (rc == 0) {
         struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};

@@ -200,6 +200,11 @@ void clipc_zeroshot_probs(const clipc_model *m, const float *image_features, int
             p[l] = (float)(scale * dot / norm);
             max = p[l] > max ? p[l] : max;
         }
+        if (clipc_model_config(m)->family == CLIPC_SIGLIP) { /* SigLIP's eq. 1: a sigmoid per pair, no softmax */
+            double bias = clipc_model_logit_bias(m);
+            for (int l = 0; l < n_labels; l++) p[l] = (float)(1.0 / (1.0 + exp(-(p[l] + bias))));
+            continue;
+        }
         for (int l = 0; l < n_labels; l++) sum += exp(p[l] - max);
         for (int l = 0; l < n_labels; l++) p[l] = (float)(exp(p[l] - max) / sum);
     }

@@ -74,6 +74,7 @@ struct clipc_tokenizer {
     hmap merges;         /* (left id << 32 | right id) -> rank */
     int32_t *merged;     /* rank -> id of the merged symbol */
     int32_t byte_id[256];/* byte -> id of its symbol; +256 for the </w> form */
+    spm_tokenizer *spm;  /* a SentencePiece tokenizer (spm.c) instead of the BPE above */
 };
 
 static int32_t vocab_id(const clipc_tokenizer *t, const char *s, size_t n) {
@@ -166,6 +167,7 @@ static int inflate_merges(unsigned char **out, size_t *out_len, clipc_error *err
 
 void clipc_tokenizer_free(clipc_tokenizer *t) {
     if (!t) return;
+    spm_tokenizer_free(t->spm);
     if (t->vocab)
         for (int i = 0; i < VOCAB_SIZE; i++) free(t->vocab[i]);
     free(t->vocab);
@@ -439,7 +441,40 @@ static size_t contraction(const unsigned char *s, size_t len, size_t i) {
     return 0;
 }
 
+clipc_tokenizer *clipc_tokenizer_load(const char *path, clipc_error *err) {
+    clipc_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        clipc_fail(err, "out of memory");
+        return NULL;
+    }
+    if (!(t->spm = spm_tokenizer_load(path, err))) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+clipc_tokenizer *clipc_model_tokenizer(const clipc_model *m, clipc_error *err) {
+    if (m->cfg.family != CLIPC_SIGLIP) return clipc_tokenizer_new(err);
+    if (!m->tokenizer_path) {
+        clipc_fail(err, "a SigLIP model needs its SentencePiece tokenizer beside the checkpoint (spiece.model, or "
+                        "tokenizer.model for SigLIP 2, with its tokenizer_config.json)");
+        return NULL;
+    }
+    clipc_tokenizer *t = clipc_tokenizer_load(m->tokenizer_path, err);
+    if (t && spm_tokenizer_vocab(t->spm) > m->cfg.vocab_size) {
+        clipc_fail(err, "%s has %d pieces, more than the model's %d token embeddings", m->tokenizer_path,
+                   spm_tokenizer_vocab(t->spm), m->cfg.vocab_size);
+        clipc_tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+int clipc_tokenizer_vocab_size(const clipc_tokenizer *t) { return t->spm ? spm_tokenizer_vocab(t->spm) : VOCAB_SIZE; }
+
 int clipc_tokenizer_encode(clipc_tokenizer *t, const char *text, int32_t **ids, int *n_ids, clipc_error *err) {
+    if (t->spm) return spm_tokenizer_encode(t->spm, text, ids, n_ids, err);
     *ids = NULL;
     *n_ids = 0;
     char *clean = text_clean(text, err);
@@ -492,6 +527,7 @@ int clipc_tokenizer_encode(clipc_tokenizer *t, const char *text, int32_t **ids, 
 
 int clipc_tokenize(clipc_tokenizer *t, const char *text, int context, int truncate, int32_t *out,
                    clipc_error *err) {
+    if (t->spm) return spm_tokenizer_row(t->spm, text, context, truncate, out, err);
     if (context < 2) return clipc_fail(err, "context length %d is too short for SOT and EOT", context);
     int32_t *ids;
     int n;

@@ -436,14 +436,15 @@ static bool is_case_ignorable(int32_t c) {
 }
 
 /* Python's str.lower(): simple lower-case mappings, plus the full mapping of
- * U+0130 (i + combining dot) and the final-sigma rule for U+03A3. */
-static void py_lower(const cpbuf *in, cpbuf *out) {
+ * U+0130 (i + combining dot) and (final_sigma) the final-sigma rule for
+ * U+03A3, which a character lower-cased on its own does not get. */
+static void py_lower_chars(const cpbuf *in, cpbuf *out, bool final_sigma) {
     for (size_t i = 0; i < in->n; i++) {
         int32_t c = in->cp[i];
         if (c == 0x130) {
             push(out, 'i');
             push(out, 0x307);
-        } else if (c == 0x3A3) {
+        } else if (c == 0x3A3 && final_sigma) {
             size_t j = i;
             bool before = false, after = false;
             while (j > 0 && is_case_ignorable(in->cp[j - 1])) j--;
@@ -457,6 +458,8 @@ static void py_lower(const cpbuf *in, cpbuf *out) {
         }
     }
 }
+
+static void py_lower(const cpbuf *in, cpbuf *out) { py_lower_chars(in, out, true); }
 
 char *text_clean(const char *text, clipc_error *err) {
     cpbuf in = {0}, a = {0}, b = {0};
@@ -503,5 +506,64 @@ char *text_clean(const char *text, clipc_error *err) {
     free(in.cp);
     free(a.cp);
     free(b.cp);
+    return out;
+}
+
+/* ---- SigLIP's canonical text ------------------------------------------------ */
+
+/* string.punctuation: the 32 ASCII punctuation characters. */
+static bool is_ascii_punctuation(int32_t c) {
+    return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
+}
+
+char *text_siglip_canonical(const char *text, bool lower, clipc_error *err) {
+    /* SiglipTokenizer.tokenize: "▁" + text.replace("▁", " "), lower-cased
+     * (do_lower_case), then canonicalize_text (big_vision's): punctuation
+     * removed, re.sub(r"\s+", " "), strip(). */
+    cpbuf in = {0}, a = {0};
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)text;
+    size_t len = strlen(text), pos = 0;
+    push(&in, 0x2581);
+    while (pos < len) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p + pos, (utf8proc_ssize_t)(len - pos), &c);
+        if (k <= 0) {
+            free(in.cp);
+            clipc_fail(err, "invalid UTF-8 at byte %zu", pos);
+            return NULL;
+        }
+        push(&in, c == 0x2581 ? ' ' : c);
+        pos += (size_t)k;
+    }
+    const cpbuf *src = &in;
+    cpbuf low = {0};
+    if (lower) { /* Hugging Face's do_lower_case lower-cases one character at a time (re.sub of "(.+?)") */
+        py_lower_chars(&in, &low, false);
+        src = &low;
+    }
+    bool space = false;
+    for (size_t i = 0; i < src->n; i++) {
+        int32_t c = src->cp[i];
+        if (is_ascii_punctuation(c)) continue;
+        if (py_isspace(c)) {
+            space = true;
+            continue;
+        }
+        if (space && a.n > 0) push(&a, ' '); /* strip(): no space leads (the "▁" does) or trails */
+        space = false;
+        push(&a, c);
+    }
+    char *out = NULL;
+    if (!(in.oom || a.oom || low.oom)) out = malloc(a.n * 4 + 1);
+    if (out) {
+        size_t o = 0;
+        for (size_t i = 0; i < a.n; i++) o += (size_t)utf8proc_encode_char(a.cp[i], (utf8proc_uint8_t *)out + o);
+        out[o] = 0;
+    } else {
+        clipc_fail(err, "out of memory canonicalising text");
+    }
+    free(in.cp);
+    free(a.cp);
+    free(low.cp);
     return out;
 }

@@ -58,6 +58,9 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
     t->m = m;
     t->o = *o;
     t->d = d ? d : &single;
+    if (m->cfg.family == CLIPC_SIGLIP) /* its MAP head and bidirectional text tower have no backward pass yet */
+        return clipc_fail(err, "SigLIP models run in clipc for inference only: training them is not supported yet "
+                               "(clipc trains CLIP models with the SigLIP loss: --loss siglip)");
     if (o->batch % t->d->size)
         return clipc_fail(err, "--batch %d does not split evenly over %d ranks", o->batch, t->d->size);
     t->local_batch = o->batch / t->d->size;

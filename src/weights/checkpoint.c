@@ -59,6 +59,7 @@ static int meta_activation(const st_file *f) {
     int a = CLIPC_QUICK_GELU;
     if ((act && !strcmp(act, "gelu")) || (qg && (!strcmp(qg, "false") || !strcmp(qg, "False"))))
         a = CLIPC_GELU;
+    if (act && !strcmp(act, "gelu_tanh")) a = CLIPC_GELU_TANH;
     free(act);
     free(qg);
     return a;
@@ -85,7 +86,19 @@ static int mlp_width(const st_file *f, const char *name) {
 
 static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
     const st_tensor *t;
-    if (st_find(f, "visual.proj")) {
+    bool siglip = st_find(f, "visual.head.probe") != NULL; /* clipc's names for a SigLIP model */
+    if (siglip) {
+        c->family = CLIPC_SIGLIP;
+        c->vision_tower = CLIPC_VIT;
+        if (!(t = need(f, "visual.conv1.weight", 4, err))) return -1;
+        c->vision_width = (int)t->shape[0];
+        c->vision_patch_size = (int)t->shape[3];
+        c->vision_layers = count_blocks(f, "visual.transformer.resblocks.", "attn.in_proj_weight");
+        if (!(t = need(f, "visual.positional_embedding", 2, err))) return -1;
+        c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)t->shape[0]));
+        c->vision_heads = meta_int(f, "vision_heads", c->vision_width / 64 > 0 ? c->vision_width / 64 : 1);
+        c->vision_mlp_width = mlp_width(f, "visual.transformer.resblocks.0.mlp.c_fc.weight");
+    } else if (st_find(f, "visual.proj")) {
         c->vision_tower = CLIPC_VIT;
         if (!(t = need(f, "visual.conv1.weight", 4, err))) return -1;
         c->vision_width = (int)t->shape[0];
@@ -111,8 +124,8 @@ static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
     } else {
         return clipc_fail(err, "missing tensor 'visual.proj' (ViT) or 'visual.layer1.0.conv1.weight' (ResNet): not a CLIP checkpoint?");
     }
-    if (!(t = need(f, "text_projection", 2, err))) return -1;
-    c->embed_dim = (int)t->shape[1];
+    if (!(t = need(f, siglip ? "text_head.weight" : "text_projection", 2, err))) return -1;
+    c->embed_dim = (int)t->shape[siglip ? 0 : 1];
     if (!(t = need(f, "positional_embedding", 2, err))) return -1;
     c->context_length = (int)t->shape[0];
     if (!(t = need(f, "token_embedding.weight", 2, err))) return -1;
@@ -127,7 +140,10 @@ static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
     c->vision_ln_eps = meta_float(f, "vision_ln_eps", 1e-5f);
     c->text_ln_eps = meta_float(f, "text_ln_eps", 1e-5f);
     char *va = st_metadata_get(f, "vision_activation");
-    c->vision_activation = !va ? c->activation : !strcmp(va, "gelu") ? CLIPC_GELU : CLIPC_QUICK_GELU;
+    c->vision_activation = !va                     ? c->activation
+                           : !strcmp(va, "gelu")      ? CLIPC_GELU
+                           : !strcmp(va, "gelu_tanh") ? CLIPC_GELU_TANH
+                                                      : CLIPC_QUICK_GELU;
     free(va);
     return 0;
 }
@@ -137,19 +153,24 @@ static int json_int(cJSON *obj, const char *key, int fallback) {
     return cJSON_IsNumber(v) ? v->valueint : fallback;
 }
 
-static float json_eps(cJSON *obj) {
+static float json_eps(cJSON *obj, float fallback) {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "layer_norm_eps");
-    return cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble < 1 ? (float)v->valuedouble : 1e-5f;
+    return cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble < 1 ? (float)v->valuedouble : fallback;
 }
 
 /* A tower's hidden_act (transformers' default: quick_gelu); anything but
  * the two CLIP uses is refused by name rather than computed wrongly. */
-static int json_activation(cJSON *obj, const char *tower, const char *cfg_path, int *act, clipc_error *err) {
+static int json_activation(cJSON *obj, const char *tower, const char *cfg_path, const char *fallback, int *act,
+                           clipc_error *err) {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "hidden_act");
-    const char *s = cJSON_IsString(v) ? v->valuestring : "quick_gelu";
+    const char *s = cJSON_IsString(v) ? v->valuestring : fallback;
     if (!strcmp(s, "quick_gelu")) *act = CLIPC_QUICK_GELU;
     else if (!strcmp(s, "gelu")) *act = CLIPC_GELU;
-    else return clipc_fail(err, "%s: %s.hidden_act '%s' is not supported (quick_gelu or gelu)", cfg_path, tower, s);
+    /* both are 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    else if (!strcmp(s, "gelu_pytorch_tanh") || !strcmp(s, "gelu_new")) *act = CLIPC_GELU_TANH;
+    else
+        return clipc_fail(err, "%s: %s.hidden_act '%s' is not supported (quick_gelu, gelu, gelu_pytorch_tanh)", cfg_path,
+                          tower, s);
     return 0;
 }
 
@@ -158,6 +179,41 @@ static void beside(const char *path, const char *file, char *out, size_t cap) {
     const char *slash = strrchr(path, '/');
     int dirlen = slash ? (int)(slash - path + 1) : 0;
     snprintf(out, cap, "%.*s%s", dirlen, path, file);
+}
+
+/* Hugging Face's SiglipModel: shapes from the tensors, heads, epsilons and
+ * activations from config.json (transformers' SiglipConfig defaults). */
+static int infer_hf_siglip(const st_file *f, const char *cfg_path, cJSON *tc, cJSON *vc, clipc_config *c,
+                           clipc_error *err) {
+    const st_tensor *t;
+    c->family = CLIPC_SIGLIP;
+    c->vision_tower = CLIPC_VIT;
+    if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(vc, "vision_use_head")))
+        return clipc_fail(err, "%s: vision_config.vision_use_head false (no pooling head) is not supported", cfg_path);
+    if (!(t = need(f, "vision_model.embeddings.patch_embedding.weight", 4, err))) return -1;
+    c->vision_width = (int)t->shape[0];
+    c->vision_patch_size = (int)t->shape[3];
+    c->vision_layers = count_blocks(f, "vision_model.encoder.layers.", "self_attn.q_proj.weight");
+    if (!(t = need(f, "vision_model.embeddings.position_embedding.weight", 2, err))) return -1;
+    c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)t->shape[0]));
+    if (!(t = need(f, "text_model.head.weight", 2, err))) return -1;
+    c->embed_dim = (int)t->shape[0];
+    if (!(t = need(f, "text_model.embeddings.position_embedding.weight", 2, err))) return -1;
+    c->context_length = (int)t->shape[0];
+    if (!(t = need(f, "text_model.embeddings.token_embedding.weight", 2, err))) return -1;
+    c->vocab_size = (int)t->shape[0];
+    c->text_width = (int)t->shape[1];
+    c->text_layers = count_blocks(f, "text_model.encoder.layers.", "self_attn.q_proj.weight");
+    c->text_heads = json_int(tc, "num_attention_heads", 12);
+    c->vision_heads = json_int(vc, "num_attention_heads", 12);
+    if (json_activation(tc, "text_config", cfg_path, "gelu_pytorch_tanh", &c->activation, err) ||
+        json_activation(vc, "vision_config", cfg_path, "gelu_pytorch_tanh", &c->vision_activation, err))
+        return -1;
+    c->text_ln_eps = json_eps(tc, 1e-6f);
+    c->vision_ln_eps = json_eps(vc, 1e-6f);
+    c->vision_mlp_width = mlp_width(f, "vision_model.encoder.layers.0.mlp.fc1.weight");
+    c->text_mlp_width = mlp_width(f, "text_model.encoder.layers.0.mlp.fc1.weight");
+    return 0;
 }
 
 static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
@@ -172,8 +228,18 @@ static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_e
     if (!root) return clipc_fail(err, "%s: invalid JSON", cfg_path);
     cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
     cJSON *vc = cJSON_GetObjectItemCaseSensitive(root, "vision_config");
+    cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     const st_tensor *t;
     int rc = -1;
+    if (cJSON_IsString(type) && !strcmp(type->valuestring, "siglip2")) {
+        clipc_fail(err, "%s: model_type 'siglip2' (Siglip2Model, NaFlex variable resolution) is not supported; the "
+                        "fixed-resolution SigLIP 2 checkpoints (model_type 'siglip') are", cfg_path);
+        goto done;
+    }
+    if ((cJSON_IsString(type) && !strcmp(type->valuestring, "siglip")) || st_find(f, "vision_model.head.probe")) {
+        rc = infer_hf_siglip(f, cfg_path, tc, vc, c, err);
+        goto done;
+    }
     c->vision_tower = CLIPC_VIT;
     if (!(t = need(f, "vision_model.embeddings.patch_embedding.weight", 4, err))) goto done;
     c->vision_width = (int)t->shape[0];
@@ -192,11 +258,11 @@ static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_e
     /* transformers' CLIPTextConfig / CLIPVisionConfig defaults */
     c->text_heads = json_int(tc, "num_attention_heads", 8);
     c->vision_heads = json_int(vc, "num_attention_heads", 12);
-    if (json_activation(tc, "text_config", cfg_path, &c->activation, err) ||
-        json_activation(vc, "vision_config", cfg_path, &c->vision_activation, err))
+    if (json_activation(tc, "text_config", cfg_path, "quick_gelu", &c->activation, err) ||
+        json_activation(vc, "vision_config", cfg_path, "quick_gelu", &c->vision_activation, err))
         goto done;
-    c->text_ln_eps = json_eps(tc);
-    c->vision_ln_eps = json_eps(vc);
+    c->text_ln_eps = json_eps(tc, 1e-5f);
+    c->vision_ln_eps = json_eps(vc, 1e-5f);
     c->vision_mlp_width = mlp_width(f, "vision_model.encoder.layers.0.mlp.fc1.weight");
     c->text_mlp_width = mlp_width(f, "text_model.encoder.layers.0.mlp.fc1.weight");
     rc = 0;
@@ -243,6 +309,21 @@ static void hf_source(const char *name, source *s) {
         {"text_projection", "text_projection.weight", true},
         {"logit_scale", "logit_scale", false},
         {"logit_bias", "logit_bias", false},
+        /* SigLIP */
+        {"visual.conv1.bias", "vision_model.embeddings.patch_embedding.bias", false},
+        {"visual.head.probe", "vision_model.head.probe", false},
+        {"visual.head.attn.in_proj_weight", "vision_model.head.attention.in_proj_weight", false},
+        {"visual.head.attn.in_proj_bias", "vision_model.head.attention.in_proj_bias", false},
+        {"visual.head.attn.out_proj.weight", "vision_model.head.attention.out_proj.weight", false},
+        {"visual.head.attn.out_proj.bias", "vision_model.head.attention.out_proj.bias", false},
+        {"visual.head.ln.weight", "vision_model.head.layernorm.weight", false},
+        {"visual.head.ln.bias", "vision_model.head.layernorm.bias", false},
+        {"visual.head.mlp.c_fc.weight", "vision_model.head.mlp.fc1.weight", false},
+        {"visual.head.mlp.c_fc.bias", "vision_model.head.mlp.fc1.bias", false},
+        {"visual.head.mlp.c_proj.weight", "vision_model.head.mlp.fc2.weight", false},
+        {"visual.head.mlp.c_proj.bias", "vision_model.head.mlp.fc2.bias", false},
+        {"text_head.weight", "text_model.head.weight", false},
+        {"text_head.bias", "text_model.head.bias", false},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         if (!strcmp(name, fixed[i].openai)) {
@@ -371,6 +452,10 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
                 want[1] = p->shape[0];
             }
             bool int8 = t->dtype == ST_I8 && naming == NAMING_OPENAI;
+            if (wnd == 0 && t->ndim == 1 && t->shape[0] == 1) { /* a scalar stored as [1] (SigLIP's logit_scale) */
+                wnd = 1;
+                want[0] = 1;
+            }
             bool ok = t->ndim == wnd && (is_float(t->dtype) || int8);
             for (int d = 0; ok && d < wnd; d++) ok = t->shape[d] == want[d];
             if (!ok) {
@@ -564,6 +649,22 @@ static int read_prompt_labels(const st_file *f, clipc_model *m, clipc_error *err
     return rc;
 }
 
+/* A SigLIP model's SentencePiece tokenizer: the file beside the checkpoint
+ * (Hugging Face's names: SigLIP's spiece.model, SigLIP 2's tokenizer.model).
+ * Its absence is not an error until texts are encoded. */
+static int find_tokenizer(const char *path, clipc_model *m, clipc_error *err) {
+    static const char *const names[] = {"spiece.model", "tokenizer.model"};
+    char spm[4096];
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        beside(path, names[i], spm, sizeof spm);
+        if (access(spm, F_OK) == 0) {
+            if (!(m->tokenizer_path = strdup(spm))) return clipc_fail(err, "out of memory");
+            return 0;
+        }
+    }
+    return 0;
+}
+
 clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     st_file f;
     if (is_zip(path) ? pt_open(path, &f, err) : st_open(path, &f, err)) return NULL;
@@ -597,6 +698,10 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
         m = NULL;
     }
     st_close(&f);
+    if (m && m->cfg.family == CLIPC_SIGLIP && find_tokenizer(path, m, err)) {
+        clipc_model_free(m);
+        m = NULL;
+    }
     if (!m) clipc_fail_prefix(err, path);
     return m;
 }

@@ -1,0 +1,392 @@
+/* test_siglip.c — SigLIP against the reference implementations' own outputs
+ * (tests/data/siglip/, made by tools/ref/gen_siglip_refs.py): the
+ * SentencePiece tokenizers on a 1,200-string corpus against the
+ * sentencepiece library and Hugging Face's SiglipTokenizer / GemmaTokenizer,
+ * two random-init SiglipModels against transformers, SiglipImageProcessor's
+ * pixels, the loader's refusals, and the commands on a SigLIP model. */
+#include "test.h"
+#include "../src/tokenizer/spm.h"
+
+#include <cjson/cJSON.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DATA "tests/data/siglip"
+
+static cJSON *read_json(const char *path) {
+    unsigned char *text;
+    size_t len;
+    clipc_error err;
+    if (read_file(path, &text, &len, &err)) {
+        CHECK(0, "%s", err.message);
+        return NULL;
+    }
+    cJSON *j = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    CHECK(j != NULL, "%s: invalid JSON", path);
+    return j;
+}
+
+/* Whether the JSON array of ints equals ids[0..n). */
+static bool same_ids(const cJSON *want, const int32_t *ids, int n) {
+    if (cJSON_GetArraySize(want) != n) return false;
+    int i = 0;
+    for (const cJSON *v = want->child; v; v = v->next, i++)
+        if (v->valueint != ids[i]) return false;
+    return true;
+}
+
+/* The raw library's ids (sp.encode on the unmodified model) and the
+ * tokenizer's padded rows (Hugging Face's ids, padding="max_length") for
+ * every corpus string. */
+static void check_tokenizer(const cJSON *refs, const char *model, const char *sp_key, const char *hf_key) {
+    const cJSON *strings = cJSON_GetObjectItem(refs, "strings"), *sp = cJSON_GetObjectItem(refs, sp_key),
+                *hf = cJSON_GetObjectItem(refs, hf_key);
+    clipc_error err;
+    unsigned char *data;
+    size_t len;
+    char msg[256];
+    if (read_file(model, &data, &len, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    spm_model *raw = spm_load(data, len, msg, sizeof msg);
+    free(data);
+    clipc_tokenizer *tok = clipc_tokenizer_load(model, &err);
+    CHECK(raw && tok, "%s: %s", model, tok ? msg : err.message);
+    if (!raw || !tok) {
+        spm_free(raw);
+        clipc_tokenizer_free(tok);
+        return;
+    }
+    int n = cJSON_GetArraySize(strings), sp_bad = 0, hf_bad = 0;
+    const cJSON *s = strings->child, *a = sp->child, *b = hf->child;
+    for (int i = 0; i < n; i++, s = s->next, a = a->next, b = b->next) {
+        int32_t *ids, row[64];
+        int k;
+        if (spm_encode(raw, s->valuestring, strlen(s->valuestring), &ids, &k, msg, sizeof msg) || !same_ids(a, ids, k)) {
+            if (sp_bad++ == 0) printf("  %s: sentencepiece ids differ for string %d\n", model, i);
+        }
+        free(ids);
+        if (clipc_tokenize(tok, s->valuestring, 64, 1, row, &err) || !same_ids(b, row, 64)) {
+            if (hf_bad++ == 0) {
+                char *want = cJSON_PrintUnformatted(b);
+                printf("  %s: string %d %s\n    want %s\n    got ", model, i, s->valuestring, want);
+                for (int j = 0; j < 64; j++) printf("%d,", row[j]);
+                printf("\n");
+                free(want);
+            }
+        }
+    }
+    CHECK(sp_bad == 0, "%s: %d of %d strings' ids differ from the sentencepiece library's", model, sp_bad, n);
+    CHECK(hf_bad == 0, "%s: %d of %d padded rows differ from Hugging Face's tokenizer", model, hf_bad, n);
+    printf("  %s: %d strings, ids equal to sentencepiece's (%d differ) and Hugging Face's padded rows (%d differ)\n",
+           model, n, sp_bad, hf_bad);
+    spm_free(raw);
+    clipc_tokenizer_free(tok);
+}
+
+static double largest(const npy_array *a) {
+    double m = 0;
+    for (size_t i = 0; i < a->count; i++) m = fmax(m, fabs(((float *)a->data)[i]));
+    return m;
+}
+
+/* A model case: features and logits against transformers'; the texts
+ * tokenized by the model's own tokenizer equal the reference's ids. */
+static void check_model(const char *name) {
+    char path[512];
+    clipc_error err;
+    snprintf(path, sizeof path, DATA "/%s/model.safetensors", name);
+    clipc_model *m = clipc_model_load(path, &err);
+    CHECK(m != NULL, "%s: %s", name, m ? "" : err.message);
+    if (!m) return;
+    const clipc_config *c = clipc_model_config(m);
+    CHECK(c->family == CLIPC_SIGLIP && !strcmp(clipc_model_family_name(m), "SigLIP"), "%s: family %d", name, c->family);
+    npy_array images, tokens, img_ref, txt_ref, logits;
+    const char *files[5] = {"images", "tokens", "image_features", "text_features", "logits_per_image"};
+    npy_array *arrays[5] = {&images, &tokens, &img_ref, &txt_ref, &logits};
+    for (int i = 0; i < 5; i++) {
+        snprintf(path, sizeof path, DATA "/%s/%s.npy", name, files[i]);
+        if (npy_read(path, arrays[i], &err)) {
+            CHECK(0, "%s", err.message);
+            while (i > 0) npy_free(arrays[--i]);
+            clipc_model_free(m);
+            return;
+        }
+    }
+    int E = c->embed_dim, ni = (int)images.shape[0], nt = (int)tokens.shape[0], L = c->context_length;
+    float *img = malloc((size_t)ni * E * sizeof *img), *txt = malloc((size_t)nt * E * sizeof *txt);
+    CHECK(clipc_encode_image(m, images.data, ni, img, &err) == 0, "%s", err.message);
+    CHECK(clipc_encode_text(m, tokens.data, nt, txt, &err) == 0, "%s", err.message);
+    double di = max_abs_diff(img, img_ref.data, img_ref.count) / largest(&img_ref);
+    double dt = max_abs_diff(txt, txt_ref.data, txt_ref.count) / largest(&txt_ref);
+    double ci = min_row_cosine(img, img_ref.data, ni, E), ct = min_row_cosine(txt, txt_ref.data, nt, E);
+    CHECK(di <= 1e-4 && ci >= 0.99999, "%s image: max diff %.3g of the largest, min cosine %.8f", name, di, ci);
+    CHECK(dt <= 1e-4 && ct >= 0.99999, "%s text: max diff %.3g of the largest, min cosine %.8f", name, dt, ct);
+    /* logits_per_image = exp(logit_scale) cos + logit_bias */
+    float *ni_img = malloc((size_t)ni * E * sizeof *ni_img), *ni_txt = malloc((size_t)nt * E * sizeof *ni_txt);
+    memcpy(ni_img, img, (size_t)ni * E * sizeof *img);
+    memcpy(ni_txt, txt, (size_t)nt * E * sizeof *txt);
+    clipc_normalize_rows(ni_img, ni, E);
+    clipc_normalize_rows(ni_txt, nt, E);
+    double dl = 0;
+    for (int i = 0; i < ni; i++)
+        for (int t = 0; t < nt; t++) {
+            double dot = 0;
+            for (int j = 0; j < E; j++) dot += (double)ni_img[(size_t)i * E + j] * ni_txt[(size_t)t * E + j];
+            double logit = clipc_model_logit_scale(m) * dot + clipc_model_logit_bias(m);
+            dl = fmax(dl, fabs(logit - ((float *)logits.data)[i * nt + t]));
+        }
+    CHECK(dl <= 1e-4 * largest(&logits), "%s logits: max diff %.3g", name, dl);
+    printf("  %s: image max diff %.2g (relative), cosine %.8f; text %.2g, cosine %.8f; logits %.2g\n", name, di, ci, dt,
+           ct, dl);
+    /* sigmoid probabilities, independent per label */
+    float *probs = malloc((size_t)ni * nt * sizeof *probs);
+    clipc_zeroshot_probs(m, img, ni, ni_txt, nt, probs);
+    double dp = 0;
+    for (int i = 0; i < ni * nt; i++) dp = fmax(dp, fabs(probs[i] - 1.0 / (1.0 + exp(-((float *)logits.data)[i]))));
+    CHECK(dp < 1e-5, "%s: probabilities differ from sigmoid(logits) by %.3g", name, dp);
+    /* the model's tokenizer (spiece.model beside it) gives the reference's ids */
+    snprintf(path, sizeof path, DATA "/%s/texts.json", name);
+    cJSON *texts = read_json(path);
+    clipc_tokenizer *tok = clipc_model_tokenizer(m, &err);
+    CHECK(tok != NULL, "%s: %s", name, tok ? "" : err.message);
+    int32_t *row = malloc((size_t)L * sizeof *row);
+    int i = 0;
+    for (const cJSON *s = texts ? texts->child : NULL; s && tok; s = s->next, i++) {
+        CHECK(clipc_tokenize(tok, s->valuestring, L, 1, row, &err) == 0, "%s", err.message);
+        CHECK(!memcmp(row, (int32_t *)tokens.data + (size_t)i * L, (size_t)L * sizeof *row), "%s: text %d's ids differ",
+              name, i);
+    }
+    /* the reduced precisions run the SigLIP towers too */
+    for (int p = CLIPC_BF16; p <= CLIPC_INT8; p++) {
+        CHECK(clipc_model_set_precision(m, p, &err) == 0, "%s", err.message);
+        clipc_encode_image(m, images.data, ni, img, &err);
+        clipc_encode_text(m, tokens.data, nt, txt, &err);
+        double bound = p == CLIPC_BF16 ? 0.9999 : 0.998;
+        ci = min_row_cosine(img, img_ref.data, ni, E), ct = min_row_cosine(txt, txt_ref.data, nt, E);
+        CHECK(ci >= bound && ct >= bound, "%s at %s: cosine image %.6f text %.6f", name, clipc_precision_name(p), ci, ct);
+    }
+    /* saved in clipc's names and loaded back: the same features */
+    char dir[] = "/tmp/clipc_siglip_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(clipc_model_set_precision(m, CLIPC_FP32, &err) == 0 && clipc_model_save(m, path, &err) == 0, "%s", err.message);
+    clipc_model *back = clipc_model_load(path, &err);
+    CHECK(back != NULL, "%s saved: %s", name, back ? "" : err.message);
+    if (back) {
+        float *again = malloc((size_t)ni * E * sizeof *again);
+        clipc_encode_image(m, images.data, ni, img, &err);
+        CHECK(clipc_encode_image(back, images.data, ni, again, &err) == 0 &&
+                  max_abs_diff(img, again, (size_t)ni * E) == 0 && clipc_model_config(back)->family == CLIPC_SIGLIP,
+              "%s: the saved model computes other image features", name);
+        clipc_tokenizer *none = clipc_model_tokenizer(back, &err);
+        CHECK(!none && strstr(err.message, "spiece.model"), "without a tokenizer beside it: %s",
+              none ? "(loaded)" : err.message);
+        clipc_tokenizer_free(none);
+        free(again);
+        clipc_model_free(back);
+    }
+    unlink(path);
+    rmdir(dir);
+    free(row);
+    cJSON_Delete(texts);
+    clipc_tokenizer_free(tok);
+    free(probs), free(ni_img), free(ni_txt), free(img), free(txt);
+    for (int k = 0; k < 5; k++) npy_free(arrays[k]);
+    clipc_model_free(m);
+}
+
+/* SiglipImageProcessor's pixel_values, bit for bit. */
+static void check_preprocess(void) {
+    cJSON *list = read_json(DATA "/preprocess.json");
+    if (!list) return;
+    const cJSON *files = cJSON_GetObjectItem(list, "files"), *up = cJSON_GetObjectItem(list, "upscaled_96");
+    const cJSON *sets[2] = {files, up};
+    const char *npys[2] = {DATA "/preprocess_48.npy", DATA "/preprocess_96.npy"};
+    int sizes[2] = {48, 96};
+    for (int k = 0; k < 2; k++) {
+        npy_array want;
+        clipc_error err;
+        if (npy_read(npys[k], &want, &err)) {
+            CHECK(0, "%s", err.message);
+            continue;
+        }
+        size_t per = (size_t)3 * sizes[k] * sizes[k];
+        float *px = malloc(per * sizeof *px);
+        int i = 0, exact = 0;
+        double worst = 0;
+        for (const cJSON *f = sets[k]->child; f; f = f->next, i++) {
+            char path[512];
+            const char *name = f->valuestring;
+            if (!strncmp(name, "modes/", 6)) snprintf(path, sizeof path, "tests/data/%s", name);
+            else snprintf(path, sizeof path, "%s", ref_path((snprintf(path, sizeof path, "preprocess/images/%s", name), path)));
+            unsigned char *data;
+            size_t len;
+            if (read_file(path, &data, &len, &err)) {
+                CHECK(0, "%s", err.message);
+                continue;
+            }
+            int rc = image_siglip_pixels(data, len, name, sizes[k], px, &err);
+            free(data);
+            CHECK(rc == 0, "%s", err.message);
+            double d = max_abs_diff(px, (float *)want.data + (size_t)i * per, per);
+            worst = fmax(worst, d);
+            exact += d == 0;
+            CHECK(d == 0, "%s at %d: differs from SiglipImageProcessor by up to %.3g", name, sizes[k], d);
+        }
+        printf("  SiglipImageProcessor at %dx%d: %d of %d images bit-exact (max diff %.2g)\n", sizes[k], sizes[k], exact, i,
+               worst);
+        free(px);
+        npy_free(&want);
+    }
+    cJSON_Delete(list);
+}
+
+/* A copy of b_like in a fresh folder with its config.json edited by sed. */
+static clipc_model *load_edited(const char *sed, clipc_error *err) {
+    char dir[] = "/tmp/clipc_siglip_XXXXXX", cmd[1024], path[512];
+    if (!mkdtemp(dir)) return NULL;
+    snprintf(cmd, sizeof cmd, "cp " DATA "/b_like/model.safetensors %s/ && sed '%s' " DATA "/b_like/config.json > %s/config.json",
+             dir, sed, dir);
+    run_cmd(cmd);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    clipc_model *m = clipc_model_load(path, err);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run_cmd(cmd);
+    return m;
+}
+
+static void check_refusals(void) {
+    clipc_error err;
+    clipc_model *m = load_edited("s/\"model_type\": \"siglip\"/\"model_type\": \"siglip2\"/", &err);
+    CHECK(!m && strstr(err.message, "NaFlex"), "SigLIP 2 NaFlex: %s", m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+    m = load_edited("s/\"patch_size\": 8/\"patch_size\": 8, \"vision_use_head\": false/", &err);
+    CHECK(!m && strstr(err.message, "vision_use_head"), "no pooling head: %s", m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+    m = load_edited("s/gelu_pytorch_tanh/relu/", &err);
+    CHECK(!m && strstr(err.message, "'relu' is not supported"), "relu: %s", m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+    /* tokenizer files: garbage, too large, an unknown tokenizer_class */
+    char dir[] = "/tmp/clipc_spm_XXXXXX", path[512], cmd[1024];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/spiece.model", dir);
+    write_file_atomic(path, "not a protobuf at all", 21, &err);
+    clipc_tokenizer *t = clipc_tokenizer_load(path, &err);
+    CHECK(!t && strstr(err.message, "not a SentencePiece model"), "garbage model: %s", t ? "(loaded)" : err.message);
+    clipc_tokenizer_free(t);
+    snprintf(cmd, sizeof cmd, "truncate -s 65M %s", path);
+    run_cmd(cmd);
+    t = clipc_tokenizer_load(path, &err);
+    CHECK(!t && strstr(err.message, "too large"), "a 65 MiB model: %s", t ? "(loaded)" : err.message);
+    clipc_tokenizer_free(t);
+    snprintf(cmd, sizeof cmd, "cp " DATA "/unigram/spiece.model %s/ && printf '{\"tokenizer_class\": \"T5Tokenizer\"}' > %s/tokenizer_config.json",
+             dir, dir);
+    run_cmd(cmd);
+    t = clipc_tokenizer_load(path, &err);
+    CHECK(!t && strstr(err.message, "T5Tokenizer"), "unknown tokenizer_class: %s", t ? "(loaded)" : err.message);
+    clipc_tokenizer_free(t);
+    /* a config that names the special tokens: a missing one is refused by name */
+    snprintf(cmd, sizeof cmd, "printf '{\"tokenizer_class\": \"SiglipTokenizer\", \"eos_token\": \"<end>\"}' > %s/tokenizer_config.json", dir);
+    run_cmd(cmd);
+    t = clipc_tokenizer_load(path, &err);
+    CHECK(!t && strstr(err.message, "'<end>'"), "missing eos token: %s", t ? "(loaded)" : err.message);
+    clipc_tokenizer_free(t);
+    /* and one that lets padding_side left, Gemma-style, through */
+    snprintf(cmd, sizeof cmd, "cp " DATA "/bpe/tokenizer.model %s/ && printf '{\"tokenizer_class\": \"GemmaTokenizerFast\", \"padding_side\": \"left\", \"add_eos_token\": true}' > %s/tokenizer_config.json", dir, dir);
+    run_cmd(cmd);
+    snprintf(path, sizeof path, "%s/tokenizer.model", dir);
+    t = clipc_tokenizer_load(path, &err);
+    CHECK(t != NULL, "Gemma tokenizer with a config: %s", t ? "" : err.message);
+    if (t) {
+        int32_t row[16];
+        CHECK(clipc_tokenize(t, "a cat", 16, 1, row, &err) == 0, "%s", err.message);
+        CHECK(row[0] == 0 && row[15] == 1 && row[16 - 1 - 1] != 0, "left padding, <bos> ... <eos> at the end: %d %d %d",
+              row[0], row[14], row[15]);
+        int first = 0;
+        while (first < 16 && row[first] == 0) first++;
+        CHECK(first < 16 && row[first] == 2, "<bos> follows the padding (row[%d] = %d)", first, first < 16 ? row[first] : -1);
+        CHECK(clipc_tokenize(t, "a photo of a cat on a street in the middle of the night", 8, 0, row, &err) == -1 &&
+                  strstr(err.message, "too long"), "too long without truncation: %s", err.message);
+    }
+    clipc_tokenizer_free(t);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run_cmd(cmd);
+}
+
+/* The commands on a SigLIP model: info names the family, classify prints
+ * sigmoid probabilities, embed and index/search run with its tokenizer and
+ * preprocessing. */
+static void check_cli(void) {
+    char cmd[2048], dir[] = "/tmp/clipc_siglip_cli_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    const char *model = DATA "/b_like/model.safetensors";
+    snprintf(cmd, sizeof cmd, "%s info %s > %s/info.txt 2>&1 && grep -q 'family: *SigLIP' %s/info.txt", clipc_binary,
+             model, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "clipc info names the family (%s/info.txt)", dir);
+    const char *img = ref_path("preprocess/images/chelsea_224x224.png");
+    snprintf(cmd, sizeof cmd, "%s classify -m %s --labels 'cat,dog,rocket' --templates simple --json %s > %s/classify.json 2> %s/err.txt",
+             clipc_binary, model, img, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "clipc classify on a SigLIP model (%s/err.txt)", dir);
+    char path[600];
+    snprintf(path, sizeof path, "%s/classify.json", dir);
+    cJSON *j = read_json(path);
+    /* the probabilities: sigmoid(scale cos + bias) of the features that embed writes */
+    snprintf(cmd, sizeof cmd, "%s embed -m %s -o %s/img.npy --image %s && %s embed -m %s -o %s/txt.npy --text 'a photo of a cat.' 'a photo of a dog.' 'a photo of a rocket.'",
+             clipc_binary, model, dir, img, clipc_binary, model, dir);
+    CHECK(run_cmd(cmd) == 0, "clipc embed images and texts with a SigLIP model");
+    npy_array fi, ft;
+    clipc_error err;
+    snprintf(path, sizeof path, "%s/img.npy", dir);
+    int rc = npy_read(path, &fi, &err);
+    snprintf(path, sizeof path, "%s/txt.npy", dir);
+    rc |= npy_read(path, &ft, &err);
+    clipc_model *m = clipc_model_load(model, &err);
+    CHECK(rc == 0 && m && j, "%s", err.message);
+    if (rc == 0 && m && j) {
+        int E = clipc_model_config(m)->embed_dim;
+        clipc_normalize_rows(ft.data, 3, E);
+        float probs[3];
+        clipc_zeroshot_probs(m, fi.data, 1, ft.data, 3, probs);
+        const cJSON *first = cJSON_IsArray(j) ? j->child : j;
+        const cJSON *ranked = cJSON_GetObjectItem(first, "predictions");
+        int found = 0;
+        for (const cJSON *r = ranked ? ranked->child : NULL; r; r = r->next) {
+            const char *label = cJSON_GetObjectItem(r, "label")->valuestring;
+            double p = cJSON_GetObjectItem(r, "probability")->valuedouble;
+            int l = !strcmp(label, "cat") ? 0 : !strcmp(label, "dog") ? 1 : 2;
+            found += fabs(p - probs[l]) < 1e-4;
+        }
+        CHECK(found == 3, "classify's probabilities are the sigmoids of the embeddings' logits (%d of 3 match)", found);
+        npy_free(&fi), npy_free(&ft);
+    }
+    cJSON_Delete(j);
+    clipc_model_free(m);
+    /* index a folder and search it by text */
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/photos && cp %s %s %s/photos/ && %s index -m %s --db %s/p.db %s/photos > /dev/null 2>&1 && "
+             "%s search --db %s/p.db -k 2 'a cat' > %s/search.txt 2>&1 && grep -c png %s/search.txt | grep -q 2",
+             dir, img, ref_path("preprocess/images/rocket_small_60x90.png"), dir, clipc_binary, model, dir, dir,
+             clipc_binary, dir, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "index and search with a SigLIP model (%s/search.txt)", dir);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (test_failed == 0) run_cmd(cmd);
+}
+
+void test_siglip(void) {
+    cJSON *refs = read_json(DATA "/tokenizer.json");
+    if (refs) {
+        check_tokenizer(refs, DATA "/unigram/spiece.model", "unigram_sp", "unigram_hf");
+        check_tokenizer(refs, DATA "/bpe/tokenizer.model", "bpe_sp", "bpe_hf");
+        cJSON_Delete(refs);
+    }
+    check_model("b_like");
+    check_model("odd");
+    check_preprocess();
+    check_refusals();
+    check_cli();
+}
