@@ -163,6 +163,18 @@ typedef struct st_out_tensor {
 int st_write(const char *path, const st_out_tensor *tensors, int count, const char *const *meta_keys,
              const char *const *meta_values, int meta_count, clipc_error *err);
 
+/* ---- image/preprocess.c: a model's preprocessing -------------------------- */
+
+/* Pillow's resample filters (PIL.Image.Resampling's numbers). */
+enum { RESAMPLE_BILINEAR = 2, RESAMPLE_BICUBIC = 3 };
+/* How a SigLIP model's images are prepared (Hugging Face's
+ * preprocessor_config.json): convert('RGB'), resize the whole image with
+ * resample, x / 255, (x - mean) / std. */
+typedef struct image_style {
+    int resample;
+    float mean[3], std[3];
+} image_style;
+
 /* ---- model/params.c: the one list of a model's tensors ------------------ */
 
 /* Every parameter of a model is a named, shaped slice of one float array.
@@ -255,6 +267,8 @@ struct clipc_model {
     char **prompt_labels;
     /* SigLIP: the SentencePiece model found beside the checkpoint (owned; NULL: none) */
     char *tokenizer_path;
+    /* SigLIP: its image preprocessing (SIGLIP_STYLE unless preprocessor_config.json says otherwise) */
+    image_style style;
     /* Debug tap: when set, called with named intermediate activations
      * (rows x cols, row-major) so tests can localise a mismatch. */
     void (*tap)(void *ctx, const char *name, const float *x, int rows, int cols);
@@ -430,6 +444,8 @@ int image_decode(const unsigned char *data, size_t len, const char *name, image 
 void image_free(image *im);
 /* Pillow's Image.resize(size, BICUBIC) (NEAREST for P and 1). */
 int image_resize(const image *in, int width, int height, image *out, clipc_error *err);
+int image_resize_filter(const image *in, int width, int height, int filter, image *out, clipc_error *err);
+
 /* Pillow's Image.crop((x, y, x + w, y + h)). */
 int image_crop(const image *in, int x, int y, int w, int h, image *out, clipc_error *err);
 /* Pillow's convert('RGB') into packed uint8 RGB. */
@@ -441,13 +457,16 @@ int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_e
  * crop. Errors name the image. */
 int image_memory_rgb(const void *data, size_t len, const char *name, int size, unsigned char *rgb, clipc_error *err);
 int image_file_rgb(const char *path, int size, unsigned char *rgb, clipc_error *err);
-/* SigLIP's: convert('RGB'), then a bicubic resize to size x size (no crop). */
-int image_resize_square_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err);
-/* A decoded image as a model of that family (CLIPC_CLIP, CLIPC_SIGLIP)
- * takes it: [3, size, size] floats. */
-int image_pixels(const image *im, int family, int size, float *out, clipc_error *err);
-/* SigLIP's whole preprocessing of an encoded image at size x size. */
-int image_siglip_pixels(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err);
+/* SigLIP's: convert('RGB'), then a resize to size x size (no crop). */
+int image_resize_square_rgb(const image *im, int size, int filter, unsigned char *rgb, clipc_error *err);
+/* A decoded image as a model takes it: [3, size, size] floats; style NULL:
+ * CLIP's _transform, else SigLIP's image processor with those settings. */
+int image_pixels(const image *im, const image_style *style, int size, float *out, clipc_error *err);
+/* SigLIP's defaults: bicubic, mean = std = 0.5. */
+extern const image_style SIGLIP_STYLE;
+/* An encoded image preprocessed in that style at size x size. */
+int image_style_pixels(const void *data, size_t len, const char *name, const image_style *style, int size, float *out,
+                       clipc_error *err);
 /* ToTensor + Normalize(CLIP mean, std): packed RGB -> [3, size, size]. */
 void image_normalize(const unsigned char *rgb, int size, float *out);
 /* RGB pixels [height, width, 3] as a PNG file in memory (*out malloc'd). */

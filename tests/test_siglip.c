@@ -206,10 +206,13 @@ static void check_preprocess(void) {
     cJSON *list = read_json(DATA "/preprocess.json");
     if (!list) return;
     const cJSON *files = cJSON_GetObjectItem(list, "files"), *up = cJSON_GetObjectItem(list, "upscaled_96");
-    const cJSON *sets[2] = {files, up};
-    const char *npys[2] = {DATA "/preprocess_48.npy", DATA "/preprocess_96.npy"};
-    int sizes[2] = {48, 96};
-    for (int k = 0; k < 2; k++) {
+    const cJSON *sets[3] = {files, up, files};
+    const char *npys[3] = {DATA "/preprocess_48.npy", DATA "/preprocess_96.npy", DATA "/preprocess_48_bilinear_imagenet.npy"};
+    int sizes[3] = {48, 96, 48};
+    /* the third: preprocessor_config.json's resample 2 (bilinear) and ImageNet's mean and std */
+    const image_style imagenet = {RESAMPLE_BILINEAR, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};
+    const image_style *styles[3] = {&SIGLIP_STYLE, &SIGLIP_STYLE, &imagenet};
+    for (int k = 0; k < 3; k++) {
         npy_array want;
         clipc_error err;
         if (npy_read(npys[k], &want, &err)) {
@@ -231,7 +234,7 @@ static void check_preprocess(void) {
                 CHECK(0, "%s", err.message);
                 continue;
             }
-            int rc = image_siglip_pixels(data, len, name, sizes[k], px, &err);
+            int rc = image_style_pixels(data, len, name, styles[k], sizes[k], px, &err);
             free(data);
             CHECK(rc == 0, "%s", err.message);
             double d = max_abs_diff(px, (float *)want.data + (size_t)i * per, per);
@@ -239,8 +242,8 @@ static void check_preprocess(void) {
             exact += d == 0;
             CHECK(d == 0, "%s at %d: differs from SiglipImageProcessor by up to %.3g", name, sizes[k], d);
         }
-        printf("  SiglipImageProcessor at %dx%d: %d of %d images bit-exact (max diff %.2g)\n", sizes[k], sizes[k], exact, i,
-               worst);
+        printf("  SiglipImageProcessor at %dx%d%s: %d of %d images bit-exact (max diff %.2g)\n", sizes[k], sizes[k],
+               k == 2 ? ", bilinear, ImageNet mean/std" : "", exact, i, worst);
         free(px);
         npy_free(&want);
     }
@@ -259,6 +262,60 @@ static clipc_model *load_edited(const char *sed, clipc_error *err) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);
     return m;
+}
+
+/* preprocessor_config.json beside a checkpoint sets the model's preprocessing; a save keeps it. */
+static void check_processor_config(void) {
+    char dir[] = "/tmp/clipc_siglip_XXXXXX", cmd[1024], path[600];
+    clipc_error err;
+    if (!mkdtemp(dir)) return;
+    const char *cfgs[][2] = {
+        {"{\"image_processor_type\": \"SiglipImageProcessor\", \"resample\": 2, \"size\": {\"height\": 32, \"width\": 32}, "
+         "\"image_mean\": [0.485, 0.456, 0.406], \"image_std\": [0.229, 0.224, 0.225], \"rescale_factor\": 0.00392156862745098}", NULL},
+        {"{\"resample\": 1}", "resample 1 is not supported"},
+        {"{\"size\": {\"height\": 224, \"width\": 224}}", "differs from the model's 32x32 input"},
+        {"{\"do_normalize\": false}", "do_normalize false"},
+        {"{\"image_processor_type\": \"CLIPImageProcessor\"}", "'CLIPImageProcessor' is not supported"},
+        {"{\"image_std\": [1, 0, 1]}", "image_std must be positive"},
+    };
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
+        snprintf(cmd, sizeof cmd, "cp " DATA "/b_like/model.safetensors " DATA "/b_like/config.json %s/ && printf '%%s' '%s' > %s/preprocessor_config.json",
+                 dir, cfgs[i][0], dir);
+        CHECK(run_cmd(cmd) == 0, "prepare");
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        clipc_model *m = clipc_model_load(path, &err);
+        if (cfgs[i][1]) {
+            CHECK(!m && strstr(err.message, cfgs[i][1]), "preprocessor_config %s: %s", cfgs[i][0], m ? "(loaded)" : err.message);
+            clipc_model_free(m);
+            continue;
+        }
+        CHECK(m && m->style.resample == RESAMPLE_BILINEAR && m->style.mean[0] == 0.485f && m->style.std[2] == 0.225f,
+              "preprocessor_config.json read: %s", m ? "other values" : err.message);
+        if (!m) continue;
+        snprintf(path, sizeof path, "%s/saved.safetensors", dir);
+        CHECK(clipc_model_save(m, path, &err) == 0, "%s", err.message);
+        snprintf(cmd, sizeof cmd, "mkdir -p %s/alone && mv %s %s/alone/", dir, path, dir);
+        run_cmd(cmd);
+        snprintf(path, sizeof path, "%s/alone/saved.safetensors", dir);
+        clipc_model *back = clipc_model_load(path, &err);
+        CHECK(back && !memcmp(&back->style, &m->style, sizeof m->style), "the saved model keeps its preprocessing: %s",
+              back ? "it differs" : err.message);
+        /* and the model preprocesses with it */
+        unsigned char *data;
+        size_t len;
+        float a[3 * 32 * 32], b[3 * 32 * 32];
+        const char *img = ref_path("preprocess/images/chelsea_451x300.png");
+        if (back && read_file(img, &data, &len, &err) == 0) {
+            CHECK(clipc_model_preprocess_file(back, img, a, &err) == 0 &&
+                      image_style_pixels(data, len, img, &m->style, 32, b, &err) == 0 && !memcmp(a, b, sizeof a),
+                  "clipc_model_preprocess_file uses the model's style");
+            free(data);
+        }
+        clipc_model_free(back);
+        clipc_model_free(m);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run_cmd(cmd);
 }
 
 static void check_refusals(void) {
@@ -387,6 +444,7 @@ void test_siglip(void) {
     check_model("b_like");
     check_model("odd");
     check_preprocess();
+    check_processor_config();
     check_refusals();
     check_cli();
 }

@@ -236,7 +236,7 @@ int image_set_pixels(const image_set *s, int i, const clipc_model *m, float *out
     if (s->paths) return clipc_model_preprocess_file(m, s->paths[i], out, err);
     if (c->family == CLIPC_CLIP) return fmnist_pixels(&s->fm, i, c->image_resolution, out, err);
     image im = fmnist_image(&s->fm, i);
-    return image_pixels(&im, c->family, c->image_resolution, out, err);
+    return image_pixels(&im, &m->style, c->image_resolution, out, err);
 }
 
 int image_set_rgb(const image_set *s, int i, int size, unsigned char *rgb, clipc_error *err) {

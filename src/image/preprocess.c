@@ -90,14 +90,14 @@ int clipc_preprocess_memory(const void *data, size_t len, const char *name, int 
     return rc;
 }
 
-/* SiglipImageProcessor: convert('RGB') first, then PIL's bicubic resize of
- * the whole image to size x size (no crop: the aspect ratio is not kept). */
-int image_resize_square_rgb(const image *im, int size, unsigned char *rgb, clipc_error *err) {
+/* SiglipImageProcessor: convert('RGB') first, then PIL's resize of the
+ * whole image to size x size (no crop: the aspect ratio is not kept). */
+int image_resize_square_rgb(const image *im, int size, int filter, unsigned char *rgb, clipc_error *err) {
     image in = {.mode = IM_RGB, .width = im->width, .height = im->height, .channels = 3};
     if (!(in.pixels = malloc((size_t)im->width * im->height * 3))) return clipc_fail(err, "out of memory");
     image_to_rgb(im, in.pixels);
     image resized;
-    int rc = image_resize(&in, size, size, &resized, err);
+    int rc = image_resize_filter(&in, size, size, filter, &resized, err);
     free(in.pixels);
     if (rc) return -1;
     memcpy(rgb, resized.pixels, (size_t)size * size * 3);
@@ -105,43 +105,40 @@ int image_resize_square_rgb(const image *im, int size, unsigned char *rgb, clipc
     return 0;
 }
 
-/* rescale (x * 1/255 in float64, stored float32) then normalize ((x - 0.5) / 0.5 in float32), as
+/* rescale (x * 1/255 in float64, stored float32) then normalize ((x - mean) / std in float32), as
  * transformers' image_transforms compute them. */
-static void siglip_normalize(const unsigned char *rgb, int size, float *out) {
+static void style_normalize(const image_style *st, const unsigned char *rgb, int size, float *out) {
     size_t plane = (size_t)size * size;
     for (int c = 0; c < 3; c++)
         for (size_t i = 0; i < plane; i++)
-            out[c * plane + i] = ((float)(rgb[i * 3 + c] * (1.0 / 255.0)) - 0.5f) / 0.5f;
+            out[c * plane + i] = ((float)(rgb[i * 3 + c] * (1.0 / 255.0)) - st->mean[c]) / st->std[c];
 }
 
-int image_siglip_pixels(const void *data, size_t len, const char *name, int size, float *out, clipc_error *err) {
-    image im;
-    if (image_decode(data, len, name, &im, err)) return -1;
-    int rc = image_pixels(&im, CLIPC_SIGLIP, size, out, err);
-    if (rc) clipc_fail_prefix(err, name);
-    image_free(&im);
-    return rc;
-}
-
-int image_pixels(const image *im, int family, int size, float *out, clipc_error *err) {
+int image_pixels(const image *im, const image_style *style, int size, float *out, clipc_error *err) {
     if (size < 1 || size > 4096) return clipc_fail(err, "preprocess size %d is out of range (1..4096)", size);
     unsigned char *rgb = malloc((size_t)size * size * 3);
     if (!rgb) return clipc_fail(err, "out of memory");
-    int rc = family == CLIPC_SIGLIP ? image_resize_square_rgb(im, size, rgb, err) : image_resize_crop_rgb(im, size, rgb, err);
-    if (rc == 0) (family == CLIPC_SIGLIP ? siglip_normalize : image_normalize)(rgb, size, out);
+    int rc = style ? image_resize_square_rgb(im, size, style->resample, rgb, err) : image_resize_crop_rgb(im, size, rgb, err);
+    if (rc == 0 && style) style_normalize(style, rgb, size, out);
+    else if (rc == 0) image_normalize(rgb, size, out);
     free(rgb);
+    return rc;
+}
+
+int image_style_pixels(const void *data, size_t len, const char *name, const image_style *style, int size, float *out,
+                       clipc_error *err) {
+    image im;
+    if (image_decode(data, len, name, &im, err)) return -1;
+    int rc = image_pixels(&im, style, size, out, err);
+    if (rc) clipc_fail_prefix(err, name);
+    image_free(&im);
     return rc;
 }
 
 int clipc_model_preprocess_memory(const clipc_model *m, const void *data, size_t len, const char *name, float *out,
                                   clipc_error *err) {
-    const clipc_config *c = clipc_model_config(m);
-    image im;
-    if (image_decode(data, len, name, &im, err)) return -1;
-    int rc = image_pixels(&im, c->family, c->image_resolution, out, err);
-    if (rc) clipc_fail_prefix(err, name);
-    image_free(&im);
-    return rc;
+    const image_style *style = m->cfg.family == CLIPC_SIGLIP ? &m->style : NULL;
+    return image_style_pixels(data, len, name, style, m->cfg.image_resolution, out, err);
 }
 
 int clipc_model_preprocess_file(const clipc_model *m, const char *path, float *out, clipc_error *err) {

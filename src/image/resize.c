@@ -1,8 +1,9 @@
-/* resize.c — Pillow's Image.resize(size, BICUBIC), reproduced in its own
- * arithmetic (Pillow 9.4, libImaging/Resample.c and Geometry.c):
+/* resize.c — Pillow's Image.resize(size, BICUBIC) (and BILINEAR), reproduced
+ * in its own arithmetic (Pillow 9.4, libImaging/Resample.c and Geometry.c):
  *
  *  - coefficients: cubic convolution with a = -0.5, support 2 * max(scale,1)
- *    (antialiasing when shrinking), pixel centres at (i + 0.5) * scale,
+ *    (antialiasing when shrinking; BILINEAR: the triangle 1 - |x|, support
+ *    1 * max(scale, 1)), pixel centres at (i + 0.5) * scale,
  *    normalised to sum 1, then rounded to 22-bit fixed point;
  *  - two passes, horizontal first; each rounds (+2^21, >>22) and clips to
  *    uint8; a pass whose size does not change is skipped;
@@ -26,6 +27,11 @@ static double bicubic(double x) {
     return 0.0;
 }
 
+static double bilinear(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
 typedef struct coeffs {
     int ksize;
     int *bounds;   /* [out][2]: first input index, count */
@@ -33,9 +39,10 @@ typedef struct coeffs {
     int32_t *fixed;/* the same in fixed point */
 } coeffs;
 
-static int precompute(int in_size, int out_size, coeffs *c) {
+static int precompute(int in_size, int out_size, int filter, coeffs *c) {
     double scale = (double)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
-    double support = 2.0 * filterscale;
+    double (*fn)(double) = filter == RESAMPLE_BILINEAR ? bilinear : bicubic;
+    double support = (filter == RESAMPLE_BILINEAR ? 1.0 : 2.0) * filterscale;
     int ksize = (int)ceil(support) * 2 + 1;
     c->ksize = ksize;
     c->bounds = malloc((size_t)out_size * 2 * sizeof *c->bounds);
@@ -50,7 +57,7 @@ static int precompute(int in_size, int out_size, coeffs *c) {
         xmax -= xmin;
         double *k = c->k + (size_t)xx * ksize;
         for (int x = 0; x < xmax; x++) {
-            double w = bicubic((x + xmin - center + 0.5) * ss);
+            double w = fn((x + xmin - center + 0.5) * ss);
             k[x] = w;
             ww += w;
         }
@@ -118,7 +125,7 @@ static unsigned char muldiv255(unsigned a, unsigned b) {
     return (unsigned char)(((t >> 8) + t) >> 8);
 }
 
-static int resample(const image *in, int w, int h, image *out, clipc_error *err) {
+static int resample(const image *in, int w, int h, int filter, image *out, clipc_error *err) {
     int ch = in->channels;
     bool wide = in->mode == IM_I;
     size_t esz = wide ? 4 : 1;
@@ -139,7 +146,7 @@ static int resample(const image *in, int w, int h, image *out, clipc_error *err)
         }
         src = premul;
     }
-    if (precompute(in->width, w, &cx) || precompute(in->height, h, &cy)) goto done;
+    if (precompute(in->width, w, filter, &cx) || precompute(in->height, h, filter, &cy)) goto done;
     int cw = in->width;
     if (w != in->width) {
         tmp = malloc((size_t)w * in->height * ch * esz);
@@ -218,6 +225,10 @@ static int nearest(const image *in, int w, int h, image *out, clipc_error *err) 
 }
 
 int image_resize(const image *in, int w, int h, image *out, clipc_error *err) {
+    return image_resize_filter(in, w, h, RESAMPLE_BICUBIC, out, err);
+}
+
+int image_resize_filter(const image *in, int w, int h, int filter, image *out, clipc_error *err) {
     if (w == in->width && h == in->height) { /* Pillow returns a copy */
         size_t n = (size_t)w * h * in->channels * (in->mode == IM_I ? 4 : 1);
         *out = *in;
@@ -227,7 +238,7 @@ int image_resize(const image *in, int w, int h, image *out, clipc_error *err) {
         return 0;
     }
     if (in->mode == IM_P || in->mode == IM_1) return nearest(in, w, h, out, err);
-    return resample(in, w, h, out, err);
+    return resample(in, w, h, filter, out, err);
 }
 
 /* Pillow's convert('RGB') for each mode. */

@@ -69,6 +69,9 @@ int config_validate(const clipc_config *c, clipc_error *err) {
     return 0;
 }
 
+/* SiglipImageProcessor's defaults */
+const image_style SIGLIP_STYLE = {RESAMPLE_BICUBIC, {0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}};
+
 clipc_model *model_new(const clipc_config *cfg, clipc_error *err) { return model_new_within(cfg, SIZE_MAX, err); }
 
 clipc_model *model_new_within(const clipc_config *cfg, size_t held_bytes, clipc_error *err) {
@@ -78,6 +81,7 @@ clipc_model *model_new_within(const clipc_config *cfg, size_t held_bytes, clipc_
         return NULL;
     }
     m->cfg = *cfg;
+    m->style = SIGLIP_STYLE;
     config_defaults(&m->cfg);
     if (params_build(&m->cfg, &m->table, &m->L, err)) {
         free(m);
@@ -226,7 +230,16 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
 #define META(key, ...) (keys[k] = key, snprintf(values[k], 64, __VA_ARGS__), k++)
     META("naming", "openai");
     META("format", "pt");
-    if (c->family == CLIPC_SIGLIP) META("family", "siglip");
+    if (c->family == CLIPC_SIGLIP) {
+        META("family", "siglip");
+        /* its image processor's settings, where they are not SiglipImageProcessor's defaults */
+        const image_style *st = &m->style;
+        if (st->resample != SIGLIP_STYLE.resample) META("image_resample", "%d", st->resample);
+        if (memcmp(st->mean, SIGLIP_STYLE.mean, sizeof st->mean))
+            META("image_mean", "[%.9g, %.9g, %.9g]", st->mean[0], st->mean[1], st->mean[2]);
+        if (memcmp(st->std, SIGLIP_STYLE.std, sizeof st->std))
+            META("image_std", "[%.9g, %.9g, %.9g]", st->std[0], st->std[1], st->std[2]);
+    }
     META("embed_dim", "%d", c->embed_dim);
     META("image_resolution", "%d", c->image_resolution);
     if (c->vision_tower == CLIPC_VIT) {

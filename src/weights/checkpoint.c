@@ -665,6 +665,87 @@ static int find_tokenizer(const char *path, clipc_model *m, clipc_error *err) {
     return 0;
 }
 
+/* Three numbers (or one, for all three channels) from a JSON value. */
+static bool json_triple(const cJSON *v, float out[3]) {
+    if (cJSON_IsNumber(v)) {
+        out[0] = out[1] = out[2] = (float)v->valuedouble;
+        return true;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 3) return false;
+    for (int i = 0; i < 3; i++) {
+        const cJSON *x = cJSON_GetArrayItem(v, i);
+        if (!cJSON_IsNumber(x)) return false;
+        out[i] = (float)x->valuedouble;
+    }
+    return true;
+}
+
+/* A SigLIP model's image processor: Hugging Face's preprocessor_config.json
+ * beside the checkpoint (SiglipImageProcessor's settings), or the metadata
+ * clipc saved them in; what clipc does not compute is refused by name. */
+static int image_style_config(const char *path, const st_file *f, clipc_model *m, clipc_error *err) {
+    char *meta[3] = {st_metadata_get(f, "image_resample"), st_metadata_get(f, "image_mean"),
+                     st_metadata_get(f, "image_std")};
+    int rc = 0;
+    if (meta[0]) m->style.resample = atoi(meta[0]);
+    for (int k = 1; k < 3 && rc == 0; k++) {
+        cJSON *v = meta[k] ? cJSON_Parse(meta[k]) : NULL;
+        if (meta[k] && !json_triple(v, k == 1 ? m->style.mean : m->style.std))
+            rc = clipc_fail(err, "metadata '%s' is not three numbers", k == 1 ? "image_mean" : "image_std");
+        cJSON_Delete(v);
+    }
+    for (int k = 0; k < 3; k++) free(meta[k]);
+    if (rc == 0 && m->style.resample != RESAMPLE_BILINEAR && m->style.resample != RESAMPLE_BICUBIC)
+        rc = clipc_fail(err, "metadata image_resample %d is not supported (2 bilinear, 3 bicubic)", m->style.resample);
+    char cfg_path[4096];
+    beside(path, "preprocessor_config.json", cfg_path, sizeof cfg_path);
+    if (rc || access(cfg_path, F_OK) != 0) return rc;
+    unsigned char *text;
+    size_t len;
+    if (read_file(cfg_path, &text, &len, err)) return -1;
+    cJSON *root = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return clipc_fail(err, "%s: not a JSON object", cfg_path);
+    }
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "image_processor_type");
+    const cJSON *size = cJSON_GetObjectItemCaseSensitive(root, "size");
+    const cJSON *resample = cJSON_GetObjectItemCaseSensitive(root, "resample");
+    const cJSON *factor = cJSON_GetObjectItemCaseSensitive(root, "rescale_factor");
+    int R = m->cfg.image_resolution;
+    static const char *const flags[] = {"do_resize", "do_rescale", "do_normalize"};
+    for (size_t i = 0; i < 3 && rc == 0; i++)
+        if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, flags[i])))
+            rc = clipc_fail(err, "%s: %s false is not supported", cfg_path, flags[i]);
+    if (rc == 0 && cJSON_IsString(type) && strncmp(type->valuestring, "SiglipImageProcessor", 20))
+        rc = clipc_fail(err, "%s: image_processor_type '%s' is not supported (SiglipImageProcessor)", cfg_path,
+                        type->valuestring);
+    if (rc == 0 && size &&
+        (json_int((cJSON *)size, "height", R) != R || json_int((cJSON *)size, "width", R) != R))
+        rc = clipc_fail(err, "%s: size %dx%d differs from the model's %dx%d input", cfg_path,
+                        json_int((cJSON *)size, "width", R), json_int((cJSON *)size, "height", R), R, R);
+    if (rc == 0 && resample) {
+        if (!cJSON_IsNumber(resample) || (resample->valueint != RESAMPLE_BILINEAR && resample->valueint != RESAMPLE_BICUBIC))
+            rc = clipc_fail(err, "%s: resample %d is not supported (2 bilinear, 3 bicubic)", cfg_path,
+                            cJSON_IsNumber(resample) ? resample->valueint : -1);
+        else
+            m->style.resample = resample->valueint;
+    }
+    if (rc == 0 && factor && !(cJSON_IsNumber(factor) && fabs(factor->valuedouble - 1.0 / 255.0) < 1e-9))
+        rc = clipc_fail(err, "%s: rescale_factor must be 1/255", cfg_path);
+    const char *keys[2] = {"image_mean", "image_std"};
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        if (v && !json_triple(v, k == 0 ? m->style.mean : m->style.std))
+            rc = clipc_fail(err, "%s: %s is not three numbers", cfg_path, keys[k]);
+    }
+    for (int c = 0; c < 3 && rc == 0; c++)
+        if (!(m->style.std[c] > 0.0f)) rc = clipc_fail(err, "%s: image_std must be positive", cfg_path);
+    cJSON_Delete(root);
+    return rc;
+}
+
 clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     st_file f;
     if (is_zip(path) ? pt_open(path, &f, err) : st_open(path, &f, err)) return NULL;
@@ -697,11 +778,11 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
         clipc_model_free(m);
         m = NULL;
     }
-    st_close(&f);
-    if (m && m->cfg.family == CLIPC_SIGLIP && find_tokenizer(path, m, err)) {
+    if (m && m->cfg.family == CLIPC_SIGLIP && (find_tokenizer(path, m, err) || image_style_config(path, &f, m, err))) {
         clipc_model_free(m);
         m = NULL;
     }
+    st_close(&f);
     if (!m) clipc_fail_prefix(err, path);
     return m;
 }

@@ -217,6 +217,11 @@ def preprocess_refs():
         proc = SiglipImageProcessor(size={"height": size, "width": size}, do_convert_rgb=True)
         px = np.stack([proc(Image.open(paths[i]), return_tensors="np")["pixel_values"][0] for i in which])
         np.save(os.path.join(OUT, f"preprocess_{size}.npy"), px.astype(np.float32))
+    # a processor configured otherwise: bilinear, ImageNet's mean and std (preprocessor_config.json's keys)
+    other = dict(resample=2, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    proc = SiglipImageProcessor(size={"height": 48, "width": 48}, do_convert_rgb=True, **other)
+    px = np.stack([proc(Image.open(p), return_tensors="np")["pixel_values"][0] for p in paths])
+    np.save(os.path.join(OUT, "preprocess_48_bilinear_imagenet.npy"), px.astype(np.float32))
     with open(os.path.join(OUT, "preprocess.json"), "w") as f:
         json.dump({"files": names, "upscaled_96": [names[i] for i in small]}, f, indent=1)
 
