@@ -95,12 +95,12 @@ static double largest(const npy_array *a) {
     return m;
 }
 
-/* A model case: features and logits against transformers'; the texts
+/* A model case: features and logits against the reference's; the texts
  * tokenized by the model's own tokenizer equal the reference's ids. */
-static void check_model(const char *name) {
+static void check_model(const char *name, const char *file) {
     char path[512];
     clipc_error err;
-    snprintf(path, sizeof path, DATA "/%s/model.safetensors", name);
+    snprintf(path, sizeof path, DATA "/%s/%s", name, file);
     clipc_model *m = clipc_model_load(path, &err);
     CHECK(m != NULL, "%s: %s", name, m ? "" : err.message);
     if (!m) return;
@@ -250,18 +250,23 @@ static void check_preprocess(void) {
     cJSON_Delete(list);
 }
 
-/* A copy of b_like in a fresh folder with its config.json edited by sed. */
-static clipc_model *load_edited(const char *sed, clipc_error *err) {
+/* A copy of a case in a fresh folder with its config file edited by sed. */
+static clipc_model *load_edited_case(const char *name, const char *file, const char *config, const char *sed,
+                                     clipc_error *err) {
     char dir[] = "/tmp/clipc_siglip_XXXXXX", cmd[1024], path[512];
     if (!mkdtemp(dir)) return NULL;
-    snprintf(cmd, sizeof cmd, "cp " DATA "/b_like/model.safetensors %s/ && sed '%s' " DATA "/b_like/config.json > %s/config.json",
-             dir, sed, dir);
+    snprintf(cmd, sizeof cmd, "cp " DATA "/%s/%s %s/ && sed '%s' " DATA "/%s/%s > %s/%s", name, file, dir, sed, name,
+             config, dir, config);
     run_cmd(cmd);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, file);
     clipc_model *m = clipc_model_load(path, err);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);
     return m;
+}
+
+static clipc_model *load_edited(const char *sed, clipc_error *err) {
+    return load_edited_case("b_like", "model.safetensors", "config.json", sed, err);
 }
 
 /* preprocessor_config.json beside a checkpoint sets the model's preprocessing; a save keeps it. */
@@ -328,6 +333,25 @@ static void check_refusals(void) {
     clipc_model_free(m);
     m = load_edited("s/gelu_pytorch_tanh/relu/", &err);
     CHECK(!m && strstr(err.message, "'relu' is not supported"), "relu: %s", m ? "(loaded)" : err.message);
+    clipc_model_free(m);
+    /* OpenCLIP's open_clip_config.json: what clipc does not compute is refused by name */
+    static const char *const openclip[][2] = {
+        {"s/\"timm_pool\": \"map\"/\"timm_pool\": \"avg\"/", "timm_pool 'avg' is not supported"},
+        {"s/\"pool_type\": \"last\"/\"pool_type\": \"argmax\"/", "pool_type 'argmax' is not supported"},
+        {"s/\"no_causal_mask\": true/\"no_causal_mask\": false/", "causal mask"},
+        {"s/\"squash\"/\"shortest\"/", "resize_mode 'shortest'"},
+        {"s/\"bicubic\"/\"lanczos\"/", "interpolation 'lanczos'"},
+    };
+    for (size_t i = 0; i < sizeof openclip / sizeof *openclip; i++) {
+        m = load_edited_case("openclip", "open_clip_model.safetensors", "open_clip_config.json", openclip[i][0], &err);
+        CHECK(!m && strstr(err.message, openclip[i][1]), "open_clip_config %s: %s", openclip[i][0],
+              m ? "(loaded)" : err.message);
+        clipc_model_free(m);
+    }
+    m = load_edited_case("openclip", "open_clip_model.safetensors", "open_clip_config.json", "s/\"bicubic\"/\"bilinear\"/",
+                         &err);
+    CHECK(m && m->style.resample == RESAMPLE_BILINEAR, "open_clip_config interpolation bilinear: %s",
+          m ? "not read" : err.message);
     clipc_model_free(m);
     /* tokenizer files: garbage, too large, an unknown tokenizer_class */
     char dir[] = "/tmp/clipc_spm_XXXXXX", path[512], cmd[1024];
@@ -441,8 +465,9 @@ void test_siglip(void) {
         check_tokenizer(refs, DATA "/bpe/tokenizer.model", "bpe_sp", "bpe_hf");
         cJSON_Delete(refs);
     }
-    check_model("b_like");
-    check_model("odd");
+    check_model("b_like", "model.safetensors");    /* transformers' SiglipModel */
+    check_model("odd", "model.safetensors");
+    check_model("openclip", "open_clip_model.safetensors"); /* OpenCLIP's CustomTextCLIP, a timm trunk */
     check_preprocess();
     check_processor_config();
     check_refusals();

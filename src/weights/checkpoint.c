@@ -14,7 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
-enum naming { NAMING_OPENAI, NAMING_HF };
+/* OpenAI's names (clipc's own); Hugging Face's CLIPModel / SiglipModel;
+ * OpenCLIP's SigLIP (CustomTextCLIP: a timm trunk, "visual.trunk.*", and
+ * the text tower under "text.*"). */
+enum naming { NAMING_OPENAI, NAMING_HF, NAMING_OPENCLIP_SIGLIP };
 
 static const st_tensor *need(const st_file *f, const char *name, int ndim, clipc_error *err) {
     const st_tensor *t = st_find(f, name);
@@ -148,15 +151,21 @@ static int infer_openai(const st_file *f, clipc_config *c, clipc_error *err) {
     return 0;
 }
 
+static bool json_triple(const cJSON *v, float out[3]);
+static int json_only(cJSON *obj, const char *tower, const char *key, const char *supported, const char *cfg_path,
+                     clipc_error *err);
+
 static int json_int(cJSON *obj, const char *key, int fallback) {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     return cJSON_IsNumber(v) ? v->valueint : fallback;
 }
 
-static float json_eps(cJSON *obj, float fallback) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "layer_norm_eps");
+static float json_eps_key(cJSON *obj, const char *key, float fallback) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     return cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble < 1 ? (float)v->valuedouble : fallback;
 }
+
+static float json_eps(cJSON *obj, float fallback) { return json_eps_key(obj, "layer_norm_eps", fallback); }
 
 /* A tower's hidden_act (transformers' default: quick_gelu); anything but
  * the two CLIP uses is refused by name rather than computed wrongly. */
@@ -216,6 +225,99 @@ static int infer_hf_siglip(const st_file *f, const char *cfg_path, cJSON *tc, cJ
     return 0;
 }
 
+/* OpenCLIP's SigLIP models: shapes from the tensors; head counts, epsilons
+ * and activations from open_clip_config.json beside the file when there is
+ * one (else timm's and OpenCLIP's defaults: exact GELU, eps 1e-6, 64-wide
+ * heads, or 16 heads for the 1152-wide So400m). */
+static int infer_openclip_siglip(const st_file *f, const char *path, clipc_config *c, image_style *style,
+                                 clipc_error *err) {
+    const st_tensor *t;
+    c->family = CLIPC_SIGLIP;
+    c->vision_tower = CLIPC_VIT;
+    if (!(t = need(f, "visual.trunk.patch_embed.proj.weight", 4, err))) return -1;
+    c->vision_width = (int)t->shape[0];
+    c->vision_patch_size = (int)t->shape[3];
+    c->vision_layers = count_blocks(f, "visual.trunk.blocks.", "attn.qkv.weight");
+    if (!(t = need(f, "visual.trunk.pos_embed", 3, err))) return -1;
+    c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)t->shape[1]));
+    if (!(t = need(f, "text.text_projection.weight", 2, err))) return -1;
+    c->embed_dim = (int)t->shape[0];
+    if (!(t = need(f, "text.positional_embedding", 2, err))) return -1;
+    c->context_length = (int)t->shape[0];
+    if (!(t = need(f, "text.token_embedding.weight", 2, err))) return -1;
+    c->vocab_size = (int)t->shape[0];
+    c->text_width = (int)t->shape[1];
+    c->text_layers = count_blocks(f, "text.transformer.resblocks.", "attn.in_proj_weight");
+    c->vision_mlp_width = mlp_width(f, "visual.trunk.blocks.0.mlp.fc1.weight");
+    c->text_mlp_width = mlp_width(f, "text.transformer.resblocks.0.mlp.c_fc.weight");
+    c->vision_heads = c->vision_width == 1152 ? 16 : c->vision_width / 64 > 0 ? c->vision_width / 64 : 1;
+    c->text_heads = c->text_width == 1152 ? 16 : c->text_width / 64 > 0 ? c->text_width / 64 : 1;
+    c->activation = c->vision_activation = CLIPC_GELU;
+    c->vision_ln_eps = c->text_ln_eps = 1e-6f;
+
+    char cfg_path[4096];
+    beside(path, "open_clip_config.json", cfg_path, sizeof cfg_path);
+    if (access(cfg_path, F_OK) != 0) return 0;
+    unsigned char *text;
+    size_t len;
+    if (read_file(cfg_path, &text, &len, err)) return -1;
+    cJSON *root = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    if (!root) return clipc_fail(err, "%s: invalid JSON", cfg_path);
+    cJSON *mc = cJSON_GetObjectItemCaseSensitive(root, "model_cfg");
+    if (!cJSON_IsObject(mc)) mc = root;
+    cJSON *vc = cJSON_GetObjectItemCaseSensitive(mc, "vision_cfg"), *tc = cJSON_GetObjectItemCaseSensitive(mc, "text_cfg");
+    int rc = -1;
+    if (json_only(vc, "vision_cfg", "timm_pool", "map", cfg_path, err) ||
+        json_only(vc, "vision_cfg", "timm_proj", "none", cfg_path, err) ||
+        json_only(tc, "text_cfg", "pool_type", "last", cfg_path, err))
+        goto done;
+    cJSON *causal = cJSON_GetObjectItemCaseSensitive(tc, "no_causal_mask");
+    if (causal && !cJSON_IsTrue(causal)) {
+        clipc_fail(err, "%s: a SigLIP text tower with a causal mask (text_cfg.no_causal_mask false) is not supported",
+                   cfg_path);
+        goto done;
+    }
+    cJSON *timm = cJSON_GetObjectItemCaseSensitive(vc, "timm_model_name");
+    if (cJSON_IsString(timm) && (strstr(timm->valuestring, "so400m") || strstr(timm->valuestring, "giant") ||
+                                 strstr(timm->valuestring, "large")))
+        c->vision_heads = 16; /* timm's vit_{so400m,giantopt,large}_*_siglip */
+    int head_width = json_int(vc, "head_width", 0); /* OpenCLIP's vision_cfg key, where a file gives it */
+    if (head_width > 0 && c->vision_width % head_width == 0) c->vision_heads = c->vision_width / head_width;
+    c->text_heads = json_int(tc, "heads", c->text_heads);
+    cJSON *norm = cJSON_GetObjectItemCaseSensitive(tc, "norm_kwargs");
+    c->text_ln_eps = cJSON_IsObject(norm) ? json_eps_key(norm, "eps", c->text_ln_eps) : c->text_ln_eps;
+    cJSON *act = cJSON_GetObjectItemCaseSensitive(tc, "act_kwargs");
+    cJSON *approx = cJSON_IsObject(act) ? cJSON_GetObjectItemCaseSensitive(act, "approximate") : NULL;
+    if (cJSON_IsString(approx) && !strcmp(approx->valuestring, "tanh")) c->activation = CLIPC_GELU_TANH;
+    /* preprocessing: mean, std and the interpolation of OpenCLIP's preprocess_cfg */
+    cJSON *pc = cJSON_GetObjectItemCaseSensitive(root, "preprocess_cfg");
+    cJSON *interp = cJSON_GetObjectItemCaseSensitive(pc, "interpolation"), *mode = cJSON_GetObjectItemCaseSensitive(pc, "resize_mode");
+    if (cJSON_IsString(mode) && strcmp(mode->valuestring, "squash")) {
+        clipc_fail(err, "%s: preprocess_cfg.resize_mode '%s' is not supported for SigLIP ('squash')", cfg_path,
+                   mode->valuestring);
+        goto done;
+    }
+    if (cJSON_IsString(interp)) {
+        if (!strcmp(interp->valuestring, "bilinear")) style->resample = RESAMPLE_BILINEAR;
+        else if (!strcmp(interp->valuestring, "bicubic")) style->resample = RESAMPLE_BICUBIC;
+        else {
+            clipc_fail(err, "%s: preprocess_cfg.interpolation '%s' is not supported (bicubic, bilinear)", cfg_path,
+                       interp->valuestring);
+            goto done;
+        }
+    }
+    if ((cJSON_GetObjectItemCaseSensitive(pc, "mean") && !json_triple(cJSON_GetObjectItemCaseSensitive(pc, "mean"), style->mean)) ||
+        (cJSON_GetObjectItemCaseSensitive(pc, "std") && !json_triple(cJSON_GetObjectItemCaseSensitive(pc, "std"), style->std))) {
+        clipc_fail(err, "%s: preprocess_cfg mean and std must be three numbers", cfg_path);
+        goto done;
+    }
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
 static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
     char cfg_path[4096];
     beside(path, "config.json", cfg_path, sizeof cfg_path);
@@ -271,13 +373,74 @@ done:
     return rc;
 }
 
-/* Where a canonical (OpenAI) tensor lives in a Hugging Face file: one
- * tensor, one transposed tensor, or three row blocks (q, k, v). */
+/* Where a canonical (OpenAI) tensor lives in a Hugging Face or OpenCLIP
+ * file: one tensor, one transposed tensor, or row blocks (Hugging Face's
+ * q, k, v; timm's q and kv) stacked into it; squeeze: the file's tensor
+ * has a leading dimension of 1 more (timm's pos_embed [1, N, D]). */
 typedef struct source {
     char name[3][160];
     int parts;
-    bool transpose;
+    int64_t rows[3]; /* rows of each part (0: the rows split evenly) */
+    bool transpose, squeeze;
 } source;
+
+/* OpenCLIP's SigLIP: clipc's name for a tensor -> its name there. */
+static void openclip_siglip_source(const char *name, source *s) {
+    memset(s, 0, sizeof s[0]);
+    s->parts = 1;
+    static const struct { const char *ours, *theirs; } fixed[] = {
+        {"visual.conv1.weight", "visual.trunk.patch_embed.proj.weight"},
+        {"visual.conv1.bias", "visual.trunk.patch_embed.proj.bias"},
+        {"visual.positional_embedding", "visual.trunk.pos_embed"},
+        {"visual.ln_post.weight", "visual.trunk.norm.weight"},
+        {"visual.ln_post.bias", "visual.trunk.norm.bias"},
+        {"visual.head.probe", "visual.trunk.attn_pool.latent"},
+        {"visual.head.attn.out_proj.weight", "visual.trunk.attn_pool.proj.weight"},
+        {"visual.head.attn.out_proj.bias", "visual.trunk.attn_pool.proj.bias"},
+        {"visual.head.ln.weight", "visual.trunk.attn_pool.norm.weight"},
+        {"visual.head.ln.bias", "visual.trunk.attn_pool.norm.bias"},
+        {"visual.head.mlp.c_fc.weight", "visual.trunk.attn_pool.mlp.fc1.weight"},
+        {"visual.head.mlp.c_fc.bias", "visual.trunk.attn_pool.mlp.fc1.bias"},
+        {"visual.head.mlp.c_proj.weight", "visual.trunk.attn_pool.mlp.fc2.weight"},
+        {"visual.head.mlp.c_proj.bias", "visual.trunk.attn_pool.mlp.fc2.bias"},
+        {"text_head.weight", "text.text_projection.weight"},
+        {"text_head.bias", "text.text_projection.bias"},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        if (!strcmp(name, fixed[i].ours)) {
+            snprintf(s->name[0], sizeof s->name[0], "%s", fixed[i].theirs);
+            s->squeeze = !strcmp(name, "visual.positional_embedding");
+            return;
+        }
+    if (!strncmp(name, "visual.head.attn.in_proj_", 25)) { /* timm's AttentionPoolLatent: q [D, D] and kv [2D, D] */
+        const char *kind = name + 25;
+        s->parts = 2;
+        snprintf(s->name[0], sizeof s->name[0], "visual.trunk.attn_pool.q.%s", kind);
+        snprintf(s->name[1], sizeof s->name[1], "visual.trunk.attn_pool.kv.%s", kind);
+        s->rows[0] = -1; /* filled by the loader: a third of the rows, and two thirds */
+        return;
+    }
+    const char *p = strstr(name, "resblocks.");
+    if (strncmp(name, "visual.", 7) || !p) { /* the text tower keeps OpenAI's names under "text." */
+        bool top = !strcmp(name, "logit_scale") || !strcmp(name, "logit_bias");
+        snprintf(s->name[0], sizeof s->name[0], "%s%s", top ? "" : "text.", name);
+        return;
+    }
+    static const struct { const char *ours, *theirs; } block[] = {
+        {"ln_1.", "norm1."}, {"ln_2.", "norm2."}, {"attn.in_proj_weight", "attn.qkv.weight"},
+        {"attn.in_proj_bias", "attn.qkv.bias"}, {"attn.out_proj.", "attn.proj."}, {"mlp.c_fc.", "mlp.fc1."},
+        {"mlp.c_proj.", "mlp.fc2."},
+    };
+    int layer = atoi(p + 10);
+    const char *rest = strchr(p + 10, '.') + 1;
+    for (size_t i = 0; i < sizeof block / sizeof *block; i++)
+        if (!strncmp(rest, block[i].ours, strlen(block[i].ours))) {
+            snprintf(s->name[0], sizeof s->name[0], "visual.trunk.blocks.%d.%s%s", layer, block[i].theirs,
+                     rest + strlen(block[i].ours));
+            return;
+        }
+    snprintf(s->name[0], sizeof s->name[0], "%s", name);
+}
 
 static const char *hf_block_part(const char *rest, int which) {
     static const struct { const char *openai, *hf; } map[] = {
@@ -432,24 +595,34 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
             memset(&src, 0, sizeof src);
             src.parts = 1;
             snprintf(src.name[0], sizeof src.name[0], "%s", p->name);
-        } else {
+        } else if (naming == NAMING_HF) {
             hf_source(p->name, &src);
+        } else {
+            openclip_siglip_source(p->name, &src);
         }
-        size_t part_numel = p->numel / (size_t)src.parts;
+        if (src.rows[0] < 0) src.rows[0] = p->shape[0] / 3, src.rows[1] = p->shape[0] - src.rows[0];
+        size_t row_numel = p->ndim ? p->numel / (size_t)p->shape[0] : 1, rows_done = 0;
         for (int k = 0; k < src.parts; k++) {
+            int64_t part_rows = src.rows[k] ? src.rows[k] : (p->ndim ? p->shape[0] / src.parts : 1);
+            size_t part_numel = src.parts > 1 ? (size_t)part_rows * row_numel : p->numel;
             const st_tensor *t = st_find(f, src.name[k]);
             if (!t) {
                 free(used);
                 return clipc_fail(err, "missing tensor '%s'", src.name[k]);
             }
             used[t - f->tensors] = true;
-            int64_t want[4];
+            int64_t want[5];
             int wnd = p->ndim;
-            memcpy(want, p->shape, sizeof want);
-            if (src.parts == 3) want[0] /= 3;
+            memcpy(want, p->shape, sizeof p->shape);
+            if (src.parts > 1) want[0] = part_rows;
             if (src.transpose) {
                 want[0] = p->shape[1];
                 want[1] = p->shape[0];
+            }
+            if (src.squeeze) {
+                memmove(want + 1, want, (size_t)wnd * sizeof *want);
+                want[0] = 1;
+                wnd++;
             }
             bool int8 = t->dtype == ST_I8 && naming == NAMING_OPENAI;
             if (wnd == 0 && t->ndim == 1 && t->shape[0] == 1) { /* a scalar stored as [1] (SigLIP's logit_scale) */
@@ -475,7 +648,8 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
                 if (seen_dtype >= 0 && seen_dtype != t->dtype) mixed = true;
                 seen_dtype = t->dtype;
             }
-            float *dst = params + p->offset + (size_t)k * part_numel;
+            float *dst = params + p->offset + rows_done * row_numel;
+            rows_done += (size_t)part_rows;
             if (int8) {
                 const st_tensor *scale = int8_scale(f, t, err);
                 if (!scale) {
@@ -751,8 +925,13 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     if (is_zip(path) ? pt_open(path, &f, err) : st_open(path, &f, err)) return NULL;
     clipc_config cfg;
     memset(&cfg, 0, sizeof cfg);
-    enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF : NAMING_OPENAI;
-    int rc = naming == NAMING_HF ? infer_hf(&f, path, &cfg, err) : infer_openai(&f, &cfg, err);
+    enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF
+                         : st_find(&f, "visual.trunk.attn_pool.latent")               ? NAMING_OPENCLIP_SIGLIP
+                                                                                      : NAMING_OPENAI;
+    image_style style = SIGLIP_STYLE;
+    int rc = naming == NAMING_HF                ? infer_hf(&f, path, &cfg, err)
+             : naming == NAMING_OPENCLIP_SIGLIP ? infer_openclip_siglip(&f, path, &cfg, &style, err)
+                                                : infer_openai(&f, &cfg, err);
     if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
     /* what clipc finetune adds: sizes from shapes (config_validate and load_params check the rest) */
@@ -778,6 +957,7 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
         clipc_model_free(m);
         m = NULL;
     }
+    if (m) m->style = style;
     if (m && m->cfg.family == CLIPC_SIGLIP && (find_tokenizer(path, m, err) || image_style_config(path, &f, m, err))) {
         clipc_model_free(m);
         m = NULL;

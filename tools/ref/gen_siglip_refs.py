@@ -24,9 +24,13 @@ is made by the reference implementations themselves:
 - SiglipImageProcessor's pixel_values for the shared reference photos and
   the image-mode files of tests/data/modes.
 
-Run in the venv of tools/ref/setup.sh plus transformers==4.49.0 and
-sentencepiece==0.2.0 (SiglipModel needs transformers >= 4.37):
-    /tmp/ref-venv/bin/pip install transformers==4.49.0 sentencepiece==0.2.0
+- an OpenCLIP SigLIP (CustomTextCLIP with a small timm vit_*_siglip trunk)
+  with its encode_image / encode_text, in OpenCLIP's own names;
+
+Run in the venv of tools/ref/setup.sh plus transformers==4.49.0,
+sentencepiece==0.2.0, protobuf and timm==0.9.16 (SiglipModel needs
+transformers >= 4.37, open_clip's SigLIP needs timm):
+    /tmp/ref-venv/bin/pip install transformers==4.49.0 sentencepiece==0.2.0 protobuf timm==0.9.16
     /tmp/ref-venv/bin/python tools/ref/gen_siglip_refs.py
 """
 import io
@@ -38,6 +42,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "tests", "data", "siglip")
@@ -202,6 +207,71 @@ def model_case(name, seed, vision, text, tokenizer, texts):
     print(f"{name}: {sum(t.size for t in tensors.values())} parameters")
 
 
+def openclip_case(name, seed, tokenizer, texts):
+    """OpenCLIP's SigLIP (CustomTextCLIP: a timm ViT with the MAP head,
+    a bidirectional text tower pooled at the last token with a biased
+    projection), as its ViT-B-16-SigLIP.json builds it, with the timm trunk
+    swapped for a small one of the same kind (vit_*_siglip: no class token,
+    global_pool 'map')."""
+    import open_clip
+    import timm
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    D, L, R = 64, 16, 32
+    model = open_clip.model.CustomTextCLIP(
+        embed_dim=D, init_logit_bias=-10,
+        vision_cfg=dict(image_size=224, timm_model_name="vit_base_patch16_siglip_224", timm_model_pretrained=False,
+                        timm_pool="map", timm_proj="none"),
+        text_cfg=dict(context_length=L, vocab_size=1000, width=D, heads=2, layers=2, mlp_ratio=3.7362,
+                      no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": 1e-6}))
+    model.visual.trunk = timm.models.vision_transformer.VisionTransformer(
+        img_size=R, patch_size=8, embed_dim=D, depth=2, num_heads=4, mlp_ratio=2.5, class_token=False,
+        global_pool="map", num_classes=0)
+    model.eval()
+    tokens = torch.tensor(tokenizer(texts, padding="max_length", max_length=L, truncation=True)["input_ids"])
+    images = torch.randn(3, 3, R, R, generator=gen)
+    used = torch.zeros(1000, dtype=torch.bool)
+    used[tokens.flatten()] = True
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() <= 1 or "latent" in pname:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+            if pname == "text.token_embedding.weight":
+                p[~used] = 0
+            p.copy_(p.half().float())
+        model.logit_scale.fill_(float(np.float16(np.log(10.0))))
+        model.logit_bias.fill_(-3.5)
+        img = model.encode_image(images)
+        txt = model.encode_text(tokens)
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    tensors = {k: v.numpy().astype(np.float16) for k, v in model.state_dict().items()}
+    save_safetensors(os.path.join(d, "open_clip_model.safetensors"), tensors, {"generator": "open_clip CustomTextCLIP"})
+    config = {"model_cfg": {"embed_dim": D, "custom_text": True, "init_logit_bias": -10,
+                            "vision_cfg": {"image_size": R, "timm_model_name": "vit_base_patch16_siglip_224",
+                                           "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none",
+                                           "head_width": 16},
+                            "text_cfg": {"context_length": L, "vocab_size": 1000, "width": D, "heads": 2, "layers": 2,
+                                         "mlp_ratio": 3.7362, "no_causal_mask": True, "proj_bias": True,
+                                         "pool_type": "last", "norm_kwargs": {"eps": 1e-6}}},
+              "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                                 "resize_mode": "squash"},
+              "note": "the trunk is a 2-block, width-64, 4-head vit_*_siglip of 8x8 patches, not vit_base"}
+    with open(os.path.join(d, "open_clip_config.json"), "w") as f:
+        f.write(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    with open(os.path.join(d, "texts.json"), "w") as f:
+        json.dump(texts, f, ensure_ascii=False)
+    np.save(os.path.join(d, "images.npy"), images.numpy().astype(np.float32))
+    np.save(os.path.join(d, "tokens.npy"), tokens.numpy().astype(np.int32))
+    np.save(os.path.join(d, "image_features.npy"), img.numpy().astype(np.float32))
+    np.save(os.path.join(d, "text_features.npy"), txt.numpy().astype(np.float32))
+    n_img, n_txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    logits = n_img @ n_txt.T * model.logit_scale.exp() + model.logit_bias
+    np.save(os.path.join(d, "logits_per_image.npy"), np.ascontiguousarray(logits.detach().numpy(), dtype=np.float32))
+    print(f"{name}: {sum(t.size for t in tensors.values())} parameters; "
+          f"{sorted(k for k in tensors if 'attn_pool' in k or 'blocks.0.' in k)}")
+
+
 def preprocess_refs():
     from PIL import Image
     from transformers import SiglipImageProcessor
@@ -243,6 +313,7 @@ def main():
                text=dict(hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
                          max_position_embeddings=20, hidden_act="gelu", layer_norm_eps=1e-5),
                tokenizer=hf_uni, texts=texts)
+    openclip_case("openclip", 3, hf_uni, texts)
     preprocess_refs()
 
 
