@@ -115,19 +115,39 @@ build-fuzz/fuzz_checkpoint: $(FUZZ_CKPT_SRC) $(wildcard src/*.h src/*/*.h includ
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-pass-failed -fopenmp $(BLAS_CFLAGS) $(FUZZ_CKPT_SRC) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas \
 	    -ldnnl -lzip -lcjson -lz -lm -o $@
 
+# The SentencePiece tokenizers: model files and texts (the shim is C++, the library Debian's).
+FUZZ_CXX ?= clang++
+FUZZ_TOK_SRC := tests/fuzz/fuzz_tokenizer.c src/tokenizer/spm.c src/tokenizer/bpe.c src/tokenizer/clean.c src/util/error.c src/util/fileio.c
+build-fuzz/fuzz_tokenizer: $(FUZZ_TOK_SRC) src/tokenizer/spm_shim.cpp $(wildcard src/*.h src/*/*.h include/*.h)
+	@mkdir -p build-fuzz
+	$(FUZZ_CXX) -g -O1 -std=c++17 -Iinclude -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr -c src/tokenizer/spm_shim.cpp -o build-fuzz/spm_shim.o
+	$(FUZZ_CC) -c src/tokenizer/vocab_blob.S -o build-fuzz/vocab_blob.o
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_TOK_SRC) build-fuzz/spm_shim.o build-fuzz/vocab_blob.o -lsentencepiece -lcjson -lutf8proc -lz \
+	    -lstdc++ -o $@
+
+# Its seeds: the two test tokenizers' model files (first byte even) and texts (odd).
+build-fuzz/corpus-tokenizer/.made: tests/data/siglip/unigram/spiece.model tests/data/siglip/bpe/tokenizer.model
+	@mkdir -p build-fuzz/corpus-tokenizer
+	{ printf '\000'; cat tests/data/siglip/unigram/spiece.model; } > build-fuzz/corpus-tokenizer/spiece
+	{ printf '\000'; cat tests/data/siglip/bpe/tokenizer.model; } > build-fuzz/corpus-tokenizer/gemma
+	printf '\001A photo of a DOG, 12 ΟΔΟΣ İ ▁x 😀\t\n' > build-fuzz/corpus-tokenizer/text
+	@touch $@
+
 # The checkpoint target's seeds: small models written by build/clipc (plain, F16, fine-tuned with CoOp's
 # class-specific contexts, CoCoOp and CLIP-Adapter), made once.
 build-fuzz/corpus-checkpoint/.made: $(BUILD)/clipc
 	sh tests/fuzz/checkpoint_seeds.sh $(BUILD)/clipc build-fuzz/corpus-checkpoint
 	@touch $@
 
-fuzz-build: build-fuzz/fuzz_pickle build-fuzz/fuzz_checkpoint build-fuzz/corpus-checkpoint/.made
+fuzz-build: build-fuzz/fuzz_pickle build-fuzz/fuzz_checkpoint build-fuzz/corpus-checkpoint/.made \
+            build-fuzz/fuzz_tokenizer build-fuzz/corpus-tokenizer/.made
 
 fuzz: fuzz-build
 	@mkdir -p build-fuzz/corpus-pickle
 	build-fuzz/fuzz_pickle -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-pickle tests/fuzz/corpus/pickle
 	build-fuzz/fuzz_checkpoint -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 -print_final_stats=1 \
 	    build-fuzz/corpus-checkpoint
+	build-fuzz/fuzz_tokenizer -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-tokenizer
 
 clean:
 	rm -rf build build-san build-fuzz

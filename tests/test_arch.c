@@ -268,14 +268,15 @@ static void check_refusals(void) {
     run_cmd(cmd);
 }
 
-/* The model parsers' fuzz targets (make fuzz-build): the unpickler on its seed corpus and checkpoint
- * loading on the headers of files clipc writes, each for a bounded time. Any crash, leak or UB report
+/* The model parsers' fuzz targets (make fuzz-build): the unpickler on its seed corpus, checkpoint
+ * loading on the headers of files clipc writes, SentencePiece model files and texts, each for a bounded time. Any crash, leak or UB report
  * fails it. */
 static void check_fuzz(void) {
     const char *secs = getenv("CLIPC_FUZZ_SECONDS") ? getenv("CLIPC_FUZZ_SECONDS") : "20";
     static const char *const targets[][3] = {
         {"fuzz_pickle", "tests/fuzz/corpus/pickle", "the unpickler"},
         {"fuzz_checkpoint", "build-fuzz/corpus-checkpoint", "checkpoint loading"},
+        {"fuzz_tokenizer", "build-fuzz/corpus-tokenizer", "the SentencePiece tokenizers"},
     };
     for (size_t i = 0; i < sizeof targets / sizeof *targets; i++) {
         char cmd[1024], bin[64];

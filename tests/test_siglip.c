@@ -454,6 +454,60 @@ static void check_cli(void) {
              dir, img, ref_path("preprocess/images/rocket_small_60x90.png"), dir, clipc_binary, model, dir, dir,
              clipc_binary, dir, dir, dir);
     CHECK(run_cmd(cmd) == 0, "index and search with a SigLIP model (%s/search.txt)", dir);
+    /* serve that index: a text query and an uploaded image */
+    int port = 19700 + (int)(getpid() % 200);
+    snprintf(cmd, sizeof cmd, "%s serve --db %s/p.db --port %d >/dev/null 2>&1 & echo $! > %s/serve.pid", clipc_binary, dir,
+             port, dir);
+    run_cmd(cmd);
+    char *body = NULL;
+    size_t len;
+    int status = -1;
+    for (int i = 0; i < 100 && status < 0; i++) {
+        usleep(50000);
+        status = test_http(port, "GET", "/api/search?q=a%20cat&k=2", NULL, 0, &body, &len);
+    }
+    CHECK(status == 200 && body && strstr(body, "\"results\"") && strstr(body, "chelsea"), "serve a SigLIP index: %d %s",
+          status, body ? body : "");
+    free(body), body = NULL;
+    unsigned char *png;
+    size_t png_len;
+    if (read_file(img, &png, &png_len, &err) == 0) {
+        status = test_http(port, "POST", "/api/search?k=1", png, png_len, &body, &len);
+        /* the uploaded image is one of the indexed ones: it finds itself first */
+        CHECK(status == 200 && body && strstr(body, "chelsea_224x224"), "serve: search by an uploaded image: %d %s", status,
+              body ? body : "");
+        free(body), free(png);
+    }
+    snprintf(cmd, sizeof cmd, "kill $(cat %s/serve.pid) 2>/dev/null; sleep 0.2", dir);
+    run_cmd(cmd);
+    /* eval zeroshot ranks by the logits: its accuracy is the library's own predictions' */
+    const char *ds_files[4][2] = {{"cat", "chelsea_224x224.png"}, {"cat", "chelsea_451x300.png"},
+                                  {"rocket", "rocket_small_60x90.png"}, {"rocket", "rocket_427x640_q85.jpg"}};
+    m = clipc_model_load(model, &err);
+    clipc_tokenizer *tok = m ? clipc_model_tokenizer(m, &err) : NULL;
+    int correct = 0;
+    const char *labels[2] = {"cat", "rocket"}, *simple[1] = {"a photo of a {}."};
+    for (int i = 0; i < 4 && tok; i++) {
+        snprintf(cmd, sizeof cmd, "mkdir -p %s/ds/%s && cp %s %s/ds/%s/", dir, ds_files[i][0],
+                 ref_path((snprintf(path, sizeof path, "preprocess/images/%s", ds_files[i][1]), path)), dir, ds_files[i][0]);
+        run_cmd(cmd);
+        float px[3 * 32 * 32], f[64], probs[2];
+        CHECK(clipc_model_preprocess_file(m, ref_path(path), px, &err) == 0 && clipc_encode_image(m, px, 1, f, &err) == 0 &&
+                  clipc_zeroshot_classify(m, tok, labels, 2, simple, 1, f, 1, probs, &err) == 0,
+              "%s", err.message);
+        correct += (probs[1] > probs[0]) == (i >= 2);
+    }
+    clipc_tokenizer_free(tok);
+    clipc_model_free(m);
+    snprintf(cmd, sizeof cmd, "%s eval zeroshot -m %s --dataset %s/ds --templates simple --out %s/eval > %s/eval.txt 2>&1",
+             clipc_binary, model, dir, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "eval zeroshot with a SigLIP model (%s/eval.txt)", dir);
+    snprintf(path, sizeof path, "%s/eval/zeroshot.json", dir);
+    j = read_json(path);
+    const cJSON *acc = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "metrics"), "acc1");
+    CHECK(cJSON_IsNumber(acc) && fabs(acc->valuedouble - correct / 4.0) < 1e-9, "eval's top-1 %.2f, the library's %.2f",
+          cJSON_IsNumber(acc) ? acc->valuedouble : -1.0, correct / 4.0);
+    cJSON_Delete(j);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (test_failed == 0) run_cmd(cmd);
 }
