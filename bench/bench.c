@@ -95,6 +95,77 @@ static double text_flops(const clipc_config *c, const int *lens, int n) {
     return 2 * total;
 }
 
+/* SigLIP: no class token, every block full (the MAP head pools every
+ * token), then the head (keys and values of every token, one query, an MLP
+ * on one row); texts run all ctx positions bidirectionally, the last block
+ * pruned to the last position. */
+static double siglip_image_flops(const clipc_config *c) {
+    double S = (double)(c->image_resolution / c->vision_patch_size) * (c->image_resolution / c->vision_patch_size);
+    double D = c->vision_width, H = c->vision_mlp_width, P = c->vision_patch_size;
+    double block = S * (4 * D * D + 2 * D * H) + 2 * S * S * D;
+    double head = S * 2 * D * D + 2 * D * D + 2 * D * H + 2 * S * D;
+    return 2 * (S * 3 * P * P * D + c->vision_layers * block + head);
+}
+
+static double siglip_text_flops(const clipc_config *c) {
+    double l = c->context_length, D = c->text_width, H = c->text_mlp_width;
+    double block = l * (4 * D * D + 2 * D * H) + 2 * l * l * D;
+    double last = l * 2 * D * D + 2 * D * D + 2 * D * H + 2 * l * D;
+    return 2 * ((c->text_layers - 1) * block + last + D * c->embed_dim);
+}
+
+static void cosines(const float *a, const float *b, int n, int dim, double *min, double *mean);
+
+/* SigLIP's B/16 at 224: images and texts per second at each precision. */
+static void bench_siglip(const double *lowp_peak) {
+    clipc_error err;
+    clipc_model *m = clipc_model_init("ViT-B-16-SigLIP", 5, &err);
+    if (!m) {
+        printf("SigLIP: %s\n", err.message);
+        return;
+    }
+    const clipc_config *c = clipc_model_config(m);
+    int R = c->image_resolution, E = c->embed_dim, ctx = c->context_length, NI = 32, NT = 64;
+    printf("\nSigLIP ViT-B-16 (%zu parameters; %d patches, MAP head; texts: all %d positions, bidirectional)\n",
+           clipc_model_param_count(m), (R / c->vision_patch_size) * (R / c->vision_patch_size), ctx);
+    float *pixels = malloc((size_t)NI * 3 * R * R * sizeof *pixels), *out = malloc((size_t)NT * E * sizeof *out);
+    float *ref_i = malloc((size_t)NI * E * sizeof *ref_i), *ref_t = malloc((size_t)NT * E * sizeof *ref_t);
+    int32_t *tokens = malloc((size_t)NT * ctx * sizeof *tokens);
+    rng r;
+    rng_seed(&r, 11);
+    for (size_t i = 0; i < (size_t)NI * 3 * R * R; i++) pixels[i] = (float)rng_normal(&r);
+    for (size_t i = 0; i < (size_t)NT * ctx; i++) tokens[i] = (int32_t)(rng_next(&r) % (uint64_t)c->vocab_size);
+    for (int prec = CLIPC_FP32; prec <= CLIPC_INT8; prec++) {
+        char kernel[256];
+        if (clipc_model_set_precision(m, prec, &err)) {
+            printf("  %s: %s\n", clipc_precision_name(prec), err.message);
+            continue;
+        }
+        for (int kind = 0; kind < 2; kind++) {
+            int n = kind ? NT : NI;
+            double best = 1e30;
+            for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
+                double t0 = now();
+                if (kind) clipc_encode_text(m, tokens, n, out, &err);
+                else clipc_encode_image(m, pixels, n, out, &err);
+                double dt = now() - t0;
+                if (rep > 0 && dt < best) best = dt;
+            }
+            float *ref = kind ? ref_t : ref_i;
+            double cmin = 1, cmean = 1;
+            if (prec == CLIPC_FP32) memcpy(ref, out, (size_t)n * E * sizeof *ref);
+            else cosines(out, ref, n, E, &cmin, &cmean);
+            double gflops = (kind ? siglip_text_flops(c) : siglip_image_flops(c)) * n / best / 1e9;
+            printf("  %s %-5s batch %2d: %7.1f %s/s  %6.1f G%s/s  %4.0f%% of peak  cosine vs fp32 min %.6f  (%s)\n",
+                   kind ? "encode_text " : "encode_image", clipc_precision_name(prec), n, n / best,
+                   kind ? "texts " : "images", gflops, prec == CLIPC_FP32 ? "FLOP" : "OP", 100 * gflops / lowp_peak[prec],
+                   cmin, clipc_precision_kernel(prec, kernel, sizeof kernel));
+        }
+    }
+    free(pixels), free(out), free(ref_i), free(ref_t), free(tokens);
+    clipc_model_free(m);
+}
+
 static const char *CAPTIONS[] = {
     "a photo of a dog.", "a black and white photo of a cat sitting on a chair.",
     "a red sports car parked on the street.", "two people walking on the beach at sunset.",
@@ -687,6 +758,12 @@ int main(int argc, char **argv) {
     double peak = fma_peak();
     printf("machine FMA peak (fp32, %s, %d cores): %.1f GFLOP/s\n\n", fma_isa(), threads, peak);
 
+    if (argc > 1 && !strcmp(argv[1], "siglip")) { /* "bench_clipc siglip": only SigLIP's encoders */
+        double peaks[3] = {peak, onednn_peak(CLIPC_BF16), onednn_peak(CLIPC_INT8)};
+        printf("peaks: bf16 %.1f GOP/s, int8 %.1f GOP/s (oneDNN, 4096^3 matmul)\n", peaks[1], peaks[2]);
+        bench_siglip(peaks);
+        return 0;
+    }
     clipc_model *m = clipc_model_init("ViT-B-32", 1, &err);
     if (!m) {
         fprintf(stderr, "bench: %s\n", err.message);
@@ -737,6 +814,7 @@ int main(int argc, char **argv) {
         if (prec == CLIPC_FP32) gemm_ceiling(c, 32, peak);
     }
     clipc_model_set_precision(m, CLIPC_FP32, &err);
+    bench_siglip(lowp_peak);
     if (sysconf(_SC_NPROCESSORS_ONLN) > 1) bench_contention(m, pixels, out);
     free(ref_img);
     free(ref_txt);

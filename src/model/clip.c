@@ -148,12 +148,18 @@ typedef struct arch {
 } arch;
 
 /* OpenAI's published configurations, the two tiny test configurations of
- * the reference fixtures, and a small ViT sized for Fashion-MNIST (28x28
- * gray images, patch 4: 49 patches) that trains on two cores. */
+ * the reference fixtures, a small ViT sized for Fashion-MNIST (28x28
+ * gray images, patch 4: 49 patches) that trains on two cores, and SigLIP's
+ * B/16 (for benchmarks: SigLIP models are loaded, not trained). */
 #define VIT(E, R, L, W, P, H, TW, TH, TL)                                                                   \
     {.vision_tower = CLIPC_VIT, .embed_dim = E, .image_resolution = R, .vision_layers = L, .vision_width = W, \
      .vision_patch_size = P, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,   \
      .text_heads = TH, .text_layers = TL, .activation = CLIPC_QUICK_GELU, .vision_activation = CLIPC_QUICK_GELU}
+#define SIGLIP(W, R, L, P, H, CTX, VOCAB)                                                                           \
+    {.family = CLIPC_SIGLIP, .vision_tower = CLIPC_VIT, .embed_dim = W, .image_resolution = R, .vision_layers = L,  \
+     .vision_width = W, .vision_patch_size = P, .vision_heads = H, .context_length = CTX, .vocab_size = VOCAB,      \
+     .text_width = W, .text_heads = H, .text_layers = L, .activation = CLIPC_GELU_TANH,                             \
+     .vision_activation = CLIPC_GELU_TANH, .vision_ln_eps = 1e-6f, .text_ln_eps = 1e-6f, .has_logit_bias = 1}
 #define RESNET(E, R, L0, L1, L2, L3, W, H, TW, TH, TL)                                                          \
     {.vision_tower = CLIPC_RESNET, .embed_dim = E, .image_resolution = R, .vision_resnet_layers = {L0, L1, L2, L3}, \
      .vision_width = W, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,           \
@@ -166,6 +172,8 @@ static const arch ARCHS[] = {
     {"tiny", VIT(32, 32, 2, 64, 8, 1, 32, 1, 2)},
     {"tiny-rn", RESNET(32, 64, 2, 1, 1, 1, 8, 4, 16, 2, 2)},
     {"fmnist", VIT(64, 28, 4, 64, 4, 4, 64, 4, 2)},
+    /* SigLIP's B/16 at 224 (OpenCLIP's ViT-B-16-SigLIP, google/siglip-base-patch16-224) */
+    {"ViT-B-16-SigLIP", SIGLIP(768, 224, 12, 16, 12, 64, 32000)},
 };
 #define N_ARCHS (sizeof ARCHS / sizeof *ARCHS)
 

@@ -180,11 +180,20 @@ void gelu_forward(float *x, size_t n) {
 }
 
 /* GELU's tanh approximation (PyTorch's approximate="tanh", SigLIP's
- * gelu_pytorch_tanh): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+ * gelu_pytorch_tanh): 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
+ * computed as x / (1 + exp(-2u)) (the same function: 0.5 (1 + tanh u) is
+ * sigmoid(2u)) so that it vectorises like QuickGELU; libm's tanhf is a call
+ * per element, and made this activation a third of a SigLIP image pass. */
+static void gelu_tanh_chunk(float *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float u = 0.7978845608028654f * (x[i] + 0.044715f * x[i] * x[i] * x[i]);
+        x[i] = x[i] / (1.0f + fast_expf(-2.0f * u));
+    }
+}
+
 static void gelu_tanh_forward(float *x, size_t n) {
 #pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++)
-        x[i] = 0.5f * x[i] * (1.0f + tanhf(0.7978845608028654f * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+    for (size_t c = 0; c < n; c += CHUNK) gelu_tanh_chunk(x + c, n - c < CHUNK ? n - c : CHUNK);
 }
 
 /* Activation backward from the pre-activation x: dx = dy * act'(x).
