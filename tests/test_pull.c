@@ -14,7 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static unsigned char *blob, *hf_model, *hf_config;
+static unsigned char *blob, *hf_model, *hf_config, *siglip[5];
+static size_t siglip_len[5];
+static const char *const siglip_names[5] = {"model.safetensors", "config.json", "spiece.model", "tokenizer_config.json",
+                                            "preprocessor_config.json"};
 static size_t blob_len, hf_model_len, hf_config_len;
 static char blob_sha[65];
 static long last_range = -1; /* the start of the last Range request seen */
@@ -69,6 +72,14 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *u
         r = MHD_create_response_from_buffer(hf_model_len, hf_model, MHD_RESPMEM_PERSISTENT);
     } else if (!strcmp(url, "/openai/clip-vit-base-patch32/resolve/main/config.json")) {
         r = MHD_create_response_from_buffer(hf_config_len, hf_config, MHD_RESPMEM_PERSISTENT);
+    } else if (!strncmp(url, "/google/siglip-base-patch16-224/resolve/main/", 45)) { /* a SigLIP model's five files */
+        for (int i = 0; i < 5 && !r; i++)
+            if (!strcmp(url + 45, siglip_names[i]))
+                r = MHD_create_response_from_buffer(siglip_len[i], siglip[i], MHD_RESPMEM_PERSISTENT);
+        if (!r) {
+            r = MHD_create_response_from_buffer(9, "not found", MHD_RESPMEM_PERSISTENT);
+            status = MHD_HTTP_NOT_FOUND;
+        }
     } else {
         r = MHD_create_response_from_buffer(9, "not found", MHD_RESPMEM_PERSISTENT);
         status = MHD_HTTP_NOT_FOUND;
@@ -176,8 +187,26 @@ void test_pull(void) {
              clipc_binary, ref_path("preprocess/images/coffee_600x400_q90.jpg"), clipc_binary, dir, clipc_binary, dir);
     CHECK(run_cmd(cmd) == 0, "the default model's note on photos (and not on Fashion-MNIST images)");
 
+    /* a SigLIP model comes as five files: the weights, config.json, spiece.model with its
+     * tokenizer_config.json, preprocessor_config.json; pulled, it classifies by name */
+    const char *local[3] = {"tests/data/siglip/b_like/model.safetensors", "tests/data/siglip/b_like/config.json",
+                            "tests/data/siglip/unigram/spiece.model"};
+    for (int i = 0; i < 3; i++) CHECK(read_file(local[i], &siglip[i], &siglip_len[i], &err) == 0, "%s", err.message);
+    siglip[3] = (unsigned char *)strdup("{\"tokenizer_class\": \"SiglipTokenizer\", \"do_lower_case\": true}");
+    siglip[4] = (unsigned char *)strdup("{\"image_processor_type\": \"SiglipImageProcessor\", \"resample\": 3, "
+                                        "\"size\": {\"height\": 32, \"width\": 32}, \"image_mean\": [0.5, 0.5, 0.5]}");
+    siglip_len[3] = strlen((char *)siglip[3]), siglip_len[4] = strlen((char *)siglip[4]);
+    snprintf(cmd, sizeof cmd, "CLIPC_PULL_BASE_URL=%s %s pull google/siglip-base-patch16-224 --cache %s/s >/dev/null 2>&1 && "
+             "ls %s/s/google--siglip-base-patch16-224/ | wc -l | grep -qx 5 && "
+             "CLIPC_CACHE=%s/s %s info google/siglip-base-patch16-224 | grep -q 'family: *SigLIP' && "
+             "CLIPC_CACHE=%s/s %s classify -m google/siglip-base-patch16-224 --labels cat,dog %s | grep -q 'SigLIP: each label'",
+             base, clipc_binary, dir, dir, dir, clipc_binary, dir, clipc_binary,
+             ref_path("preprocess/images/chelsea_224x224.png"));
+    CHECK(run_cmd(cmd) == 0, "a pulled SigLIP model (five files) classifies by name");
+
     MHD_stop_daemon(d);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);
     free(blob), free(hf_model), free(hf_config);
+    for (int i = 0; i < 5; i++) free(siglip[i]);
 }

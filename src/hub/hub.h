@@ -5,11 +5,13 @@
 
 #include "../internal.h"
 
+#define HUB_FILES 5 /* the most files a checkpoint comes as (SigLIP: weights, config, tokenizer and its config, image processor) */
+
 typedef struct hub_model {
     const char *name;      /* "ViT-B-32", "openai/clip-vit-base-patch32", "ViT-B-32:laion2b_s34b_b79k" */
     const char *source;    /* "OpenAI", "Hugging Face", "OpenCLIP" */
-    const char *urls[2];   /* the weights, then the config beside them (or NULL) */
-    const char *sha256[2]; /* published checksums; NULL: the server's X-Linked-Etag, if it sends one */
+    const char *urls[HUB_FILES];   /* the weights, then the files beside them (configs, tokenizer); NULL ends */
+    const char *sha256[HUB_FILES]; /* published checksums; NULL: the server's X-Linked-Etag, if it sends one */
 } hub_model;
 
 const hub_model *hub_models(int *count);

@@ -67,6 +67,20 @@ static const hub_model MODELS[] = {
     OPENCLIP("ViT-L-14:datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
     OPENCLIP("ViT-H-14:laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
     OPENCLIP("ViT-bigG-14:laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+    /* SigLIP (SiglipModel): the weights, config.json, the SentencePiece model (SigLIP 2: Gemma's
+     * tokenizer.model) with its tokenizer_config.json, and preprocessor_config.json */
+#define HF_SIGLIP(name, spm)                                                                                       \
+    {name,                                                                                                         \
+     "Hugging Face",                                                                                               \
+     {HF name "/resolve/main/model.safetensors", HF name "/resolve/main/config.json", HF name "/resolve/main/" spm, \
+      HF name "/resolve/main/tokenizer_config.json", HF name "/resolve/main/preprocessor_config.json"},            \
+     {NULL}}
+    HF_SIGLIP("google/siglip-base-patch16-224", "spiece.model"),
+    HF_SIGLIP("google/siglip-base-patch16-384", "spiece.model"),
+    HF_SIGLIP("google/siglip-large-patch16-256", "spiece.model"),
+    HF_SIGLIP("google/siglip-so400m-patch14-384", "spiece.model"),
+    HF_SIGLIP("google/siglip2-base-patch16-224", "tokenizer.model"),
+    HF_SIGLIP("google/siglip2-so400m-patch14-384", "tokenizer.model"),
 };
 
 const hub_model *hub_models(int *count) {
@@ -261,7 +275,7 @@ static int fetch(const char *url, const char *sha256, const char *dest, hub_prog
 int hub_pull(const hub_model *m, const char *cache, hub_progress_fn progress, void *ctx, char *path_out, size_t cap,
              int *unverified, clipc_error *err) {
     *unverified = 0;
-    for (int f = 0; f < 2 && m->urls[f]; f++) {
+    for (int f = 0; f < HUB_FILES && m->urls[f]; f++) {
         char dest[4096];
         if (hub_path(cache, m, f, dest, sizeof dest)) return clipc_fail(err, "cache path too long");
         char *slash = strrchr(dest, '/');
