@@ -40,8 +40,11 @@ enum clipc_activation { CLIPC_QUICK_GELU = 0, CLIPC_GELU = 1, CLIPC_GELU_TANH = 
 /* CLIP (OpenAI, OpenCLIP): softmax over cosines, class/EOT-token pooling.
  * SigLIP (Zhai et al. 2023; SigLIP 2's fixed-resolution models): a sigmoid
  * per image-text pair, attention-pooled image tokens (the "MAP" head), a
- * bidirectional text tower pooled at its last position, SentencePiece. */
-enum clipc_family { CLIPC_CLIP = 0, CLIPC_SIGLIP = 1 };
+ * bidirectional text tower pooled at its last position, SentencePiece.
+ * CoCa (Yu et al. 2022, OpenCLIP's CoCa): CLIP plus an attentional pooler
+ * on the image tokens, a learned CLS token at the end of each text, and a
+ * multimodal decoder that writes captions (clipc_caption). */
+enum clipc_family { CLIPC_CLIP = 0, CLIPC_SIGLIP = 1, CLIPC_COCA = 2 };
 
 /* The constructor arguments of OpenAI's clip.model.CLIP, plus the head
  * counts and activation that build_model() would otherwise guess. */
@@ -84,7 +87,13 @@ typedef struct clipc_config {
      * "prompt_classnames" metadata (a JSON array), which the classifier's
      * labels are matched against. */
     int prompt_ctx, adapter_hidden, prompt_meta_hidden, prompt_classes;
-    int family; /* CLIPC_CLIP or CLIPC_SIGLIP (embed_dim is then the image tower's width) */
+    int family; /* CLIPC_CLIP, CLIPC_SIGLIP (embed_dim is then the image tower's width) or CLIPC_COCA */
+    /* CoCa: the attentional pooler's learned queries and heads (the first
+     * query's output is the image embedding, the others the tokens the
+     * decoder reads), and the multimodal decoder's layers (a causal
+     * self-attention block and a cross-attention block each) and heads; the
+     * decoder is as wide as the text tower, which is embed_dim wide. */
+    int pool_queries, pool_heads, decoder_layers, decoder_heads;
 } clipc_config;
 
 typedef struct clipc_model clipc_model;
@@ -221,6 +230,32 @@ int clipc_preprocess_memory(const void *data, size_t len, const char *name, int 
 int clipc_model_preprocess_file(const clipc_model *model, const char *path, float *out, clipc_error *err);
 int clipc_model_preprocess_memory(const clipc_model *model, const void *data, size_t len, const char *name,
                                   float *out, clipc_error *err);
+
+/* ---- captions (CoCa) --------------------------------------------------------- */
+
+/* How clipc_caption decodes. Beam search (beams > 1; the default is
+ * OpenCLIP's: 6 beams in 3 groups, scores summing the raw logits, as its
+ * generate() does) or sampling (beams <= 1): top_k most likely tokens
+ * (top_k 1: greedy) or the top_p nucleus, at a temperature, from seed.
+ * Captions have at least min_len and at most max_len tokens, SOT and EOT
+ * included (OpenCLIP's min_seq_len 5 and seq_len 30). */
+typedef struct clipc_caption_options {
+    int beams, beam_groups;
+    int top_k;
+    float top_p;       /* 0: off; else keep the smallest set of tokens holding top_p of the probability */
+    float temperature;
+    int min_len, max_len;
+    uint64_t seed;
+} clipc_caption_options;
+
+void clipc_caption_defaults(clipc_caption_options *o);
+/* Captions of n preprocessed images [n, 3, R, R] (a CoCa model): ids[i] is
+ * malloc'd, lens[i] ids long, SOT first and EOT last unless max_len cut it. */
+int clipc_caption(clipc_model *model, const float *pixels, int n, const clipc_caption_options *o, int32_t **ids,
+                  int *lens, clipc_error *err);
+/* SimpleTokenizer.decode: BPE ids back to text (bytes joined, "</w>" made
+ * spaces), SOT, EOT and padding left out, stripped; malloc'd. */
+char *clipc_tokenizer_decode(clipc_tokenizer *tok, const int32_t *ids, int n, clipc_error *err);
 
 /* ---- zero-shot classification -------------------------------------------- */
 

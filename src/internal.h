@@ -203,6 +203,7 @@ typedef struct param_table {
 typedef struct block_offsets {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
     size_t ls1, ls2; /* LayerScale gammas, (size_t)-1 without */
+    size_t lnkv_w, lnkv_b; /* CoCa's cross-attention blocks: the LayerNorm of the image tokens (keys, values) */
 } block_offsets;
 
 /* BatchNorm tensors. */
@@ -222,6 +223,9 @@ typedef struct model_layout {
      * probe attending over every token, then LayerNorm and a residual MLP) */
     size_t v_conv_b, v_probe, v_head_ln_w, v_head_ln_b;
     block_offsets v_head; /* qkv_*, out_* (the attention), fc_*, proj_* (the MLP) */
+    /* CoCa's attentional pooler (OpenCLIP's AttentionalPooler): queries
+     * [Q, E] attend over the image tokens; q [E, E], k and v [E, W] */
+    size_t cp_query, cp_q_w, cp_k_w, cp_v_w, cp_in_b, cp_out_w, cp_out_b, cp_lnq_w, cp_lnq_b, cp_lnk_w, cp_lnk_b;
     /* ResNet */
     size_t r_conv[3];
     bn_offsets r_bn[3];
@@ -231,6 +235,10 @@ typedef struct model_layout {
     /* text */
     size_t t_tok, t_pos, t_ln_w, t_ln_b, t_proj;
     size_t t_head_b; /* SigLIP: t_proj is the head nn.Linear [embed_dim, width], with this bias */
+    size_t t_cls;    /* CoCa: the CLS embedding appended to every text */
+    /* CoCa's multimodal decoder: self-attention and cross-attention blocks, ln_final, the vocabulary projection */
+    block_offsets *d_self, *d_cross;
+    size_t d_ln_w, d_ln_b, d_proj;
     block_offsets *t_blocks;
     size_t logit_scale;
     size_t logit_bias; /* SigLIP only (cfg.has_logit_bias) */
@@ -317,6 +325,13 @@ int prompt_tokens(clipc_tokenizer *tok, const char *label, int n_ctx, int contex
 int model_encode_text_prompted(clipc_model *m, const int32_t *tokens, int n, const struct text_prompt *prompt,
                                float *out, clipc_error *err);
 
+/* ---- model/coca.c ------------------------------------------------------------ */
+
+/* The decoder's logits [n, vocab] for a caption given token by token (teacher
+ * forcing) under one image: the cached step path, for tests. */
+int coca_teacher_logits(clipc_model *m, const float *pixels, const int32_t *tokens, int n, float *logits,
+                        clipc_error *err);
+
 /* ---- model/precision.c: the linear layers at the model's precision ---- */
 
 /* One weight matrix W [out, in] (at params offset `offset`) converted for
@@ -392,7 +407,16 @@ void relu_forward(float *x, size_t n);
 size_t attention_scratch(int max_len, int head_dim);
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
                        const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch,
-                       float *probs, const size_t *probs_offset);
+                       float *probs, const size_t *probs_offset, const unsigned char *hidden);
+/* hidden (NULL: none): per packed row, whether the last row of its sequence
+ * (CoCa's CLS token) must not attend it (OpenCLIP's cls mask of padding). */
+/* Queries attending over one set of keys and values, no mask: per head,
+ * out [nq, D] (rows ldo apart) = softmax(q K^T / sqrt(D / heads)) V, with q
+ * rows ldq apart and k, v rows ldkv apart; scores: nq * nk floats. One
+ * thread. Cross-attention (CoCa's pooler and decoder, SigLIP's MAP head) and
+ * the decoder's cached self-attention run it. */
+void attention_queries(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv, int nq,
+                       int nk, int D, int heads, float *scores);
 /* Its backward from the kept probabilities: dqkv [T, 3D] is overwritten. */
 size_t attention_backward_scratch(int max_len, int head_dim);
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,

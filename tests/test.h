@@ -57,5 +57,6 @@ void test_pull(void);
 void test_hostile(void);
 void test_finetune(void);
 void test_siglip(void);
+void test_coca(void);
 
 #endif

@@ -22,7 +22,14 @@ static void config_defaults(clipc_config *c) {
 int config_validate(const clipc_config *c, clipc_error *err) {
     bool acts_ok = c->activation >= CLIPC_QUICK_GELU && c->activation <= CLIPC_GELU_TANH &&
                    c->vision_activation >= CLIPC_QUICK_GELU && c->vision_activation <= CLIPC_GELU_TANH;
-    if (c->family != CLIPC_CLIP && c->family != CLIPC_SIGLIP) return clipc_fail(err, "unknown model family %d", c->family);
+    if (c->family < CLIPC_CLIP || c->family > CLIPC_COCA) return clipc_fail(err, "unknown model family %d", c->family);
+    if (c->family == CLIPC_COCA &&
+        (c->vision_tower != CLIPC_VIT || c->embed_dim != c->text_width || c->pool_queries < 2 || c->pool_queries > 4096 ||
+         c->pool_heads <= 0 || c->embed_dim % c->pool_heads || c->decoder_layers <= 0 || c->decoder_layers > 256 ||
+         c->decoder_heads <= 0 || c->text_width % c->decoder_heads || c->prompt_ctx || c->adapter_hidden))
+        return clipc_fail(err, "invalid CoCa configuration (embedding %d, text width %d, %d pooler queries with %d heads, "
+                               "%d decoder layers with %d heads)", c->embed_dim, c->text_width, c->pool_queries,
+                          c->pool_heads, c->decoder_layers, c->decoder_heads);
     if (c->family == CLIPC_SIGLIP &&
         (c->vision_tower != CLIPC_VIT || c->embed_dim != c->vision_width || c->prompt_ctx || c->adapter_hidden))
         return clipc_fail(err, "invalid SigLIP configuration: a ViT whose width (%d) is the embedding size (%d), and no "
@@ -238,6 +245,11 @@ int model_metadata(const clipc_model *m, char values[][64], const char **keys) {
 #define META(key, ...) (keys[k] = key, snprintf(values[k], 64, __VA_ARGS__), k++)
     META("naming", "openai");
     META("format", "pt");
+    if (c->family == CLIPC_COCA) {
+        META("family", "coca");
+        META("pool_heads", "%d", c->pool_heads);
+        META("decoder_heads", "%d", c->decoder_heads);
+    }
     if (c->family == CLIPC_SIGLIP) {
         META("family", "siglip");
         /* its image processor's settings, where they are not SiglipImageProcessor's defaults */
@@ -379,7 +391,9 @@ float clipc_model_logit_bias(const clipc_model *m) { return m->cfg.has_logit_bia
 
 const char *clipc_model_tokenizer_path(const clipc_model *m) { return m->tokenizer_path; }
 
-const char *clipc_model_family_name(const clipc_model *m) { return m->cfg.family == CLIPC_SIGLIP ? "SigLIP" : "CLIP"; }
+const char *clipc_model_family_name(const clipc_model *m) {
+    return m->cfg.family == CLIPC_SIGLIP ? "SigLIP" : m->cfg.family == CLIPC_COCA ? "CoCa" : "CLIP";
+}
 
 void clipc_normalize_rows(float *rows, int n, int dim) {
     for (int i = 0; i < n; i++) {

@@ -266,7 +266,7 @@ size_t attention_scratch(int max_len, int head_dim) {
  * that one query (the pooled row); -1 computes every row. */
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
                        const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch,
-                       float *probs, const size_t *probs_offset) {
+                       float *probs, const size_t *probs_offset, const unsigned char *hidden) {
     int hd = D / heads, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = longest(seq_len, n_seq);
@@ -284,6 +284,9 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
             for (int i = 0; i < nq; i++) {
                 float *p = scores + (size_t)i * len;
                 int keys = causal ? first + i + 1 : len;
+                if (hidden && first + i == len - 1) /* CoCa's CLS (last) row does not see the rows hidden from it */
+                    for (int j = 0; j < keys; j++)
+                        if (hidden[seq_start[s] + j]) p[j] = -INFINITY;
                 float maxv = -INFINITY, sum = 0.0f;
                 for (int j = 0; j < keys; j++) maxv = p[j] > maxv ? p[j] : maxv;
 #pragma omp simd reduction(+ : sum)
@@ -298,6 +301,25 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, len, 1.0f, scores, len, base + 2 * D, ld,
                         0.0f, out + (size_t)(seq_start[s] + first) * D + h * hd, D);
         }
+    }
+}
+
+void attention_queries(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv, int nq,
+                       int nk, int D, int heads, float *scores) {
+    int hd = D / heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < heads; h++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + h * hd, ldq, k + h * hd, ldkv, 0.0f,
+                    scores, nk);
+        for (int i = 0; i < nq; i++) {
+            float *p = scores + (size_t)i * nk, maxv = -INFINITY, sum = 0.0f;
+            for (int j = 0; j < nk; j++) maxv = p[j] > maxv ? p[j] : maxv;
+            for (int j = 0; j < nk; j++) sum += p[j] = fast_expf(p[j] - maxv);
+            float inv = 1.0f / sum;
+            for (int j = 0; j < nk; j++) p[j] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, scores, nk, v + h * hd, ldkv, 0.0f,
+                    out + h * hd, ldo);
     }
 }
 

@@ -57,29 +57,38 @@ static float default_std(int64_t fan_in) { return (float)(1.0 / sqrt(3.0 * (doub
 /* A residual attention block (OpenAI's ResidualAttentionBlock). The text
  * tower uses initialize_parameters()' stds, the ViT keeps PyTorch defaults
  * (xavier for in_proj, default Linear elsewhere), as in OpenAI's code. */
-static void add_block(param_table *t, block_offsets *b, const char *prefix, int i, int64_t W, int64_t H,
-                      int layers, bool text, bool layer_scale) {
+static void add_block_in(param_table *t, block_offsets *b, const char *prefix, const char *group, int i, int64_t W,
+                         int64_t H, int layers, bool text, bool layer_scale, bool cross) {
     float attn_std = text ? (float)pow((double)W, -0.5) : (float)sqrt(2.0 / (double)(W + 3 * W));
     float proj_std = text ? (float)(pow((double)W, -0.5) * pow(2.0 * layers, -0.5)) : default_std(W);
     float fc_std = text ? (float)pow(2.0 * (double)W, -0.5) : default_std(W);
     float cproj_std = text ? proj_std : default_std(H);
-    b->ln1_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ln_1.weight", prefix, i);
-    b->ln1_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.ln_1.bias", prefix, i);
-    b->ls1 = b->ls2 = (size_t)-1;
-    b->qkv_w = add(t, PI_NORMAL, attn_std, 2, SHAPE(3 * W, W), "%sresblocks.%d.attn.in_proj_weight", prefix, i);
-    b->qkv_b = add(t, PI_ZEROS, 0, 1, SHAPE(3 * W), "%sresblocks.%d.attn.in_proj_bias", prefix, i);
-    b->out_w = add(t, PI_NORMAL, proj_std, 2, SHAPE(W, W), "%sresblocks.%d.attn.out_proj.weight", prefix, i);
-    b->out_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.attn.out_proj.bias", prefix, i);
-    b->ln2_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ln_2.weight", prefix, i);
-    b->ln2_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.ln_2.bias", prefix, i);
-    b->fc_w = add(t, PI_NORMAL, fc_std, 2, SHAPE(H, W), "%sresblocks.%d.mlp.c_fc.weight", prefix, i);
-    b->fc_b = add(t, PI_ZEROS, 0, 1, SHAPE(H), "%sresblocks.%d.mlp.c_fc.bias", prefix, i);
-    b->proj_w = add(t, PI_NORMAL, cproj_std, 2, SHAPE(W, H), "%sresblocks.%d.mlp.c_proj.weight", prefix, i);
-    b->proj_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%sresblocks.%d.mlp.c_proj.bias", prefix, i);
-    if (layer_scale) { /* OpenCLIP's LayerScale, in its state_dict order (after the block's other tensors) */
-        b->ls1 = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ls_1.gamma", prefix, i);
-        b->ls2 = add(t, PI_ONES, 0, 1, SHAPE(W), "%sresblocks.%d.ls_2.gamma", prefix, i);
+    b->ln1_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%s%s.%d.ln_1.weight", prefix, group, i);
+    b->ln1_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%s%s.%d.ln_1.bias", prefix, group, i);
+    b->ls1 = b->ls2 = b->lnkv_w = b->lnkv_b = (size_t)-1;
+    b->qkv_w = add(t, PI_NORMAL, attn_std, 2, SHAPE(3 * W, W), "%s%s.%d.attn.in_proj_weight", prefix, group, i);
+    b->qkv_b = add(t, PI_ZEROS, 0, 1, SHAPE(3 * W), "%s%s.%d.attn.in_proj_bias", prefix, group, i);
+    b->out_w = add(t, PI_NORMAL, proj_std, 2, SHAPE(W, W), "%s%s.%d.attn.out_proj.weight", prefix, group, i);
+    b->out_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%s%s.%d.attn.out_proj.bias", prefix, group, i);
+    if (cross) { /* OpenCLIP's cross-attention block normalises the image tokens with its own LayerNorm */
+        b->lnkv_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%s%s.%d.ln_1_kv.weight", prefix, group, i);
+        b->lnkv_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%s%s.%d.ln_1_kv.bias", prefix, group, i);
     }
+    b->ln2_w = add(t, PI_ONES, 0, 1, SHAPE(W), "%s%s.%d.ln_2.weight", prefix, group, i);
+    b->ln2_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%s%s.%d.ln_2.bias", prefix, group, i);
+    b->fc_w = add(t, PI_NORMAL, fc_std, 2, SHAPE(H, W), "%s%s.%d.mlp.c_fc.weight", prefix, group, i);
+    b->fc_b = add(t, PI_ZEROS, 0, 1, SHAPE(H), "%s%s.%d.mlp.c_fc.bias", prefix, group, i);
+    b->proj_w = add(t, PI_NORMAL, cproj_std, 2, SHAPE(W, H), "%s%s.%d.mlp.c_proj.weight", prefix, group, i);
+    b->proj_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "%s%s.%d.mlp.c_proj.bias", prefix, group, i);
+    if (layer_scale) { /* OpenCLIP's LayerScale, in its state_dict order (after the block's other tensors) */
+        b->ls1 = add(t, PI_ONES, 0, 1, SHAPE(W), "%s%s.%d.ls_1.gamma", prefix, group, i);
+        b->ls2 = add(t, PI_ONES, 0, 1, SHAPE(W), "%s%s.%d.ls_2.gamma", prefix, group, i);
+    }
+}
+
+static void add_block(param_table *t, block_offsets *b, const char *prefix, int i, int64_t W, int64_t H,
+                      int layers, bool text, bool layer_scale) {
+    add_block_in(t, b, prefix, "resblocks", i, W, H, layers, text, layer_scale, false);
 }
 
 static void add_bn(param_table *t, bn_offsets *bn, const char *name, int64_t C, bool zero_gain) {
@@ -130,7 +139,7 @@ static int build_vit(const clipc_config *c, param_table *t, model_layout *L) {
     float scale = (float)pow((double)W, -0.5);
     L->v_class = add(t, PI_NORMAL, scale, 1, SHAPE(W), "visual.class_embedding");
     L->v_pos = add(t, PI_NORMAL, scale, 2, SHAPE(G * G + 1, W), "visual.positional_embedding");
-    L->v_proj = add(t, PI_NORMAL, scale, 2, SHAPE(W, c->embed_dim), "visual.proj");
+    L->v_proj = add(t, PI_NORMAL, scale, 2, SHAPE(c->family == CLIPC_COCA ? c->embed_dim : W, c->embed_dim), "visual.proj");
     L->v_conv = add_conv(t, "visual.conv1.weight", W, 3, P);
     L->v_ln_pre_w = add(t, PI_ONES, 0, 1, SHAPE(W), "visual.ln_pre.weight");
     L->v_ln_pre_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.ln_pre.bias");
@@ -139,6 +148,22 @@ static int build_vit(const clipc_config *c, param_table *t, model_layout *L) {
     for (int i = 0; i < c->vision_layers; i++)
         add_block(t, &L->v_blocks[i], "visual.transformer.", i, W, c->vision_mlp_width, c->vision_layers, false,
                   c->vision_layer_scale);
+    if (c->family == CLIPC_COCA) { /* OpenCLIP's AttentionalPooler, then ln_post and proj on its E-wide outputs */
+        int64_t E = c->embed_dim, Q = c->pool_queries;
+        float std = default_std(E);
+        L->cp_query = add(t, PI_NORMAL, 1.0f, 2, SHAPE(Q, E), "visual.attn_pool.query");
+        L->cp_q_w = add(t, PI_NORMAL, std, 2, SHAPE(E, E), "visual.attn_pool.attn.q_proj_weight");
+        L->cp_k_w = add(t, PI_NORMAL, default_std(W), 2, SHAPE(E, W), "visual.attn_pool.attn.k_proj_weight");
+        L->cp_v_w = add(t, PI_NORMAL, default_std(W), 2, SHAPE(E, W), "visual.attn_pool.attn.v_proj_weight");
+        L->cp_in_b = add(t, PI_ZEROS, 0, 1, SHAPE(3 * E), "visual.attn_pool.attn.in_proj_bias");
+        L->cp_out_w = add(t, PI_NORMAL, std, 2, SHAPE(E, E), "visual.attn_pool.attn.out_proj.weight");
+        L->cp_out_b = add(t, PI_ZEROS, 0, 1, SHAPE(E), "visual.attn_pool.attn.out_proj.bias");
+        L->cp_lnq_w = add(t, PI_ONES, 0, 1, SHAPE(E), "visual.attn_pool.ln_q.weight");
+        L->cp_lnq_b = add(t, PI_ZEROS, 0, 1, SHAPE(E), "visual.attn_pool.ln_q.bias");
+        L->cp_lnk_w = add(t, PI_ONES, 0, 1, SHAPE(W), "visual.attn_pool.ln_k.weight");
+        L->cp_lnk_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.attn_pool.ln_k.bias");
+        W = E;
+    }
     L->v_ln_post_w = add(t, PI_ONES, 0, 1, SHAPE(W), "visual.ln_post.weight");
     L->v_ln_post_b = add(t, PI_ZEROS, 0, 1, SHAPE(W), "visual.ln_post.bias");
     return 0;
@@ -211,7 +236,9 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
     int rc = c->vision_tower == CLIPC_VIT ? build_vit(c, t, L) : build_resnet(c, t, L);
     int64_t Wt = c->text_width;
     L->t_tok = add(t, PI_NORMAL, 0.02f, 2, SHAPE(c->vocab_size, Wt), "token_embedding.weight");
-    L->t_pos = add(t, PI_NORMAL, 0.01f, 2, SHAPE(c->context_length, Wt), "positional_embedding");
+    bool coca = c->family == CLIPC_COCA; /* its CLS token takes one more position */
+    L->t_pos = add(t, PI_NORMAL, 0.01f, 2, SHAPE(c->context_length + coca, Wt), "positional_embedding");
+    if (coca) L->t_cls = add(t, PI_NORMAL, 0.01f, 1, SHAPE(Wt), "cls_emb");
     L->t_blocks = calloc((size_t)c->text_layers, sizeof *L->t_blocks);
     if (rc || !L->t_blocks) {
         params_free(t, L);
@@ -227,6 +254,23 @@ int params_build(const clipc_config *c, param_table *t, model_layout *L, clipc_e
         L->t_head_b = add(t, PI_ZEROS, 0, 1, SHAPE(c->embed_dim), "text_head.bias");
     } else {
         L->t_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->embed_dim), "text_projection");
+    }
+    if (coca) { /* OpenCLIP's MultimodalTransformer: per layer a causal block, then a cross-attention block */
+        L->d_self = calloc((size_t)c->decoder_layers, sizeof *L->d_self);
+        L->d_cross = calloc((size_t)c->decoder_layers, sizeof *L->d_cross);
+        if (!L->d_self || !L->d_cross) {
+            params_free(t, L);
+            return clipc_fail(err, "out of memory building the parameter table");
+        }
+        for (int i = 0; i < c->decoder_layers; i++) {
+            add_block_in(t, &L->d_self[i], "text_decoder.", "resblocks", i, Wt, c->text_mlp_width, c->decoder_layers,
+                         true, false, false);
+            add_block_in(t, &L->d_cross[i], "text_decoder.", "cross_attn", i, Wt, c->text_mlp_width, c->decoder_layers,
+                         true, false, true);
+        }
+        L->d_ln_w = add(t, PI_ONES, 0, 1, SHAPE(Wt), "text_decoder.ln_final.weight");
+        L->d_ln_b = add(t, PI_ZEROS, 0, 1, SHAPE(Wt), "text_decoder.ln_final.bias");
+        L->d_proj = add(t, PI_NORMAL, (float)pow((double)Wt, -0.5), 2, SHAPE(Wt, c->vocab_size), "text_decoder.text_projection");
     }
     L->logit_scale = add(t, PI_LOGIT_SCALE, 0, 0, NULL, "logit_scale");
     if (c->has_logit_bias) L->logit_bias = add(t, PI_LOGIT_BIAS, 0, 0, NULL, "logit_bias");
@@ -259,6 +303,8 @@ void params_free(param_table *t, model_layout *L) {
     free(L->v_blocks);
     free(L->r_blocks);
     free(L->t_blocks);
+    free(L->d_self);
+    free(L->d_cross);
     memset(t, 0, sizeof *t);
     memset(L, 0, sizeof *L);
 }

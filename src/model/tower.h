@@ -9,6 +9,7 @@ typedef struct packing {
     const int *start, *len;
     int n_seq, total, max_len;
     const size_t *probs_offset; /* training: where each sequence's attention probabilities go */
+    const unsigned char *hidden; /* CoCa: rows its CLS token (each sequence's last row) does not attend */
 } packing;
 
 /* LoRA (Hu et al. 2021, eq. 3): a frozen weight W [out, in] gains a
@@ -83,6 +84,10 @@ void model_tap(const clipc_model *m, const char *name, const float *x, int rows,
 size_t vit_scratch(const clipc_config *c, int n);
 void vit_embed(const clipc_model *m, const float *pixels, int n, float *patches, float *emb, float *x, float *ws);
 int vit_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
+/* CoCa: the embeddings and (tokens non-NULL) the pooler's other outputs
+ * [n, pool_queries - 1, embed_dim], which the decoder attends to. */
+int vit_forward_tokens(const clipc_model *m, arena *a, const float *pixels, int n, float *out, float *tokens);
+size_t coca_pool_scratch(const clipc_config *c, int n);
 size_t resnet_scratch(const clipc_config *c, int n);
 int resnet_forward(const clipc_model *m, arena *a, const float *pixels, int n, float *out);
 /* x = token_embedding[tokens] + positional_embedding, with the prompt's

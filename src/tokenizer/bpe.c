@@ -545,3 +545,85 @@ int clipc_tokenize(clipc_tokenizer *t, const char *text, int context, int trunca
     free(ids);
     return 0;
 }
+
+/* ---- decoding (CoCa's captions) ---------------------------------------------------------- */
+
+char *clipc_tokenizer_decode(clipc_tokenizer *t, const int32_t *ids, int n, clipc_error *err) {
+    if (t->spm) {
+        clipc_fail(err, "decoding is for CLIP's BPE ids (CoCa's captions)");
+        return NULL;
+    }
+    /* SimpleTokenizer.decode: each id's symbol, its code points back to the bytes bytes_to_unicode() gave
+     * them, "</w>" a space; the bytes are then UTF-8 with errors replaced (U+FFFD) */
+    int32_t order[256], cp_of_byte[256];
+    int byte_of_cp[512];
+    bytes_to_unicode(order, cp_of_byte);
+    for (int c = 0; c < 512; c++) byte_of_cp[c] = -1;
+    for (int b = 0; b < 256; b++) byte_of_cp[cp_of_byte[b]] = b;
+    size_t cap = 64, len = 0;
+    unsigned char *bytes = malloc(cap);
+    if (!bytes) {
+        clipc_fail(err, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ids[i] == CLIPC_SOT) continue;
+        if (ids[i] == CLIPC_EOT) break; /* what follows is padding */
+        if (ids[i] < 0 || ids[i] >= VOCAB_SIZE) {
+            free(bytes);
+            clipc_fail(err, "token id %d at position %d is outside the vocabulary (0..%d)", ids[i], i, VOCAB_SIZE - 1);
+            return NULL;
+        }
+        const char *s = t->vocab[ids[i]];
+        size_t sl = strlen(s);
+        if (len + sl + 1 > cap) {
+            while (len + sl + 1 > cap) cap *= 2;
+            unsigned char *grown = realloc(bytes, cap);
+            if (!grown) {
+                free(bytes);
+                clipc_fail(err, "out of memory");
+                return NULL;
+            }
+            bytes = grown;
+        }
+        for (size_t k = 0; k < sl;) {
+            if (sl - k >= 4 && !memcmp(s + k, "</w>", 4)) {
+                bytes[len++] = ' ';
+                k += 4;
+                continue;
+            }
+            utf8proc_int32_t c;
+            utf8proc_ssize_t step = utf8proc_iterate((const utf8proc_uint8_t *)s + k, (utf8proc_ssize_t)(sl - k), &c);
+            if (step <= 0) break;
+            if (c >= 0 && c < 512 && byte_of_cp[c] >= 0) bytes[len++] = (unsigned char)byte_of_cp[c];
+            k += (size_t)step;
+        }
+    }
+    /* the bytes as UTF-8, invalid sequences replaced by U+FFFD, stripped */
+    char *out = malloc(len * 3 + 1);
+    size_t o = 0;
+    for (size_t k = 0; out && k < len;) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t step = utf8proc_iterate(bytes + k, (utf8proc_ssize_t)(len - k), &c);
+        if (step <= 0) { /* one invalid byte: one replacement character */
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            k++;
+            continue;
+        }
+        memcpy(out + o, bytes + k, (size_t)step);
+        o += (size_t)step;
+        k += (size_t)step;
+    }
+    free(bytes);
+    if (!out) {
+        clipc_fail(err, "out of memory");
+        return NULL;
+    }
+    while (o > 0 && out[o - 1] == ' ') o--;
+    out[o] = 0;
+    size_t lead = 0;
+    while (out[lead] == ' ') lead++;
+    memmove(out, out + lead, o - lead + 1);
+    return out;
+}

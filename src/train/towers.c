@@ -184,7 +184,7 @@ static size_t block_backward_work(const tower_cache *c, const tower_spec *t) {
 static int blocks_forward(const clipc_model *m, const tower_spec *t, tower_cache *c, clipc_error *err) {
     float *scratch = malloc(attention_scratch(c->max_len, c->D / t->heads) * sizeof(float));
     if (!scratch) return clipc_fail(err, "out of memory");
-    packing pk = {c->start, c->len, c->n, c->T, c->max_len, c->probs_offset};
+    packing pk = {c->start, c->len, c->n, c->T, c->max_len, c->probs_offset, NULL};
     for (int l = 0; l < t->layers; l++) /* fp32 (cache_init checks): model_gemm needs no workspace */
         block_forward(m, t, l, &pk, &c->blocks[l], l + 1 < t->layers ? c->blocks[l + 1].x_in : c->x_out, NULL, scratch,
                       NULL, false);

@@ -16,8 +16,9 @@
 
 /* OpenAI's names (clipc's own); Hugging Face's CLIPModel / SiglipModel;
  * OpenCLIP's SigLIP (CustomTextCLIP: a timm trunk, "visual.trunk.*", and
- * the text tower under "text.*"). */
-enum naming { NAMING_OPENAI, NAMING_HF, NAMING_OPENCLIP_SIGLIP };
+ * the text tower under "text.*"); OpenCLIP's CoCa (its text tower under
+ * "text.*", the decoder under "text_decoder.*"). */
+enum naming { NAMING_OPENAI, NAMING_HF, NAMING_OPENCLIP_SIGLIP, NAMING_OPENCLIP_COCA };
 
 static const st_tensor *need(const st_file *f, const char *name, int ndim, clipc_error *err) {
     const st_tensor *t = st_find(f, name);
@@ -318,6 +319,70 @@ done:
     return rc;
 }
 
+/* OpenCLIP's CoCa: shapes from the tensors, head counts and the activation
+ * from open_clip_config.json beside the file (else OpenCLIP's defaults: 64-wide
+ * image heads, 8 text, pooler and decoder heads, exact GELU). */
+static int infer_openclip_coca(const st_file *f, const char *path, const char *tp, clipc_config *c, clipc_error *err) {
+    const st_tensor *t;
+    char name[128];
+#define TP(n) (snprintf(name, sizeof name, "%s%s", tp, n), name)
+    c->family = CLIPC_COCA;
+    c->vision_tower = CLIPC_VIT;
+    if (!(t = need(f, "visual.conv1.weight", 4, err))) return -1;
+    c->vision_width = (int)t->shape[0];
+    c->vision_patch_size = (int)t->shape[3];
+    c->vision_layers = count_blocks(f, "visual.transformer.resblocks.", "attn.in_proj_weight");
+    if (!(t = need(f, "visual.positional_embedding", 2, err))) return -1;
+    c->image_resolution = c->vision_patch_size * (int)lround(sqrt((double)(t->shape[0] - 1)));
+    c->vision_mlp_width = mlp_width(f, "visual.transformer.resblocks.0.mlp.c_fc.weight");
+    if (!(t = need(f, "visual.attn_pool.query", 2, err))) return -1;
+    c->pool_queries = t->shape[0] > 0 && t->shape[0] <= 4096 ? (int)t->shape[0] : 0;
+    if (!(t = need(f, "visual.proj", 2, err))) return -1;
+    c->embed_dim = (int)t->shape[1];
+    if (!(t = need(f, TP("positional_embedding"), 2, err))) return -1;
+    c->context_length = (int)t->shape[0] - 1; /* the CLS token's position is the last */
+    if (!(t = need(f, TP("token_embedding.weight"), 2, err))) return -1;
+    c->vocab_size = (int)t->shape[0];
+    c->text_width = (int)t->shape[1];
+    c->text_layers = count_blocks(f, TP("transformer.resblocks."), "attn.in_proj_weight");
+    c->text_mlp_width = mlp_width(f, TP("transformer.resblocks.0.mlp.c_fc.weight"));
+    c->decoder_layers = count_blocks(f, "text_decoder.resblocks.", "attn.in_proj_weight");
+#undef TP
+    /* clipc's own files keep the head counts in their metadata */
+    c->vision_heads = meta_int(f, "vision_heads", c->vision_width / 64 > 0 ? c->vision_width / 64 : 1);
+    c->text_heads = meta_int(f, "transformer_heads", 8);
+    c->pool_heads = meta_int(f, "pool_heads", 8);
+    c->decoder_heads = meta_int(f, "decoder_heads", 8);
+    c->activation = c->vision_activation = *tp ? CLIPC_GELU : meta_activation(f);
+    c->vision_ln_eps = c->text_ln_eps = 1e-5f;
+    char cfg_path[4096];
+    beside(path, "open_clip_config.json", cfg_path, sizeof cfg_path);
+    if (access(cfg_path, F_OK) != 0) return 0;
+    unsigned char *text;
+    size_t len;
+    if (read_file(cfg_path, &text, &len, err)) return -1;
+    cJSON *root = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    if (!root) return clipc_fail(err, "%s: invalid JSON", cfg_path);
+    cJSON *mc = cJSON_GetObjectItemCaseSensitive(root, "model_cfg");
+    if (!cJSON_IsObject(mc)) mc = root;
+    cJSON *vc = cJSON_GetObjectItemCaseSensitive(mc, "vision_cfg"), *tc = cJSON_GetObjectItemCaseSensitive(mc, "text_cfg");
+    cJSON *dc = cJSON_GetObjectItemCaseSensitive(mc, "multimodal_cfg");
+    int rc = 0;
+    cJSON *pool = cJSON_GetObjectItemCaseSensitive(vc, "attentional_pool");
+    if (cJSON_IsString(pool)) /* 'parallel' and 'cascade': a second pooler for the embedding */
+        rc = clipc_fail(err, "%s: vision_cfg.attentional_pool '%s' is not supported (OpenCLIP's original CoCa pooler)",
+                        cfg_path, pool->valuestring);
+    int head_width = json_int(vc, "head_width", 64);
+    if (head_width > 0 && c->vision_width % head_width == 0) c->vision_heads = c->vision_width / head_width;
+    c->pool_heads = json_int(vc, "attn_pooler_heads", 8);
+    c->text_heads = json_int(tc, "heads", 8);
+    c->decoder_heads = json_int(dc, "heads", 8);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(mc, "quick_gelu"))) c->activation = c->vision_activation = CLIPC_QUICK_GELU;
+    cJSON_Delete(root);
+    return rc;
+}
+
 static int infer_hf(const st_file *f, const char *path, clipc_config *c, clipc_error *err) {
     char cfg_path[4096];
     beside(path, "config.json", cfg_path, sizeof cfg_path);
@@ -383,6 +448,15 @@ typedef struct source {
     int64_t rows[3]; /* rows of each part (0: the rows split evenly) */
     bool transpose, squeeze;
 } source;
+
+/* OpenCLIP's CoCa: the image tower, decoder and logit_scale keep clipc's
+ * (OpenAI's) names; the text tower's are under "text.". */
+static void openclip_coca_source(const char *name, source *s) {
+    memset(s, 0, sizeof s[0]);
+    s->parts = 1;
+    bool same = !strncmp(name, "visual.", 7) || !strncmp(name, "text_decoder.", 13) || !strcmp(name, "logit_scale");
+    snprintf(s->name[0], sizeof s->name[0], "%s%s", same ? "" : "text.", name);
+}
 
 /* OpenCLIP's SigLIP: clipc's name for a tensor -> its name there. */
 static void openclip_siglip_source(const char *name, source *s) {
@@ -597,6 +671,8 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
             snprintf(src.name[0], sizeof src.name[0], "%s", p->name);
         } else if (naming == NAMING_HF) {
             hf_source(p->name, &src);
+        } else if (naming == NAMING_OPENCLIP_COCA) {
+            openclip_coca_source(p->name, &src);
         } else {
             openclip_siglip_source(p->name, &src);
         }
@@ -927,12 +1003,16 @@ clipc_model *checkpoint_load(const char *path, clipc_error *err) {
     memset(&cfg, 0, sizeof cfg);
     enum naming naming = st_find(&f, "text_model.embeddings.token_embedding.weight") ? NAMING_HF
                          : st_find(&f, "visual.trunk.attn_pool.latent")               ? NAMING_OPENCLIP_SIGLIP
+                         : st_find(&f, "text.token_embedding.weight")                 ? NAMING_OPENCLIP_COCA
                                                                                       : NAMING_OPENAI;
+    bool coca = st_find(&f, "text_decoder.text_projection") != NULL; /* OpenCLIP's names, or clipc's */
     image_style style = SIGLIP_STYLE;
     int rc = naming == NAMING_HF                ? infer_hf(&f, path, &cfg, err)
              : naming == NAMING_OPENCLIP_SIGLIP ? infer_openclip_siglip(&f, path, &cfg, &style, err)
+             : coca                             ? infer_openclip_coca(&f, path, naming == NAMING_OPENCLIP_COCA ? "text." : "",
+                                                                      &cfg, err)
                                                 : infer_openai(&f, &cfg, err);
-    if (rc == 0 && naming == NAMING_OPENAI) rc = openclip_config(path, &cfg, err);
+    if (rc == 0 && naming == NAMING_OPENAI && !coca) rc = openclip_config(path, &cfg, err);
     cfg.has_logit_bias = st_find(&f, "logit_bias") != NULL; /* SigLIP-trained (OpenCLIP's name) */
     /* what clipc finetune adds: sizes from shapes (config_validate and load_params check the rest) */
     const st_tensor *ctx = st_find(&f, "prompt_learner.ctx");

@@ -1,0 +1,208 @@
+/* test_coca.c — CoCa against OpenCLIP's own outputs (tests/data/coca/, made
+ * by tools/ref/gen_coca_refs.py with open_clip 2.23 on random weights): the
+ * contrastive embeddings, the decoder's logits under teacher forcing (through
+ * the cached token-by-token path), the captions of its generate() (greedy
+ * and its default beam search), decoding ids back to text, sampling, the
+ * caption command. */
+#include "test.h"
+
+#include <cjson/cJSON.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DATA "tests/data/coca"
+
+static double largest(const float *a, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
+    return m;
+}
+
+static void check_embeddings(clipc_model *m, const npy_array *images, const npy_array *tokens) {
+    clipc_error err;
+    npy_array fi, ft;
+    if (npy_read(DATA "/image_features.npy", &fi, &err) || npy_read(DATA "/text_features.npy", &ft, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    int E = clipc_model_config(m)->embed_dim, ni = (int)images->shape[0], nt = (int)tokens->shape[0];
+    float *img = malloc((size_t)ni * E * sizeof *img), *txt = malloc((size_t)nt * E * sizeof *txt);
+    CHECK(clipc_encode_image(m, images->data, ni, img, &err) == 0, "%s", err.message);
+    CHECK(clipc_encode_text(m, tokens->data, nt, txt, &err) == 0, "%s", err.message);
+    double di = max_abs_diff(img, fi.data, fi.count) / largest(fi.data, fi.count);
+    double dt = max_abs_diff(txt, ft.data, ft.count) / largest(ft.data, ft.count);
+    double ci = min_row_cosine(img, fi.data, ni, E), ct = min_row_cosine(txt, ft.data, nt, E);
+    CHECK(di <= 1e-4 && ci >= 0.99999, "CoCa image embeddings: max diff %.3g of the largest, cosine %.8f", di, ci);
+    CHECK(dt <= 1e-4 && ct >= 0.99999, "CoCa text embeddings (CLS token): max diff %.3g, cosine %.8f", dt, ct);
+    printf("  CoCa embeddings: image max diff %.2g (relative), cosine %.8f; text %.2g, cosine %.8f\n", di, ci, dt, ct);
+    free(img), free(txt);
+    npy_free(&fi), npy_free(&ft);
+}
+
+/* forward(image 0, text 1 without its last token)'s logits: the top 32 of
+ * each position (values and ids) and the logsumexp */
+static void check_logits(clipc_model *m, const npy_array *images, const npy_array *tokens) {
+    clipc_error err;
+    npy_array top, ids, lse;
+    if (npy_read(DATA "/logits_top.npy", &top, &err) || npy_read(DATA "/logits_top_ids.npy", &ids, &err) ||
+        npy_read(DATA "/logits_lse.npy", &lse, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    const clipc_config *c = clipc_model_config(m);
+    int n = (int)top.shape[0], K = (int)top.shape[1], V = c->vocab_size;
+    float *logits = malloc((size_t)n * V * sizeof *logits);
+    const int32_t *text = (const int32_t *)tokens->data + c->context_length; /* text 1 */
+    CHECK(coca_teacher_logits(m, images->data, text, n, logits, &err) == 0, "%s", err.message);
+    double worst = 0, scale = largest(top.data, top.count), worst_lse = 0;
+    int argmax_same = 0;
+    for (int t = 0; t < n; t++) {
+        const float *l = logits + (size_t)t * V;
+        int best = 0;
+        double mx = -INFINITY, sum = 0;
+        for (int v = 0; v < V; v++) {
+            if (l[v] > l[best]) best = v;
+            mx = fmax(mx, l[v]);
+        }
+        for (int v = 0; v < V; v++) sum += exp(l[v] - mx);
+        worst_lse = fmax(worst_lse, fabs(mx + log(sum) - ((float *)lse.data)[t]));
+        for (int k = 0; k < K; k++) {
+            int v = ((int32_t *)ids.data)[t * K + k];
+            worst = fmax(worst, fabs(l[v] - ((float *)top.data)[t * K + k]));
+        }
+        argmax_same += best == ((int32_t *)ids.data)[t * K];
+    }
+    CHECK(worst / scale <= 1e-4 && worst_lse <= 1e-4 * scale && argmax_same == n,
+          "decoder logits (teacher forcing, %d positions): max diff %.3g of %.3g, logsumexp %.3g, argmax %d of %d", n, worst,
+          scale, worst_lse, argmax_same, n);
+    printf("  CoCa decoder logits, %d positions through the KV cache: max diff %.2g (largest %.2g), logsumexp %.2g, "
+           "argmax %d of %d\n", n, worst, scale, worst_lse, argmax_same, n);
+    free(logits);
+    npy_free(&top), npy_free(&ids), npy_free(&lse);
+}
+
+static void check_generation(clipc_model *m, const npy_array *images) {
+    clipc_error err;
+    unsigned char *text;
+    size_t len;
+    if (read_file(DATA "/captions.json", &text, &len, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    const char *kinds[2] = {"greedy", "beam"};
+    int n = (int)images->shape[0];
+    for (int k = 0; k < 2; k++) {
+        clipc_caption_options o;
+        clipc_caption_defaults(&o);
+        if (k == 0) o.beams = 1, o.top_k = 1; /* OpenCLIP's generation_type "top_k", top_k 1 */
+        int32_t *ids[8];
+        int lens[8];
+        CHECK(clipc_caption(m, images->data, n, &o, ids, lens, &err) == 0, "%s", err.message);
+        const cJSON *want = cJSON_GetObjectItem(j, kinds[k]);
+        int same = 0, i = 0;
+        for (const cJSON *row = want ? want->child : NULL; row && i < n; row = row->next, i++) {
+            bool eq = cJSON_GetArraySize(row) == lens[i];
+            int p = 0;
+            for (const cJSON *v = row->child; v && eq; v = v->next, p++) eq = v->valueint == ids[i][p];
+            same += eq;
+            if (!eq) {
+                printf("  %s caption %d: got", kinds[k], i);
+                for (int q = 0; q < lens[i]; q++) printf(" %d", ids[i][q]);
+                printf("\n");
+            }
+            free(ids[i]);
+        }
+        CHECK(same == n, "%s captions: %d of %d equal OpenCLIP's generate()", kinds[k], same, n);
+        printf("  CoCa %s captions: %d of %d equal OpenCLIP's generate() token for token\n", kinds[k], same, n);
+    }
+    cJSON_Delete(j);
+}
+
+/* Decoding: SimpleTokenizer.decode of encoded texts gives the cleaned text back. */
+static void check_decode(void) {
+    clipc_error err;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    const char *texts[] = {"a photo of a dog.", "Two people, walking on the beach at sunset!", "café 東京 😀 x²",
+                           "numbers 12,345 and 3.14"};
+    /* as SimpleTokenizer.decode gives them: every word and number symbol ends in "</w>", so a space */
+    const char *want[] = {"a photo of a dog .", "two people , walking on the beach at sunset !", "café 東京 😀 x ²",
+                          "numbers 1 2 , 3 4 5 and 3 . 1 4"};
+    for (size_t i = 0; tok && i < sizeof texts / sizeof *texts; i++) {
+        int32_t row[77];
+        CHECK(clipc_tokenize(tok, texts[i], 77, 0, row, &err) == 0, "%s", err.message);
+        char *back = clipc_tokenizer_decode(tok, row, 77, &err);
+        CHECK(back && !strcmp(back, want[i]), "decode '%s': '%s', expected '%s'", texts[i], back ? back : err.message, want[i]);
+        free(back);
+    }
+    int32_t bad[2] = {CLIPC_SOT, 60000};
+    char *s = clipc_tokenizer_decode(tok, bad, 2, &err);
+    CHECK(!s && strstr(err.message, "outside the vocabulary"), "an id outside the vocabulary is refused");
+    free(s);
+    clipc_tokenizer_free(tok);
+}
+
+/* Sampling: a seed gives the same caption twice; top-k 1 is greedy at any temperature; a
+ * caption is never shorter than min_len nor longer than max_len, and ends in EOT. */
+static void check_sampling(clipc_model *m, const npy_array *images) {
+    clipc_error err;
+    clipc_caption_options o;
+    clipc_caption_defaults(&o);
+    o.beams = 1, o.top_k = 50, o.top_p = 0.9f, o.temperature = 1.3f, o.seed = 5, o.min_len = 7, o.max_len = 12;
+    int32_t *a[2], *b[2], *g[2], *g2[2];
+    int la[2], lb[2], lg[2], lg2[2];
+    CHECK(clipc_caption(m, images->data, 2, &o, a, la, &err) == 0 && clipc_caption(m, images->data, 2, &o, b, lb, &err) == 0,
+          "%s", err.message);
+    bool same = la[0] == lb[0] && !memcmp(a[0], b[0], (size_t)la[0] * sizeof **a);
+    CHECK(same, "the same seed gives the same sampled caption");
+    for (int i = 0; i < 2; i++)
+        CHECK(la[i] >= o.min_len && la[i] <= o.max_len && a[i][0] == CLIPC_SOT && a[i][la[i] - 1] == CLIPC_EOT,
+              "sampled caption %d: %d tokens (%d..%d), SOT first and EOT last", i, la[i], o.min_len, o.max_len);
+    clipc_caption_options greedy = o;
+    greedy.top_k = 1, greedy.top_p = 0, greedy.temperature = 1;
+    clipc_caption_options hot = greedy;
+    hot.temperature = 3.0f, hot.seed = 99;
+    CHECK(clipc_caption(m, images->data, 2, &greedy, g, lg, &err) == 0 && clipc_caption(m, images->data, 2, &hot, g2, lg2, &err) == 0,
+          "%s", err.message);
+    CHECK(lg[0] == lg2[0] && !memcmp(g[0], g2[0], (size_t)lg[0] * sizeof **g), "top-k 1 is greedy at any temperature and seed");
+    for (int i = 0; i < 2; i++) free(a[i]), free(b[i]), free(g[i]), free(g2[i]);
+    /* bad options are refused with the reason */
+    clipc_caption_options bad = o;
+    bad.max_len = 500;
+    int32_t *ids[2];
+    int lens[2];
+    CHECK(clipc_caption(m, images->data, 1, &bad, ids, lens, &err) == -1 && strstr(err.message, "context"), "max_len beyond the context: %s", err.message);
+    bad = o, bad.beams = 5, bad.beam_groups = 3;
+    CHECK(clipc_caption(m, images->data, 1, &bad, ids, lens, &err) == -1 && strstr(err.message, "groups"), "5 beams in 3 groups: %s", err.message);
+}
+
+void test_coca(void) {
+    clipc_error err;
+    clipc_model *m = clipc_model_load(DATA "/open_clip_model.safetensors", &err);
+    CHECK(m != NULL, "%s", m ? "" : err.message);
+    check_decode();
+    if (!m) return;
+    CHECK(!strcmp(clipc_model_family_name(m), "CoCa"), "family %s", clipc_model_family_name(m));
+    npy_array images, tokens;
+    if (npy_read(DATA "/images.npy", &images, &err) || npy_read(DATA "/tokens.npy", &tokens, &err)) {
+        CHECK(0, "%s", err.message);
+        clipc_model_free(m);
+        return;
+    }
+    check_embeddings(m, &images, &tokens);
+    check_logits(m, &images, &tokens);
+    check_generation(m, &images);
+    check_sampling(m, &images);
+    /* a model that is not CoCa has no captions */
+    clipc_model *clip = clipc_model_init("tiny", 1, &err);
+    int32_t *ids[1];
+    int lens[1];
+    CHECK(clip && clipc_caption(clip, images.data, 1, NULL, ids, lens, &err) == -1 && strstr(err.message, "CoCa"),
+          "captions from a CLIP model are refused: %s", err.message);
+    clipc_model_free(clip);
+    npy_free(&images), npy_free(&tokens);
+    clipc_model_free(m);
+}
