@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DATA "tests/data/coca"
 
@@ -179,6 +180,53 @@ static void check_sampling(clipc_model *m, const npy_array *images) {
     CHECK(clipc_caption(m, images->data, 1, &bad, ids, lens, &err) == -1 && strstr(err.message, "groups"), "5 beams in 3 groups: %s", err.message);
 }
 
+/* clipc caption prints the library's caption of the file, decoded; --json too; refusals */
+static void check_cli(clipc_model *m) {
+    clipc_error err;
+    const char *img = ref_path("preprocess/images/chelsea_224x224.png");
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    float px[3 * 32 * 32];
+    const char *modes[2] = {"--top-k 1", ""};
+    for (int k = 0; k < 2 && tok; k++) {
+        clipc_caption_options o;
+        clipc_caption_defaults(&o);
+        if (k == 0) o.beams = 1, o.top_k = 1;
+        int32_t *ids;
+        int len;
+        char *want = NULL;
+        if (clipc_model_preprocess_file(m, img, px, &err) == 0 && clipc_caption(m, px, 1, &o, &ids, &len, &err) == 0) {
+            want = clipc_tokenizer_decode(tok, ids, len, &err);
+            free(ids);
+        }
+        char cmd[1024], path[64];
+        snprintf(path, sizeof path, "/tmp/clipc_caption_%d.json", (int)getpid());
+        snprintf(cmd, sizeof cmd, "%s caption -m " DATA "/open_clip_model.safetensors %s --json %s > %s", clipc_binary, modes[k],
+                 img, path);
+        CHECK(run_cmd(cmd) == 0, "clipc caption %s", modes[k]);
+        unsigned char *text;
+        size_t tl;
+        cJSON *j = read_file(path, &text, &tl, &err) == 0 ? cJSON_ParseWithLength((const char *)text, tl) : NULL;
+        if (j) free(text);
+        const cJSON *cap = j && j->child ? cJSON_GetObjectItem(j->child, "caption") : NULL;
+        CHECK(want && cJSON_IsString(cap) && !strcmp(cap->valuestring, want), "clipc caption %s: '%s', the library's '%s'",
+              modes[k], cJSON_IsString(cap) ? cap->valuestring : "(none)", want ? want : err.message);
+        cJSON_Delete(j);
+        free(want);
+        unlink(path);
+    }
+    clipc_tokenizer_free(tok);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s caption -m models/clipc-fmnist.safetensors %s 2>&1 | grep -q 'captions need a CoCa model'",
+             clipc_binary, img);
+    CHECK(run_cmd(cmd) == 0, "clipc caption with a CLIP model says it needs CoCa");
+    snprintf(cmd, sizeof cmd, "%s caption -m " DATA "/open_clip_model.safetensors --beam 4 --top-k 3 %s 2>&1 | grep -q 'give one of them'",
+             clipc_binary, img);
+    CHECK(run_cmd(cmd) == 0, "clipc caption refuses --beam with --top-k");
+    snprintf(cmd, sizeof cmd, "%s caption -m " DATA "/open_clip_model.safetensors --temprature 2 %s 2>&1 | grep -q 'did you mean --temperature'",
+             clipc_binary, img);
+    CHECK(run_cmd(cmd) == 0, "clipc caption suggests --temperature");
+}
+
 void test_coca(void) {
     clipc_error err;
     clipc_model *m = clipc_model_load(DATA "/open_clip_model.safetensors", &err);
@@ -196,6 +244,19 @@ void test_coca(void) {
     check_logits(m, &images, &tokens);
     check_generation(m, &images);
     check_sampling(m, &images);
+    /* at bf16 the captions' first tokens still follow the fp32 ones (random weights: later ones may drift) */
+    clipc_caption_options greedy;
+    clipc_caption_defaults(&greedy);
+    greedy.beams = 1, greedy.top_k = 1;
+    int32_t *c32[2], *c16[2];
+    int l32[2], l16[2];
+    CHECK(clipc_caption(m, images.data, 2, &greedy, c32, l32, &err) == 0, "%s", err.message);
+    CHECK(clipc_model_set_precision(m, CLIPC_BF16, &err) == 0 && clipc_caption(m, images.data, 2, &greedy, c16, l16, &err) == 0,
+          "%s", err.message);
+    CHECK(c32[0][1] == c16[0][1] && c32[1][1] == c16[1][1], "bf16 captions start as the fp32 ones");
+    clipc_model_set_precision(m, CLIPC_FP32, &err);
+    check_cli(m);
+    for (int i = 0; i < 2; i++) free(c32[i]), free(c16[i]);
     /* a model that is not CoCa has no captions */
     clipc_model *clip = clipc_model_init("tiny", 1, &err);
     int32_t *ids[1];

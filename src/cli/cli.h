@@ -29,6 +29,11 @@ double cli_now(void);
 void cli_note_default_model(const char *model_path, const char *const *images, int n);
 /* Loads a model (path NULL: the default one), printing the error; NULL on failure. */
 clipc_model *cli_load_model(const char *path);
+/* The same with another default: default_file in models/ or share/clipc/, or $envname. */
+clipc_model *cli_load_model_or(const char *path, const char *default_file, const char *envname);
+/* The shipped CoCa, the default of `clipc caption` ($CLIPC_CAPTION_MODEL overrides). */
+#define DEFAULT_CAPTION_MODEL_FILE "clipc-fmnist-coca.safetensors"
+
 /* The model to query an index with: model_path (-m) when given, else the one
  * `clipc index -m` recorded in it (copied into path, cap bytes; a note on
  * stderr), else NULL: the default model. */
@@ -53,6 +58,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
+int cmd_caption(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_retrieve(int argc, char **argv);

@@ -25,6 +25,8 @@ static const char USAGE[] =
     "        [--raw] -o OUT.npy                 float32 embeddings, L2-normalised unless --raw\n"
     "  classify [-m MODEL] --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
     "                                          zero-shot classification\n"
+    "  caption [-m MODEL] [--beam N | --top-k K | --top-p P] [--temperature T] [--max-len L] [--json] IMAGE...\n"
+    "                                          captions from a CoCa model\n"
     "  train --data fashion-mnist --out DIR (--steps N | --epochs E) [--resume] ...\n"
     "                                          contrastive training from scratch (see train --help)\n"
     "  finetune [-m MODEL] --method lora|adapter|coop|full --dataset D (--steps N | --epochs E) --out DIR\n"
@@ -109,9 +111,9 @@ void cli_progress(const char *what, long done, long total, double start) {
     fflush(stderr);
 }
 
-/* Where the default model lives, relative to this executable. */
-static const char *default_model_path(char *buf, size_t cap) {
-    const char *env = getenv("CLIPC_MODEL");
+/* Where a default model lives, relative to this executable ($env overrides). */
+static const char *default_model_path(const char *file, const char *envname, char *buf, size_t cap) {
+    const char *env = getenv(envname);
     if (env && *env) return env;
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -122,7 +124,7 @@ static const char *default_model_path(char *buf, size_t cap) {
     *slash = '\0'; /* the executable's directory */
     static const char *const places[] = {"%s/../models/%s", "%s/../share/clipc/%s"};
     for (size_t i = 0; i < sizeof places / sizeof *places; i++) {
-        snprintf(buf, cap, places[i], exe, DEFAULT_MODEL_FILE);
+        snprintf(buf, cap, places[i], exe, file);
         if (access(buf, R_OK) == 0) return buf;
     }
     return NULL;
@@ -133,10 +135,14 @@ static const char *default_model_path(char *buf, size_t cap) {
 static int cli_precision = -1;
 
 clipc_model *cli_load_model(const char *path) {
+    return cli_load_model_or(path, DEFAULT_MODEL_FILE, "CLIPC_MODEL");
+}
+
+clipc_model *cli_load_model_or(const char *path, const char *default_file, const char *envname) {
     char buf[4200];
-    if (!path && !(path = default_model_path(buf, sizeof buf))) {
-        cli_error("no -m MODEL given, and the default model " DEFAULT_MODEL_FILE
-                  " is not in models/ beside the build nor in share/clipc/ (set CLIPC_MODEL)");
+    if (!path && !(path = default_model_path(default_file, envname, buf, sizeof buf))) {
+        cli_error("no -m MODEL given, and the default model %s is not in models/ beside the build nor in share/clipc/ "
+                  "(set %s)", default_file, envname);
         return NULL;
     }
     clipc_error err;
@@ -232,7 +238,7 @@ static int take_precision(int *argc, char **argv) {
 int main(int argc, char **argv) {
     static const struct { const char *name; int (*fn)(int, char **); } commands[] = {
         {"init", cmd_init},         {"info", cmd_info},   {"tokenize", cmd_tokenize},
-        {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify},
+        {"preprocess", cmd_preprocess}, {"embed", cmd_embed}, {"classify", cmd_classify}, {"caption", cmd_caption},
         {"train", cmd_train},       {"eval", cmd_eval},   {"retrieve", cmd_retrieve},
         {"index", cmd_index},       {"search", cmd_search}, {"export", cmd_export}, {"serve", cmd_serve},
         {"export-images", cmd_export_images}, {"convert", cmd_convert}, {"pull", cmd_pull},
@@ -250,7 +256,7 @@ int main(int argc, char **argv) {
 #endif
         return 0;
     }
-    static const char *const encoding[] = {"embed", "classify", "eval", "retrieve", "index", "search", "serve", "info"};
+    static const char *const encoding[] = {"embed", "classify", "caption", "eval", "retrieve", "index", "search", "serve", "info"};
     bool encodes = false, help = false;
     for (size_t i = 0; i < sizeof encoding / sizeof *encoding; i++) encodes |= !strcmp(argv[1], encoding[i]);
     for (int i = 2; i < argc && strcmp(argv[i], "--"); i++) help |= !strcmp(argv[i], "--help");

@@ -265,6 +265,10 @@ static int gemm_weights(const clipc_model *m, lowp_weight *w) {
             const block_offsets *b = &L->v_head;
             W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
         }
+        if (c->family == CLIPC_COCA) { /* the attentional pooler */
+            int E = c->embed_dim;
+            W(L->cp_q_w, E, E), W(L->cp_k_w, E, D), W(L->cp_v_w, E, D), W(L->cp_out_w, E, E);
+        }
     } else {
         int E = c->vision_width * 32;
         W(L->ap_q_w, E, E), W(L->ap_k_w, E, E), W(L->ap_v_w, E, E), W(L->ap_c_w, c->embed_dim, E);
@@ -274,6 +278,11 @@ static int gemm_weights(const clipc_model *m, lowp_weight *w) {
         const block_offsets *b = &L->t_blocks[l];
         W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
     }
+    for (int l = 0; c->family == CLIPC_COCA && l < c->decoder_layers; l++) /* the decoder's blocks */
+        for (int k = 0; k < 2; k++) {
+            const block_offsets *b = k ? &L->d_cross[l] : &L->d_self[l];
+            W(b->qkv_w, 3 * D, D), W(b->out_w, D, D), W(b->fc_w, H, D), W(b->proj_w, D, H);
+        }
 #undef W
     return k;
 }
