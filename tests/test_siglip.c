@@ -182,7 +182,8 @@ static void check_model(const char *name, const char *file) {
         float *again = malloc((size_t)ni * E * sizeof *again);
         clipc_encode_image(m, images.data, ni, img, &err);
         CHECK(clipc_encode_image(back, images.data, ni, again, &err) == 0 &&
-                  max_abs_diff(img, again, (size_t)ni * E) == 0 && clipc_model_config(back)->family == CLIPC_SIGLIP,
+                  max_abs_diff(img, again, (size_t)ni * E) <= 1e-5 * largest(&img_ref) &&
+                  clipc_model_config(back)->family == CLIPC_SIGLIP, /* (thread shares may differ run to run) */
               "%s: the saved model computes other image features", name);
         clipc_tokenizer *none = clipc_model_tokenizer(back, &err);
         CHECK(!none && strstr(err.message, "spiece.model"), "without a tokenizer beside it: %s",
