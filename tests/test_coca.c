@@ -5,12 +5,14 @@
  * and its default beam search), decoding ids back to text, sampling, the
  * caption command. */
 #include "test.h"
+#include "../src/eval/eval.h"
 
 #include <cjson/cJSON.h>
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <unistd.h>
 
 #define DATA "tests/data/coca"
@@ -227,7 +229,122 @@ static void check_cli(clipc_model *m) {
     CHECK(run_cmd(cmd) == 0, "clipc caption suggests --temperature");
 }
 
+/* BLEU-1..4 and CIDEr-D against pycocoevalcap's scorers on five corpora (1 to 300 images). */
+static void check_metrics(void) {
+    unsigned char *text;
+    size_t len;
+    clipc_error err;
+    if (read_file("tests/data/captioning/metrics.json", &text, &len, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    cJSON *root = cJSON_ParseWithLength((const char *)text, len);
+    free(text);
+    int c = 0;
+    for (const cJSON *cs = cJSON_GetObjectItem(root, "cases")->child; cs; cs = cs->next, c++) {
+        const cJSON *hj = cJSON_GetObjectItem(cs, "hyps"), *rj = cJSON_GetObjectItem(cs, "refs");
+        int n = cJSON_GetArraySize(hj), total = 0;
+        for (const cJSON *r = rj->child; r; r = r->next) total += cJSON_GetArraySize(r);
+        const char **hyps = malloc((size_t)n * sizeof *hyps), **refs = malloc((size_t)total * sizeof *refs);
+        int *first = malloc(((size_t)n + 1) * sizeof *first), i = 0, k = 0;
+        for (const cJSON *h = hj->child, *r = rj->child; h; h = h->next, r = r->next, i++) {
+            hyps[i] = h->valuestring;
+            first[i] = k;
+            for (const cJSON *x = r->child; x; x = x->next) refs[k++] = x->valuestring;
+        }
+        first[n] = k;
+        caption_scores sc;
+        double *each = malloc((size_t)n * sizeof *each);
+        CHECK(caption_scores_compute(hyps, refs, first, n, &sc, each, &err) == 0, "%s", err.message);
+        double db = 0, dc = fabs(sc.cider - cJSON_GetObjectItem(cs, "cider")->valuedouble), de = 0;
+        int b = 0;
+        for (const cJSON *x = cJSON_GetObjectItem(cs, "bleu")->child; x && b < 4; x = x->next, b++)
+            db = fmax(db, fabs(sc.bleu[b] - x->valuedouble));
+        i = 0;
+        for (const cJSON *x = cJSON_GetObjectItem(cs, "cider_each")->child; x && i < n; x = x->next, i++)
+            de = fmax(de, fabs(each[i] - x->valuedouble));
+        CHECK(db < 1e-9 && dc < 1e-9 && de < 1e-9, "corpus of %d: BLEU differs by %.3g, CIDEr by %.3g (per image %.3g)", n, db,
+              dc, de);
+        printf("  caption metrics, %3d images: BLEU-4 %.4f, CIDEr-D %.4f (pycocoevalcap's within %.1g)\n", n, sc.bleu[3],
+               sc.cider, fmax(db, fmax(dc, de)));
+        free(hyps), free(refs), free(first), free(each);
+    }
+    cJSON_Delete(root);
+    CHECK(c == 5, "%d metric corpora", c);
+    /* an image without references is refused */
+    const char *h[1] = {"a dog"};
+    int first[2] = {0, 0};
+    caption_scores sc;
+    CHECK(caption_scores_compute(h, NULL, first, 1, &sc, NULL, &err) == -1 && strstr(err.message, "no reference"),
+          "an image without references: %s", err.message);
+}
+
+/* clipc eval captioning: its scores are the metrics of the library's own captions; Fashion-MNIST runs too */
+static void check_eval(clipc_model *m) {
+    char dir[] = "/tmp/clipc_capeval_XXXXXX", cmd[2048], path[600];
+    clipc_error err;
+    if (!mkdtemp(dir)) return;
+    /* absolute paths: a CSV's relative paths are relative to its folder */
+    char a[4096], b[4096];
+    if (!realpath(ref_path("preprocess/images/chelsea_224x224.png"), a) ||
+        !realpath(ref_path("preprocess/images/rocket_small_60x90.png"), b)) {
+        CHECK(0, "the reference images");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/caps.csv", dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "filepath,title\n%s,a cat on a table\n%s,a rocket launch\n%s,participating arctic poems\n", a, b, a);
+        fclose(f);
+    }
+    snprintf(cmd, sizeof cmd, "%s eval captioning -m " DATA "/open_clip_model.safetensors --data %s --top-k 1 --out %s/out > %s/log 2>&1",
+             clipc_binary, path, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "clipc eval captioning on a CSV (%s/log)", dir);
+    /* the expected scores: greedy captions of the two images, references grouped by image */
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    const char *imgs[2] = {a, b};
+    char *caps[2] = {NULL, NULL};
+    float px[3 * 32 * 32];
+    clipc_caption_options o;
+    clipc_caption_defaults(&o);
+    o.beams = 1, o.top_k = 1;
+    for (int i = 0; i < 2 && tok; i++) {
+        int32_t *ids;
+        int len;
+        if (clipc_model_preprocess_file(m, imgs[i], px, &err) == 0 && clipc_caption(m, px, 1, &o, &ids, &len, &err) == 0) {
+            caps[i] = clipc_tokenizer_decode(tok, ids, len, &err);
+            free(ids);
+        }
+    }
+    const char *refs[3] = {"a cat on a table", "participating arctic poems", "a rocket launch"};
+    int first[3] = {0, 2, 3};
+    caption_scores want;
+    bool ok = caps[0] && caps[1] && caption_scores_compute((const char *const *)caps, refs, first, 2, &want, NULL, &err) == 0;
+    snprintf(path, sizeof path, "%s/out/captioning.json", dir);
+    unsigned char *text;
+    size_t len;
+    cJSON *j = read_file(path, &text, &len, &err) == 0 ? cJSON_ParseWithLength((const char *)text, len) : NULL;
+    if (j) free(text);
+    const cJSON *mt = cJSON_GetObjectItem(j, "metrics");
+    const cJSON *b4 = cJSON_GetObjectItem(mt, "bleu_4"), *cd = cJSON_GetObjectItem(mt, "cider_d");
+    CHECK(ok && cJSON_IsNumber(b4) && cJSON_IsNumber(cd) && fabs(b4->valuedouble - want.bleu[3]) < 1e-12 &&
+              fabs(cd->valuedouble - want.cider) < 1e-12 && want.cider > 0,
+          "eval captioning's BLEU-4 %g and CIDEr-D %g are the library's %g and %g", cJSON_IsNumber(b4) ? b4->valuedouble : -1,
+          cJSON_IsNumber(cd) ? cd->valuedouble : -1, ok ? want.bleu[3] : -1, ok ? want.cider : -1);
+    cJSON_Delete(j);
+    free(caps[0]), free(caps[1]);
+    clipc_tokenizer_free(tok);
+    /* Fashion-MNIST: the share of captions naming the class is reported (random weights: 0) */
+    snprintf(cmd, sizeof cmd, "%s eval captioning -m " DATA "/open_clip_model.safetensors --dataset fashion-mnist --limit 4 "
+             "--beam 2 --out %s/fm > %s/fm.log 2>&1 && grep -q 'naming the right class: 0 of 4' %s/fm.log",
+             clipc_binary, dir, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "clipc eval captioning on Fashion-MNIST (%s/fm.log)", dir);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (test_failed == 0) run_cmd(cmd);
+}
+
 void test_coca(void) {
+    check_metrics();
     clipc_error err;
     clipc_model *m = clipc_model_load(DATA "/open_clip_model.safetensors", &err);
     CHECK(m != NULL, "%s", m ? "" : err.message);
@@ -256,6 +373,7 @@ void test_coca(void) {
     CHECK(c32[0][1] == c16[0][1] && c32[1][1] == c16[1][1], "bf16 captions start as the fp32 ones");
     clipc_model_set_precision(m, CLIPC_FP32, &err);
     check_cli(m);
+    check_eval(m);
     for (int i = 0; i < 2; i++) free(c32[i]), free(c16[i]);
     /* a model that is not CoCa has no captions */
     clipc_model *clip = clipc_model_init("tiny", 1, &err);

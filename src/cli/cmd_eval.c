@@ -33,18 +33,28 @@ static const char EVAL_USAGE[] =
     "      of the training set. fashion-mnist uses its train/test parts; a DIR with train/ and\n"
     "      test/ sub-folders uses those; otherwise give --test-dataset.\n"
     "\n"
+    "  clipc eval captioning [-m COCA] (--data FILE.csv | --dataset fashion-mnist) [--limit N]\n"
+    "                        [--beam N | --top-k K | --top-p P] [--max-len L] [--out DIR]\n"
+    "      captions of the images (default: the shipped CoCa, beam search) scored against the references\n"
+    "      (a CSV's captions of each image; Fashion-MNIST's caption templates of the class): BLEU-1..4 and\n"
+    "      CIDEr-D as pycocoevalcap computes them, and for Fashion-MNIST the share naming the class.\n"
+    "\n"
     "  Results go to --out DIR (default clipc-eval/); --json prints the JSON to stdout as well.\n";
 
 typedef struct eval_args {
     const char *model, *dataset, *test_dataset, *data, *classnames, *templates, *out;
     const char *img_key, *label_key, *caption_key;
-    long shots, seed;
+    long shots, seed, limit;
     bool json;
+    clipc_caption_options caption; /* captioning's decoding */
+    bool sampling, beam_given;
 } eval_args;
 
 static int parse_eval_args(int argc, char **argv, eval_args *a) {
     *a = (eval_args){.out = "clipc-eval", .img_key = "filepath", .label_key = "label", .caption_key = "title",
                      .seed = 0};
+    clipc_caption_defaults(&a->caption);
+    long lv;
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         const char **slot = !strcmp(f, "-m")                ? &a->model
@@ -68,6 +78,24 @@ static int parse_eval_args(int argc, char **argv, eval_args *a) {
         } else if (!strcmp(f, "--seed")) {
             if (!cli_int("--seed", v, 0, 1L << 62, &a->seed)) return 1;
             i++;
+        } else if (!strcmp(f, "--limit")) {
+            if (!cli_int("--limit", v, 1, 1L << 30, &a->limit)) return 1;
+            i++;
+        } else if (!strcmp(f, "--beam")) {
+            if (!cli_int("--beam", v, 1, 64, &lv)) return 1;
+            a->caption.beams = (int)lv, a->beam_given = true, i++;
+            if (a->caption.beams % a->caption.beam_groups) a->caption.beam_groups = 1;
+        } else if (!strcmp(f, "--top-k")) {
+            if (!cli_int("--top-k", v, 1, 1 << 20, &lv)) return 1;
+            a->caption.top_k = (int)lv, a->sampling = true, i++;
+        } else if (!strcmp(f, "--top-p")) {
+            char *end;
+            double p = v ? strtod(v, &end) : -1;
+            if (!v || end == v || *end || !(p >= 0 && p <= 1)) return cli_error("--top-p needs a number in 0..1");
+            a->caption.top_p = (float)p, a->caption.top_k = 0, a->sampling = true, i++;
+        } else if (!strcmp(f, "--max-len")) {
+            if (!cli_int("--max-len", v, 2, 4096, &lv)) return 1;
+            a->caption.max_len = (int)lv, i++;
         } else if (!strcmp(f, "--json")) a->json = true;
         else return cli_error("eval: unexpected argument '%s' (see clipc eval --help)", f);
     }
@@ -344,6 +372,8 @@ static int open_probe_sets(const eval_args *a, image_set *train, image_set *test
     return 0;
 }
 
+static int eval_captioning(const eval_args *a);
+
 static int eval_linear_probe(const eval_args *a) {
     if (!a->dataset) return cli_error("eval linear-probe: needs --dataset fashion-mnist|DIR|FILE.csv");
     image_set train = {0}, test = {0};
@@ -406,7 +436,166 @@ int cmd_eval(int argc, char **argv) {
     if (!strcmp(argv[0], "zeroshot")) return eval_zeroshot(&a);
     if (!strcmp(argv[0], "retrieval")) return eval_retrieval(&a);
     if (!strcmp(argv[0], "linear-probe")) return eval_linear_probe(&a);
-    return cli_error("eval: unknown task '%s' (zeroshot, retrieval, linear-probe)", argv[0]);
+    if (!strcmp(argv[0], "captioning")) return eval_captioning(&a);
+    return cli_error("eval: unknown task '%s' (zeroshot, retrieval, linear-probe, captioning)", argv[0]);
+}
+
+/* ---- captioning ------------------------------------------------------------------- */
+
+/* Whether the normalised caption names the class: one of its four names as whole words. */
+static bool names_class(const char *caption, int label) {
+    char padded[1024], name[128];
+    snprintf(padded, sizeof padded, " %s ", caption);
+    for (int k = 0; k < 4; k++) {
+        char *norm = caption_normalize(fmnist_synonym(label, k));
+        if (!norm) continue;
+        snprintf(name, sizeof name, " %s ", norm);
+        free(norm);
+        if (strstr(padded, name)) return true;
+    }
+    return false;
+}
+
+static int eval_captioning(const eval_args *a) {
+    if (!a->data == !a->dataset)
+        return cli_error("eval captioning: give --data FILE.csv (image path and caption columns) or --dataset fashion-mnist");
+    if (a->sampling && a->beam_given) return cli_error("eval captioning: --beam searches, --top-k/--top-p sample: give one");
+    clipc_caption_options o = a->caption;
+    if (a->sampling) o.beams = 1;
+    clipc_error err;
+    csv_pairs rows = {0};
+    image_set set = {0};
+    bool fm = a->dataset != NULL;
+    int n = 0, rc = 0, *first = NULL;
+    const char **refs = NULL;
+    char (*variants)[128] = NULL; /* Fashion-MNIST: every caption of every class, [10 * V] */
+    int V = fmnist_caption_variants();
+    if (fm) {
+        if (strcmp(a->dataset, "fashion-mnist"))
+            return cli_error("eval captioning: --dataset takes fashion-mnist (its generated captions are the references); "
+                             "for other images give --data FILE.csv");
+        if (image_set_open("fashion-mnist", "test", NULL, NULL, &set, &err)) return cli_error("%s", err.message);
+        n = a->limit > 0 && a->limit < set.count ? (int)a->limit : set.count;
+        variants = malloc((size_t)10 * V * sizeof *variants);
+        refs = malloc((size_t)n * V * sizeof *refs);
+        first = malloc(((size_t)n + 1) * sizeof *first);
+        if (!variants || !refs || !first) rc = cli_error("out of memory");
+        for (int l = 0; rc == 0 && l < 10; l++)
+            for (int k = 0; k < V; k++) fmnist_caption_variant(l, k, variants[l * V + k], sizeof variants[0]);
+        for (int i = 0; rc == 0 && i < n; i++) {
+            first[i] = i * V;
+            for (int k = 0; k < V; k++) refs[i * V + k] = variants[set.labels[i] * V + k];
+        }
+        if (rc == 0) first[n] = n * V;
+    } else {
+        if (csv_load(a->data, a->img_key, a->caption_key, 0, &rows, &err)) return cli_error("%s", err.message);
+        /* one image per distinct path, in order of first appearance; its rows' captions are its references */
+        int *order = malloc((size_t)rows.count * sizeof *order);
+        set.paths = malloc((size_t)rows.count * sizeof *set.paths);
+        refs = malloc((size_t)rows.count * sizeof *refs);
+        first = malloc(((size_t)rows.count + 1) * sizeof *first);
+        int *image_of = malloc((size_t)rows.count * sizeof *image_of);
+        if (!order || !set.paths || !refs || !first || !image_of) rc = cli_error("out of memory");
+        for (int i = 0; rc == 0 && i < rows.count; i++) order[i] = i;
+        if (rc == 0) qsort_r(order, (size_t)rows.count, sizeof *order, compare_path_index, rows.paths);
+        for (int s = 0; rc == 0 && s < rows.count;) { /* a run of equal paths: one image, at its first row */
+            int e = s, lo = order[s];
+            while (e < rows.count && !strcmp(rows.paths[order[e]], rows.paths[order[s]])) lo = order[e] < lo ? order[e] : lo, e++;
+            for (int j = s; j < e; j++) image_of[order[j]] = lo;
+            s = e;
+        }
+        /* images numbered by first appearance, references grouped per image */
+        int *number = malloc((size_t)rows.count * sizeof *number), *count = calloc((size_t)rows.count + 1, sizeof *count);
+        if (rc == 0 && (!number || !count)) rc = cli_error("out of memory");
+        for (int i = 0; rc == 0 && i < rows.count; i++)
+            if (image_of[i] == i) number[i] = n, set.paths[n++] = rows.paths[i];
+        for (int i = 0; rc == 0 && i < rows.count; i++) count[number[image_of[i]] + 1]++;
+        for (int i = 0; rc == 0 && i < n; i++) count[i + 1] += count[i];
+        for (int i = 0; rc == 0 && i <= n; i++) first[i] = count[i];
+        for (int i = 0; rc == 0 && i < rows.count; i++) refs[count[number[image_of[i]]]++] = rows.captions[i];
+        if (a->limit > 0 && a->limit < n) n = (int)a->limit;
+        set.count = n;
+        free(order), free(image_of), free(number), free(count);
+    }
+    clipc_model *m = rc == 0 ? cli_load_model_or(a->model, DEFAULT_CAPTION_MODEL_FILE, "CLIPC_CAPTION_MODEL") : NULL;
+    if (rc == 0 && !m) rc = 1;
+    if (rc == 0 && clipc_model_config(m)->family != CLIPC_COCA)
+        rc = cli_error("eval captioning: the model is %s; captions need a CoCa model", clipc_model_family_name(m));
+    if (rc == 0 && o.max_len > clipc_model_config(m)->context_length) o.max_len = clipc_model_config(m)->context_length;
+    if (rc == 0) rc = make_out_dir(a->out);
+    clipc_tokenizer *tok = rc == 0 ? clipc_tokenizer_new(&err) : NULL;
+    if (rc == 0 && !tok) rc = cli_error("%s", err.message);
+    char **captions = rc == 0 ? calloc((size_t)n, sizeof *captions) : NULL;
+    int R = m ? clipc_model_config(m)->image_resolution : 0, B = 16;
+    float *pixels = rc == 0 ? malloc((size_t)B * 3 * R * R * sizeof *pixels) : NULL;
+    if (rc == 0 && (!captions || !pixels)) rc = cli_error("out of memory");
+    double start = cli_now();
+    for (int done = 0; rc == 0 && done < n; done += B) {
+        int b = n - done < B ? n - done : B;
+        int32_t *ids[16];
+        int lens[16];
+        if (image_set_pixels_batch(&set, NULL, done, b, m, pixels, &err) || clipc_caption(m, pixels, b, &o, ids, lens, &err)) {
+            rc = cli_error("%s", err.message);
+            break;
+        }
+        for (int i = 0; i < b; i++) {
+            if (rc == 0 && !(captions[done + i] = clipc_tokenizer_decode(tok, ids[i], lens[i], &err)))
+                rc = cli_error("%s", err.message);
+            free(ids[i]);
+        }
+        cli_progress("captions", done + b, n, start);
+    }
+    caption_scores sc;
+    double *cider = rc == 0 ? malloc((size_t)n * sizeof *cider) : NULL;
+    if (rc == 0 && (!cider || caption_scores_compute((const char *const *)captions, refs, first, n, &sc, cider, &err)))
+        rc = cli_error("%s", cider ? err.message : "out of memory");
+    int named = 0;
+    for (int i = 0; rc == 0 && fm && i < n; i++) {
+        char *norm = caption_normalize(captions[i]);
+        named += norm && names_class(norm, set.labels[i]);
+        free(norm);
+    }
+    if (rc == 0) {
+        printf("captioning of %s: %d images, %s decoding\n", fm ? "fashion-mnist (test)" : a->data, n,
+               o.beams > 1 ? "beam search" : o.top_k == 1 ? "greedy" : "sampled");
+        printf("  BLEU-1 %.4f  BLEU-2 %.4f  BLEU-3 %.4f  BLEU-4 %.4f  CIDEr-D %.4f\n", sc.bleu[0], sc.bleu[1], sc.bleu[2],
+               sc.bleu[3], sc.cider);
+        if (fm) printf("  captions naming the right class: %d of %d (%.2f%%)\n", named, n, 100.0 * named / n);
+        cJSON *root = cJSON_CreateObject(), *metrics = cJSON_AddObjectToObject(root, "metrics"), *list;
+        cJSON_AddStringToObject(root, "dataset", fm ? "fashion-mnist" : a->data);
+        cJSON_AddStringToObject(root, "model", a->model ? a->model : DEFAULT_CAPTION_MODEL_FILE);
+        cJSON_AddStringToObject(root, "task", "captioning");
+        for (int k = 0; k < 4; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "bleu_%d", k + 1);
+            cJSON_AddNumberToObject(metrics, key, sc.bleu[k]);
+        }
+        cJSON_AddNumberToObject(metrics, "cider_d", sc.cider);
+        if (fm) cJSON_AddNumberToObject(metrics, "class_named", (double)named / n);
+        list = cJSON_AddArrayToObject(root, "captions");
+        for (int i = 0; i < n; i++) {
+            cJSON *e = cJSON_CreateObject();
+            if (fm) cJSON_AddNumberToObject(e, "index", i), cJSON_AddStringToObject(e, "class", set.class_names[set.labels[i]]);
+            else cJSON_AddStringToObject(e, "image", set.paths[i]);
+            cJSON_AddStringToObject(e, "caption", captions[i]);
+            cJSON_AddNumberToObject(e, "cider_d", cider[i]);
+            cJSON_AddItemToArray(list, e);
+        }
+        char path[4200], *json = cJSON_Print(root);
+        snprintf(path, sizeof path, "%s/captioning.json", a->out);
+        if (!json || write_file_atomic(path, json, strlen(json), &err)) rc = cli_error("%s", json ? err.message : "out of memory");
+        else if (a->json) printf("%s\n", json);
+        else printf("wrote %s\n", path);
+        free(json);
+        cJSON_Delete(root);
+    }
+    for (int i = 0; captions && i < n; i++) free(captions[i]);
+    free(captions), free(cider), free(pixels), free(refs), free(first), free(variants);
+    clipc_tokenizer_free(tok);
+    clipc_model_free(m);
+    if (fm) image_set_free(&set);
+    else free(set.paths), csv_free(&rows);
+    return rc;
 }
 
 /* ---- retrieve ---------------------------------------------------------------- */

@@ -116,6 +116,23 @@ void shot_order(uint64_t seed, int n, int *order);
 int linear_probe(const float *Xtr, const int *ytr, int ntr, const float *Xte, const int *yte, int nte, int d, int C,
                  int shots, uint64_t seed, probe_result *out, clipc_error *err);
 
+/* ---- captions (captioning.c) --------------------------------------------------------- */
+
+/* The tokens both sides are scored on: lower-cased, Unicode punctuation
+ * made spaces, whitespace runs one space, stripped (malloc'd; NULL: out of memory). */
+char *caption_normalize(const char *text);
+
+typedef struct caption_scores {
+    double bleu[4]; /* BLEU-1..4 over the corpus */
+    double cider;   /* CIDEr-D, the mean over images */
+} caption_scores;
+
+/* pycocoevalcap's Bleu(4) and Cider for n images: hyps[i] is image i's
+ * caption, refs[ref_first[i] .. ref_first[i + 1]) its references (at least
+ * one); cider_each (NULL: not wanted) receives each image's CIDEr-D. */
+int caption_scores_compute(const char *const *hyps, const char *const *refs, const int *ref_first, int n,
+                           caption_scores *out, double *cider_each, clipc_error *err);
+
 /* ---- reports (report.c) ------------------------------------------------------------ */
 
 /* The confusion matrix as a heat map: rows true, columns predicted, each

@@ -120,6 +120,17 @@ int fmnist_pixels(const fmnist *d, int index, int R, float *out, clipc_error *er
     return rc;
 }
 
+int fmnist_caption_variants(void) { return (int)(sizeof TEMPLATES / sizeof *TEMPLATES) * 4; }
+
+void fmnist_caption_variant(int label, int k, char *out, size_t cap) {
+    const char *t = TEMPLATES[k / 4], *name = SYNONYMS[label][k % 4], *hole = strstr(t, "{}");
+    /* "a {}" before a vowel sound reads "an {}" */
+    int an = (hole - t >= 2 && !strncmp(hole - 2, "a ", 2) && strchr("aeiou", name[0]));
+    snprintf(out, cap, "%.*s%s%s%s", (int)(hole - t) - (an ? 1 : 0), t, an ? "an " : "", name, hole + 2);
+}
+
+const char *fmnist_synonym(int label, int k) { return SYNONYMS[label][k]; }
+
 /* splitmix64 of a few words: the stateless randomness of the data order. */
 static uint64_t mix(uint64_t a, uint64_t b, uint64_t c) {
     uint64_t z = a * 0x9e3779b97f4a7c15ULL ^ (b + 0x632be59bd9b4e019ULL) * 0xbf58476d1ce4e5b9ULL ^ c * 0x94d049bb133111ebULL;
@@ -130,12 +141,8 @@ static uint64_t mix(uint64_t a, uint64_t b, uint64_t c) {
 
 void fmnist_caption(int label, uint64_t seed, long step, int index, char *out, size_t cap) {
     uint64_t r = mix(seed, (uint64_t)step, (uint64_t)index + 1);
-    const char *t = TEMPLATES[r % (sizeof TEMPLATES / sizeof *TEMPLATES)];
-    const char *name = SYNONYMS[label][(r >> 20) % 4];
-    const char *hole = strstr(t, "{}");
-    /* "a {}" before a vowel sound reads "an {}" */
-    int an = (hole - t >= 2 && !strncmp(hole - 2, "a ", 2) && strchr("aeiou", name[0]));
-    snprintf(out, cap, "%.*s%s%s%s", (int)(hole - t) - (an ? 1 : 0), t, an ? "an " : "", name, hole + 2);
+    int t = (int)(r % (sizeof TEMPLATES / sizeof *TEMPLATES)), name = (int)((r >> 20) % 4);
+    fmnist_caption_variant(label, t * 4 + name, out, cap);
 }
 
 /* Sample i of epoch e: a Fisher-Yates permutation drawn from (seed, e). */

@@ -130,6 +130,11 @@ image fmnist_image(const fmnist *d, int index);
 int fmnist_pixels(const fmnist *d, int index, int R, float *out, clipc_error *err);
 /* A caption for label, chosen by (seed, step, index). */
 void fmnist_caption(int label, uint64_t seed, long step, int index, char *out, size_t cap);
+/* Every caption fmnist_caption can write for a label: variant k of fmnist_caption_variants()
+ * (a template with one of the class's four names); and name k (0..3) of a class. */
+int fmnist_caption_variants(void);
+void fmnist_caption_variant(int label, int k, char *out, size_t cap);
+const char *fmnist_synonym(int label, int k);
 /* The i-th sample of an epoch's seeded permutation (perm_cache: count ints). */
 int data_order_index(uint64_t seed, long epoch, int count, int i, int *perm_cache, long *cached_epoch);
 
