@@ -417,6 +417,14 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
  * the decoder's cached self-attention run it. */
 void attention_queries(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv, int nq,
                        int nk, int D, int heads, float *scores);
+/* The same keeping (keep) each head's probabilities in probs [heads][nq][nk]
+ * for the backward pass (else probs is nq * nk floats of work). */
+void attention_queries_keep(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                            int nq, int nk, int D, int heads, float *probs, bool keep);
+/* Its backward from the kept probabilities: dq (=), dk and dv (+=); ds: nq * nk floats. */
+void attention_queries_backward(float *dq, int ldq, float *dk, float *dv, int ldkv, const float *dout, int ldo,
+                                const float *q, const float *k, const float *v, const float *probs, int nq, int nk,
+                                int D, int heads, float *ds);
 /* Its backward from the kept probabilities: dqkv [T, 3D] is overwritten. */
 size_t attention_backward_scratch(int max_len, int head_dim);
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,

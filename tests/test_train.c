@@ -127,6 +127,25 @@ static void check_activations(void) {
     CHECK(worst < 1e-6, "GELU (tanh) differs from its formula by %.3g", worst);
 }
 
+/* queries over a separate key/value set (cross-attention): 3 queries, 7 keys, D 8, 2 heads */
+typedef struct xatt_ctx { float q[3 * 8], kv[7 * 16]; int wrt; } xatt_ctx;
+static void xatt_f(const float *x, float *y, void *p) {
+    xatt_ctx *c = p;
+    float scratch[3 * 7];
+    const float *q = c->wrt == 0 ? x : c->q, *kv = c->wrt == 0 ? c->kv : x;
+    attention_queries(y, 8, q, 8, kv, kv + 8, 16, 3, 7, 8, 2, scratch);
+}
+
+static void check_cross_attention(void) {
+    xatt_ctx c;
+    float w[3 * 8], out[3 * 8], probs[2 * 3 * 7], dq[3 * 8], dkv[7 * 16] = {0}, ds[3 * 7];
+    fill(c.q, 3 * 8, 31, 1), fill(c.kv, 7 * 16, 32, 1), fill(w, 3 * 8, 33, 1);
+    attention_queries_keep(out, 8, c.q, 8, c.kv, c.kv + 8, 16, 3, 7, 8, 2, probs, true);
+    attention_queries_backward(dq, 8, dkv, dkv + 8, 16, w, 8, c.q, c.kv, c.kv + 8, probs, 3, 7, 8, 2, ds);
+    c.wrt = 0, check_fd("cross-attention dq", xatt_f, &c, c.q, 3 * 8, 3 * 8, w, dq);
+    c.wrt = 1, check_fd("cross-attention dk, dv", xatt_f, &c, c.kv, 7 * 16, 3 * 8, w, dkv);
+}
+
 /* attention over two packed sequences of lengths 3 and 5, D 8, 2 heads */
 typedef struct att_ctx { int start[2], len[2]; bool causal; } att_ctx;
 static void att_f(const float *qkv, float *y, void *p) {
@@ -574,6 +593,7 @@ void test_train(void) {
     check_matmul();
     check_layernorm();
     check_activations();
+    check_cross_attention();
     check_attention();
     check_clip_loss();
     check_siglip();

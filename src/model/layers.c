@@ -306,9 +306,15 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
 
 void attention_queries(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv, int nq,
                        int nk, int D, int heads, float *scores) {
+    attention_queries_keep(out, ldo, q, ldq, k, v, ldkv, nq, nk, D, heads, scores, false);
+}
+
+void attention_queries_keep(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                            int nq, int nk, int D, int heads, float *probs, bool keep) {
     int hd = D / heads;
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < heads; h++) {
+        float *scores = probs + (keep ? (size_t)h * nq * nk : 0);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + h * hd, ldq, k + h * hd, ldkv, 0.0f,
                     scores, nk);
         for (int i = 0; i < nq; i++) {
@@ -320,6 +326,32 @@ void attention_queries(float *out, int ldo, const float *q, int ldq, const float
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, scores, nk, v + h * hd, ldkv, 0.0f,
                     out + h * hd, ldo);
+    }
+}
+
+/* Backward of attention_queries from its kept probabilities P (per head [nq, nk]):
+ *   dV += P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dP P)),  dQ = scale dS K,  dK += scale dS^T Q
+ * dq (rows ldq apart) is overwritten; dk and dv (rows ldkv apart) are added into;
+ * ds: nq * nk floats of work. */
+void attention_queries_backward(float *dq, int ldq, float *dk, float *dv, int ldkv, const float *dout, int ldo,
+                                const float *q, const float *k, const float *v, const float *probs, int nq, int nk,
+                                int D, int heads, float *ds) {
+    int hd = D / heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < heads; h++) {
+        const float *P = probs + (size_t)h * nq * nk, *dO = dout + h * hd;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, P, nk, dO, ldo, 1.0f, dv + h * hd, ldkv);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, 1.0f, dO, ldo, v + h * hd, ldkv, 0.0f, ds, nk);
+        for (int i = 0; i < nq; i++) {
+            const float *p = P + (size_t)i * nk;
+            float *d = ds + (size_t)i * nk, dot = 0.0f;
+            for (int j = 0; j < nk; j++) dot += d[j] * p[j];
+            for (int j = 0; j < nk; j++) d[j] = p[j] * (d[j] - dot);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, scale, ds, nk, k + h * hd, ldkv, 0.0f,
+                    dq + h * hd, ldq);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, scale, ds, nk, q + h * hd, ldq, 1.0f,
+                    dk + h * hd, ldkv);
     }
 }
 
