@@ -6,6 +6,7 @@
  * caption command. */
 #include "test.h"
 #include "../src/eval/eval.h"
+#include "../src/train/train.h"
 
 #include <cjson/cJSON.h>
 
@@ -343,7 +344,90 @@ static void check_eval(clipc_model *m) {
     if (test_failed == 0) run_cmd(cmd);
 }
 
+/* ---- training: gradients against finite differences on coca-tiny ---------------------------------- */
+
+/* The parameters (by name) whose every float, or first 24, are checked. */
+static const char *const IMAGE_PARAMS[] = {
+    "visual.attn_pool.query", "visual.attn_pool.attn.q_proj_weight", "visual.attn_pool.attn.k_proj_weight",
+    "visual.attn_pool.attn.v_proj_weight", "visual.attn_pool.attn.in_proj_bias", "visual.attn_pool.attn.out_proj.weight",
+    "visual.attn_pool.ln_q.weight", "visual.attn_pool.ln_k.bias", "visual.ln_post.weight", "visual.proj",
+    "visual.transformer.resblocks.0.attn.in_proj_weight", "visual.transformer.resblocks.0.mlp.c_fc.weight",
+    "visual.conv1.weight", "visual.positional_embedding", "visual.class_embedding", "visual.ln_pre.bias",
+};
+
+typedef struct image_objective {
+    clipc_model *m;
+    const float *pixels, *wf, *wt;
+    int n;
+} image_objective;
+
+/* sum(wf . features) + sum(wt . pooler tokens) */
+static double image_objective_value(const image_objective *o) {
+    const clipc_config *c = clipc_model_config(o->m);
+    tower_cache tc = {0};
+    clipc_error err;
+    float f[4 * 64];
+    double v = 0;
+    if (vit_train_forward(o->m, NULL, o->pixels, o->n, f, &tc, &err) == 0) {
+        for (int i = 0; i < o->n * c->embed_dim; i++) v += (double)o->wf[i] * f[i];
+        for (size_t i = 0; i < (size_t)o->n * c->pool_queries * c->embed_dim; i++)
+            if (i % ((size_t)c->pool_queries * c->embed_dim) >= (size_t)c->embed_dim) v += (double)o->wt[i] * tc.cp_y[i];
+    }
+    tower_cache_free(&tc);
+    return v;
+}
+
+static void check_image_grad(void) {
+    clipc_error err;
+    clipc_model *m = clipc_model_init("coca-tiny", 3, &err);
+    CHECK(m != NULL, "%s", m ? "" : err.message);
+    if (!m) return;
+    const clipc_config *c = clipc_model_config(m);
+    int n = 2, R = c->image_resolution, E = c->embed_dim, Q = c->pool_queries;
+    float *px = malloc((size_t)n * 3 * R * R * sizeof *px), *wf = malloc((size_t)n * E * sizeof *wf);
+    float *wt = malloc((size_t)n * Q * E * sizeof *wt), *G = calloc(m->table.total, sizeof *G);
+    rng r;
+    rng_seed(&r, 4);
+    for (int i = 0; i < n * 3 * R * R; i++) px[i] = (float)rng_normal(&r);
+    for (int i = 0; i < n * E; i++) wf[i] = (float)rng_normal(&r);
+    for (int i = 0; i < n * Q * E; i++) wt[i] = (float)rng_normal(&r);
+    /* perturb the LayerNorms and biases off their init, so no gradient vanishes by symmetry */
+    for (int i = 0; i < m->table.count; i++)
+        if (m->table.items[i].ndim == 1)
+            for (size_t j = 0; j < m->table.items[i].numel; j++) m->params[m->table.items[i].offset + j] += 0.1f * (float)rng_normal(&r);
+    tower_cache tc = {0};
+    float f[4 * 64];
+    CHECK(vit_train_forward(m, NULL, px, n, f, &tc, &err) == 0 && vit_train_backward_tokens(m, &tc, wf, wt, G, &err) == 0,
+          "%s", err.message);
+    tower_cache_free(&tc);
+    image_objective o = {m, px, wf, wt, n};
+    double worst = 0, scale = 0;
+    int checked = 0;
+    for (size_t k = 0; k < sizeof IMAGE_PARAMS / sizeof *IMAGE_PARAMS; k++) {
+        const param_spec *p = params_find(&m->table, IMAGE_PARAMS[k]);
+        CHECK(p != NULL, "no parameter %s", IMAGE_PARAMS[k]);
+        for (size_t j = 0; p && j < p->numel && j < 24; j++) {
+            float *x = m->params + p->offset + j, keep = *x, h = 1e-2f * fmaxf(1.0f, fabsf(keep));
+            *x = keep + h;
+            double up = image_objective_value(&o);
+            *x = keep - h;
+            double down = image_objective_value(&o);
+            *x = keep;
+            double fd = (up - down) / (2 * h), an = G[p->offset + j];
+            worst = fmax(worst, fabs(fd - an));
+            scale = fmax(scale, fabs(an));
+            checked++;
+        }
+    }
+    CHECK(worst <= 2e-3 * fmax(scale, 1e-3), "CoCa image tower (pooler, ln_post, proj, blocks, embedding): %d gradients "
+          "vs finite differences: max diff %.3g (scale %.3g)", checked, worst, scale);
+    printf("  CoCa image tower: %d gradients vs finite differences, max diff %.2g of %.2g\n", checked, worst, scale);
+    free(px), free(wf), free(wt), free(G);
+    clipc_model_free(m);
+}
+
 void test_coca(void) {
+    check_image_grad();
     check_metrics();
     clipc_error err;
     clipc_model *m = clipc_model_load(DATA "/open_clip_model.safetensors", &err);

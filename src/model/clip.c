@@ -167,6 +167,11 @@ typedef struct arch {
      .vision_width = W, .vision_patch_size = P, .vision_heads = H, .context_length = CTX, .vocab_size = VOCAB,      \
      .text_width = W, .text_heads = H, .text_layers = L, .activation = CLIPC_GELU_TANH,                             \
      .vision_activation = CLIPC_GELU_TANH, .vision_ln_eps = 1e-6f, .text_ln_eps = 1e-6f, .has_logit_bias = 1}
+#define COCA(E, R, L, W, P, H, TL, TH, CTX, Q, QH, DL, DH)                                                           \
+    {.family = CLIPC_COCA, .vision_tower = CLIPC_VIT, .embed_dim = E, .image_resolution = R, .vision_layers = L,      \
+     .vision_width = W, .vision_patch_size = P, .vision_heads = H, .context_length = CTX, .vocab_size = 49408,       \
+     .text_width = E, .text_heads = TH, .text_layers = TL, .activation = CLIPC_GELU, .vision_activation = CLIPC_GELU, \
+     .pool_queries = Q, .pool_heads = QH, .decoder_layers = DL, .decoder_heads = DH}
 #define RESNET(E, R, L0, L1, L2, L3, W, H, TW, TH, TL)                                                          \
     {.vision_tower = CLIPC_RESNET, .embed_dim = E, .image_resolution = R, .vision_resnet_layers = {L0, L1, L2, L3}, \
      .vision_width = W, .vision_heads = H, .context_length = 77, .vocab_size = 49408, .text_width = TW,           \
@@ -181,6 +186,9 @@ static const arch ARCHS[] = {
     {"fmnist", VIT(64, 28, 4, 64, 4, 4, 64, 4, 2)},
     /* SigLIP's B/16 at 224 (OpenCLIP's ViT-B-16-SigLIP, google/siglip-base-patch16-224) */
     {"ViT-B-16-SigLIP", SIGLIP(768, 224, 12, 16, 12, 64, 32000)},
+    /* CoCa (OpenCLIP's architecture, exact GELU): the Fashion-MNIST captioner clipc ships, and a tiny one for tests */
+    {"coca-fmnist", COCA(64, 28, 4, 64, 4, 4, 2, 4, 32, 17, 4, 2, 4)},
+    {"coca-tiny", COCA(16, 16, 1, 16, 8, 2, 1, 2, 12, 5, 2, 1, 2)},
 };
 #define N_ARCHS (sizeof ARCHS / sizeof *ARCHS)
 

@@ -221,6 +221,87 @@ static float *head_and_blocks_backward(const clipc_model *m, const tower_spec *t
 
 /* ---- ViT ------------------------------------------------------------------------ */
 
+/* CoCa's pooler sizes: floats the cache needs for n images of S tokens. */
+static size_t coca_pool_floats(const clipc_config *cfg, int n, int S) {
+    size_t T = (size_t)n * S, W = (size_t)cfg->vision_width, E = (size_t)cfg->embed_dim, Q = (size_t)cfg->pool_queries;
+    return T * W + T * 2 * E + 2 * Q * E + (size_t)n * cfg->pool_heads * Q * S + 3 * (size_t)n * Q * E + (size_t)n * E +
+           10 * 16;
+}
+
+/* The pooler forward (vit.c's coca_pool, keeping what its backward needs). */
+static void coca_pool_train_forward(const clipc_model *m, tower_cache *c, int S, float *features) {
+    const clipc_config *cfg = &m->cfg;
+    const model_layout *L = &m->L;
+    const float *P = m->params;
+    int n = c->n, T = c->T, W = cfg->vision_width, E = cfg->embed_dim, Q = cfg->pool_queries, heads = cfg->pool_heads;
+    float eps = cfg->vision_ln_eps;
+    layernorm_forward(c->cp_lnk, c->x_out, P + L->cp_lnk_w, P + L->cp_lnk_b, T, W, eps);
+    gemm_rows(c->cp_kv, 2 * E, c->cp_lnk, W, P + L->cp_k_w, P + L->cp_in_b + E, T, W, E, false);
+    gemm_rows(c->cp_kv + E, 2 * E, c->cp_lnk, W, P + L->cp_v_w, P + L->cp_in_b + 2 * E, T, W, E, false);
+    layernorm_forward(c->cp_lnq, P + L->cp_query, P + L->cp_lnq_w, P + L->cp_lnq_b, Q, E, eps);
+    gemm_rows(c->cp_q, E, c->cp_lnq, E, P + L->cp_q_w, P + L->cp_in_b, Q, E, E, false);
+#pragma omp parallel for
+    for (int i = 0; i < n; i++) {
+        const float *kv = c->cp_kv + (size_t)i * S * 2 * E;
+        attention_queries_keep(c->cp_att + (size_t)i * Q * E, E, c->cp_q, E, kv, kv + E, 2 * E, Q, S, E, heads,
+                               c->cp_probs + (size_t)i * heads * Q * S, true);
+    }
+    gemm_rows(c->cp_pre, E, c->cp_att, E, P + L->cp_out_w, P + L->cp_out_b, n * Q, E, E, false);
+    layernorm_forward(c->cp_y, c->cp_pre, P + L->v_ln_post_w, P + L->v_ln_post_b, n * Q, E, eps);
+    for (int i = 0; i < n; i++) memcpy(c->cp_first + (size_t)i * E, c->cp_y + (size_t)i * Q * E, (size_t)E * sizeof(float));
+    matmul_forward(features, c->cp_first, P + L->v_proj, n, E, E);
+}
+
+/* Its backward: dfeatures [n, E] and dtokens (cp_y's layout, or NULL) into dx [T, W] (overwritten). */
+static int coca_pool_backward(const clipc_model *m, const tower_cache *c, int S, const float *dfeat, const float *dtokens,
+                              float *dx, float *G) {
+    const clipc_config *cfg = &m->cfg;
+    const model_layout *L = &m->L;
+    const float *P = m->params;
+    int n = c->n, T = c->T, W = cfg->vision_width, E = cfg->embed_dim, Q = cfg->pool_queries, heads = cfg->pool_heads;
+    float eps = cfg->vision_ln_eps;
+    size_t nQE = (size_t)n * Q * E;
+    float *dy = calloc(nQE, sizeof *dy), *dpre = malloc(nQE * sizeof *dpre), *datt = malloc(nQE * sizeof *datt);
+    float *dfirst = malloc((size_t)n * E * sizeof *dfirst), *dq = calloc((size_t)Q * E, sizeof *dq);
+    float *dq_i = malloc((size_t)Q * E * sizeof *dq_i), *dkv = calloc((size_t)T * 2 * E, sizeof *dkv);
+    float *dk = malloc((size_t)T * E * sizeof *dk), *dv = malloc((size_t)T * E * sizeof *dv);
+    float *dlnq = malloc((size_t)Q * E * sizeof *dlnq), *dlnk = malloc((size_t)T * W * sizeof *dlnk);
+    float *ds = malloc((size_t)Q * S * sizeof *ds);
+    int rc = dy && dpre && datt && dfirst && dq && dq_i && dkv && dk && dv && dlnq && dlnk && ds ? 0 : -1;
+    if (rc == 0) {
+        if (dtokens) memcpy(dy, dtokens, nQE * sizeof *dy);
+        /* features = ln_post(y)[i Q] @ proj */
+        matmul_backward(dfirst, GP(L->v_proj), dfeat, c->cp_first, P + L->v_proj, n, E, E);
+        for (int i = 0; i < n; i++) memcpy(dy + (size_t)i * Q * E, dfirst + (size_t)i * E, (size_t)E * sizeof *dy);
+        layernorm_backward(dpre, GP(L->v_ln_post_w), GP(L->v_ln_post_b), dy, c->cp_pre, P + L->v_ln_post_w, n * Q, E, eps,
+                           false);
+        linear_backward(datt, GP(L->cp_out_w), GP(L->cp_out_b), dpre, c->cp_att, P + L->cp_out_w, n * Q, E, E, false);
+        for (int i = 0; i < n; i++) { /* the queries are shared by every image: their gradients add up */
+            const float *kv = c->cp_kv + (size_t)i * S * 2 * E;
+            float *dkv_i = dkv + (size_t)i * S * 2 * E;
+            attention_queries_backward(dq_i, E, dkv_i, dkv_i + E, 2 * E, datt + (size_t)i * Q * E, E, c->cp_q, kv, kv + E,
+                                       c->cp_probs + (size_t)i * heads * Q * S, Q, S, E, heads, ds);
+            for (size_t j = 0; j < (size_t)Q * E; j++) dq[j] += dq_i[j];
+        }
+        linear_backward(dlnq, GP(L->cp_q_w), GP(L->cp_in_b), dq, c->cp_lnq, P + L->cp_q_w, Q, E, E, false);
+        if (G) /* the query parameter itself, through ln_q */
+            layernorm_backward(G + L->cp_query, G + L->cp_lnq_w, G + L->cp_lnq_b, dlnq, P + L->cp_query, P + L->cp_lnq_w, Q,
+                               E, eps, true);
+        for (int r = 0; r < T; r++) {
+            memcpy(dk + (size_t)r * E, dkv + (size_t)r * 2 * E, (size_t)E * sizeof *dk);
+            memcpy(dv + (size_t)r * E, dkv + (size_t)r * 2 * E + E, (size_t)E * sizeof *dv);
+        }
+        linear_backward(dlnk, GP(L->cp_k_w), GP(L->cp_in_b + E), dk, c->cp_lnk, P + L->cp_k_w, T, W, E, false);
+        linear_backward(dlnk, GP(L->cp_v_w), GP(L->cp_in_b + 2 * E), dv, c->cp_lnk, P + L->cp_v_w, T, W, E, true);
+        /* the key bias shifts every score of a query alike: its gradient is exactly zero (see block_backward) */
+        if (G) memset(G + L->cp_in_b + E, 0, (size_t)E * sizeof *G);
+        layernorm_backward(dx, GP(L->cp_lnk_w), GP(L->cp_lnk_b), dlnk, c->x_out, P + L->cp_lnk_w, T, W, eps, false);
+    }
+    free(dy), free(dpre), free(datt), free(dfirst), free(dq), free(dq_i), free(dkv), free(dk), free(dv), free(dlnq);
+    free(dlnk), free(ds);
+    return rc;
+}
+
 int vit_train_forward(const clipc_model *m, const lora_tower *lora, const float *pixels, int n, float *features,
                       tower_cache *c, clipc_error *err) {
     const clipc_config *cfg = &m->cfg;
@@ -235,7 +316,8 @@ int vit_train_forward(const clipc_model *m, const lora_tower *lora, const float 
     bump b;
     tower_spec t = vision_tower_spec(m);
     t.lora = lora;
-    size_t extra = (size_t)n * G * G * K + (size_t)n * G * G * D;
+    bool coca = cfg->family == CLIPC_COCA;
+    size_t extra = (size_t)n * G * G * K + (size_t)n * G * G * D + (coca ? coca_pool_floats(cfg, n, S) : 0);
     int rc = cache_init(c, m, &t, n, lens, extra, &b, err);
     free(lens);
     if (rc) return -1;
@@ -246,6 +328,15 @@ int vit_train_forward(const clipc_model *m, const lora_tower *lora, const float 
     vit_embed(m, pixels, n, c->patches, emb, c->x0, NULL); /* training runs fp32 */
     layernorm_forward(c->blocks[0].x_in, c->x0, Pm + L->v_ln_pre_w, Pm + L->v_ln_pre_b, c->T, D, t.eps);
     if (blocks_forward(m, &t, c, err)) return -1;
+    if (coca) { /* the attentional pooler reads every token */
+        size_t Tn = (size_t)c->T, W = (size_t)D, E = (size_t)cfg->embed_dim, Q = (size_t)cfg->pool_queries;
+        c->cp_lnk = take(&b, Tn * W), c->cp_kv = take(&b, Tn * 2 * E), c->cp_lnq = take(&b, Q * E);
+        c->cp_q = take(&b, Q * E), c->cp_probs = take(&b, (size_t)n * cfg->pool_heads * Q * S);
+        c->cp_att = take(&b, (size_t)n * Q * E), c->cp_pre = take(&b, (size_t)n * Q * E);
+        c->cp_y = take(&b, (size_t)n * Q * E), c->cp_first = take(&b, (size_t)n * E);
+        coca_pool_train_forward(m, c, S, features);
+        return 0;
+    }
     layernorm_forward(c->pooled, c->pooled_in, Pm + L->v_ln_post_w, Pm + L->v_ln_post_b, n, D, t.eps);
     matmul_forward(features, c->pooled, Pm + L->v_proj, n, D, cfg->embed_dim);
     return 0;
@@ -253,13 +344,30 @@ int vit_train_forward(const clipc_model *m, const lora_tower *lora, const float 
 
 int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *G,
                        clipc_error *err) {
+    return vit_train_backward_tokens(m, c, dfeatures, NULL, G, err);
+}
+
+int vit_train_backward_tokens(const clipc_model *m, const tower_cache *c, const float *dfeatures, const float *dtokens,
+                              float *G, clipc_error *err) {
     const clipc_config *cfg = &m->cfg;
     const model_layout *L = &m->L;
     int P = cfg->vision_patch_size, Gs = cfg->image_resolution / P, S = Gs * Gs + 1, D = c->D, n = c->n;
     int K = 3 * P * P;
     tower_spec t = vision_tower_spec(m);
     t.lora = c->lora;
-    float *dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w, L->v_ln_post_b, L->v_proj, dfeatures, G);
+    float *dx;
+    if (cfg->family == CLIPC_COCA) { /* the pooler, then every block with the gradient of every token */
+        dx = malloc((size_t)c->T * D * sizeof *dx);
+        float *work = malloc(block_backward_work(c, &t) * sizeof *work);
+        if (!dx || !work || coca_pool_backward(m, c, S, dfeatures, dtokens, dx, G)) {
+            free(dx), free(work);
+            return clipc_fail(err, "out of memory in the backward pass");
+        }
+        for (int l = t.layers - 1; l >= 0; l--) block_backward(m, &t, l, c, &c->blocks[l], dx, G, work);
+        free(work);
+    } else {
+        dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w, L->v_ln_post_b, L->v_proj, dfeatures, G);
+    }
     if (!dx) return clipc_fail(err, "out of memory in the backward pass");
     if (!G) { /* a frozen tower: nothing below the blocks learns */
         free(dx);

@@ -20,6 +20,10 @@ typedef struct tower_cache {
     const lora_tower *lora;       /* the LoRA the forward pass applied (NULL: none) */
     float *x_out;                 /* after the last block [T, D] */
     float *pooled_in, *pooled;    /* pooled rows before / after the final LayerNorm [n, D] */
+    /* CoCa's attentional pooler (ViT): ln_k(x) [T, W], keys and values [T, 2E], ln_q(query) and q [Q, E],
+     * probabilities [n][heads][Q][S], attention and out_proj outputs, ln_post's [n * Q, E] (row i Q
+     * pools image i, rows i Q + 1 .. i Q + Q - 1 are its tokens for the decoder), the pooled rows [n, E] */
+    float *cp_lnk, *cp_kv, *cp_lnq, *cp_q, *cp_probs, *cp_att, *cp_pre, *cp_y, *cp_first;
     void *mem;                    /* the activations; kept between steps and grown on need */
     size_t mem_cap;               /* floats */
     int n_cap, layers_cap;        /* capacity of the packing arrays and of blocks */
@@ -44,6 +48,10 @@ int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_
  * [T, width], the packed rows of the cache (c->start, c->len). */
 int vit_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads,
                        clipc_error *err);
+/* CoCa: the same with the gradient of the pooler's token rows too, dtokens
+ * laid out like c->cp_y [n * Q, E] (rows i Q ignored; NULL: none). */
+int vit_train_backward_tokens(const clipc_model *m, const tower_cache *c, const float *dfeatures,
+                              const float *dtokens, float *grads, clipc_error *err);
 int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads, float *dx0,
                         clipc_error *err);
 
