@@ -25,10 +25,12 @@
 #include "../model/tower.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 void tower_cache_free(tower_cache *c) {
+    free(c->hidden);
     free(c->mem);
     free(c->blocks);
     free(c->start);
@@ -184,7 +186,7 @@ static size_t block_backward_work(const tower_cache *c, const tower_spec *t) {
 static int blocks_forward(const clipc_model *m, const tower_spec *t, tower_cache *c, clipc_error *err) {
     float *scratch = malloc(attention_scratch(c->max_len, c->D / t->heads) * sizeof(float));
     if (!scratch) return clipc_fail(err, "out of memory");
-    packing pk = {c->start, c->len, c->n, c->T, c->max_len, c->probs_offset, NULL};
+    packing pk = {c->start, c->len, c->n, c->T, c->max_len, c->probs_offset, c->hidden};
     for (int l = 0; l < t->layers; l++) /* fp32 (cache_init checks): model_gemm needs no workspace */
         block_forward(m, t, l, &pk, &c->blocks[l], l + 1 < t->layers ? c->blocks[l + 1].x_in : c->x_out, NULL, scratch,
                       NULL, false);
@@ -194,9 +196,10 @@ static int blocks_forward(const clipc_model *m, const tower_spec *t, tower_cache
     return 0;
 }
 
-/* From d features back to dx0 = d(blocks[0].x_in), returned malloc'd [T, D]. */
+/* From d features (and dextra [T, D], NULL: none, on the blocks' output) back to
+ * dx0 = d(blocks[0].x_in), returned malloc'd [T, D]. */
 static float *head_and_blocks_backward(const clipc_model *m, const tower_spec *t, const tower_cache *c, size_t ln_w,
-                                       size_t ln_b, size_t proj, const float *dfeat, float *G) {
+                                       size_t ln_b, size_t proj, const float *dfeat, const float *dextra, float *G) {
     int D = c->D, n = c->n, E = m->cfg.embed_dim;
     float *dx = calloc((size_t)c->T * D, sizeof *dx);
     float *dpool = malloc((size_t)n * D * 2 * sizeof *dpool);
@@ -213,6 +216,8 @@ static float *head_and_blocks_backward(const clipc_model *m, const tower_spec *t
                        false);
     for (int i = 0; i < n; i++)
         memcpy(dx + (size_t)c->pool_row[i] * D, dpool + (size_t)(n + i) * D, (size_t)D * sizeof *dx);
+    if (dextra)
+        for (size_t i = 0; i < (size_t)c->T * D; i++) dx[i] += dextra[i];
     for (int l = t->layers - 1; l >= 0; l--) block_backward(m, t, l, c, &c->blocks[l], dx, G, work);
     free(dpool);
     free(work);
@@ -366,7 +371,7 @@ int vit_train_backward_tokens(const clipc_model *m, const tower_cache *c, const 
         for (int l = t.layers - 1; l >= 0; l--) block_backward(m, &t, l, c, &c->blocks[l], dx, G, work);
         free(work);
     } else {
-        dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w, L->v_ln_post_b, L->v_proj, dfeatures, G);
+        dx = head_and_blocks_backward(m, &t, c, L->v_ln_post_w, L->v_ln_post_b, L->v_proj, dfeatures, NULL, G);
     }
     if (!dx) return clipc_fail(err, "out of memory in the backward pass");
     if (!G) { /* a frozen tower: nothing below the blocks learns */
@@ -411,8 +416,11 @@ int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_
         free(lens);
         return -1;
     }
+    bool coca = cfg->family == CLIPC_COCA;
     for (int i = 0; i < n; i++) {
-        lens[i]++;
+        /* CoCa: the first padding row after EOT and the CLS row too (text.c, OpenCLIP's shifted cls mask) */
+        if (coca) lens[i] = (lens[i] + 2 < cfg->context_length ? lens[i] + 2 : cfg->context_length) + 1;
+        else lens[i]++;
         if (prompt && lens[i] < prompt->n_ctx + 2) {
             free(lens);
             return clipc_fail(err, "text %d has %d tokens: too short for %d context vectors", i, lens[i], prompt->n_ctx);
@@ -427,6 +435,16 @@ int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_
     c->lora = lora;
     c->tokens = tokens;
     for (int i = 0; i < n; i++) c->pool_row[i] = c->start[i] + c->len[i] - 1;
+    free(c->hidden);
+    c->hidden = NULL;
+    if (coca) { /* the CLS row does not attend key j when token j - 1 is padding (0), itself included */
+        if (!(c->hidden = calloc((size_t)c->T + 1, 1))) return clipc_fail(err, "out of memory");
+        for (int i = 0; i < n; i++) {
+            const int32_t *row = tokens + (size_t)i * cfg->context_length;
+            for (int p = 1; p < c->len[i] - 1; p++) c->hidden[c->start[i] + p] = row[p - 1] == 0;
+            c->hidden[c->start[i] + c->len[i] - 1] = row[cfg->context_length - 1] == 0;
+        }
+    }
     text_embed(m, tokens, n, c->start, c->len, prompt, c->x0);
     memcpy(c->blocks[0].x_in, c->x0, (size_t)c->T * D * sizeof(float));
     if (blocks_forward(m, &t, c, err)) return -1;
@@ -437,19 +455,27 @@ int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_
 
 int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *G, float *dx0,
                         clipc_error *err) {
+    return text_train_backward_tokens(m, c, dfeatures, NULL, G, dx0, err);
+}
+
+int text_train_backward_tokens(const clipc_model *m, const tower_cache *c, const float *dfeatures, const float *dtokens,
+                               float *G, float *dx0, clipc_error *err) {
     const clipc_config *cfg = &m->cfg;
     const model_layout *L = &m->L;
     int D = c->D, ctx = cfg->context_length;
+    bool coca = cfg->family == CLIPC_COCA;
     tower_spec t = text_tower_spec(m);
     t.lora = c->lora;
-    float *dx = head_and_blocks_backward(m, &t, c, L->t_ln_w, L->t_ln_b, L->t_proj, dfeatures, G);
+    float *dx = head_and_blocks_backward(m, &t, c, L->t_ln_w, L->t_ln_b, L->t_proj, dfeatures, dtokens, G);
     if (!dx) return clipc_fail(err, "out of memory in the backward pass");
     if (dx0) memcpy(dx0, dx, (size_t)c->T * D * sizeof *dx0);
-    /* x0 = token_embedding[token] + positional_embedding[position] */
+    /* x0 = token_embedding[token] + positional_embedding[position]; CoCa's CLS row: cls_emb + position ctx */
     for (int i = 0; i < c->n && G; i++)
         for (int p = 0; p < c->len[i]; p++) {
             const float *g = dx + (size_t)(c->start[i] + p) * D;
-            float *gt = G + L->t_tok + (size_t)c->tokens[(size_t)i * ctx + p] * D, *gp = G + L->t_pos + (size_t)p * D;
+            bool cls = coca && p == c->len[i] - 1;
+            float *gt = cls ? G + L->t_cls : G + L->t_tok + (size_t)c->tokens[(size_t)i * ctx + p] * D;
+            float *gp = G + L->t_pos + (size_t)(cls ? ctx : p) * D;
             for (int d = 0; d < D; d++) {
                 gt[d] += g[d];
                 gp[d] += g[d];
@@ -457,4 +483,221 @@ int text_train_backward(const clipc_model *m, const tower_cache *c, const float 
         }
     free(dx);
     return 0;
+}
+
+/* ---- CoCa's decoder and captioning loss -------------------------------------------------- */
+
+long coca_caption_targets(const clipc_config *c, const int32_t *tokens, int n) {
+    long count = 0;
+    for (int i = 0; i < n; i++) {
+        const int32_t *row = tokens + (size_t)i * c->context_length;
+        int eot = 0;
+        for (int p = 0; p < c->context_length; p++)
+            if (row[p] > row[eot]) eot = p;
+        for (int p = 1; p <= eot; p++) count += row[p] != 0;
+    }
+    return count;
+}
+
+/* What one cross-attention block keeps: its input, ln_1, the queries, ln_1_kv of the image tokens and
+ * their keys and values, the probabilities, the attention, x_mid, ln_2 and the MLP's pre/post activation. */
+typedef struct cross_cache {
+    float *x_in, *ln1, *q, *lnkv, *kv, *probs, *att, *x_mid, *ln2, *fc_pre, *fc_act;
+} cross_cache;
+
+/* y_out = cross block l (OpenCLIP's ResidualAttentionBlock with is_cross_attention) of y_in = k->x_in:
+ *   x_mid = x_in + out_proj(attention(q = ln_1(x_in), k = v = ln_1_kv(image tokens)))
+ *   x_out = x_mid + mlp(ln_2(x_mid))
+ * Text i's rows [start[i], start[i] + len[i]) attend image i's Nt tokens (imgtok [n * Nt, D]). */
+static void cross_block_train_forward(const clipc_model *m, const block_offsets *b, const cross_cache *k,
+                                      const float *imgtok, const int *start, const int *len, const size_t *probs_at, int n,
+                                      int Td, int Nt, float *x_out) {
+    const clipc_config *cfg = &m->cfg;
+    const float *P = m->params;
+    int D = cfg->text_width, H = cfg->text_mlp_width, heads = cfg->decoder_heads;
+    float eps = cfg->text_ln_eps;
+    layernorm_forward(k->ln1, k->x_in, P + b->ln1_w, P + b->ln1_b, Td, D, eps);
+    gemm_rows(k->q, D, k->ln1, D, P + b->qkv_w, P + b->qkv_b, Td, D, D, false);
+    layernorm_forward(k->lnkv, imgtok, P + b->lnkv_w, P + b->lnkv_b, n * Nt, D, eps);
+    gemm_rows(k->kv, 2 * D, k->lnkv, D, P + b->qkv_w + (size_t)D * D, P + b->qkv_b + D, n * Nt, D, 2 * D, false);
+#pragma omp parallel for
+    for (int i = 0; i < n; i++) {
+        const float *kv = k->kv + (size_t)i * Nt * 2 * D;
+        attention_queries_keep(k->att + (size_t)start[i] * D, D, k->q + (size_t)start[i] * D, D, kv, kv + D, 2 * D, len[i],
+                               Nt, D, heads, k->probs + probs_at[i], true);
+    }
+    memcpy(k->x_mid, k->x_in, (size_t)Td * D * sizeof *k->x_mid);
+    gemm_rows(k->x_mid, D, k->att, D, P + b->out_w, P + b->out_b, Td, D, D, true);
+    layernorm_forward(k->ln2, k->x_mid, P + b->ln2_w, P + b->ln2_b, Td, D, eps);
+    gemm_rows(k->fc_pre, H, k->ln2, D, P + b->fc_w, P + b->fc_b, Td, D, H, false);
+    memcpy(k->fc_act, k->fc_pre, (size_t)Td * H * sizeof *k->fc_act);
+    activation_forward(k->fc_act, (size_t)Td * H, cfg->activation);
+    memcpy(x_out, k->x_mid, (size_t)Td * D * sizeof *x_out);
+    gemm_rows(x_out, D, k->fc_act, H, P + b->proj_w, P + b->proj_b, Td, H, D, true);
+}
+
+/* Its backward: dx [Td, D] in (w.r.t. x_out) and out (w.r.t. x_in); dimg [n * Nt, D] added into. */
+static int cross_block_backward(const clipc_model *m, const block_offsets *b, const cross_cache *k, const float *imgtok,
+                                const int *start, const int *len, const size_t *probs_at, int n, int Td, int Nt,
+                                float *dx, float *dimg, float *G) {
+    const clipc_config *cfg = &m->cfg;
+    const float *P = m->params;
+    int D = cfg->text_width, H = cfg->text_mlp_width, heads = cfg->decoder_heads, Ni = n * Nt, maxlen = 0;
+    float eps = cfg->text_ln_eps;
+    for (int i = 0; i < n; i++) maxlen = len[i] > maxlen ? len[i] : maxlen;
+    float *d_fc = malloc((size_t)Td * H * sizeof *d_fc), *d_ln = malloc((size_t)Td * D * sizeof *d_ln);
+    float *dq = malloc((size_t)Td * D * sizeof *dq), *dkv = calloc((size_t)Ni * 2 * D, sizeof *dkv);
+    float *dk = malloc((size_t)Ni * D * sizeof *dk), *dv = malloc((size_t)Ni * D * sizeof *dv);
+    float *dlnkv = malloc((size_t)Ni * D * sizeof *dlnkv), *ds = malloc(((size_t)maxlen * Nt + 1) * sizeof *ds);
+    int rc = d_fc && d_ln && dq && dkv && dk && dv && dlnkv && ds ? 0 : -1;
+    if (rc == 0) {
+        /* the MLP residual branch */
+        linear_backward(d_fc, GP(b->proj_w), GP(b->proj_b), dx, k->fc_act, P + b->proj_w, Td, H, D, false);
+        activation_backward(d_fc, d_fc, k->fc_pre, (size_t)Td * H, cfg->activation);
+        linear_backward(d_ln, GP(b->fc_w), GP(b->fc_b), d_fc, k->ln2, P + b->fc_w, Td, D, H, false);
+        layernorm_backward(dx, GP(b->ln2_w), GP(b->ln2_b), d_ln, k->x_mid, P + b->ln2_w, Td, D, eps, true);
+        /* the cross-attention residual branch */
+        float *d_att = d_ln;
+        linear_backward(d_att, GP(b->out_w), GP(b->out_b), dx, k->att, P + b->out_w, Td, D, D, false);
+        for (int i = 0; i < n; i++) {
+            const float *kv = k->kv + (size_t)i * Nt * 2 * D;
+            float *dkv_i = dkv + (size_t)i * Nt * 2 * D;
+            attention_queries_backward(dq + (size_t)start[i] * D, D, dkv_i, dkv_i + D, 2 * D, d_att + (size_t)start[i] * D, D,
+                                       k->q + (size_t)start[i] * D, kv, kv + D, k->probs + probs_at[i], len[i], Nt, D,
+                                       heads, ds);
+        }
+        linear_backward(d_ln, GP(b->qkv_w), GP(b->qkv_b), dq, k->ln1, P + b->qkv_w, Td, D, D, false);
+        layernorm_backward(dx, GP(b->ln1_w), GP(b->ln1_b), d_ln, k->x_in, P + b->ln1_w, Td, D, eps, true);
+        for (int r = 0; r < Ni; r++) {
+            memcpy(dk + (size_t)r * D, dkv + (size_t)r * 2 * D, (size_t)D * sizeof *dk);
+            memcpy(dv + (size_t)r * D, dkv + (size_t)r * 2 * D + D, (size_t)D * sizeof *dv);
+        }
+        linear_backward(dlnkv, GP(b->qkv_w + (size_t)D * D), GP(b->qkv_b + D), dk, k->lnkv, P + b->qkv_w + (size_t)D * D, Ni,
+                        D, D, false);
+        linear_backward(dlnkv, GP(b->qkv_w + (size_t)2 * D * D), GP(b->qkv_b + 2 * D), dv, k->lnkv,
+                        P + b->qkv_w + (size_t)2 * D * D, Ni, D, D, true);
+        if (G) memset(G + b->qkv_b + D, 0, (size_t)D * sizeof *G); /* the key bias: exactly zero (block_backward) */
+        layernorm_backward(dimg, GP(b->lnkv_w), GP(b->lnkv_b), dlnkv, imgtok, P + b->lnkv_w, Ni, D, eps, true);
+    }
+    free(d_fc), free(d_ln), free(dq), free(dkv), free(dk), free(dv), free(dlnkv), free(ds);
+    return rc;
+}
+
+int coca_caption_train(const clipc_model *m, const tower_cache *text, const tower_cache *image, float weight, float *G,
+                       float *dtext, float *dimage, double *loss_sum, long *targets, clipc_error *err) {
+    const clipc_config *cfg = &m->cfg;
+    const model_layout *L = &m->L;
+    const float *P = m->params;
+    int n = text->n, D = cfg->text_width, V = cfg->vocab_size, ctx = cfg->context_length, Q = cfg->pool_queries;
+    int Nt = Q - 1, layers = cfg->decoder_layers, heads = cfg->decoder_heads, E = cfg->embed_dim;
+    *loss_sum = 0, *targets = 0;
+    if (image->n != n) return clipc_fail(err, "captioning: %d texts for %d images", n, image->n);
+    /* text i's decoder rows: its positions 0 .. eot - 1, which predict tokens 1 .. eot */
+    int *lens = malloc((size_t)n * sizeof *lens), *eot = malloc((size_t)n * sizeof *eot);
+    if (!lens || !eot) {
+        free(lens), free(eot);
+        return clipc_fail(err, "out of memory");
+    }
+    if (text_eot_positions(cfg, text->tokens, n, eot, err)) {
+        free(lens), free(eot);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) lens[i] = eot[i] > 0 ? eot[i] : 1;
+    tower_spec spec = {L->d_self, layers, D, heads, cfg->text_mlp_width, cfg->activation, cfg->text_ln_eps, true,
+                       "text_decoder.", NULL};
+    tower_cache dc = {0};
+    bump b;
+    int rc = 0, Td = 0;
+    for (int i = 0; i < n; i++) Td += lens[i];
+    size_t Ni = (size_t)n * Nt, H = (size_t)cfg->text_mlp_width, cross_probs = (size_t)heads * Td * Nt;
+    size_t per_cross = 6 * (size_t)Td * D + 2 * (size_t)Td * H + Ni * 3 * D + cross_probs + 16 * 12;
+    size_t extra = (size_t)layers * per_cross + Ni * D + 3 * (size_t)Td * D + 16 * 4;
+    if (cache_init(&dc, m, &spec, n, lens, extra, &b, err)) {
+        free(lens), free(eot);
+        return -1;
+    }
+    size_t *probs_at = malloc((size_t)n * sizeof *probs_at);
+    cross_cache *cc = calloc((size_t)layers, sizeof *cc);
+    if (!probs_at || !cc) rc = clipc_fail(err, "out of memory");
+    for (int i = 0, at = 0; rc == 0 && i < n; i++) probs_at[i] = (size_t)heads * at * Nt, at += lens[i];
+    float *imgtok = take(&b, Ni * D); /* image i's pooler tokens, gathered */
+    for (int i = 0; rc == 0 && i < n; i++)
+        memcpy(imgtok + (size_t)i * Nt * D, image->cp_y + ((size_t)i * Q + 1) * E, (size_t)Nt * D * sizeof *imgtok);
+    for (int l = 0; rc == 0 && l < layers; l++) {
+        cross_cache *k = &cc[l];
+        k->x_in = take(&b, (size_t)Td * D), k->ln1 = take(&b, (size_t)Td * D), k->q = take(&b, (size_t)Td * D);
+        k->lnkv = take(&b, Ni * D), k->kv = take(&b, Ni * 2 * D), k->probs = take(&b, cross_probs);
+        k->att = take(&b, (size_t)Td * D), k->x_mid = take(&b, (size_t)Td * D), k->ln2 = take(&b, (size_t)Td * D);
+        k->fc_pre = take(&b, (size_t)Td * H), k->fc_act = take(&b, (size_t)Td * H);
+    }
+    float *y_last = take(&b, (size_t)Td * D), *yl = take(&b, (size_t)Td * D), *dy = take(&b, (size_t)Td * D);
+    /* forward: the unimodal text outputs (before ln_final) into the decoder */
+    for (int i = 0; rc == 0 && i < n; i++)
+        memcpy(dc.blocks[0].x_in + (size_t)dc.start[i] * D, text->x_out + (size_t)text->start[i] * D,
+               (size_t)lens[i] * D * sizeof(float));
+    float *scratch = rc == 0 ? malloc(attention_scratch(dc.max_len, D / heads) * sizeof *scratch) : NULL;
+    if (rc == 0 && !scratch) rc = clipc_fail(err, "out of memory");
+    packing pk = {dc.start, dc.len, n, Td, dc.max_len, dc.probs_offset, NULL};
+    for (int l = 0; rc == 0 && l < layers; l++) {
+        block_forward(m, &spec, l, &pk, &dc.blocks[l], cc[l].x_in, NULL, scratch, NULL, false);
+        cross_block_train_forward(m, &L->d_cross[l], &cc[l], imgtok, dc.start, dc.len, probs_at, n, Td, Nt,
+                                  l + 1 < layers ? dc.blocks[l + 1].x_in : y_last);
+    }
+    free(scratch);
+    /* logits = ln_final(y) @ text_projection, a chunk of rows at a time; softmax cross-entropy */
+    enum { CHUNK_ROWS = 128 };
+    float *logits = rc == 0 ? malloc((size_t)CHUNK_ROWS * V * sizeof *logits) : NULL;
+    if (rc == 0 && !logits) rc = clipc_fail(err, "out of memory for the logits");
+    if (rc == 0) layernorm_forward(yl, y_last, P + L->d_ln_w, P + L->d_ln_b, Td, D, cfg->text_ln_eps);
+    int *target = rc == 0 ? malloc((size_t)Td * sizeof *target) : NULL;
+    if (rc == 0 && !target) rc = clipc_fail(err, "out of memory");
+    for (int i = 0; rc == 0 && i < n; i++)
+        for (int p = 0; p < lens[i]; p++) {
+            int32_t t = text->tokens[(size_t)i * ctx + p + 1];
+            target[dc.start[i] + p] = p + 1 <= eot[i] ? t : 0; /* OpenCLIP ignores the padding id (0) */
+        }
+    double loss = 0;
+    long count = 0;
+    for (int r0 = 0; rc == 0 && r0 < Td; r0 += CHUNK_ROWS) {
+        int rows = Td - r0 < CHUNK_ROWS ? Td - r0 : CHUNK_ROWS;
+        matmul_forward(logits, yl + (size_t)r0 * D, P + L->d_proj, rows, D, V);
+#pragma omp parallel for reduction(+ : loss, count)
+        for (int r = 0; r < rows; r++) {
+            float *l = logits + (size_t)r * V;
+            int t = target[r0 + r];
+            if (t == 0) { /* no target: no gradient */
+                memset(l, 0, (size_t)V * sizeof *l);
+                continue;
+            }
+            double max = -INFINITY, sum = 0;
+            for (int v = 0; v < V; v++) max = l[v] > max ? l[v] : max;
+            for (int v = 0; v < V; v++) sum += exp(l[v] - max);
+            loss += log(sum) + max - l[t];
+            count++;
+            for (int v = 0; v < V; v++) l[v] = (float)(weight * exp(l[v] - max) / sum);
+            l[t] -= weight;
+        }
+        /* logits = yl W: dW += yl^T dlogits, dyl = dlogits W^T */
+        matmul_backward(dy + (size_t)r0 * D, GP(L->d_proj), logits, yl + (size_t)r0 * D, P + L->d_proj, rows, D, V);
+    }
+    free(logits), free(target);
+    *loss_sum = loss, *targets = count;
+    /* backward */
+    float *dx = rc == 0 ? malloc((size_t)Td * D * sizeof *dx) : NULL, *dimg = rc == 0 ? calloc(Ni * D, sizeof *dimg) : NULL;
+    float *work = rc == 0 ? malloc(block_backward_work(&dc, &spec) * sizeof *work) : NULL;
+    if (rc == 0 && (!dx || !dimg || !work)) rc = clipc_fail(err, "out of memory in the backward pass");
+    if (rc == 0) layernorm_backward(dx, GP(L->d_ln_w), GP(L->d_ln_b), dy, y_last, P + L->d_ln_w, Td, D, cfg->text_ln_eps, false);
+    for (int l = layers - 1; rc == 0 && l >= 0; l--) {
+        if (cross_block_backward(m, &L->d_cross[l], &cc[l], imgtok, dc.start, dc.len, probs_at, n, Td, Nt, dx, dimg, G))
+            rc = clipc_fail(err, "out of memory in the backward pass");
+        if (rc == 0) block_backward(m, &spec, l, &dc, &dc.blocks[l], dx, G, work);
+    }
+    for (int i = 0; rc == 0 && i < n; i++) { /* back to the text tower's rows and the image tokens */
+        for (size_t j = 0; j < (size_t)lens[i] * D; j++)
+            dtext[(size_t)text->start[i] * D + j] += dx[(size_t)dc.start[i] * D + j];
+        for (size_t j = 0; j < (size_t)Nt * D; j++) dimage[((size_t)i * Q + 1) * E + j] += dimg[(size_t)i * Nt * D + j];
+    }
+    free(dx), free(dimg), free(work), free(probs_at), free(cc), free(lens), free(eot);
+    tower_cache_free(&dc);
+    return rc;
 }

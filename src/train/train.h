@@ -24,6 +24,7 @@ typedef struct tower_cache {
      * probabilities [n][heads][Q][S], attention and out_proj outputs, ln_post's [n * Q, E] (row i Q
      * pools image i, rows i Q + 1 .. i Q + Q - 1 are its tokens for the decoder), the pooled rows [n, E] */
     float *cp_lnk, *cp_kv, *cp_lnq, *cp_q, *cp_probs, *cp_att, *cp_pre, *cp_y, *cp_first;
+    unsigned char *hidden;        /* CoCa's text: rows its CLS token does not attend (owned; NULL: none) */
     void *mem;                    /* the activations; kept between steps and grown on need */
     size_t mem_cap;               /* floats */
     int n_cap, layers_cap;        /* capacity of the packing arrays and of blocks */
@@ -54,6 +55,24 @@ int vit_train_backward_tokens(const clipc_model *m, const tower_cache *c, const 
                               const float *dtokens, float *grads, clipc_error *err);
 int text_train_backward(const clipc_model *m, const tower_cache *c, const float *dfeatures, float *grads, float *dx0,
                         clipc_error *err);
+/* The same with dtokens [T, width] (the cache's rows, NULL: none) added to the
+ * gradient of the blocks' output: what CoCa's decoder sends back. */
+int text_train_backward_tokens(const clipc_model *m, const tower_cache *c, const float *dfeatures,
+                               const float *dtokens, float *grads, float *dx0, clipc_error *err);
+
+/* CoCa's captioning loss (OpenCLIP's CoCaLoss caption term) on the n texts
+ * of a text cache under the images of an image cache (their forward passes
+ * done): the decoder reads each text's unimodal outputs before its EOT
+ * (teacher forcing) and each image's pooler tokens; the cross-entropy of
+ * the next tokens, padding id 0 ignored, is summed into *loss_sum over
+ * *targets targets; its gradient times weight (caption_weight / all the
+ * step's targets) goes into grads (the decoder's parameters), dtext (the
+ * text cache's rows, [T, width], added into) and dimage (the image cache's
+ * cp_y layout, added into). */
+int coca_caption_train(const clipc_model *m, const tower_cache *text, const tower_cache *image, float weight, float *grads,
+                       float *dtext, float *dimage, double *loss_sum, long *targets, clipc_error *err);
+/* The caption targets among n token rows (positions 1..EOT whose id is not 0). */
+long coca_caption_targets(const clipc_config *c, const int32_t *tokens, int n);
 
 /* ---- data parallelism over MPI (dist.c) ---------------------------------- */
 
