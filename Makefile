@@ -89,13 +89,14 @@ install: all
 	install -m 644 $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
 	install -d $(DESTDIR)$(PREFIX)/share/clipc
-	install -m 644 models/clipc-fmnist.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
+	install -m 644 models/clipc-fmnist.safetensors models/clipc-fmnist-coca.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
 # Removes exactly what install put there (and the share/clipc folder when it is left empty).
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/clipc $(DESTDIR)$(PREFIX)/lib/libclipc.a $(DESTDIR)$(PREFIX)/lib/libclipc.so \
 	    $(DESTDIR)$(PREFIX)/include/clipc.h $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist.safetensors \
+	    $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist-coca.safetensors \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 	-rmdir $(DESTDIR)$(PREFIX)/share/clipc 2>/dev/null
 

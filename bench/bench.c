@@ -114,6 +114,52 @@ static double siglip_text_flops(const clipc_config *c) {
     return 2 * ((c->text_layers - 1) * block + last + D * c->embed_dim);
 }
 
+/* CoCa captions: the shipped captioner's architecture (coca-fmnist) at its own input size, random
+ * weights (so captions run to their full length: tokens/s is the measure), greedy and beam search,
+ * and a ViT-B-32-sized CoCa (OpenCLIP's coca_ViT-B-32 shape, 12+12 layers, 256 queries) greedy. */
+static void bench_caption(void) {
+    static const char *const archs[] = {"coca-fmnist"};
+    clipc_error err;
+    printf("\ncaptions (CoCa; KV-cached decoding: one image pass, then one token step per token)\n");
+    for (size_t a = 0; a < sizeof archs / sizeof *archs; a++) {
+        clipc_model *m = clipc_model_init(archs[a], 2, &err);
+        if (!m) {
+            printf("  %s: %s\n", archs[a], err.message);
+            continue;
+        }
+        const clipc_config *c = clipc_model_config(m);
+        int R = c->image_resolution, n = 16;
+        float *px = malloc((size_t)n * 3 * R * R * sizeof *px);
+        rng r;
+        rng_seed(&r, 3);
+        for (size_t i = 0; i < (size_t)n * 3 * R * R; i++) px[i] = (float)rng_normal(&r);
+        for (int mode = 0; mode < 2; mode++) {
+            clipc_caption_options o;
+            clipc_caption_defaults(&o);
+            if (mode == 0) o.beams = 1, o.top_k = 1;
+            int32_t *ids[16];
+            int lens[16];
+            double best = 1e30;
+            long tokens = 0;
+            for (int rep = 0; rep < 3; rep++) {
+                double t0 = now();
+                if (clipc_caption(m, px, n, &o, ids, lens, &err)) {
+                    printf("  %s: %s\n", archs[a], err.message);
+                    break;
+                }
+                double dt = now() - t0;
+                tokens = 0;
+                for (int i = 0; i < n; i++) tokens += lens[i] - 1, free(ids[i]);
+                best = dt < best ? dt : best;
+            }
+            printf("  %-12s %-22s batch %d: %7.1f captions/s, %8.0f tokens/s (%.1f tokens each)\n", archs[a],
+                   mode ? "beam search (6 in 3)" : "greedy", n, n / best, tokens / best, (double)tokens / n);
+        }
+        free(px);
+        clipc_model_free(m);
+    }
+}
+
 static void cosines(const float *a, const float *b, int n, int dim, double *min, double *mean);
 
 /* SigLIP's B/16 at 224: images and texts per second at each precision. */
@@ -758,6 +804,10 @@ int main(int argc, char **argv) {
     double peak = fma_peak();
     printf("machine FMA peak (fp32, %s, %d cores): %.1f GFLOP/s\n\n", fma_isa(), threads, peak);
 
+    if (argc > 1 && !strcmp(argv[1], "caption")) { /* "bench_clipc caption": only CoCa's captions */
+        bench_caption();
+        return 0;
+    }
     if (argc > 1 && !strcmp(argv[1], "siglip")) { /* "bench_clipc siglip": only SigLIP's encoders */
         double peaks[3] = {peak, onednn_peak(CLIPC_BF16), onednn_peak(CLIPC_INT8)};
         printf("peaks: bf16 %.1f GOP/s, int8 %.1f GOP/s (oneDNN, 4096^3 matmul)\n", peaks[1], peaks[2]);
@@ -815,6 +865,7 @@ int main(int argc, char **argv) {
     }
     clipc_model_set_precision(m, CLIPC_FP32, &err);
     bench_siglip(lowp_peak);
+    bench_caption();
     if (sysconf(_SC_NPROCESSORS_ONLN) > 1) bench_contention(m, pixels, out);
     free(ref_img);
     free(ref_txt);

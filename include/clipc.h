@@ -1,12 +1,16 @@
 /*
  * clipc.h — CLIP (Contrastive Language-Image Pre-training) in C.
  *
- * The one public header of libclipc. Four things live here:
+ * The one public header of libclipc. What lives here:
  *   - models:     load a checkpoint (.safetensors or PyTorch .pt/.bin, OpenAI/OpenCLIP
- *                 or Hugging Face naming), create a randomly initialised one, save,
- *                 encode at fp32, bf16 or int8.
- *   - tokenizer:  OpenAI's byte-level BPE tokenizer, exactly.
- *   - images:     decode JPEG/PNG and preprocess exactly as OpenAI's _transform(n).
+ *                 or Hugging Face naming) of the CLIP, SigLIP or CoCa family, create a
+ *                 randomly initialised one, save, encode at fp32, bf16 or int8.
+ *   - tokenizer:  OpenAI's byte-level BPE tokenizer, exactly (and its decoding);
+ *                 SigLIP's and SigLIP 2's SentencePiece tokenizers.
+ *   - images:     decode JPEG/PNG and preprocess exactly as OpenAI's _transform(n),
+ *                 or as a model's own image processor.
+ *   - captions:   CoCa's decoder: beam search and sampling (clipc_caption).
+ *   - zero-shot:  classifiers and probabilities (softmax, or SigLIP's sigmoids).
  *   - errors:     every fallible call takes a clipc_error* and returns 0 on
  *                 success, -1 (or NULL) on failure with err->message set.
  *

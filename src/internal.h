@@ -421,6 +421,8 @@ void attention_queries(float *out, int ldo, const float *q, int ldq, const float
  * for the backward pass (else probs is nq * nk floats of work). */
 void attention_queries_keep(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv,
                             int nq, int nk, int D, int heads, float *probs, bool keep);
+/* x = softmax(x) in place (vectorised exp); returns logsumexp of the input. */
+double softmax_row(float *x, int n);
 /* Its backward from the kept probabilities: dq (=), dk and dv (+=); ds: nq * nk floats. */
 void attention_queries_backward(float *dq, int ldq, float *dk, float *dv, int ldkv, const float *dout, int ldo,
                                 const float *q, const float *k, const float *v, const float *probs, int nq, int nk,

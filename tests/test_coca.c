@@ -532,7 +532,87 @@ static void check_coca_grad(void) {
     clipc_model_free(m);
 }
 
+/* The trainer's loss and gradients on OpenCLIP's modules' own (PyTorch autograd, tests/data/coca/train):
+ * 1 x InfoNCE + 2 x the next-token cross-entropy. */
+static void check_against_pytorch(void) {
+    clipc_error err;
+    const char *dir = DATA "/train";
+    char path[256];
+    snprintf(path, sizeof path, "%s/open_clip_model.safetensors", dir);
+    clipc_model *m = clipc_model_load(path, &err);
+    CHECK(m != NULL, "%s", m ? "" : err.message);
+    npy_array images, tokens;
+    st_file ref;
+    snprintf(path, sizeof path, "%s/grads.safetensors", dir);
+    if (!m || npy_read(DATA "/train/images.npy", &images, &err) || npy_read(DATA "/train/tokens.npy", &tokens, &err) ||
+        st_open(path, &ref, &err)) {
+        CHECK(0, "%s", err.message);
+        clipc_model_free(m);
+        return;
+    }
+    const clipc_config *c = clipc_model_config(m);
+    train_options o = {.loss = LOSS_CLIP, .batch = 2, .accum = 1, .lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-6f};
+    trainer t;
+    loss_metrics lm;
+    CHECK(trainer_init(&t, m, &o, NULL, &err) == 0 && trainer_compute_grads(&t, images.data, tokens.data, &lm, &err) == 0,
+          "%s", err.message);
+    char *want_loss = st_metadata_get(&ref, "loss"), *rows_s = st_metadata_get(&ref, "token_rows");
+    char *cols_s = st_metadata_get(&ref, "projection_columns");
+    double wl = want_loss ? atof(want_loss) : 0;
+    CHECK(fabs(lm.loss - wl) <= 1e-4 * fabs(wl), "CoCa loss %.7g, PyTorch's %.7g", lm.loss, wl);
+    cJSON *rows = cJSON_Parse(rows_s ? rows_s : "[]"), *cols = cJSON_Parse(cols_s ? cols_s : "[]");
+    double worst = 0;
+    int compared = 0, tensors = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < m->table.count; i++) {
+        const param_spec *p = &m->table.items[i];
+        char name[160];
+        bool same = !strncmp(p->name, "visual.", 7) || !strncmp(p->name, "text_decoder.", 13) || !strcmp(p->name, "logit_scale");
+        snprintf(name, sizeof name, "%s%s", same ? "" : "text.", p->name);
+        /* the pooler as wide as the image tower: PyTorch keeps its q, k, v in one in_proj_weight */
+        size_t from = 0;
+        static const char letters[] = "qkv";
+        const char *qkv = strstr(name, "attn_pool.attn.") ? strchr(letters, name[strlen("visual.attn_pool.attn.")]) : NULL;
+        if (qkv && strstr(name, "_proj_weight") && !st_find(&ref, name)) {
+            from = (size_t)(qkv - letters) * p->numel;
+            snprintf(name, sizeof name, "visual.attn_pool.attn.in_proj_weight");
+        }
+        const st_tensor *g = st_find(&ref, name);
+        CHECK(g != NULL, "no reference gradient for %s", name);
+        if (!g) continue;
+        size_t count = from || qkv ? p->numel : g->nbytes / 4;
+        float *all = malloc(g->nbytes), *want = all + from;
+        st_to_f32(g, all);
+        const float *got = t.grads + p->offset;
+        double scale = 0, diff = 0;
+        for (size_t k = 0; k < count; k++) scale = fmax(scale, fabs(want[k]));
+        for (size_t k = 0; k < count; k++) {
+            size_t at = k; /* the vocabulary-sized tensors are stored at the rows / columns the texts use */
+            if (!strcmp(name, "text.token_embedding.weight")) at = (size_t)cJSON_GetArrayItem(rows, (int)(k / c->text_width))->valueint * c->text_width + k % c->text_width;
+            if (!strcmp(name, "text_decoder.text_projection")) {
+                int nc = cJSON_GetArraySize(cols);
+                at = (k / nc) * c->vocab_size + (size_t)cJSON_GetArrayItem(cols, (int)(k % nc))->valueint;
+            }
+            diff = fmax(diff, fabs(got[at] - want[k]));
+        }
+        double rel = diff / fmax(scale, 1e-6);
+        if (scale > 1e-6 && rel > worst) worst = rel, worst_name = p->name;
+        compared += (int)count, tensors++;
+        free(all);
+    }
+    CHECK(worst <= 1e-4, "CoCa gradients: worst %s at %.3g of its largest", worst_name, worst);
+    printf("  CoCa training step vs PyTorch autograd: loss %.7g (PyTorch %.7g); %d gradients of %d tensors, worst "
+           "%.2g of the tensor's largest (%s)\n", lm.loss, wl, compared, tensors, worst, worst_name);
+    free(want_loss), free(rows_s), free(cols_s);
+    cJSON_Delete(rows), cJSON_Delete(cols);
+    trainer_free(&t);
+    st_close(&ref);
+    npy_free(&images), npy_free(&tokens);
+    clipc_model_free(m);
+}
+
 void test_coca(void) {
+    check_against_pytorch();
     check_image_grad();
     check_coca_grad();
     check_metrics();

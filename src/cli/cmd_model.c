@@ -61,6 +61,10 @@ int cmd_info(int argc, char **argv) {
     printf("text details:   MLP %d wide, LayerNorm eps %g, %s%s%s\n", c->text_mlp_width, c->text_ln_eps,
            act_names[c->activation], c->text_layer_scale ? ", LayerScale" : "",
            c->family == CLIPC_SIGLIP ? ", bidirectional, pooled at the last position" : "");
+    if (c->family == CLIPC_COCA)
+        printf("captioner:      attentional pooler of %d queries (%d heads); decoder of %d layers (%d heads), "
+               "%d-token captions at most\n", c->pool_queries, c->pool_heads, c->decoder_layers, c->decoder_heads,
+               c->context_length);
     printf("parameters:     %zu\n", clipc_model_param_count(m));
     char kernel[256];
     int prec = clipc_model_precision(m);

@@ -24,6 +24,7 @@ static const char TRAIN_USAGE[] =
     "                   [--wd WD] [--warmup STEPS] [--loss clip|siglip]\n"
     "                   [--eval-every N] [--eval-limit N] [--grad-clip C] [--seed S] [--stop-at STEP] [--resume]\n"
     "                   [--csv-img-key filepath] [--csv-caption-key title] [--csv-separator C]\n"
+    "                   [--contrastive-weight W] [--caption-weight W]\n"
     "  Trains a CLIP model (default arch: fmnist) on Fashion-MNIST images paired with captions\n"
     "  generated from their labels, or on the image/caption pairs of a CSV/TSV file (OpenCLIP's\n"
     "  columns; comma for .csv, tab otherwise; images get RandomResizedCrop(scale 0.9-1); unreadable\n"
@@ -39,7 +40,10 @@ static const char TRAIN_USAGE[] =
     "  The dataset is read from " FMNIST_DIR " (or $CLIPC_FASHION_MNIST_DIR).\n"
     "  Under mpirun (mpirun -np R clipc train ...), --batch is the global batch: each rank takes\n"
     "  batch/R pairs of every micro-batch, the loss sees all of them, and rank 0 writes the log\n"
-    "  and checkpoints. A run resumes with any number of ranks.\n";
+    "  and checkpoints. A run resumes with any number of ranks.\n"
+    "  A CoCa architecture (--arch coca-fmnist) trains with OpenCLIP's CoCaLoss: --contrastive-weight (1)\n"
+    "  times InfoNCE plus --caption-weight (2) times the captions' token cross-entropy; `clipc caption`\n"
+    "  then writes captions with the model.\n";
 
 /* On resume, the curve continues from the log of the earlier run(s), and
  * the log is cut back to the checkpoint's step: lines a crashed session
@@ -72,7 +76,7 @@ typedef struct args {
     const char *data, *out, *arch, *init, *img_key, *caption_key;
     char separator;
     long batch, accum, steps, epochs, warmup, eval_every, seed, eval_limit, stop_at;
-    double lr, wd, grad_clip, lr_temperature;
+    double lr, wd, grad_clip, lr_temperature, contrastive_weight, caption_weight;
     int loss, freeze;
     bool resume, given_batch, given_accum, given_loss, given_eval_every, given_eval_limit, given_arch, given_freeze;
 } args;
@@ -124,6 +128,11 @@ static int parse(int argc, char **argv, args *a) {
             if (!cli_int(f, v, 1, 100000000, &a->stop_at)) return 1;
         } else if (!strcmp(f, "--seed")) {
             if (!cli_int(f, v, 0, 0x7fffffffffffffffL, &a->seed)) return 1;
+        } else if (!strcmp(f, "--contrastive-weight") || !strcmp(f, "--caption-weight")) {
+            char *end;
+            double d = v ? strtod(v, &end) : 0;
+            if (!v || *end || !(d > 0) || d > 100) return cli_error("%s: '%s' is not a number in (0, 100]", f, v ? v : "");
+            *(!strcmp(f, "--caption-weight") ? &a->caption_weight : &a->contrastive_weight) = d;
         } else if (!strcmp(f, "--lr") || !strcmp(f, "--wd") || !strcmp(f, "--grad-clip") || !strcmp(f, "--lr-temperature")) {
             char *end;
             double d = v ? strtod(v, &end) : 0;
@@ -144,7 +153,7 @@ static int parse(int argc, char **argv, args *a) {
                     "--data", "--out", "--arch", "--init", "--freeze", "--csv-img-key", "--csv-caption-key",
                     "--csv-separator", "--loss", "--batch", "--accum", "--steps", "--epochs", "--warmup", "--eval-every",
                     "--eval-limit", "--stop-at", "--seed", "--lr", "--wd", "--grad-clip", "--lr-temperature", "--resume",
-                    "--help"};
+                    "--contrastive-weight", "--caption-weight", "--help"};
                 const char *near = cli_nearest(f, flags, (int)(sizeof flags / sizeof *flags));
                 if (near) return cli_error("train: unexpected argument '%s': did you mean '%s'?", f, near);
                 return cli_error("train: unexpected argument '%s' (see clipc train --help)", f);
@@ -240,7 +249,8 @@ static int train_main(int argc, char **argv, const dist *d) {
     float lr_t = a.lr_temperature > 0 ? (float)a.lr_temperature : a.init ? 10 * (float)a.lr : (float)a.lr;
     train_options o = {.loss = a.loss, .batch = (int)a.batch, .accum = (int)a.accum, .lr = (float)a.lr, .beta1 = 0.9f,
                        .beta2 = 0.98f, .eps = 1e-6f, .weight_decay = (float)a.wd, .grad_clip = (float)a.grad_clip,
-                       .lr_temperature = lr_t, .freeze = a.freeze};
+                       .lr_temperature = lr_t, .freeze = a.freeze, .contrastive_weight = (float)a.contrastive_weight,
+                       .caption_weight = (float)a.caption_weight};
     uint64_t seed = (uint64_t)a.seed;
     long step = 0;
     if (a.resume) {
@@ -327,7 +337,8 @@ static int train_main(int argc, char **argv, const dist *d) {
     if (lead)
         fprintf(stderr, "training %s (%zu parameters) on %d %s pairs: %ld steps of %d x %d pairs, %s loss\n",
                 a.resume ? "resumed model" : a.init ? a.init : a.arch, clipc_model_param_count(m), src.count,
-                fm ? "Fashion-MNIST" : a.data, o.total_steps, o.accum, o.batch, o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
+                fm ? "Fashion-MNIST" : a.data, o.total_steps, o.accum, o.batch,
+                m->cfg.family == CLIPC_COCA ? "CoCa (contrastive + caption)" : o.loss == LOSS_SIGLIP ? "SigLIP" : "CLIP");
     if (lead && (t.o.freeze || t.o.lr_temperature != t.o.lr))
         fprintf(stderr, "frozen tower: %s; logit_scale's learning rate %g (the others' %g)\n",
                 train_freeze_name(t.o.freeze), t.o.lr_temperature, t.o.lr);
@@ -369,9 +380,11 @@ static int train_main(int argc, char **argv, const dist *d) {
         fprintf(log,
                 "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6g, \"logit_scale\": %.4f, \"grad_norm\": %.4f, "
                 "\"pos_sim\": %.4f, \"hard_neg_sim\": %.4f, \"margin\": %.4f, \"acc_i2t\": %.4f, \"acc_t2i\": %.4f, "
-                "\"pairs_per_s\": %.1f, \"elapsed_s\": %.1f}\n",
+                "\"pairs_per_s\": %.1f, \"elapsed_s\": %.1f",
                 step, lm->loss, st.lr, st.logit_scale, st.grad_norm, lm->pos_sim, lm->hard_neg_sim, lm->margin,
                 lm->acc_i2t, lm->acc_t2i, rate, now - start);
+        if (m->cfg.family == CLIPC_COCA) fprintf(log, ", \"contrastive\": %.6f, \"caption\": %.6f", lm->contrastive, lm->caption);
+        fprintf(log, "}\n");
         history_add(&h, step, lm->loss);
         char first_skip[512];
         long skipped = loader_skipped(ld, first_skip, sizeof first_skip);
@@ -382,8 +395,10 @@ static int train_main(int argc, char **argv, const dist *d) {
         }
         if (lead && (now - last_print > (cli_progress_enabled() ? 0.5 : 30.0) || step == o.total_steps)) {
             double eta = (o.total_steps - step) * N / (rate > 0 ? rate : 1);
-            fprintf(stderr, "%sstep %ld/%ld  loss %.4f  lr %.3g  scale %.2f  i2t %.2f  %.0f pairs/s  ETA %.0fs%s",
-                    cli_progress_enabled() ? "\r" : "", step, o.total_steps, lm->loss, st.lr, st.logit_scale,
+            char caption[48] = "";
+            if (m->cfg.family == CLIPC_COCA) snprintf(caption, sizeof caption, " (caption %.3f)", lm->caption);
+            fprintf(stderr, "%sstep %ld/%ld  loss %.4f%s  lr %.3g  scale %.2f  i2t %.2f  %.0f pairs/s  ETA %.0fs%s",
+                    cli_progress_enabled() ? "\r" : "", step, o.total_steps, lm->loss, caption, st.lr, st.logit_scale,
                     lm->acc_i2t, rate, eta, cli_progress_enabled() ? "   " : "\n");
             last_print = now;
         }

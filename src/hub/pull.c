@@ -67,6 +67,11 @@ static const hub_model MODELS[] = {
     OPENCLIP("ViT-L-14:datacomp_xl_s13b_b90k", "laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
     OPENCLIP("ViT-H-14:laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
     OPENCLIP("ViT-bigG-14:laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+    /* OpenCLIP's CoCa (coca_ViT-*): the captioners of `clipc caption` */
+    OPENCLIP("coca_ViT-B-32:laion2b_s13b_b90k", "laion/CoCa-ViT-B-32-laion2B-s13B-b90k"),
+    OPENCLIP("coca_ViT-B-32:mscoco_finetuned_laion2b_s13b_b90k", "laion/mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k"),
+    OPENCLIP("coca_ViT-L-14:laion2b_s13b_b90k", "laion/CoCa-ViT-L-14-laion2B-s13B-b90k"),
+    OPENCLIP("coca_ViT-L-14:mscoco_finetuned_laion2b_s13b_b90k", "laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k"),
     /* SigLIP (SiglipModel): the weights, config.json, the SentencePiece model (SigLIP 2: Gemma's
      * tokenizer.model) with its tokenizer_config.json, and preprocessor_config.json */
 #define HF_SIGLIP(name, spm)                                                                                       \

@@ -355,6 +355,19 @@ void attention_queries_backward(float *dq, int ldq, float *dk, float *dv, int ld
     }
 }
 
+double softmax_row(float *x, int n) {
+    float maxv = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++) maxv = x[j] > maxv ? x[j] : maxv;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        x[j] = fast_expf(x[j] - maxv);
+        sum += x[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) x[j] *= inv;
+    return log((double)sum) + maxv;
+}
+
 size_t attention_backward_scratch(int max_len, int head_dim) {
     (void)head_dim;
     return ((size_t)max_len * max_len + 16) * (size_t)omp_get_max_threads();

@@ -669,12 +669,10 @@ int coca_caption_train(const clipc_model *m, const tower_cache *text, const towe
                 memset(l, 0, (size_t)V * sizeof *l);
                 continue;
             }
-            double max = -INFINITY, sum = 0;
-            for (int v = 0; v < V; v++) max = l[v] > max ? l[v] : max;
-            for (int v = 0; v < V; v++) sum += exp(l[v] - max);
-            loss += log(sum) + max - l[t];
+            float logit = l[t];
+            loss += softmax_row(l, V) - logit; /* -log softmax(l)[t]; l becomes the probabilities */
             count++;
-            for (int v = 0; v < V; v++) l[v] = (float)(weight * exp(l[v] - max) / sum);
+            for (int v = 0; v < V; v++) l[v] *= weight; /* d loss / d logits = weight (p - onehot) */
             l[t] -= weight;
         }
         /* logits = yl W: dW += yl^T dlogits, dyl = dlogits W^T */

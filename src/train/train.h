@@ -113,6 +113,7 @@ typedef struct loss_metrics {
     float hard_neg_sim;  /* mean over rows of the largest non-matching cosine */
     float margin;        /* pos_sim - hard_neg_sim */
     float acc_i2t, acc_t2i; /* in-batch retrieval accuracy */
+    float contrastive, caption; /* CoCa: the two terms of loss (the caption term: mean token cross-entropy) */
 } loss_metrics;
 
 /* CLIP's symmetric InfoNCE on un-normalised features img, txt [B, E]:
@@ -214,6 +215,9 @@ typedef struct train_options {
     long eval_every, eval_limit; /* the run's --eval-every and --eval-limit, kept for --resume (0: not recorded / all) */
     float lr_temperature;      /* logit_scale's (and logit_bias's) learning rate, same schedule; <= 0: lr */
     int freeze;                /* FREEZE_NONE, or the tower kept fixed (FREEZE_IMAGE: LiT) */
+    /* CoCa (OpenCLIP's CoCaLoss): loss = contrastive_weight InfoNCE + caption_weight token cross-entropy;
+     * <= 0: its defaults, 1 and 2 */
+    float contrastive_weight, caption_weight;
 } train_options;
 
 /* A frozen tower gets no gradients: its features come from the inference
@@ -239,6 +243,11 @@ typedef struct trainer {
     int shares;
     tower_cache *image, *text;
     float *share_grads;
+    /* CoCa: per share, the decoder's gradients for the text rows and the image tokens, and its loss */
+    float **dtext, **dimage;
+    size_t *dtext_cap, *dimage_cap;
+    double *caption_loss;
+    float caption_scale;      /* caption_weight / the step's caption targets */
 } trainer;
 
 typedef struct step_stats {

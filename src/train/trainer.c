@@ -63,6 +63,12 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
                                "(clipc trains CLIP models with the SigLIP loss: --loss siglip)");
     if (o->batch % t->d->size)
         return clipc_fail(err, "--batch %d does not split evenly over %d ranks", o->batch, t->d->size);
+    bool coca = m->cfg.family == CLIPC_COCA;
+    if (coca && o->freeze != FREEZE_NONE)
+        return clipc_fail(err, "a CoCa model trains both towers (its decoder reads the image tokens): --freeze is for CLIP models");
+    if (coca && o->loss != LOSS_CLIP) return clipc_fail(err, "CoCa trains with its own loss: InfoNCE plus captioning (--loss clip)");
+    if (t->o.contrastive_weight <= 0) t->o.contrastive_weight = 1.0f;
+    if (t->o.caption_weight <= 0) t->o.caption_weight = 2.0f;
     t->local_batch = o->batch / t->d->size;
     if (t->o.lr_temperature <= 0) t->o.lr_temperature = o->lr;
     bool image = o->freeze != FREEZE_IMAGE, text = o->freeze != FREEZE_TEXT; /* the towers that learn */
@@ -80,6 +86,16 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
     t->grads = calloc(m->table.total, sizeof *t->grads);
     t->image = calloc((size_t)t->shares, sizeof *t->image);
     t->text = calloc((size_t)t->shares, sizeof *t->text);
+    t->dtext = calloc((size_t)t->shares, sizeof *t->dtext);
+    t->dimage = calloc((size_t)t->shares, sizeof *t->dimage);
+    t->dtext_cap = calloc((size_t)t->shares, sizeof *t->dtext_cap);
+    t->dimage_cap = calloc((size_t)t->shares, sizeof *t->dimage_cap);
+    t->caption_loss = calloc((size_t)t->shares, sizeof *t->caption_loss);
+    if (!t->dtext || !t->dimage || !t->dtext_cap || !t->dimage_cap || !t->caption_loss) {
+        free(t->dtext), free(t->dimage), free(t->dtext_cap), free(t->dimage_cap), free(t->caption_loss);
+        t->dtext = t->dimage = NULL, t->dtext_cap = t->dimage_cap = NULL, t->caption_loss = NULL;
+        free(t->grads), t->grads = NULL;
+    }
     if (t->shares > 1) t->share_grads = malloc((size_t)(t->shares - 1) * m->table.total * sizeof *t->share_grads);
     if (!t->grads || !t->image || !t->text || (t->shares > 1 && !t->share_grads)) {
         free(t->grads), free(t->image), free(t->text), free(t->share_grads);
@@ -101,6 +117,8 @@ int trainer_init(trainer *t, clipc_model *m, const train_options *o, const dist 
 }
 
 void trainer_free(trainer *t) {
+    for (int s = 0; s < t->shares && t->dtext; s++) free(t->dtext[s]), free(t->dimage[s]);
+    free(t->dtext), free(t->dimage), free(t->dtext_cap), free(t->dimage_cap), free(t->caption_loss);
     for (int s = 0; s < t->shares && t->image; s++) tower_cache_free(&t->image[s]);
     for (int s = 0; s < t->shares && t->text; s++) tower_cache_free(&t->text[s]);
     free(t->image), free(t->text), free(t->share_grads);
@@ -141,8 +159,28 @@ static int run_share(void *ctx, int s, clipc_error *err) {
         if (t->o.freeze == FREEZE_TEXT) return 0;
         return text_train_forward(t->m, NULL, NULL, j->tokens + row * ctx_len, count, j->ft + row * E, &t->text[s], err);
     case SHARE_TEXT_BACKWARD:
+        if (c->family == CLIPC_COCA) { /* the decoder first: its gradients join both towers' */
+            size_t nt = (size_t)t->text[s].T * c->text_width, ni = (size_t)count * c->pool_queries * E;
+            if (nt > t->dtext_cap[s]) free(t->dtext[s]), t->dtext[s] = malloc(nt * sizeof(float)), t->dtext_cap[s] = nt;
+            if (ni > t->dimage_cap[s]) free(t->dimage[s]), t->dimage[s] = malloc(ni * sizeof(float)), t->dimage_cap[s] = ni;
+            if (!t->dtext[s] || !t->dimage[s]) {
+                t->dtext_cap[s] = t->dimage_cap[s] = 0;
+                return clipc_fail(err, "out of memory for the decoder's gradients");
+            }
+            memset(t->dtext[s], 0, nt * sizeof(float));
+            memset(t->dimage[s], 0, ni * sizeof(float));
+            double loss;
+            long targets;
+            if (coca_caption_train(t->m, &t->text[s], &t->image[s], t->caption_scale, grads, t->dtext[s], t->dimage[s], &loss,
+                                   &targets, err))
+                return -1;
+            t->caption_loss[s] += loss;
+            return text_train_backward_tokens(t->m, &t->text[s], j->dt + row * E, t->dtext[s], grads, NULL, err);
+        }
         return text_train_backward(t->m, &t->text[s], j->dt + row * E, grads, NULL, err);
     case SHARE_IMAGE_BACKWARD:
+        if (c->family == CLIPC_COCA)
+            return vit_train_backward_tokens(t->m, &t->image[s], j->di + row * E, t->dimage[s], grads, err);
         return vit_train_backward(t->m, &t->image[s], j->di + row * E, grads, err);
     }
     return -1;
@@ -182,6 +220,17 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
                               siglip ? &G[m->L.logit_bias] : NULL, lm);
         if (rc) clipc_fail(err, "out of memory in the loss");
     }
+    bool coca = m->cfg.family == CLIPC_COCA;
+    double caption_targets = 0;
+    if (rc == 0 && coca) { /* CoCaLoss: weights on the two terms; the caption term a mean over the step's targets */
+        float cw = t->o.contrastive_weight;
+        for (size_t i = 0; i < (size_t)N * E; i++) di[i] *= cw, dt[i] *= cw;
+        t->grads[m->L.logit_scale] *= cw;
+        caption_targets = (double)coca_caption_targets(&m->cfg, tokens, N);
+        dist_sum_doubles(t->d, &caption_targets, 1);
+        t->caption_scale = caption_targets > 0 ? (float)(t->o.caption_weight / caption_targets) : 0.0f;
+        for (int s = 0; s < t->shares; s++) t->caption_loss[s] = 0;
+    }
     /* 3. backward, micro-batch by micro-batch (re-running its forward pass
      * first when accumulating: the caches hold only the last one). The
      * parameters are laid out image tower first, then text tower,
@@ -205,6 +254,14 @@ int trainer_compute_grads(trainer *t, const float *pixels, const int32_t *tokens
         dist_sum_floats_start(t->d, t->grads, text_first, t->pending);
     }
     dist_sum_floats_finish(t->d, t->pending); /* never leave a sum in flight */
+    if (rc == 0 && coca) {
+        double caption = 0;
+        for (int s = 0; s < t->shares; s++) caption += t->caption_loss[s];
+        dist_sum_doubles(t->d, &caption, 1);
+        lm->contrastive = lm->loss;
+        lm->caption = caption_targets > 0 ? (float)(caption / caption_targets) : 0.0f;
+        lm->loss = t->o.contrastive_weight * lm->contrastive + t->o.caption_weight * lm->caption;
+    }
     free(buf);
     return rc;
 }

@@ -447,13 +447,26 @@ typedef struct source {
     int parts;
     int64_t rows[3]; /* rows of each part (0: the rows split evenly) */
     bool transpose, squeeze;
+    int64_t slice_from; /* >= 0: the tensor is rows slice_from.. of a larger file tensor (else -1) */
 } source;
 
 /* OpenCLIP's CoCa: the image tower, decoder and logit_scale keep clipc's
- * (OpenAI's) names; the text tower's are under "text.". */
-static void openclip_coca_source(const char *name, source *s) {
+ * (OpenAI's) names; the text tower's are under "text.". When the image
+ * tower is as wide as the embedding, PyTorch's MultiheadAttention keeps the
+ * pooler's q, k and v in one in_proj_weight (pool_combined): clipc's three
+ * matrices are its row ranges. */
+static void openclip_coca_source(const char *name, bool pool_combined, int64_t E, source *s) {
     memset(s, 0, sizeof s[0]);
     s->parts = 1;
+    s->slice_from = -1;
+    static const char *const qkv[3] = {"visual.attn_pool.attn.q_proj_weight", "visual.attn_pool.attn.k_proj_weight",
+                                       "visual.attn_pool.attn.v_proj_weight"};
+    for (int i = 0; i < 3 && pool_combined; i++)
+        if (!strcmp(name, qkv[i])) {
+            snprintf(s->name[0], sizeof s->name[0], "visual.attn_pool.attn.in_proj_weight");
+            s->slice_from = i * E;
+            return;
+        }
     bool same = !strncmp(name, "visual.", 7) || !strncmp(name, "text_decoder.", 13) || !strcmp(name, "logit_scale");
     snprintf(s->name[0], sizeof s->name[0], "%s%s", same ? "" : "text.", name);
 }
@@ -462,6 +475,7 @@ static void openclip_coca_source(const char *name, source *s) {
 static void openclip_siglip_source(const char *name, source *s) {
     memset(s, 0, sizeof s[0]);
     s->parts = 1;
+    s->slice_from = -1;
     static const struct { const char *ours, *theirs; } fixed[] = {
         {"visual.conv1.weight", "visual.trunk.patch_embed.proj.weight"},
         {"visual.conv1.bias", "visual.trunk.patch_embed.proj.bias"},
@@ -530,6 +544,7 @@ static const char *hf_block_part(const char *rest, int which) {
 static void hf_source(const char *name, source *s) {
     memset(s, 0, sizeof *s);
     s->parts = 1;
+    s->slice_from = -1;
     static const struct { const char *openai, *hf; bool transpose; } fixed[] = {
         {"visual.class_embedding", "vision_model.embeddings.class_embedding", false},
         {"visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", false},
@@ -660,6 +675,9 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
                        char *dtype_out, clipc_error *err) {
     bool *used = calloc((size_t)f->count + 1, sizeof *used);
     if (!used) return clipc_fail(err, "out of memory");
+    const param_spec *q_spec = params_find(table, "visual.attn_pool.attn.q_proj_weight");
+    bool coca_combined = q_spec && st_find(f, "visual.attn_pool.attn.in_proj_weight");
+    int64_t coca_E = q_spec ? q_spec->shape[0] : 0;
     int seen_dtype = -1;
     bool mixed = false, any_int8 = false;
     for (int i = 0; i < table->count; i++) {
@@ -668,11 +686,12 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
         if (naming == NAMING_OPENAI) {
             memset(&src, 0, sizeof src);
             src.parts = 1;
+            src.slice_from = -1;
             snprintf(src.name[0], sizeof src.name[0], "%s", p->name);
         } else if (naming == NAMING_HF) {
             hf_source(p->name, &src);
         } else if (naming == NAMING_OPENCLIP_COCA) {
-            openclip_coca_source(p->name, &src);
+            openclip_coca_source(p->name, coca_combined, coca_E, &src);
         } else {
             openclip_siglip_source(p->name, &src);
         }
@@ -706,7 +725,8 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
                 want[0] = 1;
             }
             bool ok = t->ndim == wnd && (is_float(t->dtype) || int8);
-            for (int d = 0; ok && d < wnd; d++) ok = t->shape[d] == want[d];
+            for (int d = 0; ok && d < wnd; d++) ok = t->shape[d] == want[d] || (d == 0 && src.slice_from >= 0);
+            if (ok && src.slice_from >= 0) ok = !int8 && t->shape[0] >= src.slice_from + want[0];
             if (!ok) {
                 char got_s[96], want_s[96];
                 shape_str(got_s, sizeof got_s, t->ndim, t->shape);
@@ -734,6 +754,16 @@ static int load_params(const st_file *f, enum naming naming, const param_table *
                 }
                 used[scale - f->tensors] = true;
                 dequantize_int8(t, scale, dst);
+            } else if (src.slice_from >= 0) { /* rows slice_from .. slice_from + rows of the file tensor */
+                size_t all = t->nbytes / (t->dtype == ST_F32 ? 4 : 2);
+                float *tmp = malloc(all * sizeof *tmp);
+                if (!tmp) {
+                    free(used);
+                    return clipc_fail(err, "out of memory");
+                }
+                st_to_f32(t, tmp);
+                memcpy(dst, tmp + (size_t)src.slice_from * row_numel, part_numel * sizeof *dst);
+                free(tmp);
             } else if (!src.transpose) {
                 st_to_f32(t, dst);
             } else {

@@ -113,5 +113,91 @@ def main():
     print({k: [len(r) for r in v] for k, v in captions.items()}, sum(t.size for t in tensors.values()), "parameters")
 
 
+
+def training_case():
+    """The CoCa objective on clipc's coca-tiny architecture, by PyTorch autograd through
+    OpenCLIP's modules: contrastive_weight (1) x ClipLoss on the normalised embeddings
+    plus caption_weight (2) x the token cross-entropy of the decoder's logits against
+    the next tokens (padding id 0 ignored). Saved: the model, the inputs, the loss, and
+    every parameter's gradient (the two vocabulary-sized ones at the rows and columns
+    the texts use, plus 24 others)."""
+    import open_clip
+    import torch.nn.functional as F
+    from open_clip.coca_model import CoCa
+    from open_clip.loss import ClipLoss
+    torch.manual_seed(11)
+    gen = torch.Generator().manual_seed(11)
+    ctx = 12
+    cfg = {"embed_dim": 16,
+           "multimodal_cfg": {"context_length": ctx, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+           "text_cfg": {"context_length": ctx, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1,
+                        "embed_cls": True, "output_tokens": True},
+           "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "head_width": 8, "patch_size": 8,
+                          "attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 5,
+                          "output_tokens": True},
+           "custom_text": True}
+    model = CoCa(embed_dim=16, multimodal_cfg=dict(cfg["multimodal_cfg"], attn_pooler_heads=2), text_cfg=cfg["text_cfg"],
+                 vision_cfg=cfg["vision_cfg"])
+    texts = ["a dog!!", "a photo of a cat sitting on a red chair near the window"]
+    tokens = open_clip.tokenize(texts, context_length=ctx)
+    images = torch.randn(2, 3, 16, 16, generator=gen)
+    used_rows = torch.zeros(49408, dtype=torch.bool)
+    used_rows[tokens.flatten()] = True
+    with torch.no_grad():
+        model.text_decoder.text_projection.normal_(0, 16 ** -0.5, generator=gen)
+        for name, p in model.named_parameters():
+            if p.dim() <= 1 or "query" in name or "cls_emb" in name or "class_embedding" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+            if name == "text.token_embedding.weight":
+                p[~used_rows] = 0  # rows no text uses (the file compresses)
+            p.copy_(p.half().float())
+    model.train()
+    img = model.encode_image(images, normalize=True)
+    txt = model.encode_text(tokens, normalize=True)
+    contrastive = ClipLoss()(img, txt, model.logit_scale.exp())
+    _, image_embs = model._encode_image(images)
+    _, token_embs = model._encode_text(tokens)
+    logits = model.text_decoder(image_embs, token_embs)
+    caption = F.cross_entropy(logits[:, :-1].permute(0, 2, 1), tokens[:, 1:], ignore_index=0)
+    loss = 1.0 * contrastive + 2.0 * caption
+    loss.backward()
+    d = os.path.join(OUT, "train")
+    os.makedirs(d, exist_ok=True)
+    params = {k: v.detach().numpy().astype(np.float16) for k, v in model.state_dict().items()}
+    save_safetensors(os.path.join(d, "open_clip_model.safetensors"), params, {"generator": "open_clip CoCa"})
+    with open(os.path.join(d, "open_clip_config.json"), "w") as f:
+        f.write(json.dumps({"model_cfg": cfg}, indent=1, sort_keys=True) + "\n")
+    np.save(os.path.join(d, "images.npy"), images.numpy().astype(np.float32))
+    np.save(os.path.join(d, "tokens.npy"), tokens.numpy().astype(np.int32))
+    used = sorted(set(tokens.flatten().tolist()))
+    extra = sorted(set(torch.randint(0, 49408, (24,), generator=gen).tolist()) - set(used))
+    cols = used + extra
+    grads = {}
+    for name, p in model.named_parameters():
+        g = p.grad.detach()
+        if name == "text.token_embedding.weight":
+            g = g[used]
+        elif name == "text_decoder.text_projection":
+            g = g[:, cols]
+        grads[name] = g.numpy().astype(np.float32)
+    header, blobs, offset = {"__metadata__": {"loss": repr(float(loss)), "contrastive": repr(float(contrastive)),
+                                              "caption": repr(float(caption)), "token_rows": json.dumps(used),
+                                              "projection_columns": json.dumps(cols)}}, [], 0
+    for name in sorted(grads):
+        raw = grads[name].tobytes()
+        header[name] = {"dtype": "F32", "shape": list(grads[name].shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    with open(os.path.join(d, "grads.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+    print("training case: loss", float(loss), "contrastive", float(contrastive), "caption", float(caption))
+
+
 if __name__ == "__main__":
     main()
+    training_case()
