@@ -611,7 +611,62 @@ static void check_against_pytorch(void) {
     clipc_model_free(m);
 }
 
+/* The shipped CoCa names the class of Fashion-MNIST test images in its greedy captions, and
+ * `clipc caption` without -m uses it. */
+static void check_shipped(void) {
+    clipc_error err;
+    clipc_model *m = clipc_model_load("models/clipc-fmnist-coca.safetensors", &err);
+    CHECK(m != NULL, "the shipped CoCa: %s", m ? "" : err.message);
+    if (!m) return;
+    image_set set;
+    if (image_set_open("fashion-mnist", "test", NULL, NULL, &set, &err)) {
+        CHECK(0, "%s", err.message);
+        clipc_model_free(m);
+        return;
+    }
+    int n = 200, R = clipc_model_config(m)->image_resolution, named = 0;
+    float *px = malloc((size_t)n * 3 * R * R * sizeof *px);
+    int32_t *ids[200];
+    int lens[200];
+    clipc_caption_options o;
+    clipc_caption_defaults(&o);
+    o.beams = 1, o.top_k = 1;
+    clipc_tokenizer *tok = clipc_tokenizer_new(&err);
+    CHECK(px && tok && image_set_pixels_batch(&set, NULL, 0, n, m, px, &err) == 0 && clipc_caption(m, px, n, &o, ids, lens, &err) == 0,
+          "%s", err.message);
+    for (int i = 0; tok && i < n; i++) {
+        char *text = clipc_tokenizer_decode(tok, ids[i], lens[i], &err), *norm = text ? caption_normalize(text) : NULL;
+        char padded[512];
+        snprintf(padded, sizeof padded, " %s ", norm ? norm : "");
+        bool hit = false;
+        for (int k = 0; k < 4 && !hit; k++) {
+            char *syn = caption_normalize(fmnist_synonym(set.labels[i], k)), want[128];
+            snprintf(want, sizeof want, " %s ", syn ? syn : "?");
+            hit = syn && strstr(padded, want);
+            free(syn);
+        }
+        named += hit;
+        if (i < 3) printf("  shipped CoCa, test image %d (%s): \"%s\"\n", i, set.class_names[set.labels[i]], text ? text : "?");
+        free(text), free(norm), free(ids[i]);
+    }
+    CHECK(named >= n * 85 / 100, "the shipped CoCa's greedy captions name the class of %d of %d test images (85%% wanted)",
+          named, n);
+    printf("  shipped CoCa: greedy captions name the class of %d of the first %d test images\n", named, n);
+    /* clipc caption with no -m: the shipped model */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf /tmp/clipc_shipped_%d && %s export-images --limit 1 --out /tmp/clipc_shipped_%d >/dev/null 2>&1 && "
+             "env -u CLIPC_CAPTION_MODEL %s caption /tmp/clipc_shipped_%d/*/*.png | grep -q 'ankle boot\\|boot'; rc=$?; "
+             "rm -rf /tmp/clipc_shipped_%d; exit $rc", (int)getpid(), clipc_binary, (int)getpid(), clipc_binary, (int)getpid(),
+             (int)getpid());
+    CHECK(run_cmd(cmd) == 0, "clipc caption without -m captions the first test image (an ankle boot) with the shipped CoCa");
+    clipc_tokenizer_free(tok);
+    free(px);
+    image_set_free(&set);
+    clipc_model_free(m);
+}
+
 void test_coca(void) {
+    check_shipped();
     check_against_pytorch();
     check_image_grad();
     check_coca_grad();

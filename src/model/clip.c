@@ -189,6 +189,7 @@ static const arch ARCHS[] = {
     /* CoCa (OpenCLIP's architecture, exact GELU): the Fashion-MNIST captioner clipc ships, and a tiny one for tests */
     {"coca-fmnist", COCA(64, 28, 4, 64, 4, 4, 2, 4, 32, 17, 4, 2, 4)},
     {"coca-tiny", COCA(16, 16, 1, 16, 8, 2, 1, 2, 12, 5, 2, 1, 2)},
+    {"coca_ViT-B-32", COCA(512, 224, 12, 768, 32, 12, 12, 8, 76, 256, 8, 12, 8)}, /* OpenCLIP's coca_ViT-B-32.json */
 };
 #define N_ARCHS (sizeof ARCHS / sizeof *ARCHS)
 

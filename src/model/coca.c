@@ -54,11 +54,12 @@ static void block_step(const clipc_model *m, const block_offsets *b, float *x, i
     float *scores = hid + (size_t)B * H;
     layernorm_forward(ln, x, P + b->ln1_w, P + b->ln1_b, B, D, m->cfg.text_ln_eps);
     model_gemm(m, qkv, 3 * D, ln, D, b->qkv_w, P + b->qkv_b, B, D, 3 * D, false, -1, ws);
+#pragma omp parallel for if (B > 1)
     for (int r = 0; r < B; r++) {
         float *cache = kv + (size_t)r * len * 2 * D;
         memcpy(cache + (size_t)t * 2 * D, qkv + (size_t)r * 3 * D + D, (size_t)2 * D * sizeof *cache);
         attention_queries(att + (size_t)r * D, D, qkv + (size_t)r * 3 * D, 3 * D, cache, cache + D, 2 * D, 1, t + 1, D,
-                          heads, scores);
+                          heads, scores + (size_t)r * len);
     }
     model_gemm(m, x, D, att, D, b->out_w, P + b->out_b, B, D, D, true, -1, ws);
     layernorm_forward(ln, x, P + b->ln2_w, P + b->ln2_b, B, D, m->cfg.text_ln_eps);
@@ -74,20 +75,21 @@ static void cross_step(const clipc_model *m, const block_offsets *b, float *y, i
     float *scores = hid + (size_t)B * H;
     layernorm_forward(ln, y, P + b->ln1_w, P + b->ln1_b, B, D, m->cfg.text_ln_eps);
     model_gemm(m, q, D, ln, D, b->qkv_w, P + b->qkv_b, B, D, D, false, -1, ws);
+#pragma omp parallel for if (B > 1)
     for (int r = 0; r < B; r++) {
         const float *kv = cross_kv + (size_t)c->image_of[r] * c->tokens * 2 * D;
         attention_queries(att + (size_t)r * D, D, q + (size_t)r * D, D, kv, kv + D, 2 * D, 1, c->tokens, D,
-                          m->cfg.decoder_heads, scores);
+                          m->cfg.decoder_heads, scores + (size_t)r * c->tokens);
     }
     model_gemm(m, y, D, att, D, b->out_w, P + b->out_b, B, D, D, true, -1, ws);
     layernorm_forward(ln, y, P + b->ln2_w, P + b->ln2_b, B, D, m->cfg.text_ln_eps);
     model_mlp(m, y, ln, b->fc_w, P + b->fc_b, b->proj_w, P + b->proj_b, B, D, H, m->cfg.activation, hid, ws);
 }
 
-/* Floats of tmp that block_step and cross_step need for B rows. */
+/* Floats of tmp that block_step and cross_step need for B rows (each row its own scores). */
 static size_t step_tmp(const clipc_config *cfg, int B, int len, int tokens) {
     size_t D = (size_t)cfg->text_width, H = (size_t)cfg->text_mlp_width;
-    return (size_t)B * (6 * D + H) + (size_t)(len > tokens ? len : tokens) + 64;
+    return (size_t)B * (6 * D + H) + (size_t)B * (len > tokens ? len : tokens) + 64;
 }
 
 /* logits [B, vocab] for token ids[r] at position t of every row. */

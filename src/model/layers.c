@@ -26,6 +26,15 @@ void gemm_rows(float *y, int ldy, const float *x, int ldx, const float *W, const
                 memcpy(row, b, (size_t)out * sizeof *row);
         }
     }
+    /* A few rows (a caption's token step): sgemm would pack the whole weight matrix
+     * for them on every call, which cost a KV-cached decoder step twice its reads;
+     * matrix-vector products read W once. */
+    if (n <= 4) {
+        for (int i = 0; i < n; i++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, x + (size_t)i * ldx, 1,
+                        (b || accumulate) ? 1.0f : 0.0f, y + (size_t)i * ldy, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, ldx, W, in,
                 (b || accumulate) ? 1.0f : 0.0f, y, ldy);
 }
@@ -57,6 +66,11 @@ void linear_backward(float *dx, float *dW, float *db, const float *dy, const flo
 
 /* y[n, out] = x[n, in] · W[in, out] — OpenAI stores proj matrices this way. */
 void matmul_forward(float *y, const float *x, const float *W, int n, int in, int out) {
+    if (n <= 4) { /* a few rows: y = W^T x reads W once (see gemm_rows) */
+        for (int i = 0; i < n; i++)
+            cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.0f, W, out, x + (size_t)i * in, 1, 0.0f, y + (size_t)i * out, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, in, W, out, 0.0f, y,
                 out);
 }
@@ -304,6 +318,19 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
     }
 }
 
+double softmax_row(float *x, int n) {
+    float maxv = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; j++) maxv = x[j] > maxv ? x[j] : maxv;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        x[j] = fast_expf(x[j] - maxv);
+        sum += x[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) x[j] *= inv;
+    return log((double)sum) + maxv;
+}
+
 void attention_queries(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldkv, int nq,
                        int nk, int D, int heads, float *scores) {
     attention_queries_keep(out, ldo, q, ldq, k, v, ldkv, nq, nk, D, heads, scores, false);
@@ -313,6 +340,28 @@ void attention_queries_keep(float *out, int ldo, const float *q, int ldq, const 
                             int nq, int nk, int D, int heads, float *probs, bool keep) {
     int hd = D / heads;
     float scale = 1.0f / sqrtf((float)hd);
+    if (nq == 1) { /* one query (a decoder step, the MAP head): plain loops beat two tiny sgemm calls per head */
+        for (int h = 0; h < heads; h++) {
+            float *p = probs + (keep ? (size_t)h * nk : 0), *o = out + h * hd;
+            const float *qh = q + h * hd;
+            for (int j = 0; j < nk; j++) {
+                const float *kj = k + (size_t)j * ldkv + h * hd;
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int d = 0; d < hd; d++) dot += qh[d] * kj[d];
+                p[j] = dot * scale;
+            }
+            softmax_row(p, nk);
+            for (int d = 0; d < hd; d++) o[d] = 0.0f;
+            for (int j = 0; j < nk; j++) {
+                const float *vj = v + (size_t)j * ldkv + h * hd;
+                float w = p[j];
+#pragma omp simd
+                for (int d = 0; d < hd; d++) o[d] += w * vj[d];
+            }
+        }
+        return;
+    }
     for (int h = 0; h < heads; h++) {
         float *scores = probs + (keep ? (size_t)h * nq * nk : 0);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + h * hd, ldq, k + h * hd, ldkv, 0.0f,
@@ -355,18 +404,6 @@ void attention_queries_backward(float *dq, int ldq, float *dk, float *dv, int ld
     }
 }
 
-double softmax_row(float *x, int n) {
-    float maxv = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < n; j++) maxv = x[j] > maxv ? x[j] : maxv;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < n; j++) {
-        x[j] = fast_expf(x[j] - maxv);
-        sum += x[j];
-    }
-    float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) x[j] *= inv;
-    return log((double)sum) + maxv;
-}
 
 size_t attention_backward_scratch(int max_len, int head_dim) {
     (void)head_dim;
