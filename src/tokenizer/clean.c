@@ -461,20 +461,38 @@ static void py_lower_chars(const cpbuf *in, cpbuf *out, bool final_sigma) {
 
 static void py_lower(const cpbuf *in, cpbuf *out) { py_lower_chars(in, out, true); }
 
-char *text_clean(const char *text, clipc_error *err) {
-    cpbuf in = {0}, a = {0}, b = {0};
+/* b as a malloc'd UTF-8 string; NULL with err set when any buffer ran out of memory (oom). */
+static char *utf8_of(const cpbuf *b, bool oom, const char *what, clipc_error *err) {
+    char *out = oom ? NULL : malloc(b->n * 4 + 1);
+    if (!out) {
+        clipc_fail(err, "out of memory %s", what);
+        return NULL;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < b->n; i++) o += (size_t)utf8proc_encode_char(b->cp[i], (utf8proc_uint8_t *)out + o);
+    out[o] = 0;
+    return out;
+}
+
+/* Appends the code points of text to b; -1 with err set on invalid UTF-8. */
+static int decode_utf8(const char *text, cpbuf *b, clipc_error *err) {
     const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)text;
     size_t len = strlen(text), pos = 0;
     while (pos < len) {
         utf8proc_int32_t c;
         utf8proc_ssize_t k = utf8proc_iterate(p + pos, (utf8proc_ssize_t)(len - pos), &c);
-        if (k <= 0) {
-            free(in.cp);
-            clipc_fail(err, "invalid UTF-8 at byte %zu", pos);
-            return NULL;
-        }
-        push(&in, c);
+        if (k <= 0) return clipc_fail(err, "invalid UTF-8 at byte %zu", pos);
+        push(b, c);
         pos += (size_t)k;
+    }
+    return 0;
+}
+
+char *text_clean(const char *text, clipc_error *err) {
+    cpbuf in = {0}, a = {0}, b = {0};
+    if (decode_utf8(text, &in, err)) {
+        free(in.cp);
+        return NULL;
     }
     ftfy_fix_text(&in, &a);
     html_unescape(&a, &b);
@@ -494,15 +512,7 @@ char *text_clean(const char *text, clipc_error *err) {
     }
     a.n = 0;
     py_lower(&b, &a);
-    char *out = NULL;
-    if (!(in.oom || a.oom || b.oom)) out = malloc(a.n * 4 + 1);
-    if (out) {
-        size_t o = 0;
-        for (size_t i = 0; i < a.n; i++) o += (size_t)utf8proc_encode_char(a.cp[i], (utf8proc_uint8_t *)out + o);
-        out[o] = 0;
-    } else {
-        clipc_fail(err, "out of memory cleaning text");
-    }
+    char *out = utf8_of(&a, in.oom || a.oom || b.oom, "cleaning text", err);
     free(in.cp);
     free(a.cp);
     free(b.cp);
@@ -521,20 +531,13 @@ char *text_siglip_canonical(const char *text, bool lower, clipc_error *err) {
      * (do_lower_case), then canonicalize_text (big_vision's): punctuation
      * removed, re.sub(r"\s+", " "), strip(). */
     cpbuf in = {0}, a = {0};
-    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)text;
-    size_t len = strlen(text), pos = 0;
     push(&in, 0x2581);
-    while (pos < len) {
-        utf8proc_int32_t c;
-        utf8proc_ssize_t k = utf8proc_iterate(p + pos, (utf8proc_ssize_t)(len - pos), &c);
-        if (k <= 0) {
-            free(in.cp);
-            clipc_fail(err, "invalid UTF-8 at byte %zu", pos);
-            return NULL;
-        }
-        push(&in, c == 0x2581 ? ' ' : c);
-        pos += (size_t)k;
+    if (decode_utf8(text, &in, err)) {
+        free(in.cp);
+        return NULL;
     }
+    for (size_t i = 1; i < in.n; i++)
+        if (in.cp[i] == 0x2581) in.cp[i] = ' ';
     const cpbuf *src = &in;
     cpbuf low = {0};
     if (lower) { /* Hugging Face's do_lower_case lower-cases one character at a time (re.sub of "(.+?)") */
@@ -553,15 +556,7 @@ char *text_siglip_canonical(const char *text, bool lower, clipc_error *err) {
         space = false;
         push(&a, c);
     }
-    char *out = NULL;
-    if (!(in.oom || a.oom || low.oom)) out = malloc(a.n * 4 + 1);
-    if (out) {
-        size_t o = 0;
-        for (size_t i = 0; i < a.n; i++) o += (size_t)utf8proc_encode_char(a.cp[i], (utf8proc_uint8_t *)out + o);
-        out[o] = 0;
-    } else {
-        clipc_fail(err, "out of memory canonicalising text");
-    }
+    char *out = utf8_of(&a, in.oom || a.oom || low.oom, "canonicalising text", err);
     free(in.cp);
     free(a.cp);
     free(low.cp);
