@@ -23,8 +23,11 @@ PACKAGES=(
 )
 # `deps.sh --test` adds what only the tests use: headless Chromium for the
 # web page's end-to-end test, clang and its libFuzzer runtime for the fuzz
-# targets.
-if [ "${1:-}" = "--test" ]; then PACKAGES+=(chromium clang libclang-rt-14-dev); fi
+# targets, and Debian's PyTorch for the reference venv (tools/ref/setup.sh)
+# in which scripts/test.sh has OpenCLIP make a full-size coca_ViT-B-32.
+if [ "${1:-}" = "--test" ]; then
+  PACKAGES+=(chromium clang libclang-rt-14-dev python3-venv python3-torch python3-torchvision)
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,6 @@
 set -eu
 VENV=${1:-/tmp/clipc-ref-venv}
 /usr/bin/python3 -m venv --system-site-packages "$VENV"
-"$VENV/bin/pip" install --quiet transformers==4.36.2 open_clip_torch==2.23.0 ftfy==6.3.1 regex
+"$VENV/bin/pip" install --quiet transformers==4.36.2 open_clip_torch==2.23.0 timm==0.9.16 ftfy==6.3.1 regex
 # OpenAI's CLIP code (clip/model.py); its other requirements (ftfy, regex, tqdm, torch) are above or Debian's
 "$VENV/bin/pip" install --quiet --no-deps openai-clip==1.0.1
