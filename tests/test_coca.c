@@ -704,6 +704,17 @@ static void check_b32(void) {
     check_generation(dir, m, &images);
     npy_free(&images), npy_free(&tokens);
     clipc_model_free(m);
+    /* the small CoCa as OpenCLIP's torch.save file (open_clip_pytorch_model.bin): OpenCLIP's outputs again */
+    snprintf(path, sizeof path, "%s/small/open_clip_pytorch_model.bin", dir);
+    m = clipc_model_load(path, &err);
+    CHECK(m != NULL, "OpenCLIP's CoCa as a PyTorch file: %s", m ? "" : err.message);
+    if (m && read_case_npy(DATA, "images", &images, &err) == 0 && read_case_npy(DATA, "tokens", &tokens, &err) == 0) {
+        printf("  the small CoCa read from open_clip_pytorch_model.bin:\n");
+        check_embeddings(DATA, m, &images, &tokens);
+        check_generation(DATA, m, &images);
+        npy_free(&images), npy_free(&tokens);
+    }
+    clipc_model_free(m);
 }
 
 void test_coca(void) {

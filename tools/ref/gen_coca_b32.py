@@ -54,6 +54,19 @@ def main():
         np.save(os.path.join(out, name + ".npy"), a.astype(np.int32 if a.dtype.kind == "i" else np.float32))
     with open(os.path.join(out, "captions.json"), "w") as f:
         json.dump({"greedy": greedy.tolist(), "beam": beam.tolist()}, f)
+    # the committed small CoCa again, as OpenCLIP's PyTorch file (torch.save of its state_dict, F16):
+    # the format its checkpoints are published in
+    from safetensors.torch import load_file
+    from open_clip.coca_model import CoCa
+    fixture = os.path.join(HERE, "..", "..", "tests", "data", "coca")
+    small_cfg = json.load(open(os.path.join(fixture, "open_clip_config.json")))["model_cfg"]
+    small = CoCa(embed_dim=small_cfg["embed_dim"], multimodal_cfg=small_cfg["multimodal_cfg"],
+                 text_cfg=small_cfg["text_cfg"], vision_cfg=small_cfg["vision_cfg"])
+    small.load_state_dict({k: v.float() for k, v in load_file(os.path.join(fixture, "open_clip_model.safetensors")).items()})
+    os.makedirs(os.path.join(out, "small"), exist_ok=True)
+    torch.save({k: v.half() for k, v in small.state_dict().items()}, os.path.join(out, "small", "open_clip_pytorch_model.bin"))
+    with open(os.path.join(out, "small", "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": small_cfg}, f, indent=1)
     print("coca_ViT-B-32:", sum(p.numel() for p in model.parameters()), "parameters; captions",
           [len(r) for r in greedy.tolist()], [len(r) for r in beam.tolist()])
 
