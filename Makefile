@@ -61,8 +61,14 @@ $(BUILD)/%.o: %.S data/bpe_simple_vocab_16e6.txt.gz src/server/page.html
 $(BUILD)/libclipc.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
+# The shared library is versioned: libclipc.so.$(VERSION) with the SONAME libclipc.so.$(SOVERSION),
+# and the two links a program is built and run with.
+VERSION   := 0.1.0
+SOVERSION := 0
 $(BUILD)/libclipc.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+	$(CC) -shared -Wl,-soname,libclipc.so.$(SOVERSION) -o $@.$(VERSION) $^ $(LDLIBS)
+	ln -sf libclipc.so.$(VERSION) $@.$(SOVERSION)
+	ln -sf libclipc.so.$(SOVERSION) $@
 
 $(BUILD)/clipc: $(CLI_OBJ) $(BUILD)/libclipc.a
 	$(CC) -o $@ $^ $(LDLIBS)
@@ -86,15 +92,18 @@ sanitize:
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 755 $(BUILD)/clipc $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(BUILD)/libclipc.a $(BUILD)/libclipc.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libclipc.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libclipc.so.$(SOVERSION)
+	ln -sf libclipc.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libclipc.so
 	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
 	install -d $(DESTDIR)$(PREFIX)/share/clipc
 	install -m 644 models/clipc-fmnist.safetensors models/clipc-fmnist-coca.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
 # Removes exactly what install put there (and the share/clipc folder when it is left empty).
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/clipc $(DESTDIR)$(PREFIX)/lib/libclipc.a $(DESTDIR)$(PREFIX)/lib/libclipc.so \
+	    $(DESTDIR)$(PREFIX)/lib/libclipc.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libclipc.so.$(VERSION) \
 	    $(DESTDIR)$(PREFIX)/include/clipc.h $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist.safetensors \
 	    $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist-coca.safetensors \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
