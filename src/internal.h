@@ -82,6 +82,11 @@ int read_file(const char *path, unsigned char **data, size_t *len, clipc_error *
 int write_file_atomic(const char *path, const void *data, size_t len, clipc_error *err);
 /* mkdir -p: every missing folder of path; an error names the one that failed. */
 int make_dirs(const char *path, clipc_error *err);
+/* A name clipc decodes as an image: .jpg, .jpeg, .png (any case). */
+bool is_image_file_name(const char *name);
+/* The image files under dir, recursively (links not followed, hidden entries
+ * skipped), sorted by path: *paths malloc'd, each path too. */
+int list_images(const char *dir, char ***paths, int *n, clipc_error *err);
 
 /* ---- util/rng.c: deterministic random numbers --------------------------- */
 

@@ -1010,6 +1010,56 @@ static void check_readme_library(void) {
     }
 }
 
+/* embed and classify take folders: the images under them, recursively, sorted by path */
+static void check_folders(void) {
+    char args[2048];
+    snprintf(args, sizeof args, "export-images --limit 6 --out %s/fold", dir);
+    CHECK(clipc(args) == 0, "export-images");
+    /* a nested folder and a hidden file, which is skipped */
+    snprintf(args, sizeof args, "mkdir -p %s/fold/deeper/more && cp %s %s/fold/deeper/more/x.png && cp %s %s/fold/.hidden.png",
+             dir, ref_path("preprocess/images/rocket_small_60x90.png"), dir, ref_path("preprocess/images/rocket_small_60x90.png"), dir);
+    CHECK(run_cmd(args) == 0, "prepare the folder");
+    snprintf(args, sizeof args, "embed --image %s/fold -o %s/fold.npy", dir, dir);
+    CHECK(clipc(args) == 0, "embed --image DIR");
+    char path[600];
+    snprintf(path, sizeof path, "%s/fold.paths.txt", dir);
+    FILE *f = fopen(path, "r");
+    char line[8][600];
+    int n = 0;
+    while (f && n < 8 && fgets(line[n], sizeof line[n], f)) line[n][strcspn(line[n], "\n")] = 0, n++;
+    if (f) fclose(f);
+    bool sorted = n == 7;
+    int deep = -1;
+    for (int i = 1; i < n; i++) sorted = sorted && strcmp(line[i - 1], line[i]) < 0;
+    for (int i = 0; i < n; i++)
+        if (strstr(line[i], "deeper/more/x.png")) deep = i;
+    CHECK(sorted && deep >= 0 && !strstr(line[n - 1], ".hidden"), "embed DIR: 7 paths (the nested one, not the hidden one), sorted: %d",
+          n);
+    /* row i is the embedding of path i */
+    snprintf(args, sizeof args, "embed --image %s -o %s/one.npy", deep >= 0 ? line[deep] : "?", dir);
+    CHECK(clipc(args) == 0, "embed one file");
+    npy_array all, one;
+    clipc_error err;
+    snprintf(path, sizeof path, "%s/fold.npy", dir);
+    int rc = npy_read(path, &all, &err);
+    snprintf(path, sizeof path, "%s/one.npy", dir);
+    rc |= npy_read(path, &one, &err);
+    CHECK(rc == 0 && deep >= 0 && all.shape[0] == 7 &&
+              max_abs_diff((float *)all.data + (size_t)deep * one.shape[1], one.data, one.count) < 1e-5,
+          "the folder's row of the nested file is that file's embedding");
+    if (rc == 0) npy_free(&all), npy_free(&one);
+    snprintf(args, sizeof args, "classify --labels 'a,b' --templates simple --json %s/fold", dir);
+    CHECK(clipc(args) == 0, "classify DIR");
+    char *out = slurp("out.txt");
+    int images = 0;
+    for (const char *p = out; (p = strstr(p, "\"image\"")); p++) images++;
+    CHECK(images == 7, "classify DIR classifies its 7 images (%d)", images);
+    free(out);
+    snprintf(args, sizeof args, "mkdir -p %s/empty && %s classify --labels a,b %s/empty 2>&1 | grep -q 'no images in the folders'",
+             dir, clipc_binary, dir);
+    CHECK(run_cmd(args) == 0, "classify on an empty folder says so");
+}
+
 void test_cli(void) {
     if (!mkdtemp(dir)) {
         CHECK(0, "mkdtemp");
@@ -1024,6 +1074,7 @@ void test_cli(void) {
     check_mpi();
     check_search();
     check_readme_library();
+    check_folders();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);

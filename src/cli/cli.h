@@ -48,6 +48,12 @@ const char *cli_nearest(const char *word, const char *const *candidates, int n);
 /* Prints s as a JSON string literal on stdout. */
 void cli_json_string(const char *s);
 
+/* Image arguments with every folder replaced by the JPEG/PNG files under it,
+ * recursively, sorted by path (files stay as given, in order); *paths owned
+ * (cli_free_paths). Returns 0, or 1 after reporting. */
+int cli_expand_images(const char *const *args, int n, char ***paths, int *count);
+void cli_free_paths(char **paths, int n);
+
 /* Encodes image files in batches, decoding on all cores; features [n, E].
  * Returns 0, or 1 after reporting the first failing file. */
 int cli_encode_image_files(clipc_model *m, const char *const *paths, int n, float *features);

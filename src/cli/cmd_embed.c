@@ -58,10 +58,12 @@ int cmd_embed(int argc, char **argv) {
         else if (!strcmp(argv[i], "--image")) i = cli_collect(argc, argv, i + 1, &images, &n_images) - 1;
         else if (!strcmp(argv[i], "--text")) i = cli_collect(argc, argv, i + 1, &texts, &n_texts) - 1;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc embed [-m MODEL] (--image FILE... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
+            printf("usage: clipc embed [-m MODEL] (--image FILE|DIR... | --text STR... | --pixels FILE.npy | --tokens FILE.npy)\n"
                    "                   [--raw] [--truncate] -o OUT.npy\n"
                    "  writes float32 [n, embed_dim] rows in input order; L2-normalised unless --raw\n"
-                   "  (--raw gives encode_image / encode_text). --truncate cuts texts longer than the context.\n");
+                   "  (--raw gives encode_image / encode_text). --truncate cuts texts longer than the context.\n"
+                   "  A DIR stands for the JPEG/PNG files under it, recursively, sorted by path; with --image\n"
+                   "  the rows' paths go to OUT.paths.txt, one per line.\n");
             return 0;
         } else return cli_error("embed: unexpected argument '%s'", argv[i]);
     }
@@ -75,11 +77,13 @@ int cmd_embed(int argc, char **argv) {
     float *features = NULL;
     int32_t *tokens = NULL;
     clipc_error err;
+    char **files = NULL; /* --image's files, folders expanded */
     if (n_images) {
-        n = n_images;
-        features = malloc((size_t)n * E * sizeof *features);
-        cli_note_default_model(model_path, images, n);
-        rc = features ? cli_encode_image_files(m, images, n, features) : cli_error("out of memory");
+        rc = cli_expand_images(images, n_images, &files, &n);
+        if (rc == 0 && n == 0) rc = cli_error("embed: no images in the folders given");
+        features = rc == 0 ? malloc((size_t)n * E * sizeof *features) : NULL;
+        if (rc == 0) cli_note_default_model(model_path, (const char *const *)files, n);
+        if (rc == 0) rc = features ? cli_encode_image_files(m, (const char *const *)files, n, features) : cli_error("out of memory");
     } else if (pixels_path) {
         npy_array a;
         int R = c->image_resolution;
@@ -111,6 +115,22 @@ int cmd_embed(int argc, char **argv) {
         int64_t shape[2] = {n, E};
         if (npy_write(out, "<f4", 2, shape, features, &err)) rc = cli_error("%s", err.message);
     }
+    if (rc == 0 && files) { /* the row order: one image path per line, beside the .npy (OUT.paths.txt) */
+        size_t len = strlen(out), total = 0;
+        char *name = malloc(len + 16);
+        for (int i = 0; i < n; i++) total += strlen(files[i]) + 1;
+        char *text = malloc(total + 1);
+        if (name && text) {
+            size_t stem = len > 4 && !strcmp(out + len - 4, ".npy") ? len - 4 : len, o = 0;
+            snprintf(name, len + 16, "%.*s.paths.txt", (int)stem, out);
+            for (int i = 0; i < n; i++) o += (size_t)sprintf(text + o, "%s\n", files[i]);
+            if (write_file_atomic(name, text, o, &err)) rc = cli_error("%s", err.message);
+        } else {
+            rc = cli_error("out of memory");
+        }
+        free(name), free(text);
+    }
+    cli_free_paths(files, files ? n : 0);
     free(tokens);
     free(features);
     clipc_model_free(m);
@@ -214,10 +234,11 @@ int cmd_classify(int argc, char **argv) {
             if (!cli_int("--top", i + 1 < argc ? argv[++i] : NULL, 1, 100000, &top)) return 1;
         } else if (!strcmp(argv[i], "--json")) json = true;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: clipc classify [-m MODEL] --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE...\n"
+            printf("usage: clipc classify [-m MODEL] --labels \"a,b,c\" [--templates imagenet|simple|FILE] [--top K] [--json] IMAGE|DIR...\n"
                    "  class embeddings average the prompt templates (OpenAI's 80 ImageNet ones by default;\n"
                    "  'simple' is \"a photo of a {}.\", FILE has one template with {} per line);\n"
-                   "  probabilities are softmax(logit_scale * cosine)\n");
+                   "  probabilities are softmax(logit_scale * cosine) (a SigLIP model's: sigmoids).\n"
+                   "  A DIR stands for the JPEG/PNG files under it, recursively, sorted by path.\n");
             free(images);
             return 0;
         } else if (argv[i][0] == '-') {
@@ -230,6 +251,18 @@ int cmd_classify(int argc, char **argv) {
     if (!labels_arg || n_images == 0) {
         free(images);
         return cli_error(!labels_arg ? "classify: needs --labels \"a,b,c\"" : "classify: no images given");
+    }
+    char **files = NULL; /* the images, folders expanded */
+    int n_files = 0;
+    if (cli_expand_images(images, n_images, &files, &n_files)) {
+        free(images);
+        return 1;
+    }
+    free(images);
+    images = (const char **)files, n_images = n_files;
+    if (n_images == 0) {
+        cli_free_paths(files, 0);
+        return cli_error("classify: no images in the folders given");
     }
     char *labels_copy = strdup(labels_arg), **labels = NULL, *template_text = NULL;
     const char **templates = NULL;
@@ -295,7 +328,7 @@ int cmd_classify(int argc, char **argv) {
     free(probs);
     free(labels);
     free(labels_copy);
-    free(images);
+    cli_free_paths(files, n_files);
     if (template_text) free((void *)templates); /* read from a file: ours */
     free(template_text);
     clipc_model_free(m);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define FILE_BATCH 32
 
@@ -31,6 +32,45 @@ static int preprocess_batch(const clipc_model *m, const char *const *paths, int 
     free(errs);
     free(failed);
     return rc;
+}
+
+int cli_expand_images(const char *const *args, int n, char ***paths, int *count) {
+    *paths = NULL, *count = 0;
+    int cap = 0;
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        char **found = NULL;
+        int k = 0;
+        clipc_error err;
+        if (stat(args[i], &st) == 0 && S_ISDIR(st.st_mode)) {
+            if (list_images(args[i], &found, &k, &err)) return cli_error("%s", err.message);
+            if (k == 0) fprintf(stderr, "clipc: warning: %s holds no JPEG or PNG images\n", args[i]);
+        } else { /* a file (or a missing one: its error comes when it is read) */
+            found = malloc(sizeof *found);
+            if (found && !(found[0] = strdup(args[i]))) free(found), found = NULL;
+            k = 1;
+            if (!found) return cli_error("out of memory");
+        }
+        if (*count + k > cap) {
+            int grown = (*count + k) * 2;
+            char **np = realloc(*paths, (size_t)grown * sizeof *np);
+            if (!np) {
+                for (int j = 0; j < k; j++) free(found[j]);
+                free(found);
+                return cli_error("out of memory");
+            }
+            *paths = np, cap = grown;
+        }
+        memcpy(*paths + *count, found, (size_t)k * sizeof *found);
+        *count += k;
+        free(found);
+    }
+    return 0;
+}
+
+void cli_free_paths(char **paths, int n) {
+    for (int i = 0; i < n; i++) free(paths[i]);
+    free(paths);
 }
 
 int cli_encode_image_files(clipc_model *m, const char *const *paths, int n, float *features) {

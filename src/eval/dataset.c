@@ -14,11 +14,6 @@
 
 static int compare_strings(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-static bool is_image_name(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
-}
-
 /* Appends to a growing array of strings; the string is taken over. */
 static int push(char ***list, int *n, int *cap, char *s) {
     if (!s) return -1;
@@ -52,7 +47,7 @@ static int list_dir(const char *dir, bool want_dirs, char ***names, int *n, clip
         char path[4096];
         struct stat st;
         if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path || stat(path, &st)) continue;
-        bool ok = want_dirs ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode) && is_image_name(e->d_name);
+        bool ok = want_dirs ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode) && is_image_file_name(e->d_name);
         if (ok && push(names, n, &cap, strdup(e->d_name))) {
             closedir(d);
             free_strings(*names, *n);

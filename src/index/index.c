@@ -252,11 +252,6 @@ static void list_free(file_list *l) {
     memset(l, 0, sizeof *l);
 }
 
-static bool image_name(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
-}
-
 /* Depth-first walk; symbolic links are not followed (no cycles). */
 static int walk(const char *dir, file_list *out, int depth, clipc_error *err) {
     if (depth > 64) return 0;
@@ -271,7 +266,7 @@ static int walk(const char *dir, file_list *out, int depth, clipc_error *err) {
         struct stat st;
         if (lstat(path, &st) != 0) continue;
         if (S_ISDIR(st.st_mode)) rc = walk(path, out, depth + 1, err);
-        else if (S_ISREG(st.st_mode) && image_name(e->d_name))
+        else if (S_ISREG(st.st_mode) && is_image_file_name(e->d_name))
             rc = list_push(out, path, st.st_size, (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec)
                      ? clipc_fail(err, "out of memory")
                      : 0;

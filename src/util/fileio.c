@@ -2,11 +2,13 @@
  * absent or complete, never half-written (temporary file, fsync, rename). */
 #include "../internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,5 +95,58 @@ int make_dirs(const char *path, clipc_error *err) {
             if (!c) break;
         }
     }
+    return 0;
+}
+
+bool is_image_file_name(const char *name) {
+    const char *dot = strrchr(name, '.');
+    return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
+}
+
+static int compare_paths(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Depth-first; symbolic links are not followed (no cycles), hidden entries skipped. */
+static int walk_images(const char *dir, char ***paths, int *n, int *cap, int depth, clipc_error *err) {
+    if (depth > 64) return 0;
+    DIR *d = opendir(dir);
+    if (!d) return depth == 0 ? clipc_fail(err, "%s: %s", dir, strerror(errno)) : 0;
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[4096];
+        struct stat st;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path || lstat(path, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            rc = walk_images(path, paths, n, cap, depth + 1, err);
+        } else if (S_ISREG(st.st_mode) && is_image_file_name(e->d_name)) {
+            if (*n == *cap) {
+                int grown = *cap ? 2 * *cap : 256;
+                char **np = realloc(*paths, (size_t)grown * sizeof *np);
+                if (!np) {
+                    rc = clipc_fail(err, "out of memory");
+                    break;
+                }
+                *paths = np, *cap = grown;
+            }
+            if (!((*paths)[*n] = strdup(path))) rc = clipc_fail(err, "out of memory");
+            else (*n)++;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+int list_images(const char *dir, char ***paths, int *n, clipc_error *err) {
+    int cap = 0;
+    *paths = NULL, *n = 0;
+    int rc = walk_images(dir, paths, n, &cap, 0, err);
+    if (rc) {
+        for (int i = 0; i < *n; i++) free((*paths)[i]);
+        free(*paths);
+        *paths = NULL, *n = 0;
+        return -1;
+    }
+    if (*n) qsort(*paths, (size_t)*n, sizeof **paths, compare_paths);
     return 0;
 }
