@@ -37,7 +37,11 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(LIB_ASM:%.S=$(BUILD)/%.o) $(LIB_CXX:%.
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-all: $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(BUILD)/clipc
+all: $(BUILD)/libclipc.a $(BUILD)/libclipc.so $(BUILD)/clipc $(BUILD)/clipc.1
+
+# clipc(1), from the binary's own --help texts
+$(BUILD)/clipc.1: $(BUILD)/clipc scripts/man.sh
+	sh scripts/man.sh $(BUILD)/clipc $@
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*.h src/*/*.h tests/*.h)
 	@mkdir -p $(dir $@)
@@ -98,6 +102,9 @@ install: all
 	install -m 644 include/clipc.h $(DESTDIR)$(PREFIX)/include/
 	install -d $(DESTDIR)$(PREFIX)/share/clipc
 	install -m 644 models/clipc-fmnist.safetensors models/clipc-fmnist-coca.safetensors $(DESTDIR)$(PREFIX)/share/clipc/
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 644 $(BUILD)/clipc.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 scripts/clipc-completion.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/clipc
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@BLAS_DIR@|$(BLAS_DIR)|g' -e 's|@MPI_LIBS@|$(MPI_LIBS)|' clipc.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 
 # Removes exactly what install put there (and the share/clipc folder when it is left empty).
@@ -106,6 +113,7 @@ uninstall:
 	    $(DESTDIR)$(PREFIX)/lib/libclipc.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libclipc.so.$(VERSION) \
 	    $(DESTDIR)$(PREFIX)/include/clipc.h $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist.safetensors \
 	    $(DESTDIR)$(PREFIX)/share/clipc/clipc-fmnist-coca.safetensors \
+	    $(DESTDIR)$(PREFIX)/share/man/man1/clipc.1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions/clipc \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/clipc.pc
 	-rmdir $(DESTDIR)$(PREFIX)/share/clipc 2>/dev/null
 

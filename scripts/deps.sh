@@ -23,10 +23,11 @@ PACKAGES=(
 )
 # `deps.sh --test` adds what only the tests use: headless Chromium for the
 # web page's end-to-end test, clang and its libFuzzer runtime for the fuzz
-# targets, and Debian's PyTorch for the reference venv (tools/ref/setup.sh)
-# in which scripts/test.sh has OpenCLIP make a full-size coca_ViT-B-32.
+# targets, Debian's PyTorch for the reference venv (tools/ref/setup.sh)
+# in which scripts/test.sh has OpenCLIP make a full-size coca_ViT-B-32, and
+# groff to check that the man page renders.
 if [ "${1:-}" = "--test" ]; then
-  PACKAGES+=(chromium clang libclang-rt-14-dev python3-venv python3-torch python3-torchvision)
+  PACKAGES+=(chromium clang libclang-rt-14-dev python3-venv python3-torch python3-torchvision groff-base)
 fi
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1010,6 +1010,27 @@ static void check_readme_library(void) {
     }
 }
 
+/* The man page (every command's section, rendered by groff without a warning) and the bash
+ * completion (commands, and a command's flags) */
+static void check_man_and_completion(void) {
+    char cmd[2048], bin[1024];
+    snprintf(bin, sizeof bin, "%s", clipc_binary); /* the build folder: where the binary and its man page are */
+    char *slash = strrchr(bin, '/');
+    if (slash) *slash = 0;
+    else snprintf(bin, sizeof bin, ".");
+    snprintf(cmd, sizeof cmd, "test -f %s/clipc.1 && for c in embed classify caption train finetune eval index search serve; do "
+             "grep -q \"^.SS $c$\" %s/clipc.1 || exit 1; done && groff -man -Tutf8 -ww %s/clipc.1 2>%s/groff.err >/dev/null && "
+             "test ! -s %s/groff.err", bin, bin, bin, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "build/clipc.1 has every command and renders without a warning (%s/groff.err)", dir);
+    const char *cases[][3] = {{"clipc cla", "1", "classify"}, {"clipc classify --la", "2", "--labels"},
+                              {"clipc caption --te", "2", "--temperature"}, {"clipc finetune --me", "2", "--method"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(cmd, sizeof cmd, "PATH=%s:$PATH bash -c 'source scripts/clipc-completion.bash; COMP_WORDS=(%s); COMP_CWORD=%s; "
+                 "_clipc; echo \"${COMPREPLY[*]}\"' | grep -qw -- '%s'", bin, cases[i][0], cases[i][1], cases[i][2]);
+        CHECK(run_cmd(cmd) == 0, "completing '%s' offers %s", cases[i][0], cases[i][2]);
+    }
+}
+
 /* embed and classify take folders: the images under them, recursively, sorted by path */
 static void check_folders(void) {
     char args[2048];
@@ -1075,6 +1096,7 @@ void test_cli(void) {
     check_search();
     check_readme_library();
     check_folders();
+    check_man_and_completion();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run_cmd(cmd);
