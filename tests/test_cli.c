@@ -1013,7 +1013,7 @@ static void check_readme_library(void) {
 /* The man page (every command's section, rendered by groff without a warning) and the bash
  * completion (commands, and a command's flags) */
 static void check_man_and_completion(void) {
-    char cmd[2048], bin[1024];
+    char cmd[4096], bin[512];
     snprintf(bin, sizeof bin, "%s", clipc_binary); /* the build folder: where the binary and its man page are */
     char *slash = strrchr(bin, '/');
     if (slash) *slash = 0;
