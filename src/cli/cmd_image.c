@@ -44,7 +44,10 @@ int cli_expand_images(const char *const *args, int n, char ***paths, int *count)
         clipc_error err;
         if (stat(args[i], &st) == 0 && S_ISDIR(st.st_mode)) {
             if (list_images(args[i], &found, &k, &err)) return cli_error("%s", err.message);
-            if (k == 0) fprintf(stderr, "clipc: warning: %s holds no JPEG or PNG images\n", args[i]);
+            if (k == 0) {
+                fprintf(stderr, "clipc: warning: %s holds no JPEG or PNG images\n", args[i]);
+                continue;
+            }
         } else { /* a file (or a missing one: its error comes when it is read) */
             found = malloc(sizeof *found);
             if (found && !(found[0] = strdup(args[i]))) free(found), found = NULL;
