@@ -103,7 +103,14 @@ static void check_commands(void) {
     /* a misspelt command or flag gets a suggestion */
     static const char *const misspelt[][2] = {{"finetnue", "did you mean 'finetune'?"},
                                               {"train --step 3 --data fashion-mnist --out /tmp/never", "did you mean '--steps'?"},
-                                              {"finetune --metod coop", "did you mean '--method'?"}};
+                                              {"finetune --metod coop", "did you mean '--method'?"},
+                                              {"embed --imge x.png -o /tmp/never.npy", "did you mean '--image'?"},
+                                              {"classify --lables a,b x.png", "did you mean '--labels'?"},
+                                              {"eval zeroshot --datset fashion-mnist", "did you mean '--dataset'?"},
+                                              {"search --db x.db --jsno cat", "did you mean '--json'?"},
+                                              {"index --db x.db --precison bf16 photos", "did you mean '--precision'?"},
+                                              {"serve --prot 8080", "did you mean '--port'?"},
+                                              {"convert -m x --dtyp int8 -o y", "did you mean '--dtype'?"}};
     for (size_t i = 0; i < sizeof misspelt / sizeof *misspelt; i++) {
         int rc = clipc(misspelt[i][0]);
         char *msg = slurp("err.txt");

@@ -45,6 +45,10 @@ const char *cli_index_model(struct clip_index *ix, const char *model_path, char 
 int cli_templates(const char *arg, char **text, const char ***templates, int *n);
 /* The candidate within two edits of word (the closest, the first on a tie), or NULL: "did you mean". */
 const char *cli_nearest(const char *word, const char *const *candidates, int n);
+/* The error for an argument command does not take: "did you mean" the nearest
+ * flag of the command's own --help text (cmd run with --help, its output
+ * captured), else a pointer to --help. Returns 1. */
+int cli_unexpected(const char *command, int (*cmd)(int, char **), const char *arg);
 /* Prints s as a JSON string literal on stdout. */
 void cli_json_string(const char *s);
 

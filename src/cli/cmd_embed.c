@@ -65,7 +65,7 @@ int cmd_embed(int argc, char **argv) {
                    "  A DIR stands for the JPEG/PNG files under it, recursively, sorted by path; with --image\n"
                    "  the rows' paths go to OUT.paths.txt, one per line.\n");
             return 0;
-        } else return cli_error("embed: unexpected argument '%s'", argv[i]);
+        } else return cli_unexpected("embed", cmd_embed, argv[i]);
     }
     int kinds = (n_images > 0) + (n_texts > 0) + (pixels_path != NULL) + (tokens_path != NULL);
     if (kinds != 1) return cli_error("embed: give exactly one of --image, --text, --pixels, --tokens (with values)");
@@ -243,7 +243,7 @@ int cmd_classify(int argc, char **argv) {
             return 0;
         } else if (argv[i][0] == '-') {
             free(images);
-            return cli_error("classify: unexpected argument '%s'", argv[i]);
+            return cli_unexpected("classify", cmd_classify, argv[i]);
         } else {
             images[n_images++] = argv[i];
         }

@@ -97,7 +97,7 @@ static int parse_eval_args(int argc, char **argv, eval_args *a) {
             if (!cli_int("--max-len", v, 2, 4096, &lv)) return 1;
             a->caption.max_len = (int)lv, i++;
         } else if (!strcmp(f, "--json")) a->json = true;
-        else return cli_error("eval: unexpected argument '%s' (see clipc eval --help)", f);
+        else return cli_unexpected("eval", cmd_eval, f);
     }
     return 0;
 }
@@ -630,7 +630,7 @@ int cmd_retrieve(int argc, char **argv) {
             while (++i < argc) queries[n_queries++] = argv[i];
         } else if (argv[i][0] == '-') {
             free(queries);
-            return cli_error("retrieve: unexpected argument '%s'", argv[i]);
+            return cli_unexpected("retrieve", cmd_retrieve, argv[i]);
         } else queries[n_queries++] = argv[i];
     }
     if (n_queries == 0) {
@@ -711,7 +711,7 @@ int cmd_export_images(int argc, char **argv) {
                    "  The dataset's first N images as PNG files, DIR/CLASS/SPLIT_INDEX.png (class folders,\n"
                    "  '_' for spaces): sample photos for clipc index, and a folder dataset for clipc eval.\n");
             return 0;
-        } else return cli_error("export-images: unexpected argument '%s'", argv[i]);
+        } else return cli_unexpected("export-images", cmd_export_images, argv[i]);
     }
     if (!out) return cli_error("export-images: needs --out DIR");
     if (strcmp(split, "test") && strcmp(split, "train")) return cli_error("--split: 'test' or 'train'");

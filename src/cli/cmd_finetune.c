@@ -444,7 +444,7 @@ int cmd_wise(int argc, char **argv) {
                    "  WiSE-FT (Wortsman et al. 2022): OUT = (1 - A) ZERO_SHOT + A FT, tensor by tensor (A in 0..1:\n"
                    "  0 is the zero-shot model, 1 the fine-tuned one). FT must be ZERO_SHOT fine-tuned.\n");
             return 0;
-        } else return cli_error("wise: unexpected argument '%s' (see clipc wise --help)", f);
+        } else return cli_unexpected("wise", cmd_wise, f);
     }
     if (!finetuned || !out || alpha < 0) return cli_error("wise: needs --finetuned FT --alpha A -o OUT");
     clipc_model *z = cli_load_model(model), *f = z ? cli_load_model(finetuned) : NULL;

@@ -120,7 +120,7 @@ int cmd_preprocess(int argc, char **argv) {
             return 0;
         } else if (argv[i][0] == '-') {
             free(files);
-            return cli_error("preprocess: unknown option '%s'", argv[i]);
+            return cli_unexpected("preprocess", cmd_preprocess, argv[i]);
         } else {
             files[n++] = argv[i];
         }

@@ -47,7 +47,7 @@ int cmd_index(int argc, char **argv) {
             return 0;
         } else if (argv[i][0] == '-') {
             free(dirs);
-            return cli_error("index: unexpected argument '%s'", argv[i]);
+            return cli_unexpected("index", cmd_index, argv[i]);
         } else dirs[n_dirs++] = argv[i];
     }
     if (!db || n_dirs == 0) {
@@ -171,7 +171,7 @@ int cmd_search(int argc, char **argv) {
             return 0;
         } else if (!strcmp(argv[i], "--")) {
             if (i + 1 < argc) query = argv[++i];
-        } else if (argv[i][0] == '-' && !(argv[i][1] == '\0')) return cli_error("search: unexpected argument '%s'", argv[i]);
+        } else if (argv[i][0] == '-' && !(argv[i][1] == '\0')) return cli_unexpected("search", cmd_search, argv[i]);
         else if (query) return cli_error("search: one QUERY only (quote it)");
         else query = argv[i];
     }
@@ -241,7 +241,7 @@ int cmd_export(int argc, char **argv) {
                    "  The embeddings as float16 [n, dim] (L2-normalised) and, row for row, a CSV with\n"
                    "  image_path and id: clip-retrieval's convention, for FAISS/numpy elsewhere.\n");
             return 0;
-        } else return cli_error("export: unexpected argument '%s'", argv[i]);
+        } else return cli_unexpected("export", cmd_export, argv[i]);
     }
     if (!db || !npy || !meta) return cli_error("export: needs --db FILE --npy EMB.npy --meta META.csv");
     clipc_error err;

@@ -20,7 +20,7 @@ int cmd_init(int argc, char **argv) {
             for (const char *const *n = clipc_arch_names(); *n; n++) printf(" %s", *n);
             printf("\n");
             return 0;
-        } else return cli_error("init: unexpected argument '%s'", argv[i]);
+        } else return cli_unexpected("init", cmd_init, argv[i]);
     }
     if (!arch || !out) return cli_error("init: needs --arch NAME and -o FILE");
     clipc_error err;
@@ -98,7 +98,7 @@ int cmd_convert(int argc, char **argv) {
                    "  of their F32 size) and loads at int8 precision.\n");
             return 0;
         } else if (argv[i][0] != '-' && !model) model = argv[i];
-        else return cli_error("convert: unexpected argument '%s'", argv[i]);
+        else return cli_unexpected("convert", cmd_convert, argv[i]);
     }
     if (!out) return cli_error("convert: needs -o OUT.safetensors (and optionally --dtype F32|F16|BF16|int8)");
     clipc_model *m = cli_load_model(model);

@@ -28,7 +28,7 @@ int cmd_pull(int argc, char **argv) {
                    "Then -m NAME works on every command (with $CLIPC_CACHE for a --cache DIR).\n");
             return 0;
         } else if (argv[i][0] != '-' && !name) name = argv[i];
-        else return cli_error("pull: unexpected argument '%s' (run 'clipc pull --help')", argv[i]);
+        else return cli_unexpected("pull", cmd_pull, argv[i]);
     }
     if (!name && !url) return cli_error("pull: needs a model name (see 'clipc models') or --url URL");
     if (sha && (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64))

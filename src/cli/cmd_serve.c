@@ -43,7 +43,7 @@ int cmd_serve(int argc, char **argv) {
                    "    GET  /api/thumb/ID              a PNG thumbnail of image ID\n"
                    "  Only indexed images are served. Listens on loopback unless --bind says otherwise.\n");
             return 0;
-        } else return cli_error("serve: unexpected argument '%s'", argv[i]);
+        } else return cli_unexpected("serve", cmd_serve, argv[i]);
     }
     if (!db) return cli_error("serve: needs --db FILE");
     char recorded[4096];

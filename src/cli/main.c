@@ -198,6 +198,59 @@ const char *cli_nearest(const char *word, const char *const *candidates, int n) 
     return best;
 }
 
+/* The commands that encode take --precision (main takes it out of argv). */
+static bool encodes(const char *command) {
+    static const char *const encoding[] = {"embed", "classify", "caption", "eval", "retrieve", "index", "search", "serve", "info"};
+    for (size_t i = 0; i < sizeof encoding / sizeof *encoding; i++)
+        if (!strcmp(command, encoding[i])) return true;
+    return false;
+}
+
+int cli_unexpected(const char *command, int (*cmd)(int, char **), const char *arg) {
+    /* the command's flags, from its own --help text (captured from stdout) */
+    char *flags[128];
+    int n = 0;
+    FILE *tmp = arg[0] == '-' ? tmpfile() : NULL;
+    int saved = tmp ? dup(1) : -1;
+    if (saved >= 0) {
+        fflush(stdout);
+        dup2(fileno(tmp), 1);
+        char help[] = "--help", *av[] = {help, NULL};
+        cmd(1, av);
+        fflush(stdout);
+        dup2(saved, 1);
+        close(saved);
+        rewind(tmp);
+        char word[64];
+        int c, k = -1;
+        while ((c = fgetc(tmp)) != EOF && n < 128) { /* every "-x" or "--xxx" token */
+            bool part = c == '-' || (k > 0 && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')));
+            if (k < 0 && c == '-') k = 0;
+            if (k >= 0 && part && k < 63) {
+                word[k++] = (char)c;
+                continue;
+            }
+            if (k > 1 && word[k - 1] != '-') {
+                word[k] = 0;
+                bool seen = false;
+                for (int i = 0; i < n && !seen; i++) seen = !strcmp(flags[i], word);
+                if (!seen && (flags[n] = strdup(word))) n++;
+            }
+            k = c == '-' ? 0 : -1;
+            if (k == 0) word[k++] = '-';
+        }
+    }
+    if (tmp) fclose(tmp);
+    /* --precision is taken out of argv (and added to --help) by main, for
+     * the commands that encode */
+    if (n < 128 && encodes(command) && (flags[n] = strdup("--precision"))) n++;
+    const char *near = cli_nearest(arg, (const char *const *)flags, n);
+    int rc = near ? cli_error("%s: unexpected argument '%s': did you mean '%s'?", command, arg, near)
+                  : cli_error("%s: unexpected argument '%s' (see clipc %s --help)", command, arg, command);
+    for (int i = 0; i < n; i++) free(flags[i]);
+    return rc;
+}
+
 void cli_note_default_model(const char *model_path, const char *const *images, int n) {
     if (model_path || n <= 0 || getenv("CLIPC_MODEL")) return;
     unsigned char *data;
@@ -257,15 +310,13 @@ int main(int argc, char **argv) {
 #endif
         return 0;
     }
-    static const char *const encoding[] = {"embed", "classify", "caption", "eval", "retrieve", "index", "search", "serve", "info"};
-    bool encodes = false, help = false;
-    for (size_t i = 0; i < sizeof encoding / sizeof *encoding; i++) encodes |= !strcmp(argv[1], encoding[i]);
+    bool encoding = encodes(argv[1]), help = false;
     for (int i = 2; i < argc && strcmp(argv[i], "--"); i++) help |= !strcmp(argv[i], "--help");
-    if (encodes && take_precision(&argc, argv)) return 1;
+    if (encoding && take_precision(&argc, argv)) return 1;
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (!strcmp(argv[1], commands[i].name)) {
             int rc = commands[i].fn(argc - 2, argv + 2);
-            if (encodes && help && rc == 0)
+            if (encoding && help && rc == 0)
                 printf("  --precision fp32|bf16|int8   arithmetic of the linear layers (default: $CLIPC_PRECISION,\n"
                        "                               else the model's own: fp32, or int8 for an int8 checkpoint)\n");
             return rc;
