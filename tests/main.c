@@ -171,7 +171,7 @@ int main(int argc, char **argv) {
     if (getenv("CLIPC")) clipc_binary = getenv("CLIPC");
     struct { const char *name; void (*fn)(void); } suites[] = {
         {"util", test_util}, {"tokenizer", test_tokenizer}, {"image", test_image},
-        {"model", test_model}, {"train", test_train}, {"eval", test_eval}, {"index", test_index}, {"precision", test_precision}, {"arch", test_arch}, {"pull", test_pull}, {"hostile", test_hostile}, {"finetune", test_finetune}, {"siglip", test_siglip}, {"coca", test_coca}, {"cli", test_cli},
+        {"model", test_model}, {"train", test_train}, {"eval", test_eval}, {"index", test_index}, {"precision", test_precision}, {"arch", test_arch}, {"pull", test_pull}, {"hostile", test_hostile}, {"finetune", test_finetune}, {"siglip", test_siglip}, {"coca", test_coca}, {"cli", test_cli}, {"readme", test_readme},
     };
     for (size_t i = 0; i < sizeof suites / sizeof *suites; i++) {
         if (argc > 1 && strcmp(argv[1], suites[i].name) != 0) continue;

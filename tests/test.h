@@ -58,5 +58,6 @@ void test_hostile(void);
 void test_finetune(void);
 void test_siglip(void);
 void test_coca(void);
+void test_readme(void);
 
 #endif

@@ -157,6 +157,25 @@ static void check_probe_separable(void) {
     CHECK(linear_probe(Xtr, ytr, NTR, Xte, yte, NTE, D, C, 5, 1, &pr, &err) == 0, "5-shot probe: %s", err.message);
     CHECK(pr.n_train == 5 * C && pr.n_val == 4 * C && pr.test.acc1 == 1.0, "5-shot: %d fit, %d validate, top-1 %g",
           pr.n_train, pr.n_val, pr.test.acc1);
+    /* probe_rows names every row a 5-shot probe reads (so eval embeds only
+     * those): with all other rows NaN, the result is the same */
+    int rows[NTR], n_rows = 0;
+    CHECK(probe_rows(ytr, NTR, C, 5, 1, rows, &n_rows, &err) == 0 && n_rows == 9 * C, "probe_rows: %d rows", n_rows);
+    float *poisoned = malloc(sizeof(float) * NTR * D);
+    for (int i = 0; i < NTR * D; i++) poisoned[i] = NAN;
+    for (int k = 0; k < n_rows; k++) {
+        CHECK(k == 0 || rows[k] > rows[k - 1], "probe_rows ascending");
+        memcpy(poisoned + rows[k] * D, Xtr + rows[k] * D, sizeof(float) * D);
+    }
+    probe_result pp;
+    CHECK(linear_probe(poisoned, ytr, NTR, Xte, yte, NTE, D, C, 5, 1, &pp, &err) == 0, "5-shot probe on rows: %s",
+          err.message);
+    CHECK(pp.lambda == pr.lambda && pp.val_acc1 == pr.val_acc1 && pp.test.acc1 == pr.test.acc1 &&
+              pp.test.mean_per_class_recall == pr.test.mean_per_class_recall,
+          "5-shot probe on probe_rows only: lambda %g vs %g, top-1 %g vs %g", pp.lambda, pr.lambda, pp.test.acc1,
+          pr.test.acc1);
+    class_metrics_free(&pp.test);
+    free(poisoned);
     class_metrics_free(&pr.test);
     free(Xtr), free(Xte);
 }

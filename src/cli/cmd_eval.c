@@ -39,7 +39,8 @@ static const char EVAL_USAGE[] =
     "      (a CSV's captions of each image; Fashion-MNIST's caption templates of the class): BLEU-1..4 and\n"
     "      CIDEr-D as pycocoevalcap computes them, and for Fashion-MNIST the share naming the class.\n"
     "\n"
-    "  Results go to --out DIR (default clipc-eval/); --json prints the JSON to stdout as well.\n";
+    "  Results go to --out DIR (default clipc-eval/TASK-DATASET, e.g. clipc-eval/zeroshot-fashion-mnist);\n"
+    "  --json prints the JSON to stdout as well.\n";
 
 typedef struct eval_args {
     const char *model, *dataset, *test_dataset, *data, *classnames, *templates, *out;
@@ -51,7 +52,7 @@ typedef struct eval_args {
 } eval_args;
 
 static int parse_eval_args(int argc, char **argv, eval_args *a) {
-    *a = (eval_args){.out = "clipc-eval", .img_key = "filepath", .label_key = "label", .caption_key = "title",
+    *a = (eval_args){.out = NULL, .img_key = "filepath", .label_key = "label", .caption_key = "title",
                      .seed = 0};
     clipc_caption_defaults(&a->caption);
     long lv;
@@ -113,14 +114,26 @@ static void progress_cb(void *ctx, long done, long total) {
     cli_progress(p->what, done, total, p->start);
 }
 
-static int features_of(clipc_model *m, const image_set *s, const char *what, float **features) {
-    int E = clipc_model_config(m)->embed_dim;
-    *features = malloc((size_t)s->count * E * sizeof **features);
-    if (!*features) return cli_error("out of memory");
+/* Features [s->count, E] of a set's images; with rows, of rows[0..n_rows)
+ * only, at their row positions (the others are zero, and not read). */
+static int features_of(clipc_model *m, const image_set *s, const int *rows, int n_rows, const char *what,
+                       float **features) {
+    int E = clipc_model_config(m)->embed_dim, n = rows ? n_rows : s->count;
+    *features = calloc((size_t)s->count * E, sizeof **features);
+    float *compact = rows ? malloc((size_t)n * E * sizeof *compact) : *features;
+    if (!*features || !compact) {
+        if (rows) free(compact);
+        return cli_error("out of memory");
+    }
     progress_ctx p = {what, cli_now()};
     clipc_error err;
-    if (image_set_features(m, s, 0, s->count, *features, progress_cb, &p, &err)) return cli_error("%s", err.message);
-    return 0;
+    int rc = image_set_features(m, s, rows, 0, n, compact, progress_cb, &p, &err) ? cli_error("%s", err.message) : 0;
+    if (rows) {
+        for (int i = 0; i < n && rc == 0; i++)
+            memcpy(*features + (size_t)rows[i] * E, compact + (size_t)i * E, (size_t)E * sizeof *compact);
+        free(compact);
+    }
+    return rc;
 }
 
 static int make_out_dir(const char *dir) {
@@ -312,7 +325,7 @@ static int eval_retrieval(const eval_args *a) {
     if (!m) rc = 1;
     if (rc == 0) rc = make_out_dir(a->out);
     float *img_feats = NULL, *txt_feats = NULL;
-    if (rc == 0) rc = features_of(m, &images, "images", &img_feats);
+    if (rc == 0) rc = features_of(m, &images, NULL, 0, "images", &img_feats);
     if (rc == 0) {
         int E = clipc_model_config(m)->embed_dim;
         txt_feats = malloc((size_t)n * E * sizeof *txt_feats);
@@ -369,6 +382,7 @@ static int open_probe_sets(const eval_args *a, image_set *train, image_set *test
         image_set_align_classes(train, test, &err))
         return cli_error("%s", err.message);
     if (a->classnames && image_set_read_classnames(train, a->classnames, &err)) return cli_error("%s", err.message);
+    if (train_spec == train_dir) dataset_name(a->dataset, train->name, sizeof train->name); /* DIR, not "train" */
     return 0;
 }
 
@@ -383,8 +397,18 @@ static int eval_linear_probe(const eval_args *a) {
     if (rc == 0) rc = make_out_dir(a->out);
     float *ftr = NULL, *fte = NULL;
     probe_result pr = {0};
-    if (rc == 0) rc = features_of(m, &train, "train images", &ftr);
-    if (rc == 0) rc = features_of(m, &test, "test images", &fte);
+    /* k-shot: embed only the training images the probe fits and validates on */
+    int *rows = NULL, n_rows = 0;
+    if (rc == 0 && a->shots) {
+        clipc_error err;
+        if (!(rows = malloc((size_t)train.count * sizeof *rows))) rc = cli_error("out of memory");
+        else if (probe_rows(train.labels, train.count, train.n_classes, (int)a->shots, (uint64_t)a->seed, rows, &n_rows,
+                            &err))
+            rc = cli_error("%s", err.message);
+    }
+    if (rc == 0) rc = features_of(m, &train, rows, n_rows, "train images", &ftr);
+    if (rc == 0) rc = features_of(m, &test, NULL, 0, "test images", &fte);
+    free(rows);
     if (rc == 0) {
         clipc_error err;
         int E = clipc_model_config(m)->embed_dim;
@@ -398,7 +422,9 @@ static int eval_linear_probe(const eval_args *a) {
     if (rc == 0) {
         printf("linear probe on %s: %d training images, %d test images, %d classes, embed dim %d\n", train.name,
                train.count, test.count, train.n_classes, clipc_model_config(m)->embed_dim);
-        if (a->shots) printf("  %ld-shot: %d images to fit, %d to validate\n", a->shots, pr.n_train, pr.n_val);
+        if (a->shots)
+            printf("  %ld-shot: %d images to fit, %d to validate (only these were embedded)\n", a->shots, pr.n_train,
+                   pr.n_val);
         printf("  L2 strength %.3g chosen on %d validation images (top-1 %.2f%% there)\n", pr.lambda, pr.n_val,
                100 * pr.val_acc1);
         print_metrics(&pr.test, train.class_names, false);
@@ -433,6 +459,14 @@ int cmd_eval(int argc, char **argv) {
         }
     eval_args a;
     if (parse_eval_args(argc - 1, argv + 1, &a)) return 1;
+    /* one folder per task and dataset by default, so that one evaluation
+     * does not overwrite another's results */
+    char out[4200], name[64] = "";
+    if (!a.out) {
+        if (a.dataset || a.data) dataset_name(a.dataset ? a.dataset : a.data, name, sizeof name);
+        snprintf(out, sizeof out, "clipc-eval/%s%s%s", argv[0], name[0] ? "-" : "", name);
+        a.out = out;
+    }
     if (!strcmp(argv[0], "zeroshot")) return eval_zeroshot(&a);
     if (!strcmp(argv[0], "retrieval")) return eval_retrieval(&a);
     if (!strcmp(argv[0], "linear-probe")) return eval_linear_probe(&a);
@@ -653,7 +687,7 @@ int cmd_retrieve(int argc, char **argv) {
     float *img = NULL, *txt = NULL, *scores = NULL, *top_scores = NULL;
     int *top = NULL, E = m ? clipc_model_config(m)->embed_dim : 0;
     if (k > set.count) k = set.count;
-    if (rc == 0) rc = features_of(m, &set, "images", &img);
+    if (rc == 0) rc = features_of(m, &set, NULL, 0, "images", &img);
     if (rc == 0) {
         txt = malloc((size_t)n_queries * E * sizeof *txt);
         scores = malloc((size_t)set.count * sizeof *scores);
@@ -692,24 +726,43 @@ int cmd_retrieve(int argc, char **argv) {
 
 /* ---- export-images ------------------------------------------------------------- */
 
+/* One CSV field, quoted (RFC 4180) when it holds a comma, quote or line break. */
+static void csv_field(FILE *f, const char *s) {
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
 /* Writes a labelled set's images as PNG files in class folders
  * (DIR/CLASS/NAME.png): sample data for `index`, and a folder dataset for
  * `eval --dataset DIR`. */
 int cmd_export_images(int argc, char **argv) {
-    const char *dataset = "fashion-mnist", *split = "test", *out = NULL;
+    const char *dataset = "fashion-mnist", *split = "test", *out = NULL, *csv_path = NULL;
     long limit = 0;
     for (int i = 0; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--dataset") && v) dataset = argv[++i];
         else if (!strcmp(argv[i], "--split") && v) split = argv[++i];
         else if (!strcmp(argv[i], "--out") && v) out = argv[++i];
+        else if (!strcmp(argv[i], "--csv") && v) csv_path = argv[++i];
         else if (!strcmp(argv[i], "--limit")) {
             if (!cli_int("--limit", v, 1, 100000000, &limit)) return 1;
             i++;
         } else if (!strcmp(argv[i], "--help")) {
             printf("usage: clipc export-images [--dataset fashion-mnist] [--split test|train] [--limit N] --out DIR\n"
+                   "                           [--csv FILE]\n"
                    "  The dataset's first N images as PNG files, DIR/CLASS/SPLIT_INDEX.png (class folders,\n"
-                   "  '_' for spaces): sample photos for clipc index, and a folder dataset for clipc eval.\n");
+                   "  '_' for spaces): sample photos for clipc index, and a folder dataset for clipc eval.\n"
+                   "  --csv FILE   also a CSV of the images: filepath,title,label,label_index (title: a\n"
+                   "               caption as clipc train makes them from the label; label: the class name;\n"
+                   "               label_index: its number), for train --data, eval retrieval and eval zeroshot\n");
             return 0;
         } else return cli_unexpected("export-images", cmd_export_images, argv[i]);
     }
@@ -729,6 +782,14 @@ int cmd_export_images(int argc, char **argv) {
             if (*p == ' ' || *p == '/') *p = '_';
         rc = make_out_dir(dir);
     }
+    /* the CSV is written beside the images and renamed into place at the end */
+    char csv_tmp[4200];
+    FILE *csv = NULL;
+    if (rc == 0 && csv_path) {
+        snprintf(csv_tmp, sizeof csv_tmp, "%s.part", csv_path);
+        if (!(csv = fopen(csv_tmp, "w"))) rc = cli_error("%s: %s", csv_tmp, strerror(errno));
+        else fprintf(csv, "filepath,title,label,label_index\n");
+    }
     double start = cli_now();
     for (int i = 0; i < n && rc == 0; i++) {
         unsigned char *png = NULL;
@@ -742,7 +803,24 @@ int cmd_export_images(int argc, char **argv) {
             write_file_atomic(path, png, len, &err))
             rc = cli_error("%s", err.message);
         free(png);
+        if (rc == 0 && csv) {
+            char title[256];
+            int label = set.labels[i];
+            if (set.paths) snprintf(title, sizeof title, "a photo of a %s.", set.class_names[label]);
+            else fmnist_caption(label, 0, 0, i, title, sizeof title);
+            csv_field(csv, path);
+            fputc(',', csv);
+            csv_field(csv, title);
+            fputc(',', csv);
+            csv_field(csv, set.class_names[label]);
+            fprintf(csv, ",%d\n", label);
+        }
         if ((i + 1) % 256 == 0 || i + 1 == n) cli_progress("images", i + 1, n, start);
+    }
+    if (csv) {
+        if ((fclose(csv) || rc) && rc == 0) rc = cli_error("%s: %s", csv_tmp, strerror(errno));
+        if (rc == 0 && rename(csv_tmp, csv_path)) rc = cli_error("%s: %s", csv_path, strerror(errno));
+        if (rc) remove(csv_tmp);
     }
     if (rc == 0) fprintf(stderr, "wrote %d images of %s (%s) to %s/CLASS/\n", n, set.name, split, out);
     free(rgb);

@@ -389,7 +389,7 @@ static int train_main(int argc, char **argv, const dist *d) {
         char first_skip[512];
         long skipped = loader_skipped(ld, first_skip, sizeof first_skip);
         if (skipped > skipped_reported) { /* each rank reports the images of its own shard */
-            fprintf(stderr, "%sclipc: warning: skipped %ld unreadable image%s so far (first: %s)\n",
+            fprintf(stderr, "%sclipc: warning: %ld unreadable image file%s so far, each replaced by the next pair (first: %s)\n",
                     cli_progress_enabled() ? "\n" : "", skipped, skipped == 1 ? "" : "s", first_skip);
             skipped_reported = skipped;
         }

@@ -101,10 +101,24 @@ double cli_now(void) {
 
 bool cli_progress_enabled(void) { return isatty(STDERR_FILENO); }
 
+/* CLIPC_PROGRESS_EVERY: seconds between progress lines in a log (default 30). */
+static double log_progress_every(void) {
+    const char *e = getenv("CLIPC_PROGRESS_EVERY");
+    double s = e ? atof(e) : 0;
+    return s > 0 ? s : 30.0;
+}
+
 void cli_progress(const char *what, long done, long total, double start) {
-    if (!cli_progress_enabled()) return;
-    double elapsed = cli_now() - start, rate = done / (elapsed > 1e-9 ? elapsed : 1e-9);
+    double now = cli_now(), elapsed = now - start, rate = done / (elapsed > 1e-9 ? elapsed : 1e-9);
     double eta = rate > 0 ? (total - done) / rate : 0;
+    if (!cli_progress_enabled()) { /* a log: a plain line every 30 s of a long task, none for a short one */
+        static double task_start = -1, last_line;
+        if (start != task_start) task_start = start, last_line = start;
+        if (now - last_line < log_progress_every()) return;
+        last_line = now;
+        fprintf(stderr, "%s: %ld/%ld  %.1f/s  ETA %.0fs\n", what, done, total, rate, eta);
+        return;
+    }
     int width = 30, filled = total ? (int)(width * done / total) : width;
     fprintf(stderr, "\r%s [%.*s%*s] %ld/%ld  %.1f/s  ETA %.0fs ", what, filled,
             "##############################", width - filled, "", done, total, rate, eta);

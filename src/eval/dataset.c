@@ -156,6 +156,14 @@ static int open_csv(const char *path, const char *img_key, const char *label_key
     return rc;
 }
 
+void dataset_name(const char *spec, char *name, size_t cap) {
+    size_t len = strlen(spec);
+    while (len > 1 && spec[len - 1] == '/') len--;
+    const char *base = spec + len;
+    while (base > spec && base[-1] != '/') base--;
+    snprintf(name, cap, "%.*s", (int)(spec + len - base), base);
+}
+
 int image_set_open(const char *spec, const char *split, const char *img_key, const char *label_key, image_set *out,
                    clipc_error *err) {
     memset(out, 0, sizeof *out);
@@ -182,11 +190,7 @@ int image_set_open(const char *spec, const char *split, const char *img_key, con
         return clipc_fail(err, "%s: no such dataset (fashion-mnist, a folder of class folders, or a .csv/.tsv)", spec);
     } else {
         rc = S_ISDIR(st.st_mode) ? open_folder(spec, out, err) : open_csv(spec, img_key, label_key, out, err);
-        size_t len = strlen(spec);
-        while (len > 1 && spec[len - 1] == '/') len--;
-        const char *base = spec + len;
-        while (base > spec && base[-1] != '/') base--;
-        snprintf(out->name, sizeof out->name, "%.*s", (int)(spec + len - base), base);
+        dataset_name(spec, out->name, sizeof out->name);
     }
     if (rc) image_set_free(out);
     return rc;
@@ -273,7 +277,7 @@ int image_set_pixels_batch(const image_set *s, const int *rows, int first, int n
     return rc;
 }
 
-int image_set_features(clipc_model *m, const image_set *s, int first, int n, float *features, eval_progress progress,
+int image_set_features(clipc_model *m, const image_set *s, const int *rows, int first, int n, float *features, eval_progress progress,
                        void *ctx, clipc_error *err) {
     const clipc_config *c = clipc_model_config(m);
     int R = c->image_resolution, E = c->embed_dim;
@@ -282,7 +286,7 @@ int image_set_features(clipc_model *m, const image_set *s, int first, int n, flo
     int rc = pixels ? 0 : clipc_fail(err, "out of memory");
     for (int done = 0; done < n && rc == 0; done += FEATURE_BATCH) {
         int b = n - done < FEATURE_BATCH ? n - done : FEATURE_BATCH;
-        rc = image_set_pixels_batch(s, NULL, first + done, b, m, pixels, err);
+        rc = image_set_pixels_batch(s, rows ? rows + done : NULL, first + done, b, m, pixels, err);
         if (rc == 0) rc = clipc_encode_image(m, pixels, b, features + (size_t)done * E, err);
         if (rc == 0) clipc_normalize_rows(features + (size_t)done * E, b, E);
         if (rc == 0 && progress) progress(ctx, done + b, n);

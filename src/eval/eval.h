@@ -20,6 +20,10 @@ typedef struct image_set {
     char name[64];      /* "fashion-mnist", the folder's or the file's name */
 } image_set;
 
+/* A dataset argument's name: "fashion-mnist", or the folder's or file's
+ * last path component ("photos/" -> "photos"). */
+void dataset_name(const char *spec, char *name, size_t cap);
+
 /* spec is "fashion-mnist", "fashion-mnist-inverted" (its intensities
  * inverted: the domain-shift benchmark), a directory or a .csv/.tsv file. split picks
  * Fashion-MNIST's "train" or "test" part (ignored otherwise). A CSV needs
@@ -48,9 +52,9 @@ int image_set_align_classes(const image_set *ref, image_set *s, clipc_error *err
 /* Called after each encoded batch (NULL for none). */
 typedef void (*eval_progress)(void *ctx, long done, long total);
 
-/* L2-normalised image features [n, E] of images first..first+n-1, decoded on
- * all cores in batches. */
-int image_set_features(clipc_model *m, const image_set *s, int first, int n, float *features, eval_progress progress,
+/* L2-normalised image features [n, E] of images rows[0..n) (rows NULL:
+ * first..first+n-1), decoded on all cores in batches. */
+int image_set_features(clipc_model *m, const image_set *s, const int *rows, int first, int n, float *features, eval_progress progress,
                        void *ctx, clipc_error *err);
 
 /* ---- metrics (metrics.c) --------------------------------------------------------- */
@@ -107,6 +111,11 @@ typedef struct probe_result {
  * fine-tuning's --shots, take the first K of each class: the same seed
  * gives both the same shots. */
 void shot_order(uint64_t seed, int n, int *order);
+
+/* The training rows linear_probe reads with these arguments (the fit and
+ * validation rows; all of them unless shots > 0), ascending, in rows[ntr]:
+ * a k-shot probe needs the features of those images only. */
+int probe_rows(const int *ytr, int ntr, int C, int shots, uint64_t seed, int *rows, int *n_rows, clipc_error *err);
 
 /* The CLIP paper's protocol: carve a validation split from the training
  * features (20%, or with shots > 0 a disjoint min(shots, 4) per class),

@@ -112,6 +112,47 @@ static double top1(const double *W, const float *X, const int *y, int n, int d, 
 
 void shot_order(uint64_t seed, int n, int *order) { rng_permutation(seed ^ 0x11e4b90beULL, n, order); }
 
+/* The rows to fit and to validate on, in a seeded order (perm, taken:
+ * scratch of ntr and C ints). */
+static void probe_split(const int *ytr, int ntr, int C, int shots, uint64_t seed, int *perm, int *taken, int *fit_idx,
+                        int *n_fit, int *val_idx, int *n_val) {
+    shot_order(seed, ntr, perm); /* a seeded shuffle decides the split */
+    *n_fit = *n_val = 0;
+    memset(taken, 0, (size_t)C * sizeof *taken);
+    if (shots > 0) { /* shots per class to fit; a disjoint min(shots, 4) per class to validate (CoOp's rule) */
+        int val_shots = shots < 4 ? shots : 4;
+        for (int i = 0; i < ntr; i++) {
+            int c = ytr[perm[i]];
+            if (taken[c] < shots) fit_idx[(*n_fit)++] = perm[i];
+            else if (taken[c] < shots + val_shots) val_idx[(*n_val)++] = perm[i];
+            taken[c]++;
+        }
+    } else { /* 20% validation, 80% to fit */
+        *n_val = ntr / 5;
+        for (int i = 0; i < ntr; i++)
+            if (i < *n_val) val_idx[i] = perm[i];
+            else fit_idx[(*n_fit)++] = perm[i];
+    }
+}
+
+static int ascending(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+
+int probe_rows(const int *ytr, int ntr, int C, int shots, uint64_t seed, int *rows, int *n_rows, clipc_error *err) {
+    int *perm = malloc((size_t)ntr * sizeof *perm), *taken = malloc((size_t)C * sizeof *taken);
+    int *val = malloc((size_t)ntr * sizeof *val);
+    if (!perm || !taken || !val) {
+        free(perm), free(taken), free(val);
+        return clipc_fail(err, "out of memory");
+    }
+    int n_fit, n_val;
+    probe_split(ytr, ntr, C, shots, seed, perm, taken, rows, &n_fit, val, &n_val);
+    memcpy(rows + n_fit, val, (size_t)n_val * sizeof *rows);
+    *n_rows = n_fit + n_val;
+    qsort(rows, (size_t)*n_rows, sizeof *rows, ascending); /* the files in their order */
+    free(perm), free(taken), free(val);
+    return 0;
+}
+
 int linear_probe(const float *Xtr, const int *ytr, int ntr, const float *Xte, const int *yte, int nte, int d, int C,
                  int shots, uint64_t seed, probe_result *out, clipc_error *err) {
     memset(out, 0, sizeof *out);
@@ -128,22 +169,8 @@ int linear_probe(const float *Xtr, const int *ytr, int ntr, const float *Xte, co
         rc = clipc_fail(err, "out of memory");
         goto done;
     }
-    shot_order(seed, ntr, perm); /* a seeded shuffle decides the split */
-    int n_fit = 0, n_val = 0;
-    if (shots > 0) { /* shots per class to fit; a disjoint min(shots, 4) per class to validate (CoOp's rule) */
-        int val_shots = shots < 4 ? shots : 4;
-        for (int i = 0; i < ntr; i++) {
-            int c = ytr[perm[i]];
-            if (taken[c] < shots) fit_idx[n_fit++] = perm[i];
-            else if (taken[c] < shots + val_shots) val_idx[n_val++] = perm[i];
-            taken[c]++;
-        }
-    } else { /* 20% validation, 80% to fit */
-        n_val = ntr / 5;
-        for (int i = 0; i < ntr; i++)
-            if (i < n_val) val_idx[i] = perm[i];
-            else fit_idx[n_fit++] = perm[i];
-    }
+    int n_fit, n_val;
+    probe_split(ytr, ntr, C, shots, seed, perm, taken, fit_idx, &n_fit, val_idx, &n_val);
     if (n_fit == 0 || n_val == 0) {
         rc = clipc_fail(err, "linear probe: too few training samples for a validation split (%d to fit, %d to validate)",
                         n_fit, n_val);

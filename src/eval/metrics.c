@@ -62,7 +62,7 @@ int zeroshot_evaluate(clipc_model *m, clipc_tokenizer *tok, const image_set *s, 
     if (n <= 0 || n > s->count) n = s->count;
     float *features = malloc((size_t)n * E * sizeof *features), *scores = malloc((size_t)n * C * sizeof *scores);
     int rc = features && scores ? 0 : clipc_fail(err, "out of memory");
-    if (rc == 0) rc = image_set_features(m, s, 0, n, features, progress, ctx, err);
+    if (rc == 0) rc = image_set_features(m, s, NULL, 0, n, features, progress, ctx, err);
     if (rc == 0)
         rc = zeroshot_cosines(m, tok, (const char *const *)s->class_names, C, templates, n_templates, features, n, scores,
                               err);

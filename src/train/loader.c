@@ -28,7 +28,8 @@ struct loader {
     long perm_epoch;
     clipc_error err;
     bool failed;
-    long skipped;            /* unreadable images replaced by the next sample */
+    long skipped;            /* unreadable image files (each counted once) */
+    unsigned char *unreadable; /* src.count flags: this file could not be read */
     char first_skip[512];
 };
 
@@ -47,7 +48,10 @@ static int fill_one(loader *l, int slot, long step, int pos, int i, int idx) {
         int tries = 0;
         while (augmented_pixels(l->src.csv->paths[idx], l->R, l->seed, step, i, px, &e)) {
             pthread_mutex_lock(&l->lock);
-            if (l->skipped++ == 0) snprintf(l->first_skip, sizeof l->first_skip, "%s", e.message);
+            if (!l->unreadable[idx]) { /* a file, not each time a step draws it */
+                l->unreadable[idx] = 1;
+                if (l->skipped++ == 0) snprintf(l->first_skip, sizeof l->first_skip, "%s", e.message);
+            }
             pthread_mutex_unlock(&l->lock);
             idx = (idx + 1) % l->src.count;
             if (++tries == l->src.count) return clipc_fail(&l->err, "no readable image in the data (%s)", e.message);
@@ -115,11 +119,12 @@ loader *loader_start(pair_source src, int batch_pairs, int shard_first, int shar
     l->next = first, l->end = end, l->ready[0] = l->ready[1] = -1, l->perm_epoch = -1;
     l->tok = clipc_tokenizer_new(err);
     l->perm = malloc((size_t)src.count * sizeof *l->perm);
+    l->unreadable = calloc((size_t)src.count, 1);
     for (int s = 0; s < 2; s++) {
         l->pixels[s] = malloc((size_t)shard_count * 3 * resolution * resolution * sizeof(float));
         l->tokens[s] = malloc((size_t)shard_count * context * sizeof(int32_t));
     }
-    if (!l->tok || !l->perm || !l->pixels[0] || !l->pixels[1] || !l->tokens[0] || !l->tokens[1]) {
+    if (!l->tok || !l->perm || !l->unreadable || !l->pixels[0] || !l->pixels[1] || !l->tokens[0] || !l->tokens[1]) {
         if (l->tok) clipc_fail(err, "out of memory for the data loader");
         loader_stop(l);
         return NULL;
@@ -175,6 +180,7 @@ void loader_stop(loader *l) {
     }
     clipc_tokenizer_free(l->tok);
     free(l->perm);
+    free(l->unreadable);
     for (int s = 0; s < 2; s++) free(l->pixels[s]), free(l->tokens[s]);
     free(l);
 }
