@@ -962,80 +962,6 @@ static void check_search(void) {
     run_cmd(cmd);
 }
 
-/* The README's library example, cut out of the README, compiled against the built library and
- * run on the shipped model and a SigLIP test model: its cosine is the library's own. */
-static void check_readme_library(void) {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd,
-             "awk '/^## Library/{lib=1} lib && /^```c$/{on=1; next} on && /^```$/{exit} on' README.md > %s/app.c && "
-             "cc -std=c11 -Wall -Wextra -Werror -Iinclude %s/app.c -Lbuild -lclipc -Wl,-rpath,$PWD/build -o %s/app 2> %s/app.err",
-             dir, dir, dir, dir);
-    CHECK(run_cmd(cmd) == 0, "the README's library example compiles (%s/app.err)", dir);
-    snprintf(cmd, sizeof cmd, "%s export-images --limit 1 --out %s/readme_img > /dev/null 2>&1", clipc_binary, dir);
-    run_cmd(cmd);
-    char img[700];
-    snprintf(cmd, sizeof cmd, "find %s/readme_img -name '*.png' | head -1 > %s/readme_img.txt", dir, dir);
-    run_cmd(cmd);
-    snprintf(img, sizeof img, "%s/readme_img.txt", dir);
-    FILE *f = fopen(img, "r");
-    if (!f || !fgets(img, sizeof img, f)) img[0] = 0;
-    if (f) fclose(f);
-    img[strcspn(img, "\n")] = 0;
-    const char *cases[2][3] = {{"models/clipc-fmnist.safetensors", img, "CLIP"},
-                               {"tests/data/siglip/b_like/model.safetensors", ref_path("preprocess/images/chelsea_224x224.png"), "SigLIP"}};
-    for (int k = 0; k < 2; k++) {
-        snprintf(cmd, sizeof cmd, "%s/app %s %s 'a photo of a sneaker.' > %s/app.out 2>&1", dir, cases[k][0], cases[k][1], dir);
-        int rc = run_cmd(cmd);
-        char out[512] = "", path[600];
-        snprintf(path, sizeof path, "%s/app.out", dir);
-        f = fopen(path, "r");
-        if (f && !fgets(out, sizeof out, f)) out[0] = 0;
-        if (f) fclose(f);
-        /* the same cosine from the library */
-        clipc_error err;
-        clipc_model *m = clipc_model_load(cases[k][0], &err);
-        clipc_tokenizer *tok = m ? clipc_model_tokenizer(m, &err) : NULL;
-        double want = -2;
-        if (tok && clipc_model_set_precision(m, CLIPC_BF16, &err) == 0) {
-            const clipc_config *c = clipc_model_config(m);
-            float *px = malloc(sizeof(float) * 3 * c->image_resolution * c->image_resolution);
-            float *a = malloc(sizeof(float) * c->embed_dim), *b = malloc(sizeof(float) * c->embed_dim);
-            int32_t *t = malloc(sizeof(int32_t) * c->context_length);
-            if (clipc_model_preprocess_file(m, cases[k][1], px, &err) == 0 && clipc_encode_image(m, px, 1, a, &err) == 0 &&
-                clipc_tokenize(tok, "a photo of a sneaker.", c->context_length, 1, t, &err) == 0 &&
-                clipc_encode_text(m, t, 1, b, &err) == 0) {
-                clipc_normalize_rows(a, 1, c->embed_dim), clipc_normalize_rows(b, 1, c->embed_dim);
-                want = 0;
-                for (int j = 0; j < c->embed_dim; j++) want += a[j] * b[j];
-            }
-            free(px), free(a), free(b), free(t);
-        }
-        char expect[64];
-        snprintf(expect, sizeof expect, "%s model, cosine %.4f", cases[k][2], want);
-        CHECK(rc == 0 && !strncmp(out, expect, strlen(expect)), "README example on %s: '%s', expected '%s...'", cases[k][0],
-              out, expect);
-        if (k == 0) { /* and as the README says: built against an installed prefix with pkg-config, run as is */
-            snprintf(cmd, sizeof cmd,
-                     /* the plain build's library, not an outer make's (make sanitize passes BUILD= down) */
-                     "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s install PREFIX=%s/inst >/dev/null 2>&1 && "
-                     "cc -std=c11 %s/app.c $(PKG_CONFIG_PATH=%s/inst/lib/pkgconfig pkg-config --cflags --libs clipc) -o %s/app2 && "
-                     "readelf -d %s/inst/lib/libclipc.so | grep -q 'SONAME.*libclipc.so.0' && "
-                     "env -u LD_LIBRARY_PATH %s/app2 %s/inst/share/clipc/clipc-fmnist.safetensors %s 'a photo of a sneaker.' "
-                     "> %s/app2.out 2>&1 && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s uninstall PREFIX=%s/inst >/dev/null 2>&1",
-                     dir, dir, dir, dir, dir, dir, dir, cases[k][1], dir, dir);
-            CHECK(run_cmd(cmd) == 0, "the README's example built with pkg-config against make install runs (%s/app2.out)", dir);
-            snprintf(path, sizeof path, "%s/app2.out", dir);
-            char out2[512] = "";
-            f = fopen(path, "r");
-            if (f && !fgets(out2, sizeof out2, f)) out2[0] = 0;
-            if (f) fclose(f);
-            CHECK(!strncmp(out2, expect, strlen(expect)), "installed build: '%s', expected '%s...'", out2, expect);
-        }
-        clipc_tokenizer_free(tok);
-        clipc_model_free(m);
-    }
-}
-
 /* The man page (every command's section, rendered by groff without a warning) and the bash
  * completion (commands, and a command's flags) */
 static void check_man_and_completion(void) {
@@ -1120,7 +1046,6 @@ void test_cli(void) {
     check_default_model();
     check_mpi();
     check_search();
-    check_readme_library();
     check_folders();
     check_man_and_completion();
     char cmd[600];
