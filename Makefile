@@ -17,7 +17,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsentencepiece -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -lz -lstdc++ -lm -fopenmp -lpthread
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsentencepiece -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -ltiff -lwebpdemux -lwebp -lz -lstdc++ -lm -fopenmp -lpthread
 # Data-parallel training over MPI when OpenMPI's development files are
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
@@ -143,6 +143,17 @@ build-fuzz/fuzz_tokenizer: $(FUZZ_TOK_SRC) src/tokenizer/spm_shim.cpp $(wildcard
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_TOK_SRC) build-fuzz/spm_shim.o build-fuzz/vocab_blob.o -lsentencepiece -lcjson -lutf8proc -lz \
 	    -lstdc++ -o $@
 
+# The image decoders and _transform's resize; seeds: the image fixtures of every format.
+FUZZ_IMG_SRC := tests/fuzz/fuzz_image.c src/image/decode.c src/image/tiff.c src/image/webp.c src/image/resize.c \
+                src/image/preprocess.c src/util/error.c src/util/fileio.c
+build-fuzz/fuzz_image: $(FUZZ_IMG_SRC) $(wildcard src/*.h include/*.h)
+	@mkdir -p build-fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_IMG_SRC) -ljpeg -lpng -ltiff -lwebpdemux -lwebp -lz -lm -o $@
+build-fuzz/corpus-image/.made: $(wildcard tests/data/formats/*.tif tests/data/formats/*.webp tests/data/modes/*.png tests/data/modes/*.jpg)
+	@mkdir -p build-fuzz/corpus-image
+	cp $^ build-fuzz/corpus-image/
+	@touch $@
+
 # Its seeds: the two test tokenizers' model files (first byte even) and texts (odd).
 build-fuzz/corpus-tokenizer/.made: tests/data/siglip/unigram/spiece.model tests/data/siglip/bpe/tokenizer.model
 	@mkdir -p build-fuzz/corpus-tokenizer
@@ -158,7 +169,7 @@ build-fuzz/corpus-checkpoint/.made: $(BUILD)/clipc
 	@touch $@
 
 fuzz-build: build-fuzz/fuzz_pickle build-fuzz/fuzz_checkpoint build-fuzz/corpus-checkpoint/.made \
-            build-fuzz/fuzz_tokenizer build-fuzz/corpus-tokenizer/.made
+            build-fuzz/fuzz_tokenizer build-fuzz/corpus-tokenizer/.made build-fuzz/fuzz_image build-fuzz/corpus-image/.made
 
 fuzz: fuzz-build
 	@mkdir -p build-fuzz/corpus-pickle
@@ -166,6 +177,7 @@ fuzz: fuzz-build
 	build-fuzz/fuzz_checkpoint -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 -print_final_stats=1 \
 	    build-fuzz/corpus-checkpoint
 	build-fuzz/fuzz_tokenizer -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-tokenizer
+	build-fuzz/fuzz_image -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-image
 
 clean:
 	rm -rf build build-san build-fuzz

@@ -9,6 +9,7 @@ PACKAGES=(
   libdnnl-dev              # oneDNN: the bf16 and int8 GEMMs (AMX, AVX512-BF16/VNNI, AVX2)
   libjpeg62-turbo-dev      # JPEG decoding, the decoder Pillow uses
   libpng-dev zlib1g-dev    # PNG decoding; zlib also inflates the built-in BPE vocabulary
+  libtiff-dev libwebp-dev  # TIFF and WebP decoding, the libraries Pillow uses
   libcjson-dev             # safetensors headers, config.json
   libzip-dev               # PyTorch checkpoints (torch.save's zip archives)
   libcurl4-openssl-dev libssl-dev  # clipc pull: downloads, SHA-256

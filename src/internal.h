@@ -480,6 +480,11 @@ typedef struct image {
 
 int image_decode(const unsigned char *data, size_t len, const char *name, image *out,
                  clipc_error *err);
+/* The formats' decoders (image_decode picks one by the file's signature),
+ * and the pixel-count bound each applies before allocating. */
+int decode_tiff(const unsigned char *data, size_t len, const char *name, image *out, clipc_error *err);
+int decode_webp(const unsigned char *data, size_t len, const char *name, image *out, clipc_error *err);
+int image_check_size(const char *name, long long w, long long h, clipc_error *err);
 void image_free(image *im);
 /* Pillow's Image.resize(size, BICUBIC) (NEAREST for P and 1). */
 int image_resize(const image *in, int width, int height, image *out, clipc_error *err);

@@ -268,8 +268,9 @@ static void check_refusals(void) {
     run_cmd(cmd);
 }
 
-/* The model parsers' fuzz targets (make fuzz-build): the unpickler on its seed corpus, checkpoint
- * loading on the headers of files clipc writes, SentencePiece model files and texts, each for a bounded time. Any crash, leak or UB report
+/* The parsers' fuzz targets (make fuzz-build): the unpickler on its seed corpus, checkpoint
+ * loading on the headers of files clipc writes, SentencePiece model files and texts, the image
+ * decoders on the image fixtures, each for a bounded time. Any crash, leak or UB report
  * fails it. */
 static void check_fuzz(void) {
     const char *secs = getenv("CLIPC_FUZZ_SECONDS") ? getenv("CLIPC_FUZZ_SECONDS") : "20";
@@ -277,6 +278,7 @@ static void check_fuzz(void) {
         {"fuzz_pickle", "tests/fuzz/corpus/pickle", "the unpickler"},
         {"fuzz_checkpoint", "build-fuzz/corpus-checkpoint", "checkpoint loading"},
         {"fuzz_tokenizer", "build-fuzz/corpus-tokenizer", "the SentencePiece tokenizers"},
+        {"fuzz_image", "build-fuzz/corpus-image", "the JPEG, PNG, TIFF and WebP decoders"},
     };
     for (size_t i = 0; i < sizeof targets / sizeof *targets; i++) {
         char cmd[1024], bin[64];

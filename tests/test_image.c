@@ -198,8 +198,77 @@ static void check_more_modes(void) {
     npy_free(&ref);
 }
 
+/* TIFF and WebP against Pillow 9.4 (tests/data/formats, made by
+ * tools/gen_format_fixtures.py): the decoded pixels, as convert('RGB')
+ * gives them, and _transform(24), both bit for bit. */
+static void check_formats(void) {
+    npy_array rgb, t24;
+    clipc_error err;
+    if (npy_read("tests/data/formats/rgb.npy", &rgb, &err) || npy_read("tests/data/formats/t24.npy", &t24, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    FILE *f = fopen("tests/data/formats/files.txt", "r");
+    char name[128], mode[16];
+    int i = 0, w, h, tiffs = 0, webps = 0;
+    size_t offset = 0;
+    float ours[3 * 24 * 24];
+    while (f && fscanf(f, "%127s %d %d %15s", name, &w, &h, mode) == 4) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/data/formats/%s", name);
+        unsigned char *data = NULL, *pixels = NULL;
+        size_t len = 0, n = (size_t)w * h * 3;
+        image im;
+        int rc = read_file(path, &data, &len, &err);
+        if (rc == 0) rc = image_decode(data, len, name, &im, &err);
+        CHECK(rc == 0, "%s", err.message);
+        if (rc == 0) {
+            pixels = malloc(n);
+            image_to_rgb(&im, pixels);
+            CHECK(im.width == w && im.height == h && offset + n <= rgb.count &&
+                      !memcmp(pixels, (unsigned char *)rgb.data + offset, n),
+                  "%s (%s): decoded pixels differ from Pillow 9.4's", name, mode);
+            image_free(&im);
+            free(pixels);
+        }
+        free(data);
+        offset += n;
+        rc = clipc_preprocess_file(path, 24, ours, &err);
+        CHECK(rc == 0, "%s", err.message);
+        double d = rc ? INFINITY : max_abs_diff(ours, (float *)t24.data + (size_t)i * 3 * 24 * 24, 3 * 24 * 24);
+        CHECK(d == 0.0, "_transform(24) of %s differs from Pillow 9.4 by %.3g", name, d);
+        tiffs += strstr(name, ".tif") != NULL, webps += strstr(name, ".webp") != NULL;
+        i++;
+    }
+    CHECK(tiffs == 20 && webps == 5 && offset == rgb.count && (size_t)i * 3 * 24 * 24 == t24.count,
+          "format fixtures: %d TIFF, %d WebP", tiffs, webps);
+    if (f) fclose(f);
+    npy_free(&rgb);
+    npy_free(&t24);
+    /* what is not read says so, in one line */
+    static const unsigned char tiff16[] = "II*\0\x08\0\0\0\x06\0"
+                                          "\x00\x01\x03\0\x01\0\0\0\x02\0\0\0"  /* width 2 */
+                                          "\x01\x01\x03\0\x01\0\0\0\x02\0\0\0"  /* height 2 */
+                                          "\x02\x01\x03\0\x01\0\0\0\x10\0\0\0"  /* 16 bits */
+                                          "\x06\x01\x03\0\x01\0\0\0\x01\0\0\0"  /* min-is-black */
+                                          "\x11\x01\x04\0\x01\0\0\0\x56\0\0\0"  /* the strip at 86 */
+                                          "\x17\x01\x04\0\x01\0\0\0\x08\0\0\0"  /* of 8 bytes */
+                                          "\0\0\0\0" "\1\1\2\2\3\3\4\4";
+    image im;
+    CHECK(image_decode(tiff16, sizeof tiff16 - 1, "x.tif", &im, &err) == -1 && strstr(err.message, "16-bit") &&
+              strstr(err.message, "x.tif"),
+          "16-bit TIFF: %s", err.message);
+    static const unsigned char bad_webp[] = "RIFF\x20\0\0\0WEBPVP8 \x10\0\0\0garbagegarbage!!";
+    CHECK(image_decode(bad_webp, sizeof bad_webp - 1, "x.webp", &im, &err) == -1 && strstr(err.message, "corrupt WebP"),
+          "corrupt WebP: %s", err.message);
+    static const unsigned char bad_tiff[] = "II*\0\xff\xff\xff\x7f";
+    CHECK(image_decode(bad_tiff, sizeof bad_tiff - 1, "y.tif", &im, &err) == -1 && strstr(err.message, "corrupt TIFF"),
+          "corrupt TIFF: %s", err.message);
+}
+
 void test_image(void) {
     check_more_modes();
+    check_formats();
     cJSON *meta = load_json("preprocess/preprocess.json");
     CHECK(meta != NULL, "cannot read preprocess.json");
     if (!meta) return;

@@ -62,7 +62,7 @@ int cmd_embed(int argc, char **argv) {
                    "                   [--raw] [--truncate] -o OUT.npy\n"
                    "  writes float32 [n, embed_dim] rows in input order; L2-normalised unless --raw\n"
                    "  (--raw gives encode_image / encode_text). --truncate cuts texts longer than the context.\n"
-                   "  A DIR stands for the JPEG/PNG files under it, recursively, sorted by path; with --image\n"
+                   "  A DIR stands for the JPEG/PNG/TIFF/WebP files under it, recursively, sorted by path; with --image\n"
                    "  the rows' paths go to OUT.paths.txt, one per line.\n");
             return 0;
         } else return cli_unexpected("embed", cmd_embed, argv[i]);
@@ -238,7 +238,7 @@ int cmd_classify(int argc, char **argv) {
                    "  class embeddings average the prompt templates (OpenAI's 80 ImageNet ones by default;\n"
                    "  'simple' is \"a photo of a {}.\", FILE has one template with {} per line);\n"
                    "  probabilities are softmax(logit_scale * cosine) (a SigLIP model's: sigmoids).\n"
-                   "  A DIR stands for the JPEG/PNG files under it, recursively, sorted by path.\n");
+                   "  A DIR stands for the JPEG/PNG/TIFF/WebP files under it, recursively, sorted by path.\n");
             free(images);
             return 0;
         } else if (argv[i][0] == '-') {

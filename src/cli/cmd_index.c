@@ -39,7 +39,7 @@ int cmd_index(int argc, char **argv) {
         else if (!strcmp(argv[i], "-m") && i + 1 < argc) model_path = argv[++i];
         else if (!strcmp(argv[i], "--help")) {
             printf("usage: clipc index --db FILE [-m MODEL] DIR...\n"
-                   "  Indexes the .jpg/.jpeg/.png images under each DIR (recursively) into FILE (SQLite).\n"
+                   "  Indexes the .jpg/.jpeg/.png/.tif/.tiff/.webp images under each DIR (recursively) into FILE (SQLite).\n"
                    "  Unchanged files (same path, size and mtime) are skipped, changed ones re-embedded,\n"
                    "  deleted ones dropped. Every batch is committed, so an interrupted run loses at most\n"
                    "  one batch and the next run completes it. Unreadable images are reported and skipped.\n");

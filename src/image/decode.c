@@ -1,4 +1,4 @@
-/* decode.c — JPEG and PNG into the image modes Pillow gives them on
+/* decode.c — JPEG and PNG (TIFF: tiff.c, WebP: webp.c) into the image modes Pillow gives them on
  * Image.open, with the decoders Pillow itself uses (libjpeg-turbo with its
  * defaults, libpng), so pixels match bit for bit:
  *   JPEG: gray -> L, YCbCr/RGB -> RGB, CMYK/YCCK -> CMYK (Adobe-inverted)
@@ -22,7 +22,7 @@ void image_free(image *im) {
     im->pixels = NULL;
 }
 
-static int check_size(const char *name, long long w, long long h, clipc_error *err) {
+int image_check_size(const char *name, long long w, long long h, clipc_error *err) {
     if (w <= 0 || h <= 0) return clipc_fail(err, "%s: image has no pixels (%lldx%lld)", name, w, h);
     if (w * h > CLIPC_MAX_IMAGE_PIXELS)
         return clipc_fail(err, "%s: image is %lldx%lld = %lld pixels, over the limit of %lld", name, w, h, w * h,
@@ -68,7 +68,7 @@ static int decode_jpeg(const unsigned char *data, size_t len, const char *name, 
     jpeg_create_decompress(&cinfo);
     jpeg_mem_src(&cinfo, data, (unsigned long)len);
     jpeg_read_header(&cinfo, TRUE);
-    if (check_size(name, cinfo.image_width, cinfo.image_height, err)) {
+    if (image_check_size(name, cinfo.image_width, cinfo.image_height, err)) {
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
@@ -155,7 +155,7 @@ static int decode_png(const unsigned char *data, size_t len, const char *name, i
     png_set_crc_action(png, PNG_CRC_ERROR_QUIT, PNG_CRC_ERROR_QUIT);
     png_read_info(png, info);
     png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-    if (check_size(name, w, h, err)) {
+    if (image_check_size(name, w, h, err)) {
         png_destroy_read_struct(&png, &info, NULL);
         return -1;
     }
@@ -227,6 +227,8 @@ int image_decode(const unsigned char *data, size_t len, const char *name, image 
     memset(out, 0, sizeof *out);
     if (len >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return decode_jpeg(data, len, name, out, err);
     if (len >= 8 && !memcmp(data, "\x89PNG\r\n\x1a\n", 8)) return decode_png(data, len, name, out, err);
+    if (len >= 4 && (!memcmp(data, "II*\0", 4) || !memcmp(data, "MM\0*", 4))) return decode_tiff(data, len, name, out, err);
+    if (len >= 12 && !memcmp(data, "RIFF", 4) && !memcmp(data + 8, "WEBP", 4)) return decode_webp(data, len, name, out, err);
     if (len == 0) return clipc_fail(err, "%s: empty file", name);
-    return clipc_fail(err, "%s: unsupported image format (clipc reads JPEG and PNG)", name);
+    return clipc_fail(err, "%s: unsupported image format (clipc reads JPEG, PNG, TIFF and WebP)", name);
 }
