@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void fill(float *x, size_t n, uint64_t seed, float scale) {
     rng r;
@@ -584,7 +585,48 @@ static void check_schedule(void) {
           "cosine decay: 1 at the end of warm-up, 0.5 half-way, 0 at the end");
 }
 
+/* The learning-curve picture: on a short run the running mean is a trailing
+ * mean over a few points (it ends at the mean of the last window, not 50
+ * steps behind), and both panels carry quarter ticks, the accuracy in
+ * percent with its last value written out. */
+static void check_curve(void) {
+    CHECK(curve_mean_window(40) == 2 && curve_mean_window(200) == 10 && curve_mean_window(100000) == 50 &&
+              curve_mean_window(1) == 1,
+          "curve_mean_window: %d %d %d %d", curve_mean_window(40), curve_mean_window(200), curve_mean_window(100000),
+          curve_mean_window(1));
+    enum { N = 40 };
+    long steps[N], eval_steps[2] = {20, 40};
+    float loss[N], acc[2] = {0.5f, 0.9155f};
+    for (int i = 0; i < N; i++) steps[i] = i + 1, loss[i] = 10.0f - 0.2f * i; /* 10 .. 2.2 */
+    char path[] = "/tmp/clipc_curve_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd >= 0) close(fd);
+    clipc_error err;
+    CHECK(write_curve_svg(path, steps, loss, N, eval_steps, acc, 2, N, &err) == 0, "write_curve_svg: %s", err.message);
+    unsigned char *svg = NULL;
+    size_t len = 0;
+    if (read_file(path, &svg, &len, &err) == 0) {
+        svg = realloc(svg, len + 1);
+        svg[len] = 0;
+        /* the black polyline's last point: y of mean(loss[38], loss[39]) = 2.3 on the 2.2..10 axis */
+        const char *black = strstr((char *)svg, "stroke=\"black\"");
+        const char *end = black ? strstr(black, "\"/>") : NULL, *last = end;
+        while (last && last > black && last[-1] == ' ') last--;
+        while (last && last > black && last[-1] != ' ') last--;
+        double px = 0, py = 0;
+        bool parsed = last && sscanf(last, "%lf,%lf", &px, &py) == 2;
+        double want = 10 + 230 * (1.0 - (2.3 - 2.2) / (10.0 - 2.2));
+        CHECK(parsed && fabs(py - want) < 0.1, "running mean ends at %.1f, want %.1f (mean of the last 2)", py, want);
+        CHECK(strstr((char *)svg, ">25%<") && strstr((char *)svg, ">50%<") && strstr((char *)svg, ">75%<") &&
+                  strstr((char *)svg, ">91.55%<") && strstr((char *)svg, "mean of the last 2") && strstr((char *)svg, ">20<"),
+              "curve ticks and labels");
+    }
+    free(svg);
+    unlink(path);
+}
+
 void test_train(void) {
+    check_curve();
     check_schedule();
     check_divergence();
     check_accumulation();

@@ -316,6 +316,8 @@ void history_add(history *h, long step, float loss);
 void history_eval(history *h, long step, float acc);
 void history_free(history *h);
 
+/* The number of points the loss curve's running mean spans (n points). */
+int curve_mean_window(int n);
 int write_curve_svg(const char *path, const long *steps, const float *loss, int n, const long *eval_steps,
                     const float *acc, int n_eval, long total_steps, clipc_error *err);
 
