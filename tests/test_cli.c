@@ -533,12 +533,28 @@ static void check_eval(void) {
     expect_error(args, "needs --data FILE.csv", NULL);
 
     /* retrieve: k best images per query, from the folder */
-    snprintf(args, sizeof args, "retrieve -m %s --dataset %s/ev/all -k 3 \"a cat\" \"a mug\"", tiny, dir);
+    snprintf(args, sizeof args, "retrieve -m %s --dataset %s/ev/all -k 3 --sheet %s/sheet.svg \"a cat\" \"mugs\"", tiny,
+             dir, dir);
     rc = clipc(args);
     out = slurp("out.txt");
     int lines = 0;
     for (char *p = out; *p; p++) lines += *p == '\n';
-    CHECK(rc == 0 && lines == 8 && strstr(out, "\"a mug\"\n   1. ") && strstr(out, "   3. "), "retrieve: exit %d, %s", rc, out);
+    CHECK(rc == 0 && lines == 10 && strstr(out, "\"mugs\"\n   1. ") && strstr(out, "   3. "), "retrieve: exit %d, %s", rc, out);
+    /* each query's wanted class is the one it names ("mugs": a plural); hits of other classes are
+     * marked, and the count of the others is the summary's, in the text and on the sheet */
+    int marked = 0, counted = 0, in_class, total_in = 0;
+    for (char *p = strstr(out, "<- not "); p; p = strstr(p + 1, "<- not ")) marked++;
+    for (const char *p = out; (p = strstr(p, " of 3 in '")); p++)
+        if (sscanf(p - 1, "%d", &in_class) == 1) counted++, total_in += in_class;
+    char *sheet = slurp("sheet.svg");
+    int frames_hit = 0, frames_miss = 0;
+    for (char *p = strstr(sheet, "class=\"hit\""); p; p = strstr(p + 1, "class=\"hit\"")) frames_hit++;
+    for (char *p = strstr(sheet, "class=\"miss\""); p; p = strstr(p + 1, "class=\"miss\"")) frames_miss++;
+    CHECK(counted == 2 && marked == 6 - total_in && frames_hit == total_in && frames_miss == marked &&
+              strstr(out, "in 'cat' (the class the query names)") && strstr(out, "in 'mug' (the class the query names)"),
+          "retrieve marks the hits of other classes: %d marked, %d in class, sheet %d/%d: %s", marked, total_in, frames_hit,
+          frames_miss, out);
+    free(sheet);
     free(out);
 
     expect_error("eval zeroshot --dataset /nonexistent/x", "/nonexistent/x: no such dataset", NULL);

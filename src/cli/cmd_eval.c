@@ -6,6 +6,7 @@
 #include "../eval/eval.h"
 
 #include <cblas.h>
+#include <ctype.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -634,6 +635,42 @@ static int eval_captioning(const eval_args *a) {
 
 /* ---- retrieve ---------------------------------------------------------------- */
 
+/* Whether text holds name (ASCII case-insensitive, '_' as a space) as whole
+ * words, allowing a plural "s"/"es": "a pair of trousers" holds "trouser". */
+static bool holds_name(const char *text, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = text; *p; p++) {
+        if (p > text && isalnum((unsigned char)p[-1])) continue;
+        size_t i = 0;
+        while (i < n && p[i] && tolower((unsigned char)p[i]) == tolower((unsigned char)(name[i] == '_' ? ' ' : name[i]))) i++;
+        if (i < n) continue;
+        const char *after = p + n;
+        if (*after == 's') after++;
+        else if (after[0] == 'e' && after[1] == 's') after += 2;
+        if (!isalnum((unsigned char)*after)) return true;
+    }
+    return false;
+}
+
+/* The class a retrieval query asks for, so the hits of other classes can be
+ * marked: the longest class name the query holds, else the class whose
+ * "a photo of a {}." embedding is nearest the query's (q, class_emb: L2-normalised). */
+static int query_class(const image_set *s, const char *query, const float *q, const float *class_emb, int E,
+                       bool *named) {
+    int best = -1;
+    for (int c = 0; c < s->n_classes; c++)
+        if (holds_name(query, s->class_names[c]) && (best < 0 || strlen(s->class_names[c]) > strlen(s->class_names[best])))
+            best = c;
+    *named = best >= 0;
+    if (best >= 0 || !class_emb) return best;
+    float top = -2;
+    for (int c = 0; c < s->n_classes; c++) {
+        float cos = cblas_sdot(E, q, 1, class_emb + (size_t)c * E, 1);
+        if (cos > top) top = cos, best = c;
+    }
+    return best;
+}
+
 int cmd_retrieve(int argc, char **argv) {
     const char *model = NULL, *dataset = "fashion-mnist", *split = "test", *sheet = NULL;
     long k = 5;
@@ -657,6 +694,8 @@ int cmd_retrieve(int argc, char **argv) {
                    "                      [--sheet FILE.svg] QUERY...\n"
                    "  the K images of the dataset (default: the Fashion-MNIST test set) closest to each text\n"
                    "  query (cosine of L2-normalised embeddings), with their class; --sheet draws them.\n"
+                   "  Hits outside the class the query asks for (the class it names, else the class whose\n"
+                   "  prompt \"a photo of a {}.\" is nearest it) are marked, and counted per query.\n"
                    "  -m defaults to the shipped model\n");
             free(queries);
             return 0;
@@ -684,8 +723,9 @@ int cmd_retrieve(int argc, char **argv) {
     }
     clipc_model *m = cli_load_model(model);
     int rc = m ? 0 : 1;
-    float *img = NULL, *txt = NULL, *scores = NULL, *top_scores = NULL;
-    int *top = NULL, E = m ? clipc_model_config(m)->embed_dim : 0;
+    float *img = NULL, *txt = NULL, *scores = NULL, *top_scores = NULL, *class_emb = NULL;
+    int *top = NULL, *wanted = NULL, E = m ? clipc_model_config(m)->embed_dim : 0;
+    char **prompts = NULL;
     if (k > set.count) k = set.count;
     if (rc == 0) rc = features_of(m, &set, NULL, 0, "images", &img);
     if (rc == 0) {
@@ -693,11 +733,23 @@ int cmd_retrieve(int argc, char **argv) {
         scores = malloc((size_t)set.count * sizeof *scores);
         top = malloc((size_t)n_queries * k * sizeof *top);
         top_scores = malloc((size_t)n_queries * k * sizeof *top_scores);
-        rc = txt && scores && top && top_scores ? text_features(m, (char *const *)queries, n_queries, txt)
-                                                : cli_error("out of memory");
+        wanted = malloc((size_t)n_queries * sizeof *wanted);
+        class_emb = malloc((size_t)set.n_classes * E * sizeof *class_emb);
+        prompts = calloc((size_t)set.n_classes, sizeof *prompts);
+        rc = txt && scores && top && top_scores && wanted && class_emb && prompts
+                 ? text_features(m, (char *const *)queries, n_queries, txt)
+                 : cli_error("out of memory");
     }
+    for (int c = 0; c < set.n_classes && rc == 0; c++) { /* for the queries that name no class */
+        size_t len = strlen(set.class_names[c]) + 16;
+        if (!(prompts[c] = malloc(len))) rc = cli_error("out of memory");
+        else snprintf(prompts[c], len, "a photo of a %s.", set.class_names[c]);
+    }
+    if (rc == 0) rc = text_features(m, prompts, set.n_classes, class_emb);
     for (int q = 0; q < n_queries && rc == 0; q++) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, set.count, E, 1.0f, img, E, txt + (size_t)q * E, 1, 0.0f, scores, 1);
+        bool named;
+        int want = wanted[q] = query_class(&set, queries[q], txt + (size_t)q * E, class_emb, E, &named), right = 0;
         printf("\"%s\"\n", queries[q]);
         /* top k by repeated selection, ties to the lower index (as rank_of) */
         for (int r = 0; r < k; r++) {
@@ -705,19 +757,25 @@ int cmd_retrieve(int argc, char **argv) {
             for (int i = 0; i < set.count; i++)
                 if (scores[i] > -2.0f && (best < 0 || scores[i] > scores[best])) best = i;
             top[(size_t)q * k + r] = best, top_scores[(size_t)q * k + r] = scores[best];
-            if (set.paths) printf("  %2d. %.4f  %s  (%s)\n", r + 1, scores[best], set.paths[best],
-                                  set.class_names[set.labels[best]]);
-            else printf("  %2d. %.4f  %s image %d  (%s)\n", r + 1, scores[best], set.name, best,
-                        set.class_names[set.labels[best]]);
+            const char *mark = set.labels[best] == want ? "" : "  <- not " ;
+            right += set.labels[best] == want;
+            if (set.paths) printf("  %2d. %.4f  %s  (%s)%s%s\n", r + 1, scores[best], set.paths[best],
+                                  set.class_names[set.labels[best]], mark, *mark ? set.class_names[want] : "");
+            else printf("  %2d. %.4f  %s image %d  (%s)%s%s\n", r + 1, scores[best], set.name, best,
+                        set.class_names[set.labels[best]], mark, *mark ? set.class_names[want] : "");
             scores[best] = -3.0f; /* cosines are >= -1: taken */
         }
+        printf("  %d of %ld in '%s' (%s)\n", right, k, set.class_names[want],
+               named ? "the class the query names" : "the class prompt nearest the query");
     }
     if (rc == 0 && sheet) {
         fflush(stdout);
-        if (write_retrieval_sheet(sheet, &set, queries, n_queries, (int)k, top, top_scores, &err))
+        if (write_retrieval_sheet(sheet, &set, queries, n_queries, (int)k, top, top_scores, wanted, &err))
             rc = cli_error("%s", err.message);
         else fprintf(stderr, "wrote %s\n", sheet);
     }
+    for (int c = 0; prompts && c < set.n_classes; c++) free(prompts[c]);
+    free(prompts), free(class_emb), free(wanted);
     free(img), free(txt), free(scores), free(top), free(top_scores), free(queries);
     clipc_model_free(m);
     image_set_free(&set);

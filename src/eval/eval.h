@@ -150,8 +150,10 @@ int write_confusion_svg(const char *path, const class_metrics *m, char *const *c
                         clipc_error *err);
 
 /* Text→image results as a picture: one row per query, its k images as
- * embedded PNG thumbnails with class and score. hits/scores are [n_q, k]. */
+ * embedded PNG thumbnails with class and score, framed green when of the
+ * query's wanted class (wanted[n_q]) and red, crossed, when not; each row
+ * says how many are. hits/scores are [n_q, k]. */
 int write_retrieval_sheet(const char *path, const image_set *s, const char *const *queries, int n_q, int k,
-                          const int *hits, const float *scores, clipc_error *err);
+                          const int *hits, const float *scores, const int *wanted, clipc_error *err);
 
 #endif

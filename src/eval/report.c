@@ -85,8 +85,8 @@ static void put_base64(FILE *f, const unsigned char *data, size_t len) {
 }
 
 int write_retrieval_sheet(const char *path, const image_set *s, const char *const *queries, int n_q, int k,
-                          const int *hits, const float *scores, clipc_error *err) {
-    enum { THUMB = 96, GAP = 20, ROW = THUMB + 58, LEFT = 16 };
+                          const int *hits, const float *scores, const int *wanted, clipc_error *err) {
+    enum { THUMB = 96, GAP = 34, ROW = THUMB + 58, LEFT = 16 };
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -102,9 +102,13 @@ int write_retrieval_sheet(const char *path, const image_set *s, const char *cons
             width, height, width, height, width, height);
     for (int q = 0; q < n_q && rc == 0; q++) {
         int y = q * ROW + 22;
+        int right = 0;
+        for (int r = 0; r < k; r++) right += hits[(size_t)q * k + r] >= 0 && s->labels[hits[(size_t)q * k + r]] == wanted[q];
         fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"14\">\u201c", LEFT, y);
         put_escaped(f, queries[q]);
-        fputs("\u201d</text>\n", f);
+        fprintf(f, "\u201d <tspan fill=\"#555\" font-size=\"12\">(%d of %d: ", right, k);
+        put_escaped(f, s->class_names[wanted[q]]);
+        fputs(")</tspan></text>\n", f);
         for (int r = 0; r < k && rc == 0; r++) {
             int i = hits[(size_t)q * k + r], x = LEFT + r * (THUMB + GAP);
             if (i < 0) continue;
@@ -117,7 +121,13 @@ int write_retrieval_sheet(const char *path, const image_set *s, const char *cons
                     THUMB, THUMB);
             put_base64(f, png, png_len);
             free(png);
-            fprintf(f, "\"/>\n<text x=\"%d\" y=\"%d\" font-size=\"11\">%d. ", x, y + THUMB + 22, r + 1);
+            /* a green frame for a hit of the wanted class, a red one (and a cross) for another class */
+            bool right = s->labels[i] == wanted[q];
+            fprintf(f, "\"/>\n<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"%s\" "
+                       "stroke-width=\"3\" class=\"%s\"/>\n",
+                    x - 2, y + 6, THUMB + 4, THUMB + 4, right ? "#2e7d32" : "#c62828", right ? "hit" : "miss");
+            fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\" fill=\"%s\">%d. %s", x, y + THUMB + 22,
+                    right ? "black" : "#c62828", r + 1, right ? "" : "\u2717 ");
             put_escaped(f, s->class_names[s->labels[i]]);
             fprintf(f, " %.3f</text>\n", scores[(size_t)q * k + r]);
         }
