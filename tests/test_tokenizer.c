@@ -182,7 +182,52 @@ static void check_long_words(clipc_tokenizer *tok) {
     free(huge);
 }
 
+/* The text cleaning against OpenCLIP's tokenizer with the real ftfy 6.3.1
+ * (tests/data/ftfy, tools/ref/gen_ftfy_refs.py): text that only looks like
+ * mojibake, entities without ';' before non-ASCII text, mojibake in every
+ * single-byte encoding ftfy knows (with C1 controls, lost bytes, spaces for
+ * 0xA0, embedded in good text), and random mixtures: each cleaned text
+ * equal, kind by kind. */
+static void check_ftfy_cases(void) {
+    unsigned char *data = NULL;
+    size_t len = 0;
+    clipc_error err;
+    if (read_file("tests/data/ftfy/cases.jsonl", &data, &len, &err)) {
+        CHECK(0, "%s", err.message);
+        return;
+    }
+    data = realloc(data, len + 1);
+    data[len] = 0;
+    static const char *const kinds[] = {"not_mojibake", "entity", "mojibake", "random"};
+    int total[4] = {0}, equal[4] = {0};
+    for (char *line = (char *)data, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        cJSON *c = cJSON_Parse(line);
+        const char *kind = cJSON_GetStringValue(cJSON_GetObjectItem(c, "kind"));
+        const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(c, "text"));
+        const char *want = cJSON_GetStringValue(cJSON_GetObjectItem(c, "clean"));
+        int k = 0;
+        while (kind && k < 4 && strcmp(kind, kinds[k])) k++;
+        if (k < 4 && text && want) {
+            char *got = text_clean(text, &err);
+            total[k]++;
+            bool same = got && !strcmp(got, want);
+            equal[k] += same;
+            if (!same && total[k] - equal[k] <= 3) CHECK(0, "clean(%s) = '%s', OpenCLIP + ftfy: '%s'", line, got ? got : err.message, want);
+            free(got);
+        }
+        cJSON_Delete(c);
+    }
+    free(data);
+    for (int k = 0; k < 4; k++) {
+        CHECK(total[k] >= 25 && equal[k] == total[k], "ftfy cases '%s': %d of %d equal", kinds[k], equal[k], total[k]);
+        printf("  text cleaning vs OpenCLIP + ftfy 6.3.1, %-12s %d of %d equal\n", kinds[k], equal[k], total[k]);
+    }
+}
+
 void test_tokenizer(void) {
+    check_ftfy_cases();
     clipc_error err;
     clipc_tokenizer *tok = clipc_tokenizer_new(&err);
     CHECK(tok != NULL, "tokenizer: %s", tok ? "" : err.message);

@@ -7,8 +7,8 @@
  *
  * ftfy.fix_text is reproduced for its deterministic fixes (ftfy 6.3.1,
  * fix_and_explain): per line, repeat until nothing changes — unescape HTML
- * entities (unless the text holds '<'), repair whole-line UTF-8-as-cp1252
- * mojibake, C1 controls as cp1252, Latin ligatures, full/half-width forms,
+ * entities (unless the text holds '<'), fix_encoding (mojibake, with ftfy's
+ * badness heuristic and encodings), C1 controls as cp1252, Latin ligatures, full/half-width forms,
  * curly quotes, line breaks, terminal escapes, control characters, NFC.
  * Text is processed as arrays of code points. */
 #include "../internal.h"
@@ -146,12 +146,15 @@ static void html_unescape(const cpbuf *in, cpbuf *out) {
             continue;
         }
         size_t end = k < n && s[k] == ';' ? k + 1 : k; /* the matched name, with its ';' */
-        /* Names are ASCII; a name with other characters matches nothing. */
+        /* Names are ASCII: the whole match is looked up only if it is ASCII,
+         * and a prefix only within its leading ASCII characters (so
+         * "&copy\u00a0" still gives "\u00a9\u00a0", as html.unescape does). */
         char name[40];
-        size_t len = 0;
+        size_t len = 0, ascii_len = 0;
         bool ascii = true;
         for (size_t t = j; t < end; t++) {
             if (s[t] > 127) ascii = false;
+            if (ascii) ascii_len++;
             name[len++] = (char)s[t];
         }
         const char *value = ascii ? HTML5_LOOKUP(name, len) : NULL;
@@ -161,10 +164,10 @@ static void html_unescape(const cpbuf *in, cpbuf *out) {
             continue;
         }
         /* the longest prefix that is an entity (the legacy ones without ';') */
-        size_t x = len - 1;
-        for (; ascii && x >= 2; x--)
+        size_t x = ascii_len < len - 1 ? ascii_len : len - 1;
+        for (; x >= 2; x--)
             if ((value = HTML5_LOOKUP(name, x))) break;
-        if (ascii && x >= 2 && value) {
+        if (x >= 2 && value) {
             push_utf8(out, value);
             push_range(out, s + j + x, end - j - x);
         } else {
@@ -221,55 +224,318 @@ static void ftfy_unescape_html(const cpbuf *in, cpbuf *out) {
     }
 }
 
-/* ---- mojibake ---------------------------------------------------------------- */
+/* ---- mojibake: ftfy's fix_encoding ---------------------------------------- */
 
-/* The byte a code point has in sloppy Windows-1252 (Latin-1 plus the 0x80-0x9F
- * table), or -1. */
-static int sloppy_cp1252_byte(int32_t c) {
-    if (c < 0x80 || (c >= 0xA0 && c <= 0xFF)) return c;
-    for (int i = 0; i < 32; i++)
-        if (CP1252_HIGH[i] == c) return 0x80 + i;
+/* ftfy 6.3.1's fix_encoding, step for step (ftfy/__init__.py,
+ * _fix_encoding_one_step_and_explain): text that looks like mojibake
+ * (is_bad: ftfy's BADNESS_RE) is re-encoded in the first of its single-byte
+ * encodings that can hold it and decoded as UTF-8 (after restoring 0xA0
+ * bytes that became spaces, and marking lossy sequences), else its
+ * embedded UTF-8 runs are fixed alone (decode_inconsistent_utf8), else
+ * Latin-1 is read as Windows-1252 and C1 controls as their Windows-1252
+ * characters. The tables are ftfy's own (tools/gen_ftfy_tables.py). */
+#include "ftfy_tables.inc"
+
+static bool py_isspace(int32_t c);
+
+/* Python's \w on str: [A-Za-z0-9_] and every letter or number */
+static bool py_isword(int32_t c) {
+    if (c == '_' || is_ascii_alnum(c)) return true;
+    if (c < 0x80 || c > 0x10FFFF) return false;
+    utf8proc_category_t k = utf8proc_category(c);
+    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) || (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+}
+
+static bool set_has(int index, int32_t c) {
+    const ftfy_set *s = &FTFY_SETS[index];
+    size_t lo = s->first, hi = (size_t)s->first + s->count;
+    bool in = false;
+    while (lo < hi && !in) { /* the ranges are sorted and disjoint */
+        size_t mid = (lo + hi) / 2;
+        if ((uint32_t)c < FTFY_RANGES[mid][0]) hi = mid;
+        else if ((uint32_t)c > FTFY_RANGES[mid][1]) lo = mid + 1;
+        else in = true;
+    }
+    if (!in && s->space) in = py_isspace(c);
+    if (!in && s->word) in = py_isword(c);
+    if (!in && s->digit) in = c >= 0 && c <= 0x10FFFF && utf8proc_category(c) == UTF8PROC_CATEGORY_ND;
+    return s->negate ? !in : in;
+}
+
+/* One alternative of BADNESS_RE at pos (an optional element: with it first, as the regex). */
+static bool match_elements(const ftfy_element *e, int k, const int32_t *t, size_t n, size_t pos) {
+    if (k == 0) return true;
+    if (e->kind == 2) return pos == 0 && match_elements(e + 1, k - 1, t, n, pos);
+    bool here = pos < n && (e->kind == 1 ? t[pos] != '\n' : set_has(e->set, t[pos]));
+    if (here && match_elements(e + 1, k - 1, t, n, pos + 1)) return true;
+    return e->optional && match_elements(e + 1, k - 1, t, n, pos);
+}
+
+/* ftfy.badness.is_bad: BADNESS_RE.search(text) */
+static bool is_bad(const int32_t *t, size_t n) {
+    for (size_t pos = 0; pos < n; pos++)
+        for (size_t a = 0; a < sizeof FTFY_BADNESS / sizeof *FTFY_BADNESS; a++)
+            if (match_elements(FTFY_ELEMENTS + FTFY_BADNESS[a].first, FTFY_BADNESS[a].count, t, n, pos)) return true;
+    return false;
+}
+
+/* The byte of c in encoding e, or -1 (possible_encoding's character set:
+ * ASCII but 0x1A, and whatever bytes 0x80-0xFF and 0x1A decode to). */
+static int encode_byte(int e, int32_t c) {
+    if (c >= 0 && c < 0x80 && c != 0x1A) return c;
+    if ((uint32_t)c == FTFY_DECODE[e][0x1A]) return 0x1A;
+    for (int b = 0x80; b < 0x100; b++)
+        if ((uint32_t)c == FTFY_DECODE[e][b]) return b;
     return -1;
 }
 
-/* The common case of ftfy.fix_encoding: UTF-8 bytes that were decoded as
- * Windows-1252/Latin-1. If the whole line re-encodes to bytes that are valid
- * UTF-8 holding at least one multi-byte character, decode them. (ftfy's
- * badness heuristics for partial or mixed mojibake are not reproduced.) */
-static bool fix_mojibake(const cpbuf *in, cpbuf *out) {
-    unsigned char *bytes = malloc(in->n + 1);
-    if (!bytes) return false;
-    bool multibyte = false;
-    for (size_t i = 0; i < in->n; i++) {
-        int b = sloppy_cp1252_byte(in->cp[i]);
-        if (b < 0) {
-            free(bytes);
-            return false;
-        }
+/* text.encode(encoding) when chardata.possible_encoding says it can, into bytes[n] */
+static bool encode_in(int e, const int32_t *t, size_t n, unsigned char *bytes) {
+    for (size_t i = 0; i < n; i++) {
+        int b = encode_byte(e, t[i]);
+        if (b < 0) return false;
         bytes[i] = (unsigned char)b;
-        multibyte |= b >= 0x80;
     }
-    if (!multibyte) {
-        free(bytes);
-        return false;
+    return true;
+}
+
+/* Byte patterns (ALTERED_UTF8_RE, LOSSY_UTF8_RE, A_GRAVE_WORD_RE): up to six
+ * positions, each a class of bytes written as "lo-hi" pairs. */
+typedef struct byte_pattern {
+    int len;
+    const char *cls[6]; /* each a string of lo,hi byte pairs */
+} byte_pattern;
+
+static bool byte_in(const char *cls, unsigned char b) {
+    for (; cls[0]; cls += 2)
+        if (b >= (unsigned char)cls[0] && b <= (unsigned char)cls[1]) return true;
+    return false;
+}
+
+/* The first pattern (in order) matching at pos, or -1 */
+static int match_bytes(const byte_pattern *p, int np, const unsigned char *b, size_t n, size_t pos) {
+    for (int k = 0; k < np; k++) {
+        bool ok = pos + (size_t)p[k].len <= n;
+        for (int j = 0; ok && j < p[k].len; j++) ok = byte_in(p[k].cls[j], b[pos + (size_t)j]);
+        if (ok) return k;
     }
-    cpbuf dec = {0};
-    size_t i = 0;
-    while (i < in->n) {
-        utf8proc_int32_t c;
-        utf8proc_ssize_t k = utf8proc_iterate(bytes + i, (utf8proc_ssize_t)(in->n - i), &c);
-        if (k <= 0) {
-            free(bytes);
-            free(dec.cp);
-            return false;
+    return -1;
+}
+
+#define ANY_CONT "\x80\xbf"
+static const byte_pattern ALTERED_UTF8[] = { /* the spaces that were bytes 0xA0 */
+    {2, {"\xc2\xc3\xc5\xc5\xce\xce\xd0\xd0\xd9\xd9", "  "}},
+    {3, {"\xe2\xe3", "  ", "\x80\x84\x86\x9f\xa1\xbf"}},
+    {3, {"\xe0\xe3", "\x80\x84\x86\x9f\xa1\xbf", "  "}},
+    {4, {"\xf0\xf0", "  ", ANY_CONT, ANY_CONT}},
+    {4, {"\xf0\xf0", ANY_CONT, "  ", ANY_CONT}},
+    {4, {"\xf0\xf0", ANY_CONT, ANY_CONT, "  "}},
+};
+static const byte_pattern LOSSY_UTF8[] = { /* UTF-8 with lost bytes (0x1A, or one '?') */
+    {2, {"\xc2\xdf", "\x1a\x1a"}},
+    {2, {"\xc2\xc3", "??"}},
+    {6, {"\xed\xed", "\xa0\xaf", "\x1a\x1a??", "\xed\xed", "\xb0\xbf", "\x1a\x1a??\x80\xbf"}},
+    {6, {"\xed\xed", "\xa0\xaf", "\x1a\x1a??\x80\xbf", "\xed\xed", "\xb0\xbf", "\x1a\x1a??"}},
+    {3, {"\xe0\xef", "\x1a\x1a??", "\x1a\x1a\x80\xbf"}},
+    {3, {"\xe0\xef", "\x1a\x1a\x80\xbf", "\x1a\x1a??"}},
+    {4, {"\xf0\xf4", "\x1a\x1a??", "\x1a\x1a\x80\xbf", "\x1a\x1a\x80\xbf"}},
+    {4, {"\xf0\xf4", "\x1a\x1a\x80\xbf", "\x1a\x1a??", "\x1a\x1a\x80\xbf"}},
+    {4, {"\xf0\xf4", "\x1a\x1a\x80\xbf", "\x1a\x1a\x80\xbf", "\x1a\x1a??"}},
+    {1, {"\x1a\x1a"}},
+};
+
+/* fixes.restore_byte_a0: "\xc3 " not before " ", "quele", "quela", "quilo"
+ * or "s " gets its 0xA0 back, then the spaces of ALTERED_UTF8 runs become
+ * 0xA0. bytes[*n] grows by at most one byte per "\xc3 ". */
+static void restore_byte_a0(unsigned char *bytes, size_t *n) {
+    unsigned char *t = malloc(*n * 2 + 1);
+    if (!t) return;
+    size_t m = 0;
+    static const char *const keep[] = {" ", "quele", "quela", "quilo", "s "};
+    for (size_t i = 0; i < *n; i++) {
+        t[m++] = bytes[i];
+        if (bytes[i] != 0xC3 || i + 1 >= *n || bytes[i + 1] != ' ') continue;
+        bool kept = false;
+        for (size_t k = 0; k < 5 && !kept; k++)
+            kept = *n - (i + 2) >= strlen(keep[k]) && !memcmp(bytes + i + 2, keep[k], strlen(keep[k]));
+        if (!kept) t[m++] = 0xA0; /* "\xc3 " -> "\xc3\xa0 " */
+    }
+    for (size_t i = 0; i < m;) {
+        int k = match_bytes(ALTERED_UTF8, 6, t, m, i);
+        if (k < 0) {
+            i++;
+            continue;
         }
-        push(&dec, c);
-        i += (size_t)k;
+        for (int j = 0; j < ALTERED_UTF8[k].len; j++)
+            if (t[i + (size_t)j] == ' ') t[i + (size_t)j] = 0xA0;
+        i += (size_t)ALTERED_UTF8[k].len;
+    }
+    memcpy(bytes, t, m);
+    *n = m;
+    free(t);
+}
+
+static bool search_bytes(const byte_pattern *p, int np, const unsigned char *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (match_bytes(p, np, b, n, i) >= 0) return true;
+    return false;
+}
+
+/* fixes.replace_lossy_sequences: each LOSSY_UTF8 run becomes U+FFFD's UTF-8
+ * (out has room for 3 bytes per input byte). */
+static size_t replace_lossy(const unsigned char *b, size_t n, unsigned char *out) {
+    size_t m = 0;
+    for (size_t i = 0; i < n;) {
+        int k = match_bytes(LOSSY_UTF8, 10, b, n, i);
+        if (k < 0) {
+            out[m++] = b[i++];
+            continue;
+        }
+        out[m++] = 0xEF, out[m++] = 0xBF, out[m++] = 0xBD;
+        i += (size_t)LOSSY_UTF8[k].len;
+    }
+    return m;
+}
+
+/* Python's strict UTF-8 decoder, or ftfy's "utf-8-variants" (variants:
+ * also CESU-8 surrogate pairs and Java's C0 80 for U+0000). */
+static bool decode_utf8_strict(const unsigned char *b, size_t n, bool variants, cpbuf *out) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = b[i];
+        if (variants && c == 0xC0 && i + 1 < n && b[i + 1] == 0x80) {
+            push(out, 0);
+            i += 2;
+            continue;
+        }
+        if (variants && c == 0xED && i + 5 < n && b[i + 1] >= 0xA0 && b[i + 1] <= 0xAF && b[i + 2] >= 0x80 &&
+            b[i + 2] <= 0xBF && b[i + 3] == 0xED && b[i + 4] >= 0xB0 && b[i + 4] <= 0xBF && b[i + 5] >= 0x80 &&
+            b[i + 5] <= 0xBF) {
+            int32_t hi = 0xD000 | ((b[i + 1] & 0x3F) << 6) | (b[i + 2] & 0x3F);
+            int32_t lo = 0xD000 | ((b[i + 4] & 0x3F) << 6) | (b[i + 5] & 0x3F);
+            push(out, 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00));
+            i += 6;
+            continue;
+        }
+        int len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        if (len == 0 || i + (size_t)len > n) return false;
+        unsigned lo2 = 0x80, hi2 = 0xBF; /* the second byte's range excludes overlongs, surrogates, > U+10FFFF */
+        if (c == 0xE0) lo2 = 0xA0;
+        else if (c == 0xED) hi2 = 0x9F;
+        else if (c == 0xF0) lo2 = 0x90;
+        else if (c == 0xF4) hi2 = 0x8F;
+        int32_t cp = len == 1 ? (int32_t)c : (int32_t)(c & (0x7F >> len));
+        for (int j = 1; j < len; j++) {
+            unsigned cb = b[i + (size_t)j];
+            if (cb < (j == 1 ? lo2 : 0x80) || cb > (j == 1 ? hi2 : 0xBF)) return false;
+            cp = (cp << 6) | (int32_t)(cb & 0x3F);
+        }
+        push(out, cp);
+        i += (size_t)len;
+    }
+    return true;
+}
+
+static void fix_encoding(const int32_t *t, size_t n, cpbuf *out, int depth);
+
+/* fixes.decode_inconsistent_utf8: each run of UTF8_DETECTOR_RE (UTF-8 lead
+ * and continuation characters of the single-byte encodings, not preceded by
+ * a strict continuation character) that is shorter than the text and bad
+ * is fixed on its own. */
+static void decode_inconsistent_utf8(const int32_t *t, size_t n, cpbuf *out, int depth) {
+    for (size_t i = 0; i < n;) {
+        size_t end = i;
+        if (i == 0 || !set_has(FTFY_UTF8_CONTINUATION_STRICT, t[i - 1]))
+            for (;;) { /* ( first_of_2 cont | first_of_3 cont{2} | first_of_4 cont{3} )+ */
+                static const int firsts[3] = {FTFY_UTF8_FIRST_OF_2, FTFY_UTF8_FIRST_OF_3, FTFY_UTF8_FIRST_OF_4};
+                size_t unit = 0;
+                for (int k = 0; k < 3 && !unit; k++) {
+                    size_t need = (size_t)k + 2;
+                    if (end + need > n || !set_has(firsts[k], t[end])) continue;
+                    bool ok = true;
+                    for (size_t j = 1; j < need && ok; j++) ok = set_has(FTFY_UTF8_CONTINUATION, t[end + j]);
+                    if (ok) unit = need;
+                }
+                if (!unit) break;
+                end += unit;
+            }
+        if (end == i) {
+            push(out, t[i++]);
+            continue;
+        }
+        if (end - i < n && is_bad(t + i, end - i)) fix_encoding(t + i, end - i, out, depth + 1);
+        else push_range(out, t + i, end - i);
+        i = end;
+    }
+}
+
+/* One step of ftfy's fix_encoding; false when it leaves the text as it is. */
+static bool fix_encoding_step(const int32_t *t, size_t n, cpbuf *out, int depth) {
+    bool ascii = true;
+    for (size_t i = 0; i < n && ascii; i++) ascii = t[i] < 0x80;
+    if (n == 0 || ascii || !is_bad(t, n)) return false;
+    unsigned char *bytes = malloc(n * 2 + 1), *lossless = malloc(n * 6 + 3);
+    bool latin1 = false, fixed = false;
+    for (int e = 0; e < FTFY_N_ENCODINGS && bytes && lossless && !fixed; e++) {
+        if (!encode_in(e, t, n, bytes)) continue;
+        latin1 |= e == 0;
+        size_t m = n;
+        if (strcmp(FTFY_ENCODING_NAMES[e], "macroman") && search_bytes(ALTERED_UTF8, 6, bytes, m)) restore_byte_a0(bytes, &m);
+        if (!strncmp(FTFY_ENCODING_NAMES[e], "sloppy", 6)) m = replace_lossy(bytes, m, lossless);
+        else memcpy(lossless, bytes, m);
+        bool variants = memchr(lossless, 0xED, m) || memchr(lossless, 0xC0, m);
+        size_t before = out->n;
+        fixed = decode_utf8_strict(lossless, m, variants, out);
+        if (!fixed) out->n = before;
     }
     free(bytes);
-    push_range(out, dec.cp, dec.n);
-    free(dec.cp);
+    free(lossless);
+    if (fixed) return true;
+    /* embedded UTF-8 runs */
+    size_t before = out->n;
+    if (depth < 8) {
+        decode_inconsistent_utf8(t, n, out, depth);
+        if (out->n - before != n || memcmp(out->cp + before, t, n * sizeof *t)) return true;
+        out->n = before;
+    }
+    /* Latin-1 meant as Windows-1252 (strictly: the five undefined bytes fail) */
+    if (latin1) {
+        bool ok = true;
+        for (size_t i = 0; i < n && ok; i++) {
+            int32_t c = t[i];
+            if (c >= 0x80 && c <= 0x9F) {
+                uint32_t w = FTFY_DECODE[1][c];
+                ok = w != (uint32_t)c; /* sloppy passes 81, 8D, 8F, 90, 9D through: strict fails */
+                push(out, (int32_t)w);
+            } else push(out, c);
+        }
+        bool changed = ok && (out->n - before != n || memcmp(out->cp + before, t, n * sizeof *t));
+        if (changed) return true;
+        out->n = before;
+    }
+    /* fix_c1_controls */
+    bool c1 = false;
+    for (size_t i = 0; i < n && !c1; i++) c1 = t[i] >= 0x80 && t[i] <= 0x9F;
+    if (!c1) return false;
+    for (size_t i = 0; i < n; i++) push(out, t[i] >= 0x80 && t[i] <= 0x9F ? (int32_t)FTFY_DECODE[1][t[i]] : t[i]);
     return true;
+}
+
+/* ftfy.fix_encoding: steps until the text stops changing. */
+static void fix_encoding(const int32_t *t, size_t n, cpbuf *out, int depth) {
+    cpbuf cur = {0}, next = {0};
+    push_range(&cur, t, n);
+    for (int round = 0; round < 16 && !cur.oom; round++) {
+        next.n = 0;
+        if (!fix_encoding_step(cur.cp, cur.n, &next, depth)) break;
+        if (next.n == cur.n && (cur.n == 0 || !memcmp(next.cp, cur.cp, cur.n * sizeof *cur.cp))) break;
+        cpbuf swap = cur;
+        cur = next, next = swap;
+    }
+    push_range(out, cur.cp, cur.n);
+    out->oom |= cur.oom || next.oom;
+    free(cur.cp);
+    free(next.cp);
 }
 
 /* ---- the per-character fixes ---------------------------------------------- */
@@ -397,7 +663,8 @@ static void ftfy_fix_text(const cpbuf *in, cpbuf *out) {
                 ftfy_unescape_html(&cur, &next);
                 swap_clear(&cur, &next);
             }
-            if (fix_mojibake(&cur, &next)) swap_clear(&cur, &next);
+            fix_encoding(cur.cp, cur.n, &next, 0);
+            swap_clear(&cur, &next);
             char_fixes(&cur, &next);
             swap_clear(&cur, &next);
             nfc(&cur, &next);

@@ -1,10 +1,12 @@
-/* fuzz_tokenizer.c — libFuzzer target for the SentencePiece side of the
- * tokenizers (src/tokenizer/spm.c and the libsentencepiece shim). The
- * first byte picks what the rest is:
+/* fuzz_tokenizer.c — libFuzzer target for the tokenizers: CLIP's (the
+ * ftfy text cleaning of src/tokenizer/clean.c and the BPE of bpe.c) and
+ * the SentencePiece side (src/tokenizer/spm.c and the libsentencepiece
+ * shim). The first byte picks what the rest is:
  *   even: a SentencePiece model file (from a stranger's checkpoint folder),
  *         loaded through clipc_tokenizer_load and, if accepted, used;
- *   odd:  a text for the SigLIP and Gemma tokenizers of tests/data/siglip
- *         (invalid UTF-8, huge words, odd whitespace).
+ *   odd:  a text for CLIP's tokenizer and the SigLIP and Gemma tokenizers
+ *         of tests/data/siglip (invalid UTF-8, mojibake, entities, huge
+ *         words, odd whitespace).
  * Either must end in ids or a clean refusal, never a crash, a leak or
  * undefined behaviour. Run from the repository root (the test suite does). */
 #include "../../src/internal.h"
@@ -27,12 +29,13 @@ static void use(clipc_tokenizer *t, const char *text) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static clipc_tokenizer *siglip, *gemma;
+    static clipc_tokenizer *clip, *siglip, *gemma;
     clipc_error err;
     if (!siglip) {
+        clip = clipc_tokenizer_new(&err);
         siglip = clipc_tokenizer_load("tests/data/siglip/unigram/spiece.model", &err);
         gemma = clipc_tokenizer_load("tests/data/siglip/bpe/tokenizer.model", &err);
-        if (!siglip || !gemma) abort();
+        if (!clip || !siglip || !gemma) abort();
     }
     if (size < 1) return 0;
     if (data[0] & 1) {
@@ -40,6 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!text) return 0;
         memcpy(text, data + 1, size - 1);
         text[size - 1] = 0;
+        use(clip, text);
         use(siglip, text);
         use(gemma, text);
         free(text);
