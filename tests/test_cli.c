@@ -1047,6 +1047,14 @@ static void check_folders(void) {
     snprintf(args, sizeof args, "mkdir -p %s/empty && %s classify --labels a,b %s/empty 2>&1 | grep -q 'no images in the folders'",
              dir, clipc_binary, dir);
     CHECK(run_cmd(args) == 0, "classify on an empty folder says so");
+    /* TIFF and WebP files are images too: embedded from a folder, and indexed */
+    snprintf(args, sizeof args,
+             "mkdir -p %s/fmts && cp tests/data/formats/rgb_lzw.tif tests/data/formats/lossy.webp tests/data/modes/la.png %s/fmts/ && "
+             "%s embed --image %s/fmts -o %s/fmts.npy > /dev/null 2>&1 && test $(wc -l < %s/fmts.paths.txt) = 3 && "
+             "%s index --db %s/fmts.db %s/fmts > /dev/null 2>&1 && "
+             "test $(%s search --db %s/fmts.db -k 10 'a cat' 2>/dev/null | grep -c -E 'rgb_lzw.tif|lossy.webp|la.png') = 3",
+             dir, dir, clipc_binary, dir, dir, dir, clipc_binary, dir, dir, clipc_binary, dir);
+    CHECK(run_cmd(args) == 0, "a folder's TIFF and WebP files are embedded and indexed");
 }
 
 void test_cli(void) {
