@@ -12,12 +12,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 static char dir[] = "/tmp/clipc_cli_XXXXXX";
 
 /* Runs `clipc ARGS`, stdout to dir/out.txt and stderr to dir/err.txt;
  * returns the exit status. */
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static int clipc(const char *args) {
     char cmd[16384 + 1200];
     snprintf(cmd, sizeof cmd, "%s %s >%s/out.txt 2>%s/err.txt", clipc_binary, args, dir, dir);
@@ -864,6 +872,11 @@ static void check_search(void) {
     }
     free(meta);
 
+    /* a file whose name is not UTF-8, indexed beside the others */
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/odd && cp %s %s/odd/caf$(printf '\\351').png && %s index --db %s %s/odd >/dev/null 2>&1",
+             dir, some_bag, dir, clipc_binary, db, dir);
+    CHECK(run_cmd(cmd) == 0, "index a folder with a Latin-1 file name");
+
     /* the server */
     int port = 18000 + (int)(getpid() % 1000);
     snprintf(cmd, sizeof cmd, "%s serve --db %s --port %d --max-upload-mb 1 >%s/serve.txt 2>&1 & echo $! > %s/serve.pid",
@@ -912,9 +925,40 @@ static void check_search(void) {
     unsigned char *png_data = NULL;
     size_t png_len = 0;
     read_file(some_bag, &png_data, &png_len, &err);
-    status = test_http(port, "POST", "/api/search?k=1", png_data, png_len, &body, &len);
-    CHECK(status == 200 && body && strstr(body, some_bag + strlen(dir)), "POST an image: %d %s", status, body);
+    status = test_http(port, "POST", "/api/search?k=3", png_data, png_len, &body, &len);
+    /* paths relative to the indexed folder, led by its name; never the absolute path */
+    CHECK(status == 200 && body && strstr(body, some_bag + strlen(dir) + 1) && !strstr(body, dir),
+          "POST an image: %d %s", status, body);
+    /* the copy under odd/ is as similar; its Latin-1 name arrives as valid UTF-8 (U+FFFD for the byte) */
+    CHECK(body && strstr(body, "\"odd/caf\xef\xbf\xbd.png\""), "a non-UTF-8 file name in JSON: %s", body);
     free(body), free(png_data);
+    { /* 1,100 slow clients (headers never finished) hold connections; a normal request is still answered */
+        enum { SLOW = 1100 };
+        struct rlimit fds;
+        getrlimit(RLIMIT_NOFILE, &fds);
+        if (fds.rlim_cur < SLOW + 64 && fds.rlim_max >= SLOW + 64) fds.rlim_cur = SLOW + 64, setrlimit(RLIMIT_NOFILE, &fds);
+        int *slow = malloc(SLOW * sizeof *slow), opened = 0;
+        struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+        for (int i = 0; i < SLOW; i++) {
+            int fd = socket(AF_INET, SOCK_STREAM, 0);
+            if (fd < 0) break;
+            if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || write(fd, "GET / HTTP/1.1\r\nHost: x\r\n", 26) != 26) {
+                close(fd);
+                break;
+            }
+            slow[opened++] = fd;
+        }
+        double t0 = now_seconds();
+        status = test_http(port, "GET", "/api/search?q=a%20handbag&k=3", NULL, 0, &body, &len);
+        double took = now_seconds() - t0;
+        printf("  serve: %d slow clients connected; a search among them answered in %.3f s\n", opened, took);
+        CHECK(opened == SLOW && status == 200 && body && strstr(body, "/bag/") && took < 2.0,
+              "with %d slow clients, a normal search: %d in %.2f s", opened, status, took);
+        free(body);
+        for (int i = 0; i < opened; i++) close(slow[i]);
+        free(slow);
+    }
     static const struct { const char *method, *target; int status; const char *message; } bad[] = {
         {"GET", "/api/search?q=x&k=0", 400, "k must be a number"},
         {"GET", "/api/search?q=x&k=101", 400, "k must be a number"},

@@ -49,6 +49,7 @@ static const char SCHEMA[] =
     " mtime INTEGER NOT NULL, embedding BLOB NOT NULL);"
     "CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,"
     " error TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS folders(path TEXT PRIMARY KEY);" /* the folders indexed, for relative paths */
     "INSERT OR IGNORE INTO meta VALUES('generation', '0');"
     "INSERT OR IGNORE INTO meta VALUES('format', 'clipc-index-1');";
 
@@ -219,6 +220,59 @@ char *index_path_of(clip_index *ix, int64_t id, clipc_error *err) {
     else clipc_fail(err, "no image with id %lld in the index", (long long)id);
     sqlite3_finalize(st);
     return path;
+}
+
+/* Bytes as valid UTF-8: each byte of an invalid sequence becomes U+FFFD. */
+static char *valid_utf8(const char *s) {
+    size_t n = strlen(s), m = 0;
+    char *out = malloc(3 * n + 1);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        const unsigned char *p = (const unsigned char *)s + i;
+        int len = p[0] < 0x80 ? 1 : p[0] >= 0xC2 && p[0] <= 0xDF ? 2 : p[0] >= 0xE0 && p[0] <= 0xEF ? 3 : p[0] >= 0xF0 && p[0] <= 0xF4 ? 4 : 0;
+        bool ok = len > 0 && i + (size_t)len <= n;
+        for (int j = 1; ok && j < len; j++) ok = (p[j] & 0xC0) == 0x80;
+        if (ok && len == 3) ok = !(p[0] == 0xE0 && p[1] < 0xA0) && !(p[0] == 0xED && p[1] > 0x9F); /* overlong, surrogate */
+        if (ok && len == 4) ok = !(p[0] == 0xF0 && p[1] < 0x90) && !(p[0] == 0xF4 && p[1] > 0x8F);
+        if (ok) {
+            memcpy(out + m, p, (size_t)len);
+            m += (size_t)len, i += (size_t)len;
+        } else {
+            memcpy(out + m, "\xef\xbf\xbd", 3);
+            m += 3, i++;
+        }
+    }
+    out[m] = 0;
+    return out;
+}
+
+char *index_display_path(clip_index *ix, const char *path) {
+    /* the longest indexed folder holding the path: FOLDER_NAME/rest; else the file name */
+    sqlite3_stmt *st;
+    size_t best = 0;
+    const char *shown = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char *root_name = NULL;
+    if (sqlite3_prepare_v2(ix->db, "SELECT path FROM folders", -1, &st, NULL) == SQLITE_OK) {
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *root = (const char *)sqlite3_column_text(st, 0);
+            size_t len = root ? strlen(root) : 0;
+            if (len <= best || strncmp(path, root, len) || path[len] != '/') continue;
+            const char *base = root + len;
+            while (base > root && base[-1] != '/') base--;
+            char *name = strdup(*base ? base : "/");
+            if (!name) continue;
+            free(root_name);
+            root_name = name, best = len, shown = path + len + 1;
+        }
+        sqlite3_finalize(st);
+    }
+    size_t need = (root_name ? strlen(root_name) + 1 : 0) + strlen(shown) + 1;
+    char *joined = malloc(need);
+    if (joined) snprintf(joined, need, "%s%s%s", root_name ? root_name : "", root_name ? "/" : "", shown);
+    free(root_name);
+    char *out = joined ? valid_utf8(joined) : NULL;
+    free(joined);
+    return out;
 }
 
 /* ---- the update ------------------------------------------------------------------ */
@@ -426,6 +480,16 @@ int index_update(clip_index *ix, clipc_model *m, const char *const *dirs, int n_
         struct stat st;
         if (!roots[i]) rc = clipc_fail(err, "%s: %s", dirs[i], strerror(errno));
         else if (stat(roots[i], &st) || !S_ISDIR(st.st_mode)) rc = clipc_fail(err, "%s: not a folder", dirs[i]);
+    }
+    for (int i = 0; i < n_dirs && rc == 0; i++) { /* remembered, so a path can be shown relative to its folder */
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(ix->db, "INSERT OR IGNORE INTO folders VALUES(?)", -1, &st, NULL) != SQLITE_OK) {
+            rc = sql_fail(ix, err, "folders");
+            break;
+        }
+        sqlite3_bind_text(st, 1, roots[i], -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = sql_fail(ix, err, "folders");
+        sqlite3_finalize(st);
     }
     for (int i = 0; i < n_dirs && rc == 0; i++) rc = walk(roots[i], &found, 0, err);
     if (rc == 0 && found.n) qsort(found.items, found.n, sizeof *found.items, compare_entries);

@@ -62,6 +62,11 @@ void index_matrix_free(index_matrix *mx);
 
 /* Path of image id (malloc'd), or NULL with err set. */
 char *index_path_of(clip_index *ix, int64_t id, clipc_error *err);
+/* A path as a response may show it (malloc'd, NULL when out of memory):
+ * relative to the indexed folder that holds it, led by that folder's name
+ * ("Pictures/2024/cat.jpg"), else the file name; always valid UTF-8 (an
+ * invalid byte becomes U+FFFD), so no absolute path leaves the machine. */
+char *index_display_path(clip_index *ix, const char *path);
 /* The database's change counter (each committed batch bumps it). */
 uint64_t index_generation(clip_index *ix);
 /* Number of indexed images. */

@@ -8,14 +8,22 @@
  *   GET  /api/thumb/ID             a 160x160 PNG thumbnail of image ID
  *
  * Only indexed images are ever read, looked up by id, so no request can
- * name a path. Requests are bounded: the query length, k, and the upload
- * size. Bad requests get a 4xx and {"error": "..."}. MHD runs one
- * internal thread, so the model, the database and the matrix are only
- * used by one request at a time. */
+ * name a path, and responses show paths relative to the indexed folders
+ * (index_display_path), as valid UTF-8. Requests are bounded: the query
+ * length, k, and the upload size, and an upload is decoded under the image
+ * limits. Bad requests get a 4xx and {"error": "..."}.
+ *
+ * Connections: MHD polls them with epoll (no FD_SETSIZE ceiling) from a
+ * small pool of threads, up to max_connections at once, each dropped after
+ * CONNECTION_TIMEOUT idle seconds; so a thousand slow clients hold sockets,
+ * not the server. The model, the database and the matrix are used under
+ * one lock; decoding an upload and drawing a thumbnail, the slow parts of a
+ * request, happen outside it. */
 #include "server.h"
 
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,10 +31,11 @@
 
 extern const char clipc_page_html[], clipc_page_html_end[];
 
-enum { MAX_QUERY = 1000, THUMB = 160 };
+enum { MAX_QUERY = 1000, THUMB = 160, THREADS = 4, CONNECTION_TIMEOUT = 10 };
 
 typedef struct server {
     const server_options *o;
+    pthread_mutex_t lock; /* the model, the index, the matrix, q, tok and hits */
     clip_index *ix;
     index_matrix mx;
     float *q;
@@ -95,15 +104,18 @@ static enum MHD_Result send_hits(server *s, struct MHD_Connection *c, int got) {
         int64_t id = s->mx.ids[s->hits[i].row];
         char *path = index_path_of(s->ix, id, &err);
         if (!path) continue; /* dropped by a writer since the matrix was built */
-        const char *slash = strrchr(path, '/');
+        char *shown = index_display_path(s->ix, path);
+        free(path);
+        if (!shown) continue;
+        const char *slash = strrchr(shown, '/');
         cJSON *r = cJSON_CreateObject();
         cJSON_AddNumberToObject(r, "rank", i + 1);
         cJSON_AddNumberToObject(r, "id", (double)id);
         cJSON_AddNumberToObject(r, "score", s->hits[i].score);
-        cJSON_AddStringToObject(r, "name", slash ? slash + 1 : path);
-        cJSON_AddStringToObject(r, "path", path);
+        cJSON_AddStringToObject(r, "name", slash ? slash + 1 : shown);
+        cJSON_AddStringToObject(r, "path", shown);
         cJSON_AddItemToArray(results, r);
-        free(path);
+        free(shown);
     }
     return send_json(c, MHD_HTTP_OK, j);
 }
@@ -138,7 +150,9 @@ static enum MHD_Result thumbnail(server *s, struct MHD_Connection *c, const char
     int64_t id;
     clipc_error err;
     if (parse_id(id_text, &id)) return send_error(c, MHD_HTTP_BAD_REQUEST, "the thumbnail id must be a number");
+    pthread_mutex_lock(&s->lock);
     char *path = index_path_of(s->ix, id, &err);
+    pthread_mutex_unlock(&s->lock);
     if (!path) return send_error(c, MHD_HTTP_NOT_FOUND, "no indexed image with that id");
     unsigned char *rgb = malloc((size_t)THUMB * THUMB * 3), *png = NULL;
     size_t png_len = 0;
@@ -147,6 +161,31 @@ static enum MHD_Result thumbnail(server *s, struct MHD_Connection *c, const char
     free(rgb), free(path);
     if (rc) return send_error(c, MHD_HTTP_NOT_FOUND, "the image can no longer be read");
     return send_bytes(c, MHD_HTTP_OK, "image/png", png, png_len, false);
+}
+
+/* A search, under the lock: by an indexed image (similar), by an uploaded
+ * image's pixels, or by the text of q. */
+static enum MHD_Result answer(server *s, struct MHD_Connection *c, bool similar, int k, const float *pixels) {
+    clipc_error err;
+    if (refresh(s, &err)) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, err.message);
+    if (similar) {
+        int64_t id, row;
+        if (parse_id(MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "id"), &id))
+            return send_error(c, MHD_HTTP_BAD_REQUEST, "id must be a number");
+        if ((row = row_of(&s->mx, id)) < 0) return send_error(c, MHD_HTTP_NOT_FOUND, "no indexed image with that id");
+        return search(s, c, s->mx.rows + (size_t)row * s->mx.dim, k);
+    }
+    if (pixels) {
+        if (clipc_encode_image(s->o->model, pixels, 1, s->q, &err))
+            return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, err.message);
+        clipc_normalize_rows(s->q, 1, clipc_model_config(s->o->model)->embed_dim);
+        return search(s, c, s->q, k);
+    }
+    const char *q = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "q");
+    if (!q || !*q) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing q (the text to search for)");
+    if (strlen(q) > MAX_QUERY) return send_error(c, MHD_HTTP_BAD_REQUEST, "q is longer than 1000 bytes");
+    if (query_vector(s->o->model, s->tok, q, s->q, &err)) return send_error(c, MHD_HTTP_BAD_REQUEST, err.message);
+    return search(s, c, s->q, k);
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -186,40 +225,32 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     bool is_search = !strcmp(url, "/api/search") || !strcmp(url, "/search");
     bool is_similar = !strcmp(url, "/api/similar") || !strcmp(url, "/similar");
     if (!is_search && !is_similar) return send_error(c, MHD_HTTP_NOT_FOUND, "no such page");
-    if (refresh(s, &err)) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, err.message);
     int k;
     if (parse_k(c, o, &k)) {
         char msg[64];
         snprintf(msg, sizeof msg, "k must be a number from 1 to %d", o->max_k);
         return send_error(c, MHD_HTTP_BAD_REQUEST, msg);
     }
-    if (is_similar) {
-        int64_t id, row;
-        if (post) return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET /api/similar?id=ID");
-        if (parse_id(MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "id"), &id))
-            return send_error(c, MHD_HTTP_BAD_REQUEST, "id must be a number");
-        if ((row = row_of(&s->mx, id)) < 0) return send_error(c, MHD_HTTP_NOT_FOUND, "no indexed image with that id");
-        return search(s, c, s->mx.rows + (size_t)row * s->mx.dim, k);
-    }
+    if (is_similar && post) return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET /api/similar?id=ID");
+    /* an upload is decoded and preprocessed before taking the lock: a slow or huge image delays only itself */
+    float *pixels = NULL;
     if (post) {
         upload *u = *state;
         if (u->too_large) return send_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "the image is larger than the upload limit");
-        if (!u->len) return send_error(c, MHD_HTTP_BAD_REQUEST, "POST an image file (JPEG or PNG) as the body");
+        if (!u->len) return send_error(c, MHD_HTTP_BAD_REQUEST, "POST an image file (JPEG, PNG, TIFF or WebP) as the body");
         const clipc_config *cfg = clipc_model_config(o->model);
-        float *pixels = malloc((size_t)3 * cfg->image_resolution * cfg->image_resolution * sizeof *pixels);
+        pixels = malloc((size_t)3 * cfg->image_resolution * cfg->image_resolution * sizeof *pixels);
         if (!pixels) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
-        int rc = clipc_model_preprocess_memory(o->model, u->data, u->len, "upload", pixels, &err);
-        if (rc == 0) rc = clipc_encode_image(o->model, pixels, 1, s->q, &err) ? 2 : 0;
-        free(pixels);
-        if (rc) return send_error(c, rc == 2 ? MHD_HTTP_INTERNAL_SERVER_ERROR : MHD_HTTP_BAD_REQUEST, err.message);
-        clipc_normalize_rows(s->q, 1, cfg->embed_dim);
-        return search(s, c, s->q, k);
+        if (clipc_model_preprocess_memory(o->model, u->data, u->len, "upload", pixels, &err)) {
+            free(pixels);
+            return send_error(c, MHD_HTTP_BAD_REQUEST, err.message);
+        }
     }
-    const char *q = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "q");
-    if (!q || !*q) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing q (the text to search for)");
-    if (strlen(q) > MAX_QUERY) return send_error(c, MHD_HTTP_BAD_REQUEST, "q is longer than 1000 bytes");
-    if (query_vector(o->model, s->tok, q, s->q, &err)) return send_error(c, MHD_HTTP_BAD_REQUEST, err.message);
-    return search(s, c, s->q, k);
+    pthread_mutex_lock(&s->lock);
+    enum MHD_Result r = answer(s, c, is_similar, k, pixels);
+    pthread_mutex_unlock(&s->lock);
+    free(pixels);
+    return r;
 }
 
 static void finished(void *cls, struct MHD_Connection *c, void **state, enum MHD_RequestTerminationCode toe) {
@@ -232,6 +263,7 @@ static void finished(void *cls, struct MHD_Connection *c, void **state, enum MHD
 
 int server_run(const server_options *o, clipc_error *err) {
     server s = {.o = o};
+    pthread_mutex_init(&s.lock, NULL);
     if (index_open(o->db, false, &s.ix, err)) return -1;
     int rc = index_check_model(s.ix, o->model, err);
     if (rc == 0) rc = index_matrix_load(s.ix, &s.mx, err);
@@ -243,10 +275,13 @@ int server_run(const server_options *o, clipc_error *err) {
     if (rc == 0) {
         struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
         inet_pton(AF_INET, o->bind ? o->bind : "127.0.0.1", &addr.sin_addr);
-        d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)o->port, NULL, NULL, handle,
-                             &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, finished,
-                             NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
-                             MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+        /* epoll from a pool of threads, a bounded number of connections, idle ones dropped */
+        d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, (uint16_t)o->port,
+                             NULL, NULL, handle, &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                             MHD_OPTION_NOTIFY_COMPLETED, finished, NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                             (size_t)256 * 1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT,
+                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)THREADS, MHD_OPTION_CONNECTION_LIMIT,
+                             (unsigned)(o->max_connections > 0 ? o->max_connections : 2000), MHD_OPTION_END);
         if (!d) rc = clipc_fail(err, "cannot listen on %s:%d (in use?)", o->bind ? o->bind : "127.0.0.1", o->port);
     }
     if (rc == 0 && o->ready) o->ready(o->ctx, o->port);
@@ -259,5 +294,6 @@ int server_run(const server_options *o, clipc_error *err) {
     free(s.q), free(s.hits);
     clipc_tokenizer_free(s.tok);
     index_close(s.ix);
+    pthread_mutex_destroy(&s.lock);
     return rc;
 }

@@ -14,6 +14,7 @@ typedef struct server_options {
     int port;
     int max_k;               /* the largest k a request may ask for */
     size_t max_upload;       /* the largest image a POST may carry */
+    int max_connections;     /* open connections at once (more wait in the listen queue) */
     volatile sig_atomic_t *stop; /* serve until *stop becomes non-zero */
     void (*ready)(void *ctx, int port);                          /* listening */
     void (*log)(void *ctx, const char *method, const char *url); /* each request (may be NULL) */
