@@ -17,7 +17,8 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fno-trapping-math -fopenmp -fPI
 BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-openmp
 CFLAGS  += $(BLAS_CFLAGS)
-LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsentencepiece -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -ltiff -lwebpdemux -lwebp -lz -lstdc++ -lm -fopenmp -lpthread
+LIBS    := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ldnnl -lzip -lcurl -lcrypto -llbfgs -lfaiss -lsentencepiece -lsqlite3 -lmicrohttpd -lcjson -lutf8proc -ljpeg -lpng -ltiff -lwebpdemux -lwebp -lz -lstdc++ -lm -fopenmp -lpthread
+LDLIBS  += $(LIBS)
 # Data-parallel training over MPI when OpenMPI's development files are
 # installed (MPI=0 builds without; `clipc train` then runs one process).
 MPI     ?= $(shell pkg-config --exists ompi-c && echo 1 || echo 0)
@@ -168,8 +169,41 @@ build-fuzz/corpus-checkpoint/.made: $(BUILD)/clipc
 	sh tests/fuzz/checkpoint_seeds.sh $(BUILD)/clipc build-fuzz/corpus-checkpoint
 	@touch $@
 
+# The targets below link the whole library, compiled once with the fuzzer's instrumentation (without MPI).
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=build-fuzz/%.o) $(LIB_ASM:%.S=build-fuzz/%.o) $(LIB_CXX:%.cpp=build-fuzz/%.o)
+build-fuzz/src/%.o: src/%.c $(wildcard include/*.h src/*.h src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer-no-link,address,undefined \
+	    -fno-sanitize-recover=undefined -Wno-pass-failed -fopenmp $(BLAS_CFLAGS) -c $< -o $@
+build-fuzz/src/%.o: src/%.cpp $(wildcard src/*.h src/*/*.h include/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) -g -O1 -std=c++17 -Iinclude -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr -fopenmp -c $< -o $@
+build-fuzz/src/%.o: src/%.S data/bpe_simple_vocab_16e6.txt.gz src/server/page.html
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -c $< -o $@
+build-fuzz/libclipc.a: $(FUZZ_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+FUZZ_WHOLE := npy csv query config http
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libclipc.a
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fopenmp $< build-fuzz/libclipc.a $(LIBS) -o $@
+
+# Seeds of the whole-library targets: committed ones (tests/fuzz/corpus/NAME), and for fuzz_config the
+# real JSON files beside the test models, each led by the byte that picks its case (tests/fuzz/fuzz_config.c).
+build-fuzz/corpus-config/.made: tests/data/arch/hf_mlp2.5_eps_mixed_act/config.json tests/data/siglip/b_like/config.json \
+        tests/data/siglip/openclip/open_clip_config.json tests/data/coca/open_clip_config.json tests/data/pytorch/open_clip_config.json
+	@mkdir -p build-fuzz/corpus-config
+	{ printf '\000'; cat tests/data/arch/hf_mlp2.5_eps_mixed_act/config.json; } > build-fuzz/corpus-config/hf_clip
+	{ printf '\001'; cat tests/data/siglip/b_like/config.json; } > build-fuzz/corpus-config/hf_siglip
+	printf '\002{"image_processor_type": "SiglipImageProcessor", "size": {"height": 32, "width": 32}, "resample": 3, "rescale_factor": 0.00392156862745098, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_resize": true}' > build-fuzz/corpus-config/preprocessor
+	{ printf '\003'; cat tests/data/siglip/openclip/open_clip_config.json; } > build-fuzz/corpus-config/openclip_siglip
+	{ printf '\004'; cat tests/data/coca/open_clip_config.json; } > build-fuzz/corpus-config/coca
+	{ printf '\005'; cat tests/data/pytorch/open_clip_config.json; } > build-fuzz/corpus-config/openclip
+	printf '\006{"tokenizer_class": "SiglipTokenizer", "eos_token": "</s>", "pad_token": {"content": "</s>"}, "padding_side": "right"}' > build-fuzz/corpus-config/tokenizer
+	@touch $@
+
 fuzz-build: build-fuzz/fuzz_pickle build-fuzz/fuzz_checkpoint build-fuzz/corpus-checkpoint/.made \
-            build-fuzz/fuzz_tokenizer build-fuzz/corpus-tokenizer/.made build-fuzz/fuzz_image build-fuzz/corpus-image/.made
+            build-fuzz/fuzz_tokenizer build-fuzz/corpus-tokenizer/.made build-fuzz/fuzz_image build-fuzz/corpus-image/.made \
+            $(FUZZ_WHOLE:%=build-fuzz/fuzz_%) build-fuzz/corpus-config/.made
 
 fuzz: fuzz-build
 	@mkdir -p build-fuzz/corpus-pickle
@@ -178,6 +212,9 @@ fuzz: fuzz-build
 	    build-fuzz/corpus-checkpoint
 	build-fuzz/fuzz_tokenizer -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-tokenizer
 	build-fuzz/fuzz_image -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-image
+	build-fuzz/fuzz_config -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-config
+	for t in npy csv query http; do mkdir -p build-fuzz/corpus-$$t && \
+	    build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -print_final_stats=1 build-fuzz/corpus-$$t tests/fuzz/corpus/$$t || exit 1; done
 
 clean:
 	rm -rf build build-san build-fuzz

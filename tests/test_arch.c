@@ -268,10 +268,11 @@ static void check_refusals(void) {
     run_cmd(cmd);
 }
 
-/* The parsers' fuzz targets (make fuzz-build): the unpickler on its seed corpus, checkpoint
- * loading on the headers of files clipc writes, SentencePiece model files and texts, the image
- * decoders on the image fixtures, each for a bounded time. Any crash, leak or UB report
- * fails it. */
+/* The parsers' fuzz targets (make fuzz-build), each for a bounded time on its seeds: the
+ * unpickler, checkpoint loading on the headers of files clipc writes, SentencePiece model files
+ * and texts, the image decoders, the JSON configs beside checkpoints, .npy, the CSV readers, the
+ * search-query parser and the server's HTTP handling. Any crash, leak or UB report fails it, and
+ * the input that caused it is printed (base64) with the report, so CI shows the reproducer. */
 static void check_fuzz(void) {
     const char *secs = getenv("CLIPC_FUZZ_SECONDS") ? getenv("CLIPC_FUZZ_SECONDS") : "20";
     static const char *const targets[][3] = {
@@ -279,15 +280,22 @@ static void check_fuzz(void) {
         {"fuzz_checkpoint", "build-fuzz/corpus-checkpoint", "checkpoint loading"},
         {"fuzz_tokenizer", "build-fuzz/corpus-tokenizer", "the SentencePiece tokenizers"},
         {"fuzz_image", "build-fuzz/corpus-image", "the JPEG, PNG, TIFF and WebP decoders"},
+        {"fuzz_config", "build-fuzz/corpus-config", "the JSON configs beside checkpoints"},
+        {"fuzz_npy", "tests/fuzz/corpus/npy", "the .npy reader"},
+        {"fuzz_csv", "tests/fuzz/corpus/csv", "the CSV readers"},
+        {"fuzz_query", "tests/fuzz/corpus/query", "the search-query parser"},
+        {"fuzz_http", "tests/fuzz/corpus/http", "the server's HTTP handling"},
     };
     for (size_t i = 0; i < sizeof targets / sizeof *targets; i++) {
-        char cmd[1024], bin[64];
+        char cmd[1400], bin[64];
         snprintf(bin, sizeof bin, "build-fuzz/%s", targets[i][0]);
         CHECK(access(bin, X_OK) == 0, "%s is not built (make fuzz-build)", bin);
         snprintf(cmd, sizeof cmd,
-                 "d=$(mktemp -d) && %s -max_total_time=%s -print_final_stats=1 $d %s >$d.log 2>&1; rc=$?; "
-                 "grep -E 'stat::number_of_executed_units' $d.log | sed 's/^/  %s: /'; "
-                 "if [ $rc != 0 ]; then tail -30 $d.log; fi; rm -rf $d $d.log; exit $rc",
+                 "d=$(mktemp -d) && %s -max_total_time=%s -print_final_stats=1 -artifact_prefix=$d/ $d %s >$d.log 2>&1; "
+                 "rc=$?; grep -E 'stat::number_of_executed_units' $d.log | sed 's/^/  %s: /'; "
+                 "if [ $rc != 0 ]; then tail -30 $d.log; for f in $d/crash-* $d/leak-* $d/timeout-* $d/oom-*; do "
+                 "[ -f \"$f\" ] && echo \"  reproducer $(basename $f) (base64):\" && base64 -w 76 \"$f\" | head -40; "
+                 "done; fi; rm -rf $d $d.log; exit $rc",
                  bin, secs, targets[i][1], targets[i][0]);
         CHECK(run_cmd(cmd) == 0, "the fuzz target of %s failed (reproducer above)", targets[i][2]);
     }

@@ -33,7 +33,7 @@ extern const char clipc_page_html[], clipc_page_html_end[];
 
 enum { MAX_QUERY = 1000, THUMB = 160, THREADS = 4, CONNECTION_TIMEOUT = 10 };
 
-typedef struct server {
+struct server {
     const server_options *o;
     pthread_mutex_t lock; /* the model, the index, the matrix, q, tok and hits */
     clip_index *ix;
@@ -41,7 +41,7 @@ typedef struct server {
     float *q;
     clipc_tokenizer *tok; /* built once: building it costs ~30 ms, a query's encoding less */
     search_hit *hits;
-} server;
+};
 
 /* A request body being received (POST), bounded by o->max_upload. */
 typedef struct upload {
@@ -261,39 +261,64 @@ static void finished(void *cls, struct MHD_Connection *c, void **state, enum MHD
     *state = NULL;
 }
 
-int server_run(const server_options *o, clipc_error *err) {
-    server s = {.o = o};
-    pthread_mutex_init(&s.lock, NULL);
-    if (index_open(o->db, false, &s.ix, err)) return -1;
-    int rc = index_check_model(s.ix, o->model, err);
-    if (rc == 0) rc = index_matrix_load(s.ix, &s.mx, err);
-    s.q = malloc((size_t)clipc_model_config(o->model)->embed_dim * sizeof *s.q);
-    s.hits = malloc((size_t)o->max_k * sizeof *s.hits);
-    if (rc == 0 && (!s.q || !s.hits)) rc = clipc_fail(err, "out of memory");
-    if (rc == 0 && !(s.tok = clipc_model_tokenizer(o->model, err))) rc = -1;
-    struct MHD_Daemon *d = NULL;
-    if (rc == 0) {
-        struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
-        inet_pton(AF_INET, o->bind ? o->bind : "127.0.0.1", &addr.sin_addr);
-        /* epoll from a pool of threads, a bounded number of connections, idle ones dropped */
-        d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, (uint16_t)o->port,
-                             NULL, NULL, handle, &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                             MHD_OPTION_NOTIFY_COMPLETED, finished, NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                             (size_t)256 * 1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT,
-                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)THREADS, MHD_OPTION_CONNECTION_LIMIT,
-                             (unsigned)(o->max_connections > 0 ? o->max_connections : 2000), MHD_OPTION_END);
-        if (!d) rc = clipc_fail(err, "cannot listen on %s:%d (in use?)", o->bind ? o->bind : "127.0.0.1", o->port);
+server *server_open(const server_options *o, clipc_error *err) {
+    server *s = calloc(1, sizeof *s);
+    if (!s) {
+        clipc_fail(err, "out of memory");
+        return NULL;
     }
+    s->o = o;
+    pthread_mutex_init(&s->lock, NULL);
+    int rc = index_open(o->db, false, &s->ix, err);
+    if (rc == 0) rc = index_check_model(s->ix, o->model, err);
+    if (rc == 0) rc = index_matrix_load(s->ix, &s->mx, err);
+    s->q = malloc((size_t)clipc_model_config(o->model)->embed_dim * sizeof *s->q);
+    s->hits = malloc((size_t)o->max_k * sizeof *s->hits);
+    if (rc == 0 && (!s->q || !s->hits)) rc = clipc_fail(err, "out of memory");
+    if (rc == 0 && !(s->tok = clipc_model_tokenizer(o->model, err))) rc = -1;
+    if (rc) {
+        server_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+void server_close(server *s) {
+    if (!s) return;
+    index_matrix_free(&s->mx);
+    free(s->q), free(s->hits);
+    clipc_tokenizer_free(s->tok);
+    if (s->ix) index_close(s->ix);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* The settings every daemon shares: the handler, the per-connection memory and idle timeout. */
+#define DAEMON_OPTIONS(s)                                                                                          \
+    NULL, NULL, handle, (s), MHD_OPTION_NOTIFY_COMPLETED, finished, NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT,     \
+        (size_t)256 * 1024, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT
+
+struct MHD_Daemon *server_start_unlistened(server *s) {
+    return MHD_start_daemon(MHD_USE_NO_LISTEN_SOCKET, 0, DAEMON_OPTIONS(s), MHD_OPTION_END);
+}
+
+int server_run(const server_options *o, clipc_error *err) {
+    server *s = server_open(o, err);
+    if (!s) return -1;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
+    inet_pton(AF_INET, o->bind ? o->bind : "127.0.0.1", &addr.sin_addr);
+    /* epoll from a pool of threads, a bounded number of connections, idle ones dropped */
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, (uint16_t)o->port, DAEMON_OPTIONS(s), MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)THREADS, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)(o->max_connections > 0 ? o->max_connections : 2000), MHD_OPTION_END);
+    int rc = d ? 0 : clipc_fail(err, "cannot listen on %s:%d (in use?)", o->bind ? o->bind : "127.0.0.1", o->port);
     if (rc == 0 && o->ready) o->ready(o->ctx, o->port);
     while (rc == 0 && !*o->stop) {
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     if (d) MHD_stop_daemon(d);
-    index_matrix_free(&s.mx);
-    free(s.q), free(s.hits);
-    clipc_tokenizer_free(s.tok);
-    index_close(s.ix);
-    pthread_mutex_destroy(&s.lock);
+    server_close(s);
     return rc;
 }

@@ -21,6 +21,18 @@ typedef struct server_options {
     void *ctx;
 } server_options;
 
+/* The service's state — the index, its matrix, the model's tokenizer —
+ * for o, which must outlive it; NULL with err when the index cannot be
+ * opened or was built by another model. */
+typedef struct server server;
+server *server_open(const server_options *o, clipc_error *err);
+void server_close(server *s);
+/* A daemon serving s that listens on no socket: the caller hands it
+ * connections (MHD_add_connection) and drives it (MHD_run), as the HTTP
+ * fuzz target does. Stop it with MHD_stop_daemon before server_close. */
+struct MHD_Daemon;
+struct MHD_Daemon *server_start_unlistened(server *s);
+
 /* Serves until *o->stop; returns 0, or -1 with err (the index, the model,
  * or the port). */
 int server_run(const server_options *o, clipc_error *err);

@@ -21,14 +21,19 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static char path[64];
+static void teardown(void) { unlink(path); }
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static char path[64];
     static unsigned char zeros[65536];
     if (size < 4) return 0;
     uint32_t data_len = (uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 | (uint32_t)data[3] << 24;
     if (data_len > (16u << 20)) data_len %= 16u << 20;
     uint64_t header_len = size - 4;
-    if (!path[0]) snprintf(path, sizeof path, "/tmp/clipc_fuzz_ckpt_%d.safetensors", (int)getpid());
+    if (!path[0]) {
+        snprintf(path, sizeof path, "/tmp/clipc_fuzz_ckpt_%d.safetensors", (int)getpid());
+        atexit(teardown);
+    }
     FILE *f = fopen(path, "wb");
     if (!f) return 0;
     unsigned char len8[8];
