@@ -4,6 +4,7 @@
  * on the child process (wait4's ru_maxrss). */
 #include "test.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -39,6 +40,42 @@ static void save_with_extra(const char *dir, const char *name, const char *tenso
     clipc_model_free(m);
 }
 
+/* The test unigram model with a normaliser charsmap appended (protobuf
+ * merges it: the last precompiled_charsmap wins): a 512-unit Darts trie
+ * whose one path, the byte 'a', ends in a leaf naming replacement offset
+ * leaf_value in the strings "x\0". Written to dir/name. */
+static void write_charsmap_model(const char *dir, const char *name, uint32_t leaf_value) {
+    enum { UNITS = 512 };
+    static unsigned char map[4 + 4 * UNITS + 2];
+    uint32_t units[UNITS] = {0};
+    units[0] = 0;                                   /* root: offset 0, so its base is unit 0 */
+    units['a'] = 'a' | 1u << 8 | (('a' ^ 0x100u) << 10); /* label 'a', has a leaf, offset to unit 0x100 */
+    units[0x100] = leaf_value | 0x80000000u;        /* the leaf: a value unit */
+    uint32_t trie_len = 4 * UNITS;
+    for (int b = 0; b < 4; b++) map[b] = (unsigned char)(trie_len >> (8 * b));
+    for (int i = 0; i < UNITS; i++)
+        for (int b = 0; b < 4; b++) map[4 + 4 * i + b] = (unsigned char)(units[i] >> (8 * b));
+    memcpy(map + 4 + 4 * UNITS, "x", 2);
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *out = fopen(path, "wb"), *in = fopen("tests/data/siglip/unigram/spiece.model", "rb");
+    CHECK(out && in, "writing %s", path);
+    if (!out || !in) {
+        if (out) fclose(out);
+        if (in) fclose(in);
+        return;
+    }
+    int ch;
+    while ((ch = fgetc(in)) != EOF) fputc(ch, out);
+    size_t inner = 1 + 2 + sizeof map; /* NormalizerSpec { 2: precompiled_charsmap } */
+    unsigned char head[] = {0x1a, (unsigned char)(0x80 | (inner & 0x7f)), (unsigned char)(inner >> 7), 0x12,
+                            (unsigned char)(0x80 | (sizeof map & 0x7f)), (unsigned char)(sizeof map >> 7)};
+    fwrite(head, 1, sizeof head, out);
+    fwrite(map, 1, sizeof map, out);
+    fclose(in);
+    fclose(out);
+}
+
 void test_hostile(void) {
     char dir[] = "/tmp/clipc_hostile_XXXXXX", cmd[4096], args[2048];
     if (!mkdtemp(dir)) return;
@@ -65,6 +102,17 @@ void test_hostile(void) {
     run_cmd(cmd);
     snprintf(args, sizeof args, "embed --tokens %s/wrap.npy -o %s/x.npy", dir, dir);
     refused(".npy shape that wraps size_t", dir, args, "shape too large");
+    /* a SentencePiece model whose normaliser names a replacement string past its end (found by
+     * fuzz_tokenizer: libsentencepiece read it with strlen); the same trie naming "x" is used */
+    write_charsmap_model(dir, "bad_charsmap.model", 0x7fffff);
+    write_charsmap_model(dir, "good_charsmap.model", 0);
+    snprintf(args, sizeof args, "tokenize --spm %s/bad_charsmap.model --ids 'a cat'", dir);
+    refused("a SentencePiece charsmap pointing past its strings", dir, args,
+            "charsmap names a replacement outside its strings");
+    snprintf(cmd, sizeof cmd, "a=$(%s tokenize --spm %s/good_charsmap.model --ids 'a cat') && "
+             "x=$(%s tokenize --spm %s/good_charsmap.model --ids 'x cxt') && test -n \"$a\" && test \"$a\" = \"$x\"",
+             clipc_binary, dir, clipc_binary, dir);
+    CHECK(run_cmd(cmd) == 0, "a well-formed charsmap is used: it normalises 'a' to 'x'");
     /* an architecture guessed from a small header, far larger than its data */
     refused("safetensors claiming 9.7 billion parameters in 3 KB", dir, "info tests/data/bomb_arch.safetensors",
             "too few for the");

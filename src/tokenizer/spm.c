@@ -37,6 +37,142 @@ struct spm_tokenizer {
 
 #define SPM_MAX_FILE (64u << 20) /* the largest tokenizer model accepted (Gemma's is 4 MB) */
 
+/* ---- the normaliser's charsmap, checked before libsentencepiece sees it ----
+ *
+ * SentencePiece normalises text through a "precompiled charsmap" stored in
+ * the model (NormalizerSpec.precompiled_charsmap): a little-endian u32 trie
+ * size, a Darts-clone double array of that many bytes, then NUL-terminated
+ * replacement strings that the trie's leaves point into. The library trusts
+ * it: its Darts lookup indexes the array without bounds, and the normaliser
+ * reads the string at a leaf's offset with strlen (a mutated model file
+ * crashed clipc's fuzz target there). So every node a text can reach is
+ * walked here first, and the model is refused unless each array index it
+ * can touch is inside the array and each leaf names a terminated string. */
+
+/* One protobuf varint; false when it runs past end or beyond 64 bits. */
+static bool pb_varint(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+    *v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) return true;
+    }
+    return false;
+}
+
+/* Calls found(ctx, bytes, len) for each occurrence of length-delimited
+ * field `field` in the message [p, end), in order (protobuf: for a bytes
+ * field the last wins, an embedded message merges). -1 on malformed wire
+ * data or a group (wire types 3/4, which clipc does not read). */
+static int pb_fields(const unsigned char *p, const unsigned char *end, uint64_t field,
+                     void (*found)(void *ctx, const unsigned char *bytes, size_t len), void *ctx) {
+    while (p < end) {
+        uint64_t key, v;
+        if (!pb_varint(&p, end, &key)) return -1;
+        switch (key & 7) {
+        case 0: if (!pb_varint(&p, end, &v)) return -1; break;
+        case 1: if (end - p < 8) return -1; p += 8; break;
+        case 5: if (end - p < 4) return -1; p += 4; break;
+        case 2:
+            if (!pb_varint(&p, end, &v) || v > (uint64_t)(end - p)) return -1;
+            if (key >> 3 == field) found(ctx, p, (size_t)v);
+            p += v;
+            break;
+        default: return -1;
+        }
+    }
+    return 0;
+}
+
+typedef struct charsmap {
+    const unsigned char *bytes; /* the last precompiled_charsmap seen, as protobuf keeps it */
+    size_t len;
+    bool malformed;
+} charsmap;
+
+static void found_charsmap(void *ctx, const unsigned char *bytes, size_t len) {
+    charsmap *c = ctx;
+    c->bytes = bytes, c->len = len;
+}
+
+static void found_normalizer(void *ctx, const unsigned char *bytes, size_t len) {
+    charsmap *c = ctx; /* NormalizerSpec field 2: precompiled_charsmap */
+    if (pb_fields(bytes, bytes + len, 2, found_charsmap, c)) c->malformed = true;
+}
+
+/* Darts-clone's unit fields (darts.h: DoubleArrayUnit). */
+static uint32_t darts_unit(const unsigned char *a, uint32_t i) {
+    return (uint32_t)a[4 * (size_t)i] | (uint32_t)a[4 * (size_t)i + 1] << 8 | (uint32_t)a[4 * (size_t)i + 2] << 16 |
+           (uint32_t)a[4 * (size_t)i + 3] << 24;
+}
+static bool darts_has_leaf(uint32_t u) { return (u >> 8) & 1; }
+static uint32_t darts_value(uint32_t u) { return u & 0x7fffffffu; }
+static uint32_t darts_label(uint32_t u) { return u & (0x80000000u | 0xffu); }
+static uint32_t darts_offset(uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); }
+
+/* Every lookup path of the trie, as Darts' commonPrefixSearch takes it for
+ * any text: from base b, byte c reads unit b ^ c (so b | 0xff must be in
+ * the array); a unit whose label is c moves to b' = (b ^ c) ^ offset, and
+ * when it has a leaf, unit b' holds the offset of a replacement string. */
+static int check_trie(const unsigned char *trie, uint32_t units, const unsigned char *strings, size_t strings_len,
+                      const char *path, clipc_error *err) {
+    if (units == 0) return clipc_fail(err, "%s: the normaliser's charsmap has an empty trie", path);
+    unsigned char *seen = calloc((size_t)units / 8 + 1, 1);
+    uint32_t *stack = malloc((size_t)units * sizeof *stack);
+    if (!seen || !stack) {
+        free(seen), free(stack);
+        return clipc_fail(err, "out of memory");
+    }
+    int rc = 0;
+    size_t top = 0;
+    uint32_t root = darts_offset(darts_unit(trie, 0));
+    stack[top++] = root;
+    if (root < units) seen[root / 8] |= (unsigned char)(1u << (root % 8));
+    while (top && rc == 0) {
+        uint32_t base = stack[--top];
+        if ((base | 0xffu) >= units) {
+            rc = clipc_fail(err, "%s: the normaliser's charsmap points outside its trie (refused)", path);
+            break;
+        }
+        for (uint32_t c = 0; c < 256 && rc == 0; c++) {
+            uint32_t child = base ^ c, u = darts_unit(trie, child);
+            if (darts_label(u) != c) continue;
+            uint32_t next = child ^ darts_offset(u);
+            if (next >= units) {
+                rc = clipc_fail(err, "%s: the normaliser's charsmap points outside its trie (refused)", path);
+                break;
+            }
+            if (darts_has_leaf(u)) {
+                uint32_t at = darts_value(darts_unit(trie, next));
+                if (at >= strings_len || !memchr(strings + at, 0, strings_len - at))
+                    rc = clipc_fail(err, "%s: the normaliser's charsmap names a replacement outside its strings "
+                                         "(refused)", path);
+            }
+            if (!(seen[next / 8] & (1u << (next % 8)))) {
+                seen[next / 8] |= (unsigned char)(1u << (next % 8));
+                stack[top++] = next;
+            }
+        }
+    }
+    free(seen), free(stack);
+    return rc;
+}
+
+/* The model file's charsmap (ModelProto field 3, normalizer_spec), checked
+ * as described above; a model without one normalises nothing and passes. */
+static int check_charsmap(const unsigned char *data, size_t len, const char *path, clipc_error *err) {
+    charsmap c = {0};
+    if (pb_fields(data, data + len, 3, found_normalizer, &c) || c.malformed)
+        return clipc_fail(err, "%s: not a SentencePiece model (malformed protobuf)", path);
+    if (!c.len) return 0;
+    if (c.len < 4) return clipc_fail(err, "%s: the normaliser's charsmap is truncated", path);
+    uint32_t trie_len = darts_unit(c.bytes, 0);
+    if (trie_len > c.len - 4 || trie_len % 4)
+        return clipc_fail(err, "%s: the normaliser's charsmap claims a %u-byte trie in %zu bytes", path, trie_len,
+                          c.len - 4);
+    return check_trie(c.bytes + 4, trie_len / 4, c.bytes + 4 + trie_len, c.len - 4 - trie_len, path, err);
+}
+
 void spm_tokenizer_free(spm_tokenizer *t) {
     if (!t) return;
     spm_free(t->model);
@@ -129,6 +265,7 @@ spm_tokenizer *spm_tokenizer_load(const char *path, clipc_error *err) {
         len += 4;
     }
     char msg[256];
+    if (check_charsmap(data, len, path, err)) goto fail;
     if (!(t->model = spm_load(data, len, msg, sizeof msg))) {
         clipc_fail(err, "%s: %s", path, msg);
         goto fail;
