@@ -213,8 +213,9 @@ int clipc_tokenize(clipc_tokenizer *tok, const char *text, int context, int trun
 
 /* ---- images ------------------------------------------------------------ */
 
-/* The decoded-image limit: larger images are refused before decoding
- * (Pillow's decompression-bomb error threshold is 2x89.5 MP; ours is 1/2). */
+/* The decoded-image limit's default: larger images are refused before
+ * decoding (Pillow's decompression-bomb error threshold is 2x89.5 MP; ours
+ * is 1/2). The environment variable of the same name overrides it. */
 #define CLIPC_MAX_IMAGE_PIXELS (89478485LL)
 
 /* Decodes a JPEG or PNG file and applies OpenAI's _transform(size):

@@ -88,6 +88,23 @@ bool is_image_file_name(const char *name);
  * skipped), sorted by path: *paths malloc'd, each path too. */
 int list_images(const char *dir, char ***paths, int *n, clipc_error *err);
 
+/* ---- util/limits.c: the bounds on untrusted input ---------------------- */
+
+typedef enum limit_id {
+    LIMIT_IMAGE_PIXELS,             /* an image's pixels, before decoding and after the resize */
+    LIMIT_CSV_RECORD_BYTES,         /* one record (line) of a CSV/TSV file */
+    LIMIT_CSV_ROWS,                 /* rows of a CSV/TSV file */
+    LIMIT_CLASSES,                  /* classes of a labelled set (class numbers below it) */
+    LIMIT_SPM_BYTES,                /* a SentencePiece model file */
+    LIMIT_SAFETENSORS_HEADER_BYTES, /* a safetensors file's JSON header */
+    LIMIT_PICKLE_BYTES,             /* a PyTorch checkpoint's data.pkl */
+    LIMIT_COUNT
+} limit_id;
+/* The limit: the default, or its environment variable (limit_env) when
+ * that holds a positive integer. */
+long long limit_of(limit_id id);
+const char *limit_env(limit_id id);
+
 /* ---- util/rng.c: deterministic random numbers --------------------------- */
 
 typedef struct rng { uint64_t s[4]; } rng;

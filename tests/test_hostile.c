@@ -13,10 +13,11 @@
 
 #define RSS_BOUND_KB (512 * 1024) /* the documented bound: 512 MB */
 
-/* clipc ARGS must fail with exactly one line containing expect. */
-static void refused(const char *what, const char *dir, const char *args, const char *expect) {
+/* clipc ARGS, with the environment assignments env (may be ""), must fail
+ * with exactly one line containing expect. */
+static void refused_env(const char *what, const char *dir, const char *env, const char *args, const char *expect) {
     char cmd[4096], check[4096];
-    snprintf(cmd, sizeof cmd, "exec %s %s >/dev/null 2>%s/err", clipc_binary, args, dir);
+    snprintf(cmd, sizeof cmd, "exec env %s %s %s >/dev/null 2>%s/err", env, clipc_binary, args, dir);
     long rss = 0;
     int rc = run_measured(cmd, &rss);
     snprintf(check, sizeof check, "test $(wc -l < %s/err) = 1 && grep -q -- \"%s\" %s/err", dir, expect, dir);
@@ -24,6 +25,10 @@ static void refused(const char *what, const char *dir, const char *args, const c
     CHECK(run_cmd(check) == 0, "%s: not one error line with '%s'", what, expect);
     CHECK(rss < RSS_BOUND_KB, "%s: peak memory %ld MB", what, rss >> 10);
     printf("  %s: refused in one line, peak memory %ld MB\n", what, rss >> 10);
+}
+
+static void refused(const char *what, const char *dir, const char *args, const char *expect) {
+    refused_env(what, dir, "", args, expect);
 }
 
 /* The tiny model saved with one extra tensor of the given shape (data zeros) at dir/name. */
@@ -102,6 +107,30 @@ void test_hostile(void) {
     run_cmd(cmd);
     snprintf(args, sizeof args, "embed --tokens %s/wrap.npy -o %s/x.npy", dir, dir);
     refused(".npy shape that wraps size_t", dir, args, "shape too large");
+    /* the limits of the Limits table, each lowered through its variable (and the CSV one raised);
+     * the CSV paths are absolute, as relative ones are read from the CSV's folder */
+    char *photo_abs = realpath(photo, NULL);
+    CHECK(photo_abs != NULL, "%s exists", photo);
+    if (!photo_abs) return;
+    snprintf(cmd, sizeof cmd, "printf 'filepath,title\\n%s,a cat\\n%s,a dog\\n%s,' > %s/rows.csv && "
+             "head -c 2000000 /dev/zero | tr '\\0' x >> %s/rows.csv && printf '\\n' >> %s/rows.csv && "
+             "printf 'filepath,label\\n%s,cat\\n%s,dog\\n%s,bird\\n' > %s/names.csv",
+             photo_abs, photo_abs, photo_abs, dir, dir, dir, photo_abs, photo_abs, photo_abs, dir);
+    run_cmd(cmd);
+    snprintf(args, sizeof args, "eval retrieval --data %s/rows.csv --out %s/o4", dir, dir);
+    refused("a 2 MB CSV record", dir, args, "rows.csv:4: a record longer than 1048576 bytes (CLIPC_MAX_CSV_RECORD_BYTES");
+    snprintf(cmd, sizeof cmd, "CLIPC_MAX_CSV_RECORD_BYTES=3000000 %s eval retrieval --data %s/rows.csv --out %s/o5 "
+             ">/dev/null 2>%s/err5 || cat %s/err5", clipc_binary, dir, dir, dir, dir);
+    CHECK(run_cmd(cmd) == 0, "CLIPC_MAX_CSV_RECORD_BYTES=3000000 reads the 2 MB record");
+    refused_env("CLIPC_MAX_CSV_ROWS=2 over three rows", dir, "CLIPC_MAX_CSV_ROWS=2 CLIPC_MAX_CSV_RECORD_BYTES=3000000", args,
+                "more than 2 rows (CLIPC_MAX_CSV_ROWS raises the limit)");
+    snprintf(args, sizeof args, "eval zeroshot --dataset %s/names.csv --out %s/o6", dir, dir);
+    refused_env("CLIPC_MAX_CLASSES=2 over three named classes", dir, "CLIPC_MAX_CLASSES=2", args,
+                "3 distinct labels are more classes than the limit of 2 (CLIPC_MAX_CLASSES raises it)");
+    snprintf(args, sizeof args, "preprocess %s -o %s/p.npy", photo, dir);
+    refused_env("CLIPC_MAX_IMAGE_PIXELS=100000 on a 600x400 photo", dir, "CLIPC_MAX_IMAGE_PIXELS=100000", args,
+                "600x400 = 240000 pixels, over the limit of 100000 (CLIPC_MAX_IMAGE_PIXELS raises it)");
+    free(photo_abs);
     /* a SentencePiece model whose normaliser names a replacement string past its end (found by
      * fuzz_tokenizer: libsentencepiece read it with strlen); the same trie naming "x" is used */
     write_charsmap_model(dir, "bad_charsmap.model", 0x7fffff);

@@ -5,6 +5,7 @@
 #include "eval.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,12 +120,14 @@ static int open_csv(const char *path, const char *img_key, const char *label_key
     for (int i = 0; i < rows.count && rc == 0; i++) numeric = numeric && is_number(rows.captions[i]);
     if (rc == 0 && numeric) { /* class numbers: names "0", "1", ... until --classnames names them */
         int max = 0;
+        long long classes = limit_of(LIMIT_CLASSES);
         for (int i = 0; i < rows.count && rc == 0; i++) {
-            long v = strtol(rows.captions[i], NULL, 10);
-            if (v >= 10000) /* a confusion matrix of n² counts: bounded before any allocation */
-                rc = clipc_fail(err, "%s: class number %ld is too large (class numbers go up to 9999)", path, v);
-            s->labels[i] = (int)v;
-            if (v > max) max = (int)v;
+            long long v = strtoll(rows.captions[i], NULL, 10);
+            if (v >= classes || v >= INT_MAX) /* a confusion matrix of n² counts: bounded before any allocation */
+                rc = clipc_fail(err, "%s: class number %lld is too large (class numbers go up to %lld; %s raises it)",
+                                path, v, classes - 1, limit_env(LIMIT_CLASSES));
+            else s->labels[i] = (int)v;
+            if (rc == 0 && v > max) max = (int)v;
         }
         /* one name per class number up to the largest, which may exceed the
          * row count (labels 3, 0, 1): the array is sized for that */
@@ -143,12 +146,20 @@ static int open_csv(const char *path, const char *img_key, const char *label_key
         for (int i = 0; i < n_names; i++)
             if (u == 0 || strcmp(names[u - 1], names[i])) names[u++] = names[i];
         n_names = u;
+        if (n_names > limit_of(LIMIT_CLASSES)) /* the same n² bound for named classes */
+            rc = clipc_fail(err, "%s: %d distinct labels are more classes than the limit of %lld (%s raises it)", path,
+                            n_names, limit_of(LIMIT_CLASSES), limit_env(LIMIT_CLASSES));
         for (int i = 0; i < rows.count; i++) {
             char **hit = bsearch(&rows.captions[i], names, (size_t)n_names, sizeof *names, compare_strings);
             s->labels[i] = (int)(hit - names);
         }
-        for (int i = 0; i < n_names && rc == 0; i++)
-            if (!(names[i] = strdup(names[i]))) rc = clipc_fail(err, "out of memory");
+        /* the names become the set's own copies; on failure it owns only those made */
+        int owned = 0;
+        while (rc == 0 && owned < n_names) {
+            if (!(names[owned] = strdup(names[owned]))) rc = clipc_fail(err, "out of memory");
+            else owned++;
+        }
+        n_names = owned;
     }
     for (int i = 0; i < rows.count; i++) free(rows.captions[i]);
     free(rows.captions);

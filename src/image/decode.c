@@ -24,9 +24,10 @@ void image_free(image *im) {
 
 int image_check_size(const char *name, long long w, long long h, clipc_error *err) {
     if (w <= 0 || h <= 0) return clipc_fail(err, "%s: image has no pixels (%lldx%lld)", name, w, h);
-    if (w * h > CLIPC_MAX_IMAGE_PIXELS)
-        return clipc_fail(err, "%s: image is %lldx%lld = %lld pixels, over the limit of %lld", name, w, h, w * h,
-                          (long long)CLIPC_MAX_IMAGE_PIXELS);
+    long long max = limit_of(LIMIT_IMAGE_PIXELS);
+    if (w > max || h > max || w * h > max)
+        return clipc_fail(err, "%s: image is %lldx%lld = %lld pixels, over the limit of %lld (%s raises it)", name, w,
+                          h, w * h, max, limit_env(LIMIT_IMAGE_PIXELS));
     return 0;
 }
 

@@ -6,6 +6,8 @@
  *     ToTensor, Normalize(mean, std)  in float32 */
 #include "../internal.h"
 
+#include <limits.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +35,10 @@ int image_resize_crop_rgb(const image *im, int size, unsigned char *rgb, clipc_e
         lh = size;
         lw = (long long)size * w / h;
     }
-    if (lw * lh > CLIPC_MAX_IMAGE_PIXELS)
+    long long max = limit_of(LIMIT_IMAGE_PIXELS);
+    if (lw > max || lh > max || lw * lh > max || lw > INT_MAX || lh > INT_MAX)
         return clipc_fail(err, "a %dx%d image resized to %lldx%lld would exceed the limit of %lld pixels "
-                               "(CLIPC_MAX_IMAGE_PIXELS)", w, h, lw, lh, (long long)CLIPC_MAX_IMAGE_PIXELS);
+                               "(%s raises it)", w, h, lw, lh, max, limit_env(LIMIT_IMAGE_PIXELS));
     rw = (int)lw, rh = (int)lh;
     image resized;
     if (image_resize(im, rw, rh, &resized, err)) return -1;

@@ -35,7 +35,6 @@ struct spm_tokenizer {
     int unk_len; /* SigLIP: the pieces of "<unk>", dropped from the front */
 };
 
-#define SPM_MAX_FILE (64u << 20) /* the largest tokenizer model accepted (Gemma's is 4 MB) */
 
 /* ---- the normaliser's charsmap, checked before libsentencepiece sees it ----
  *
@@ -223,9 +222,9 @@ spm_tokenizer *spm_tokenizer_load(const char *path, clipc_error *err) {
     int fd = open_regular_file(path, &len, err);
     if (fd < 0) return NULL;
     close(fd);
-    if (len > SPM_MAX_FILE) {
-        clipc_fail(err, "%s: %zu MiB is too large for a SentencePiece model (at most %u MiB)", path, len >> 20,
-                   SPM_MAX_FILE >> 20);
+    if ((long long)len > limit_of(LIMIT_SPM_BYTES)) {
+        clipc_fail(err, "%s: %zu bytes is too large for a SentencePiece model (at most %lld; %s raises it)", path, len,
+                   limit_of(LIMIT_SPM_BYTES), limit_env(LIMIT_SPM_BYTES));
         return NULL;
     }
     cJSON *cfg;

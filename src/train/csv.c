@@ -9,6 +9,7 @@
  * (seed, step, index) so batches stay reproducible. */
 #include "train.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,10 +21,11 @@ static void free_fields(char **f, int n) {
 }
 
 /* Splits one record starting at *p into fields (quotes honoured); returns
- * the field count, -1 at end of input, -2 when out of memory. Fields are
- * malloc'd. */
-static int read_record(const char **p, const char *end, char sep, char ***fields) {
+ * the field count, -1 at end of input, -2 when out of memory, -3 when the
+ * record is longer than max bytes. Fields are malloc'd. */
+static int read_record(const char **p, const char *end, char sep, size_t max, char ***fields) {
     if (*p >= end) return -1;
+    const char *start = *p;
     int n = 0, cap = 8;
     char **fs = malloc((size_t)cap * sizeof *fs);
     if (!fs) return -2;
@@ -56,6 +58,11 @@ static int read_record(const char **p, const char *end, char sep, char ***fields
             }
             f[len++] = ch;
             s++;
+            if ((size_t)(s - start) > max) {
+                free(f);
+                free_fields(fs, n);
+                return -3;
+            }
         }
         f[len] = '\0';
         if (n == cap) {
@@ -93,10 +100,16 @@ int csv_load(const char *path, const char *img_key, const char *caption_key, cha
         sep = pl > 4 && !strcmp(path + pl - 4, ".csv") ? ',' : '\t';
     }
     const char *p = (const char *)text, *end = p + len;
+    size_t max_record = (size_t)limit_of(LIMIT_CSV_RECORD_BYTES);
+    long long max_rows = limit_of(LIMIT_CSV_ROWS);
+    if (max_rows > INT_MAX / 2) max_rows = INT_MAX / 2; /* row counts are ints */
     char **header;
-    int nh = read_record(&p, end, sep, &header), img_col = -1, cap_col = -1;
-    if (nh == -2) {
+    int nh = read_record(&p, end, sep, max_record, &header), img_col = -1, cap_col = -1;
+    if (nh == -2 || nh == -3) {
         free(text);
+        if (nh == -3)
+            return clipc_fail(err, "%s:1: a record longer than %zu bytes (%s raises the limit)", path, max_record,
+                              limit_env(LIMIT_CSV_RECORD_BYTES));
         return clipc_fail(err, "out of memory reading %s", path);
     }
     for (int i = 0; i < nh; i++) {
@@ -114,16 +127,26 @@ int csv_load(const char *path, const char *img_key, const char *caption_key, cha
     int cap = 0, line = 1;
     char **fields;
     int nf;
-    while ((nf = read_record(&p, end, sep, &fields)) != -1) {
+    while ((nf = read_record(&p, end, sep, max_record, &fields)) != -1) {
         line++;
-        if (nf == -2) {
+        if (nf == -2 || nf == -3) {
             free(text);
             csv_free(out);
+            if (nf == -3)
+                return clipc_fail(err, "%s:%d: a record longer than %zu bytes (%s raises the limit)", path, line,
+                                  max_record, limit_env(LIMIT_CSV_RECORD_BYTES));
             return clipc_fail(err, "out of memory reading %s", path);
         }
         if (nf == 1 && !fields[0][0]) { /* blank line */
             free_fields(fields, nf);
             continue;
+        }
+        if (out->count >= max_rows) {
+            free_fields(fields, nf);
+            free(text);
+            csv_free(out);
+            return clipc_fail(err, "%s: more than %lld rows (%s raises the limit)", path, max_rows,
+                              limit_env(LIMIT_CSV_ROWS));
         }
         if (nf <= img_col || nf <= cap_col || !fields[img_col][0]) {
             free_fields(fields, nf);

@@ -33,7 +33,6 @@
 #include <zip.h>
 #include <zlib.h>
 
-#define MAX_PICKLE (256u << 20) /* data.pkl: a state dict's pickle is kilobytes */
 #define MAX_VALUES (1 << 22)
 #define MAX_MEMO (1 << 22)
 
@@ -626,7 +625,10 @@ int pt_open(const char *path, st_file *f, clipc_error *err) {
     }
     unpickler u = {.p = pkl, .end = pkl + pkl_len, .err = err, .path = path};
     pval *root = NULL;
-    int rc = pkl_len > MAX_PICKLE ? clipc_fail(err, "%s: data.pkl is over %u MiB", path, MAX_PICKLE >> 20) : run(&u, &root);
+    int rc = (long long)pkl_len > limit_of(LIMIT_PICKLE_BYTES)
+                 ? clipc_fail(err, "%s: data.pkl is over %lld bytes (%s raises it)", path, limit_of(LIMIT_PICKLE_BYTES),
+                              limit_env(LIMIT_PICKLE_BYTES))
+                 : run(&u, &root);
     const pval *sd = rc == 0 ? state_dict_of(root) : NULL;
     if (rc == 0 && !sd) rc = clipc_fail(err, "%s: the pickle is not a state dict", path);
     named_list tensors = {0};
@@ -707,7 +709,10 @@ int pt_open(const char *path, st_file *f, clipc_error *err) {
 int pickle_check(const unsigned char *pkl, size_t len, int *tensors, clipc_error *err) {
     unpickler u = {.p = pkl, .end = pkl + len, .err = err, .path = "data.pkl"};
     pval *root = NULL;
-    int rc = len > MAX_PICKLE ? clipc_fail(err, "data.pkl is over %u MiB", MAX_PICKLE >> 20) : run(&u, &root);
+    int rc = (long long)len > limit_of(LIMIT_PICKLE_BYTES)
+                 ? clipc_fail(err, "data.pkl is over %lld bytes (%s raises it)", limit_of(LIMIT_PICKLE_BYTES),
+                              limit_env(LIMIT_PICKLE_BYTES))
+                 : run(&u, &root);
     const pval *sd = rc == 0 ? state_dict_of(root) : NULL;
     if (rc == 0 && !sd) rc = clipc_fail(err, "the pickle is not a state dict");
     named_list list = {0};

@@ -58,7 +58,13 @@ int st_open(const char *path, st_file *f, clipc_error *err) {
     const unsigned char *p = map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | p[i];
-    if (hlen < 2 || hlen > len - 8 || hlen > (100u << 20)) {
+    if (hlen > (uint64_t)limit_of(LIMIT_SAFETENSORS_HEADER_BYTES)) {
+        st_close(f);
+        return clipc_fail(err, "%s: a %llu-byte safetensors header is over the limit of %lld (%s raises it)", path,
+                          (unsigned long long)hlen, limit_of(LIMIT_SAFETENSORS_HEADER_BYTES),
+                          limit_env(LIMIT_SAFETENSORS_HEADER_BYTES));
+    }
+    if (hlen < 2 || hlen > len - 8) {
         st_close(f);
         return clipc_fail(err, "%s: not a safetensors file (bad header length %llu)", path,
                           (unsigned long long)hlen);
