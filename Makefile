@@ -122,34 +122,9 @@ uninstall:
 #   make fuzz                 builds them and runs each for FUZZ_TIME seconds on its seed corpus
 FUZZ_TIME ?= 60
 FUZZ_CC   ?= clang
+FUZZ_CXX  ?= clang++
 FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -Iinclude -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_PICKLE_SRC := tests/fuzz/fuzz_pickle.c src/weights/pytorch.c src/weights/safetensors.c src/util/error.c src/util/half.c src/util/fileio.c
-build-fuzz/fuzz_pickle: $(FUZZ_PICKLE_SRC) $(wildcard src/*.h)
-	@mkdir -p build-fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_PICKLE_SRC) -lzip -lcjson -lz -o $@
-
-FUZZ_CKPT_SRC := tests/fuzz/fuzz_checkpoint.c $(wildcard src/weights/*.c src/model/*.c src/util/*.c)
-build-fuzz/fuzz_checkpoint: $(FUZZ_CKPT_SRC) $(wildcard src/*.h src/*/*.h include/*.h)
-	@mkdir -p build-fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-pass-failed -fopenmp $(BLAS_CFLAGS) $(FUZZ_CKPT_SRC) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas \
-	    -ldnnl -lzip -lcjson -lz -lm -o $@
-
-# The SentencePiece tokenizers: model files and texts (the shim is C++, the library Debian's).
-FUZZ_CXX ?= clang++
-FUZZ_TOK_SRC := tests/fuzz/fuzz_tokenizer.c src/tokenizer/spm.c src/tokenizer/bpe.c src/tokenizer/clean.c src/util/error.c src/util/fileio.c
-build-fuzz/fuzz_tokenizer: $(FUZZ_TOK_SRC) src/tokenizer/spm_shim.cpp $(wildcard src/*.h src/*/*.h include/*.h)
-	@mkdir -p build-fuzz
-	$(FUZZ_CXX) -g -O1 -std=c++17 -Iinclude -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr -c src/tokenizer/spm_shim.cpp -o build-fuzz/spm_shim.o
-	$(FUZZ_CC) -c src/tokenizer/vocab_blob.S -o build-fuzz/vocab_blob.o
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_TOK_SRC) build-fuzz/spm_shim.o build-fuzz/vocab_blob.o -lsentencepiece -lcjson -lutf8proc -lz \
-	    -lstdc++ -o $@
-
-# The image decoders and _transform's resize; seeds: the image fixtures of every format.
-FUZZ_IMG_SRC := tests/fuzz/fuzz_image.c src/image/decode.c src/image/tiff.c src/image/webp.c src/image/resize.c \
-                src/image/preprocess.c src/util/error.c src/util/fileio.c
-build-fuzz/fuzz_image: $(FUZZ_IMG_SRC) $(wildcard src/*.h include/*.h)
-	@mkdir -p build-fuzz
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_IMG_SRC) -ljpeg -lpng -ltiff -lwebpdemux -lwebp -lz -lm -o $@
+# The image target's seeds: the image fixtures of every format.
 build-fuzz/corpus-image/.made: $(wildcard tests/data/formats/*.tif tests/data/formats/*.webp tests/data/modes/*.png tests/data/modes/*.jpg)
 	@mkdir -p build-fuzz/corpus-image
 	cp $^ build-fuzz/corpus-image/
@@ -169,7 +144,7 @@ build-fuzz/corpus-checkpoint/.made: $(BUILD)/clipc
 	sh tests/fuzz/checkpoint_seeds.sh $(BUILD)/clipc build-fuzz/corpus-checkpoint
 	@touch $@
 
-# The targets below link the whole library, compiled once with the fuzzer's instrumentation (without MPI).
+# Each target links the library, compiled once with the fuzzer's instrumentation (without MPI).
 FUZZ_LIB_OBJ := $(LIB_SRC:%.c=build-fuzz/%.o) $(LIB_ASM:%.S=build-fuzz/%.o) $(LIB_CXX:%.cpp=build-fuzz/%.o)
 build-fuzz/src/%.o: src/%.c $(wildcard include/*.h src/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
@@ -183,7 +158,7 @@ build-fuzz/src/%.o: src/%.S data/bpe_simple_vocab_16e6.txt.gz src/server/page.ht
 	$(FUZZ_CC) -c $< -o $@
 build-fuzz/libclipc.a: $(FUZZ_LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
-FUZZ_WHOLE := npy csv query config http
+FUZZ_TARGETS := pickle checkpoint tokenizer image config npy csv query http
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libclipc.a
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fopenmp $< build-fuzz/libclipc.a $(LIBS) -o $@
 
@@ -201,9 +176,8 @@ build-fuzz/corpus-config/.made: tests/data/arch/hf_mlp2.5_eps_mixed_act/config.j
 	printf '\006{"tokenizer_class": "SiglipTokenizer", "eos_token": "</s>", "pad_token": {"content": "</s>"}, "padding_side": "right"}' > build-fuzz/corpus-config/tokenizer
 	@touch $@
 
-fuzz-build: build-fuzz/fuzz_pickle build-fuzz/fuzz_checkpoint build-fuzz/corpus-checkpoint/.made \
-            build-fuzz/fuzz_tokenizer build-fuzz/corpus-tokenizer/.made build-fuzz/fuzz_image build-fuzz/corpus-image/.made \
-            $(FUZZ_WHOLE:%=build-fuzz/fuzz_%) build-fuzz/corpus-config/.made
+fuzz-build: $(FUZZ_TARGETS:%=build-fuzz/fuzz_%) build-fuzz/corpus-checkpoint/.made build-fuzz/corpus-tokenizer/.made \
+            build-fuzz/corpus-image/.made build-fuzz/corpus-config/.made
 
 fuzz: fuzz-build
 	@mkdir -p build-fuzz/corpus-pickle
