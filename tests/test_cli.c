@@ -315,11 +315,18 @@ static void check_train(void) {
         snprintf(a, sizeof a, "%s/%s/log.jsonl", dir, run ? "B" : "A");
         FILE *f = fopen(a, "r");
         int steps = 0, evals = 0;
+        double lr[6] = {0};
         char line[1024];
-        while (f && fgets(line, sizeof line, f))
+        while (f && fgets(line, sizeof line, f)) {
+            const char *at = strstr(line, "\"lr\": ");
+            if (at && steps < 6) lr[steps] = atof(at + 6);
             steps += strstr(line, "\"loss\"") != NULL, evals += strstr(line, "zeroshot_top1") != NULL;
+        }
         if (f) fclose(f);
         CHECK(steps == 6 && evals == 2, "%s: %d step lines, %d evaluations", a, steps, evals);
+        /* the default warm-up of a 6-step run is half of it: 1/3, 2/3, then the full 5e-4 */
+        CHECK(fabs(lr[0] - 5e-4 / 3) < 1e-6 && fabs(lr[1] - 1e-3 / 3) < 1e-6 && fabs(lr[2] - 5e-4) < 1e-6 && lr[5] < lr[2],
+              "%s: learning rates %g %g %g ... %g", a, lr[0], lr[1], lr[2], lr[5]);
     }
     snprintf(a, sizeof a, "%s/A/curve.svg", dir);
     char *svg = NULL;
