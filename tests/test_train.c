@@ -625,7 +625,32 @@ static void check_curve(void) {
     unlink(path);
 }
 
+/* The generated Fashion-MNIST captions: the name in its template, with "a"
+ * turned into "an" before a vowel (the shipped models were once trained on
+ * "a photo of aan ankle boot."). */
+static void check_captions(void) {
+    char out[128];
+    fmnist_caption_variant(9, 0, out, sizeof out); /* template 0, name 0: "a photo of a {}." with "ankle boot" */
+    CHECK(!strcmp(out, "a photo of an ankle boot."), "caption: '%s'", out);
+    fmnist_caption_variant(9, 1, out, sizeof out);
+    CHECK(!strcmp(out, "a photo of a boot."), "caption: '%s'", out);
+    int bad = 0, ans = 0;
+    for (int label = 0; label < 10; label++)
+        for (int k = 0; k < fmnist_caption_variants(); k++) {
+            fmnist_caption_variant(label, k, out, sizeof out);
+            const char *name = fmnist_synonym(label, k % 4), *at = strstr(out, name);
+            bool vowel = strchr("aeiou", name[0]) != NULL;
+            /* the word before the name: "an" for a vowel, never "aan"; the name itself intact */
+            if (!at || strstr(out, "aan ") || (at - out >= 3 && !strncmp(at - 3, "an ", 3) && !vowel) ||
+                (at - out >= 2 && !strncmp(at - 2, "a ", 2) && (at - out < 3 || at[-3] == ' ') && vowel))
+                bad++;
+            ans += at && at - out >= 3 && !strncmp(at - 3, "an ", 3);
+        }
+    CHECK(bad == 0 && ans > 0, "%d of %d captions misuse a/an (%d use 'an')", bad, 10 * fmnist_caption_variants(), ans);
+}
+
 void test_train(void) {
+    check_captions();
     check_curve();
     check_schedule();
     check_divergence();

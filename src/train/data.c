@@ -124,9 +124,9 @@ int fmnist_caption_variants(void) { return (int)(sizeof TEMPLATES / sizeof *TEMP
 
 void fmnist_caption_variant(int label, int k, char *out, size_t cap) {
     const char *t = TEMPLATES[k / 4], *name = SYNONYMS[label][k % 4], *hole = strstr(t, "{}");
-    /* "a {}" before a vowel sound reads "an {}" */
+    /* "a {}" before a vowel sound reads "an {}": the template's "a " gives way to "an " */
     int an = (hole - t >= 2 && !strncmp(hole - 2, "a ", 2) && strchr("aeiou", name[0]));
-    snprintf(out, cap, "%.*s%s%s%s", (int)(hole - t) - (an ? 1 : 0), t, an ? "an " : "", name, hole + 2);
+    snprintf(out, cap, "%.*s%s%s%s", (int)(hole - t) - (an ? 2 : 0), t, an ? "an " : "", name, hole + 2);
 }
 
 const char *fmnist_synonym(int label, int k) { return SYNONYMS[label][k]; }
