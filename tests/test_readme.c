@@ -20,7 +20,14 @@ static int run_examples(const char *readme, const char *report, char **out) {
     int rc = run_cmd(cmd);
     size_t len;
     clipc_error err;
-    if (read_file(report, (unsigned char **)out, &len, &err)) *out = strdup("");
+    unsigned char *text;
+    if (read_file(report, &text, &len, &err)) {
+        *out = strdup("");
+        return rc;
+    }
+    *out = malloc(len + 1); /* a C string: the report is read as text */
+    if (*out) memcpy(*out, text, len), (*out)[len] = '\0';
+    free(text);
     return rc;
 }
 
