@@ -19,6 +19,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_transform import transform  # noqa: E402
+
 assert Image.__version__ == "9.4.0", "use Pillow 9.4.0, as the reference does"
 ref = sys.argv[1] if len(sys.argv) > 1 else "../shared/reference"
 out = "tests/data/formats"
@@ -153,20 +156,6 @@ save("lossless.webp", base, lossless=True)
 save("lossy_alpha.webp", rgba, quality=80)
 save("lossless_alpha.webp", rgba, lossless=True)
 save("animated.webp", base, save_all=True, append_images=[base.transpose(Image.FLIP_LEFT_RIGHT)], duration=100)
-
-mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-
-
-def transform(path, n):
-    im = Image.open(path)
-    w, h = im.size
-    size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
-    im = im.resize(size, Image.BICUBIC)
-    left, top = int(round((size[0] - n) / 2.0)), int(round((size[1] - n) / 2.0))
-    arr = np.asarray(im.crop((left, top, left + n, top + n)).convert("RGB")).astype(np.float32) / 255.0
-    return ((arr - mean) / std).transpose(2, 0, 1)
-
 
 rgb, lines = [], []
 for f in files:

@@ -12,6 +12,9 @@ import sys
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_transform import transform  # noqa: E402
+
 assert Image.__version__ == "9.4.0", "use Pillow 9.4.0, as the reference does"
 ref = sys.argv[1] if len(sys.argv) > 1 else "../shared/reference"
 out = "tests/data/modes"
@@ -27,20 +30,6 @@ base.convert("CMYK").save(f"{out}/cmyk.jpg", quality=90)
 base.convert("P", palette=Image.ADAPTIVE, colors=16).save(f"{out}/palette4.png", bits=4)
 base.resize((20, 30)).save(f"{out}/upscale_interlaced.png", interlace=1)
 files = ["la.png", "gray16.png", "gray16_dark.png", "bilevel.png", "cmyk.jpg", "palette4.png", "upscale_interlaced.png"]
-
-mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-
-
-def transform(path, n):
-    im = Image.open(path)
-    w, h = im.size
-    size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
-    im = im.resize(size, Image.BICUBIC)
-    left, top = int(round((size[0] - n) / 2.0)), int(round((size[1] - n) / 2.0))
-    a = np.asarray(im.crop((left, top, left + n, top + n)).convert("RGB")).astype(np.float32) / 255.0
-    return ((a - mean) / std).transpose(2, 0, 1)
-
 
 np.save(f"{out}/expected_32.npy", np.stack([transform(f"{out}/{f}", 32) for f in files]).astype(np.float32))
 with open(f"{out}/files.txt", "w") as fh:
