@@ -361,10 +361,13 @@ int coca_teacher_logits(clipc_model *m, const float *pixels, const int32_t *toke
 typedef struct lowp_weight {
     size_t offset;
     int out, in;
-    uint16_t *bf16;   /* bf16: W rounded, [out, in] */
-    int8_t *q;        /* int8: [out, in], W[r, :] ~ scale[r] q[r, :] */
+    uint16_t *bf16;   /* bf16: W rounded, [out, in] (freed once packed) */
+    int8_t *q;        /* int8: [out, in], W[r, :] ~ scale[r] q[r, :] (kept: files are written from it) */
     float *scale;     /* [out] */
     float *emulated;  /* without a oneDNN kernel: the bf16 or int8 values as floats */
+    void *packed;     /* the same values in oneDNN's blocked layout, or NULL (plain [out, in]) */
+    int packed_tag;   /* its dnnl_format_tag_t: 64 output channels per block */
+    size_t packed_block; /* bytes from one block of 64 output channels to the next */
 } lowp_weight;
 
 void model_lowp_free(clipc_model *m);
@@ -373,6 +376,11 @@ void model_lowp_free(clipc_model *m);
 int model_set_precision_emulated(clipc_model *m, int precision, bool emulate, clipc_error *err);
 /* The converted weight that is exactly the matrix at params offset w_off, or NULL. */
 lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off);
+/* Replaces an int8 weight's values and scales (an int8 checkpoint's own)
+ * and lays them out for the kernel again. -1 when out of memory. */
+int model_lowp_adopt_int8(clipc_model *m, lowp_weight *w, const void *q, const void *scale);
+/* How many reduced-precision GEMMs found no kernel and ran at fp32 (all models, this process). */
+long model_lowp_fallbacks(void);
 /* Floats of workspace model_gemm needs for rows x [in] -> [out]. */
 size_t lowp_scratch(int rows, int in, int out);
 /* y (=|+=) act(x W^T + b) with W = params + w_off (a whole weight matrix

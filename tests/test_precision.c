@@ -49,6 +49,13 @@ static void check_precisions(const char *what, clipc_model *m, const float *pixe
         for (int i = 0; i < m->n_lowp; i++) found += model_lowp_find(m, m->lowp[i].offset) == &m->lowp[i];
         CHECK(m->n_lowp > 0 && found == m->n_lowp, "%s %s: %d of %d converted weights found by offset", what, name,
               found, m->n_lowp);
+        /* on AMX the weights are reordered once into oneDNN's blocked layout
+         * (the fast path these cosines then test), elsewhere they stay plain */
+        char kernel[256];
+        int packed = 0;
+        for (int i = 0; i < m->n_lowp; i++) packed += m->lowp[i].packed != NULL;
+        if (strstr(clipc_precision_kernel(p, kernel, sizeof kernel), "amx"))
+            CHECK(packed > 0, "%s %s: AMX kernel but no weight packed for it", what, name);
         if (encode_both(m, pixels, ni, tokens, nt, img, txt)) continue;
         double ci = min_row_cosine(img, img32, ni, E), ct = min_row_cosine(txt, txt32, nt, E);
         CHECK(ci >= bound_for(p) && ct >= bound_for(p), "%s %s: min cosine vs fp32 image %.6f text %.6f (bound %.3f)",
@@ -59,9 +66,11 @@ static void check_precisions(const char *what, clipc_model *m, const float *pixe
         double ei = min_row_cosine(img_e, img, ni, E), et = min_row_cosine(txt_e, txt, nt, E);
         CHECK(ei >= 0.99999 && et >= 0.99999, "%s %s: emulated vs oneDNN min cosine image %.7f text %.7f", what, name,
               ei, et);
-        printf("  %s %s: min cosine vs fp32 image %.6f text %.6f; emulation vs oneDNN %.7f / %.7f\n", what, name, ci,
-               ct, ei, et);
+        printf("  %s %s: min cosine vs fp32 image %.6f text %.6f; emulation vs oneDNN %.7f / %.7f (%d of %d weights packed)\n",
+               what, name, ci, ct, ei, et, packed, m->n_lowp);
     }
+    CHECK(model_lowp_fallbacks() == 0, "%s: %ld reduced-precision GEMMs found no kernel and ran at fp32", what,
+          model_lowp_fallbacks());
     /* back to fp32: the reference path again (equal up to the float
      * rounding of a different batch split, which a busy machine causes) */
     CHECK(clipc_model_set_precision(m, CLIPC_FP32, &err) == 0, "%s", err.message);

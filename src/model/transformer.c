@@ -100,9 +100,12 @@ void block_forward(const clipc_model *m, const tower_spec *t, int layer, const p
     /* x_mid = x_in + [ls_1 *] out_proj(attention(ln_1(x_in))) */
     layernorm_forward(k->ln1, k->x_in, P + b->ln1_w, P + b->ln1_b, T, D, t->eps);
     TAP("ln_1", k->ln1, D);
-    for (int tg = LORA_Q; tg <= LORA_V; tg++) /* q, k, v: the row ranges of in_proj */
-        linear_lora(m, t, k, layer, tg, k->qkv + tg * D, 3 * D, k->ln1, b->qkv_w + (size_t)tg * D * D,
-                    P + b->qkv_b + tg * D, T, D, D, false, ws);
+    if (!lora_of(t, layer, LORA_Q) && !lora_of(t, layer, LORA_K) && !lora_of(t, layer, LORA_V))
+        model_gemm(m, k->qkv, 3 * D, k->ln1, D, b->qkv_w, P + b->qkv_b, T, D, 3 * D, false, -1, ws);
+    else
+        for (int tg = LORA_Q; tg <= LORA_V; tg++) /* q, k, v: the row ranges of in_proj */
+            linear_lora(m, t, k, layer, tg, k->qkv + tg * D, 3 * D, k->ln1, b->qkv_w + (size_t)tg * D * D,
+                        P + b->qkv_b + tg * D, T, D, D, false, ws);
     attention_forward(k->att, k->qkv, pk->start, pk->len, NULL, pk->n_seq, D, t->heads, t->causal, scratch, k->probs,
                       pk->probs_offset, pk->hidden);
     if (k->x_mid != k->x_in) memcpy(k->x_mid, k->x_in, (size_t)T * D * sizeof *k->x_mid);

@@ -804,10 +804,8 @@ static int adopt_int8(const st_file *f, clipc_model *m, clipc_error *err) {
         if (!t || t->dtype != ST_I8 || !w || (size_t)w->out * w->in != t->nbytes) continue;
         const st_tensor *scale = int8_scale(f, t, err);
         if (!scale) return -1;
-        memcpy(w->q, t->data, t->nbytes);
-        memcpy(w->scale, scale->data, (size_t)w->out * sizeof *w->scale);
-        if (w->emulated)
-            for (size_t j = 0; j < t->nbytes; j++) w->emulated[j] = (float)w->q[j];
+        if (model_lowp_adopt_int8(m, w, t->data, scale->data))
+            return clipc_fail(err, "out of memory laying out the int8 weights");
     }
     return 0;
 }
