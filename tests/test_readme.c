@@ -93,12 +93,13 @@ static void check_library_example(const char *dir) {
               out, expect);
         if (k == 0) { /* and as the README says: built against an installed prefix with pkg-config, run as is */
             snprintf(cmd, sizeof cmd,
-                     /* the plain build's library, not an outer make's (make sanitize passes BUILD= down) */
-                     "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s install PREFIX=%s/inst >/dev/null 2>&1 && "
+                     /* the plain build's library, not an outer make's: make sanitize passes BUILD=, OPT=
+                      * and LDLIBS= down, and make exports command-line variables to the environment */
+                     "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u OPT -u LDLIBS make -s install PREFIX=%s/inst >/dev/null 2>&1 && "
                      "cc -std=c11 %s/app.c $(PKG_CONFIG_PATH=%s/inst/lib/pkgconfig pkg-config --cflags --libs clipc) -o %s/app2 && "
                      "readelf -d %s/inst/lib/libclipc.so | grep -q 'SONAME.*libclipc.so.0' && "
                      "env -u LD_LIBRARY_PATH %s/app2 %s/inst/share/clipc/clipc-fmnist.safetensors %s 'a photo of a sneaker.' "
-                     "> %s/app2.out 2>&1 && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s uninstall PREFIX=%s/inst >/dev/null 2>&1",
+                     "> %s/app2.out 2>&1 && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD make -s uninstall PREFIX=%s/inst >/dev/null 2>&1",
                      dir, dir, dir, dir, dir, dir, dir, cases[k][1], dir, dir);
             CHECK(run_cmd(cmd) == 0, "the README's example built with pkg-config against make install runs (%s/app2.out)", dir);
             snprintf(path, sizeof path, "%s/app2.out", dir);
