@@ -378,7 +378,7 @@ int model_set_precision_emulated(clipc_model *m, int precision, bool emulate, cl
 lowp_weight *model_lowp_find(const clipc_model *m, size_t w_off);
 /* Replaces an int8 weight's values and scales (an int8 checkpoint's own)
  * and lays them out for the kernel again. -1 when out of memory. */
-int model_lowp_adopt_int8(clipc_model *m, lowp_weight *w, const void *q, const void *scale);
+int model_lowp_adopt_int8(lowp_weight *w, const void *q, const void *scale);
 /* How many reduced-precision GEMMs found no kernel and ran at fp32 (all models, this process). */
 long model_lowp_fallbacks(void);
 /* Floats of workspace model_gemm needs for rows x [in] -> [out]. */

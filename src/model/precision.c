@@ -162,9 +162,10 @@ done:
  * read (on AMX: 64 output channels by 16 pairs or quads of inputs,
  * "BA16a64b2a" for bf16, "BA16a64b4a" for int8), once. On plain weights
  * oneDNN repacks them on every call: measured here, a 2-thread bf16 matmul
- * at ViT-B-32's shapes (1600 x 768 x 2304..3072) ran 2,065-2,193 GOP/s on
- * packed weights against 1,532-1,712 on plain ones, and the ViT-B-32 bf16
- * encoder went from 136 to 158 images/s. The packed layout is kept only
+ * at ViT-B-32's shapes (1600 rows; K x N 768 x 2304, 768 x 3072, 3072 x
+ * 768) ran 1,852-2,193 GOP/s on packed weights against 1,532-1,712 on
+ * plain ones, and in one interleaved run the ViT-B-32 bf16 encoder went
+ * from 125-130 to 142-150 images/s. The packed layout is kept only
  * where it is exactly the one oneDNN asks for (its "any" choice) and each
  * block of 64 channels is contiguous, so a row range of W starting on a
  * block is a pointer offset. Returns -1 only when out of memory; w stays
@@ -340,7 +341,7 @@ static int lowp_weight_make(lowp_weight *w, const float *W, int precision, bool 
     return pack_weight(w, dnnl_s8, w->q); /* the plain q stays: int8 files are written from it */
 }
 
-int model_lowp_adopt_int8(clipc_model *m, lowp_weight *w, const void *q, const void *scale) {
+int model_lowp_adopt_int8(lowp_weight *w, const void *q, const void *scale) {
     size_t n = (size_t)w->out * w->in;
     memcpy(w->q, q, n);
     memcpy(w->scale, scale, (size_t)w->out * sizeof *w->scale);
@@ -348,7 +349,7 @@ int model_lowp_adopt_int8(clipc_model *m, lowp_weight *w, const void *q, const v
         for (size_t i = 0; i < n; i++) w->emulated[i] = (float)w->q[i];
         return 0;
     }
-    return m->lowp_native ? pack_weight(w, dnnl_s8, w->q) : 0;
+    return pack_weight(w, dnnl_s8, w->q); /* native (only the emulation has no kernel) */
 }
 
 /* Every weight matrix the towers multiply by in a linear layer (the
@@ -565,8 +566,8 @@ static int int8_matmul(int32_t *acc, const int8_t *xq, const lowp_weight *w, int
     int tag;
     const void *W = weight_rows(w, row0, out, &tag);
     dnnl_primitive_t p = W ? matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, tag, false, false, -1, NULL, 0) : NULL;
-    if (!p) { /* a range off the blocks, or a shape oneDNN has no fast kernel for on packed
-               * weights (AMX int8 with fewer than 16 rows here): the plain copy */
+    if (!p && w->packed) { /* a range off the blocks, or a shape oneDNN has no fast kernel for on
+                            * packed weights (AMX int8 with fewer than 16 rows here): the plain copy */
         W = w->q + (size_t)row0 * in, tag = 0;
         p = matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, 0, false, false, -1, NULL, 0);
     }
@@ -623,8 +624,8 @@ static int lowp_gemm(const clipc_model *m, float *y, int ldy, const float *x, in
             float *yi = y + (size_t)i * ldy;
             const float *ti = t + (size_t)i * wide + (row0 - r0);
             for (int j = 0; j < out; j++) yi[j] = (accumulate ? yi[j] : 0.0f) + ti[j] + (b ? b[j] : 0.0f);
-            if (act >= 0) activation_forward(yi, (size_t)out, act);
         }
+        rows_activation(y, ldy, n, out, act);
         return 0;
     }
     if (m->precision == CLIPC_BF16) {

@@ -804,7 +804,7 @@ static int adopt_int8(const st_file *f, clipc_model *m, clipc_error *err) {
         if (!t || t->dtype != ST_I8 || !w || (size_t)w->out * w->in != t->nbytes) continue;
         const st_tensor *scale = int8_scale(f, t, err);
         if (!scale) return -1;
-        if (model_lowp_adopt_int8(m, w, t->data, scale->data))
+        if (model_lowp_adopt_int8(w, t->data, scale->data))
             return clipc_fail(err, "out of memory laying out the int8 weights");
     }
     return 0;
