@@ -422,8 +422,9 @@ int text_train_forward(const clipc_model *m, const lora_tower *lora, const text_
         if (coca) lens[i] = (lens[i] + 2 < cfg->context_length ? lens[i] + 2 : cfg->context_length) + 1;
         else lens[i]++;
         if (prompt && lens[i] < prompt->n_ctx + 2) {
+            int len = lens[i];
             free(lens);
-            return clipc_fail(err, "text %d has %d tokens: too short for %d context vectors", i, lens[i], prompt->n_ctx);
+            return clipc_fail(err, "text %d has %d tokens: too short for %d context vectors", i, len, prompt->n_ctx);
         }
     }
     bump b;
