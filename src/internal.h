@@ -368,6 +368,8 @@ typedef struct lowp_weight {
     void *packed;     /* the same values in oneDNN's blocked layout, or NULL (plain [out, in]) */
     int packed_tag;   /* its dnnl_format_tag_t: 64 output channels per block */
     size_t packed_block; /* bytes from one block of 64 output channels to the next */
+    int k_chunk;         /* packed: inputs per chunk (the chunks follow each other) */
+    size_t packed_chunk; /* packed: bytes from one chunk of inputs to the next */
 } lowp_weight;
 
 void model_lowp_free(clipc_model *m);

@@ -101,6 +101,31 @@ static void check_reference(const char *dir) {
     clipc_model_free(m);
 }
 
+/* Layers of 2,048 inputs and more, which the AMX path multiplies in
+ * chunks of inputs (precision.c, k_chunk_for): a one-block tiny model
+ * widened to a 2,048-wide image tower (chunked qkv, out_proj and c_fc,
+ * whose bf16 output then goes through a float buffer) and a 2,048-wide
+ * text MLP (chunked c_proj), against the unchunked emulation. */
+static void check_wide_layers(void) {
+    clipc_error err;
+    npy_array images, tokens;
+    if (load_npy("tiny/images.npy", &images)) return;
+    if (load_npy("tiny/tokens.npy", &tokens)) {
+        npy_free(&images);
+        return;
+    }
+    clipc_config c = *arch_config("tiny");
+    c.vision_width = 2048, c.vision_heads = 16, c.vision_mlp_width = 128, c.text_mlp_width = 2048;
+    clipc_model *m = model_new(&c, &err);
+    CHECK(m != NULL, "%s", m ? "" : err.message);
+    if (m) {
+        model_randomize(m, 11);
+        check_precisions("wide", m, images.data, (int)images.shape[0], tokens.data, (int)tokens.shape[0]);
+        clipc_model_free(m);
+    }
+    npy_free(&images), npy_free(&tokens);
+}
+
 /* Random-init published shapes on real photos (the reference's
  * _transform(224) tensors) and real captions. */
 static void check_published_shapes(void) {
@@ -301,6 +326,7 @@ static void check_cli(void) {
 void test_precision(void) {
     check_reference("tiny");
     check_reference("tiny-rn");
+    check_wide_layers();
     check_published_shapes();
     check_shipped_accuracy();
     check_int8_checkpoint();

@@ -601,7 +601,7 @@ static int eval_captioning(const eval_args *a) {
         cJSON_AddStringToObject(root, "model", a->model ? a->model : DEFAULT_CAPTION_MODEL_FILE);
         cJSON_AddStringToObject(root, "task", "captioning");
         for (int k = 0; k < 4; k++) {
-            char key[16];
+            char key[24];
             snprintf(key, sizeof key, "bleu_%d", k + 1);
             cJSON_AddNumberToObject(metrics, key, sc.bleu[k]);
         }

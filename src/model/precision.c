@@ -70,27 +70,29 @@ static dnnl_engine_t get_engine(void) {
     return engine_status == dnnl_success ? engine : NULL;
 }
 
-/* The weights' descriptor: W [N, K] row-major ("ba" for oneDNN's K x N),
- * or oneDNN's blocked layout tag (see pack_weight). */
-static dnnl_status_t weights_desc(dnnl_memory_desc_t *md, dnnl_data_type_t type, int K, int N, int tag) {
+/* The weights' descriptor: W [N, K] row-major with rows ldw apart ("ba"
+ * for oneDNN's K x N; ldw > K for a chunk of W's columns), or oneDNN's
+ * blocked layout tag (see pack_weight). */
+static dnnl_status_t weights_desc(dnnl_memory_desc_t *md, dnnl_data_type_t type, int K, int N, int tag, int ldw) {
     if (tag) return dnnl_memory_desc_init_by_tag(md, 2, (dnnl_dims_t){K, N}, type, (dnnl_format_tag_t)tag);
-    return dnnl_memory_desc_init_by_strides(md, 2, (dnnl_dims_t){K, N}, type, (dnnl_dims_t){1, K});
+    return dnnl_memory_desc_init_by_strides(md, 2, (dnnl_dims_t){K, N}, type, (dnnl_dims_t){1, ldw});
 }
 
 /* A matmul primitive for y[M, N] = x[M, K] W^T (+ b) (+ y), with x rows ldx
- * apart, W as weights_desc describes it with wtag, and y rows ldy apart.
+ * apart, W as weights_desc describes it with wtag (plain: rows ldw
+ * apart), and y rows ldy apart.
  * Creating one costs about 1.5 us here (oneDNN caches its kernels), so
  * none is kept. NULL when oneDNN has no fast kernel for it on this CPU;
  * impl (if non-NULL) receives the kernel name. */
 static dnnl_primitive_t matmul_primitive(dnnl_data_type_t in_type, dnnl_data_type_t out_type, int M, int K, int N,
-                                         int ldx, int ldy, int wtag, bool bias, bool accumulate, int act, char *impl,
+                                         int ldx, int ldw, int ldy, int wtag, bool bias, bool accumulate, int act, char *impl,
                                          size_t impl_cap) {
     dnnl_engine_t eng = get_engine();
     if (!eng) return NULL;
     dnnl_memory_desc_t src, wei, dst, bia;
     dnnl_dims_t sd = {M, K}, dd = {M, N}, bd = {1, N};
     if (dnnl_memory_desc_init_by_strides(&src, 2, sd, in_type, (dnnl_dims_t){ldx, 1}) ||
-        weights_desc(&wei, in_type, K, N, wtag) ||
+        weights_desc(&wei, in_type, K, N, wtag, ldw) ||
         dnnl_memory_desc_init_by_strides(&dst, 2, dd, out_type, (dnnl_dims_t){ldy, 1}) ||
         dnnl_memory_desc_init_by_strides(&bia, 2, bd, dnnl_f32, (dnnl_dims_t){N, 1}))
         return NULL;
@@ -131,12 +133,13 @@ static dnnl_primitive_t matmul_primitive(dnnl_data_type_t in_type, dnnl_data_typ
 
 /* Runs p on the four buffers (bias may be NULL). Returns 0 or -1. */
 static int matmul_run(dnnl_primitive_t p, const void *x, dnnl_data_type_t in_type, const void *w, int wtag,
-                      const float *b, void *y, dnnl_data_type_t out_type, int M, int K, int N, int ldx, int ldy) {
+                      const float *b, void *y, dnnl_data_type_t out_type, int M, int K, int N, int ldx, int ldw,
+                      int ldy) {
     dnnl_engine_t eng = get_engine();
     dnnl_memory_desc_t src, wei, dst, bia;
     dnnl_dims_t sd = {M, K}, dd = {M, N}, bd = {1, N};
     dnnl_memory_desc_init_by_strides(&src, 2, sd, in_type, (dnnl_dims_t){ldx, 1});
-    weights_desc(&wei, in_type, K, N, wtag);
+    weights_desc(&wei, in_type, K, N, wtag, ldw);
     dnnl_memory_desc_init_by_strides(&dst, 2, dd, out_type, (dnnl_dims_t){ldy, 1});
     dnnl_memory_desc_init_by_strides(&bia, 2, bd, dnnl_f32, (dnnl_dims_t){N, 1});
     dnnl_memory_t ms = NULL, mw = NULL, md = NULL, mb = NULL;
@@ -158,31 +161,49 @@ done:
     return rc;
 }
 
+/* Inputs per K-chunk of a packed weight with `in` inputs. oneDNN 2.6's
+ * AMX matmul slows down past about 1,536 inputs (measured here, one
+ * thread, 800 rows x 768 outputs with the residual add fused: 0.9 ms at
+ * K = 768, 2.2 ms at 1,536, 4.3-4.8 ms at 2,048, 6.0-6.5 ms at 3,072), so
+ * a weight of 2,048 inputs or more is packed as equal chunks of at most
+ * 768, multiplied one after the other into the same sums: ViT-B-32's
+ * c_proj (K = 3,072) as four GEMMs of K = 768. In one interleaved run the
+ * bf16 encoder went from 120-130 to 139-145 images/s (chunks of 512 and
+ * 384 ran the same, 256 slower); int8 stayed within the run's noise. */
+static int k_chunk_for(int in) {
+    if (in < 2048) return in;
+    for (int chunks = (in + 767) / 768; chunks <= in / 64; chunks++)
+        if (in % chunks == 0 && (in / chunks) % 64 == 0) return in / chunks;
+    return in;
+}
+
 /* Lays w's plain values out in the blocked layout oneDNN's brgemm kernels
  * read (on AMX: 64 output channels by 16 pairs or quads of inputs,
- * "BA16a64b2a" for bf16, "BA16a64b4a" for int8), once. On plain weights
- * oneDNN repacks them on every call: measured here, a 2-thread bf16 matmul
- * at ViT-B-32's shapes (1600 rows; K x N 768 x 2304, 768 x 3072, 3072 x
- * 768) ran 1,852-2,193 GOP/s on packed weights against 1,532-1,712 on
- * plain ones, and in one interleaved run the ViT-B-32 bf16 encoder went
- * from 125-130 to 142-150 images/s. The packed layout is kept only
- * where it is exactly the one oneDNN asks for (its "any" choice) and each
- * block of 64 channels is contiguous, so a row range of W starting on a
- * block is a pointer offset. Returns -1 only when out of memory; w stays
- * plain where the layout does not apply (int8 without AMX: oneDNN's layout
- * then carries compensation terms). */
+ * "BA16a64b2a" for bf16, "BA16a64b4a" for int8), once, as k_chunk_for's
+ * chunks of inputs one after the other. On plain weights oneDNN repacks
+ * them on every call: measured here, a 2-thread bf16 matmul at ViT-B-32's
+ * shapes (1600 rows; K x N 768 x 2304, 768 x 3072, 3072 x 768) ran
+ * 1,852-2,193 GOP/s on packed weights against 1,532-1,712 on plain ones,
+ * and in one interleaved run the ViT-B-32 bf16 encoder went from 125-130
+ * to 142-150 images/s. The packed layout is kept only where it is
+ * exactly the one oneDNN asks for (its "any" choice) and each block of 64
+ * channels is contiguous, so a row range of W starting on a block is a
+ * pointer offset. Returns -1 only when out of memory; w stays plain where
+ * the layout does not apply (int8 without AMX: oneDNN's layout then
+ * carries compensation terms). */
 static int pack_weight(lowp_weight *w, dnnl_data_type_t type, const void *plain) {
     dnnl_engine_t eng = get_engine();
     int tag = type == dnnl_bf16 ? dnnl_BA16a64b2a : dnnl_BA16a64b4a;
     size_t elsize = type == dnnl_bf16 ? 2 : 1;
+    int kc = k_chunk_for(w->in), chunks = w->in / kc;
     dnnl_memory_desc_t src, wei_any, dst, tagged, from;
     dnnl_matmul_desc_t md;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_dims_t sd = {64, w->in}, dd = {64, w->out};
-    if (!eng || dnnl_memory_desc_init_by_strides(&src, 2, sd, type, (dnnl_dims_t){w->in, 1}) ||
-        dnnl_memory_desc_init_by_tag(&wei_any, 2, (dnnl_dims_t){w->in, w->out}, type, dnnl_format_tag_any) ||
+    dnnl_dims_t sd = {64, kc}, dd = {64, w->out};
+    if (!eng || dnnl_memory_desc_init_by_strides(&src, 2, sd, type, (dnnl_dims_t){kc, 1}) ||
+        dnnl_memory_desc_init_by_tag(&wei_any, 2, (dnnl_dims_t){kc, w->out}, type, dnnl_format_tag_any) ||
         dnnl_memory_desc_init_by_tag(&dst, 2, dd, type == dnnl_bf16 ? dnnl_f32 : dnnl_s32, dnnl_ab) ||
-        weights_desc(&tagged, type, w->in, w->out, tag) || weights_desc(&from, type, w->in, w->out, 0) ||
+        weights_desc(&tagged, type, kc, w->out, tag, 0) || weights_desc(&from, type, kc, w->out, 0, w->in) ||
         dnnl_matmul_desc_init(&md, &src, &wei_any, NULL, &dst) || dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL))
         return 0;
     const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -190,25 +211,26 @@ static int pack_weight(lowp_weight *w, dnnl_data_type_t type, const void *plain)
     dnnl_primitive_desc_destroy(pd);
     const dnnl_blocking_desc_t *bl = &tagged.format_desc.blocking;
     if (!same || bl->strides[1] < bl->strides[0]) return 0; /* channel blocks must be outermost */
-    size_t bytes = dnnl_memory_desc_get_size(&tagged);
-    void *packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    size_t chunk_bytes = (dnnl_memory_desc_get_size(&tagged) + 63) / 64 * 64;
+    char *packed = aligned_alloc(64, chunk_bytes * (size_t)chunks);
     if (!packed) return -1;
     dnnl_primitive_desc_t rpd = NULL;
     dnnl_primitive_t reorder = NULL;
-    dnnl_memory_t mf = NULL, mt = NULL;
     dnnl_stream_t stream = NULL;
     bool ok = dnnl_reorder_primitive_desc_create(&rpd, &from, eng, &tagged, eng, NULL) == dnnl_success &&
               dnnl_primitive_create(&reorder, rpd) == dnnl_success &&
-              dnnl_memory_create(&mf, &from, eng, (void *)plain) == dnnl_success &&
-              dnnl_memory_create(&mt, &tagged, eng, packed) == dnnl_success &&
               dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) == dnnl_success;
-    if (ok) {
+    for (int c = 0; ok && c < chunks; c++) {
+        dnnl_memory_t mf = NULL, mt = NULL;
+        ok = dnnl_memory_create(&mf, &from, eng, (char *)plain + (size_t)c * kc * elsize) == dnnl_success &&
+             dnnl_memory_create(&mt, &tagged, eng, packed + (size_t)c * chunk_bytes) == dnnl_success;
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mf}, {DNNL_ARG_TO, mt}};
-        ok = dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success && dnnl_stream_wait(stream) == dnnl_success;
+        ok = ok && dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success &&
+             dnnl_stream_wait(stream) == dnnl_success;
+        dnnl_memory_destroy(mf);
+        dnnl_memory_destroy(mt);
     }
     dnnl_stream_destroy(stream);
-    dnnl_memory_destroy(mf);
-    dnnl_memory_destroy(mt);
     dnnl_primitive_destroy(reorder);
     dnnl_primitive_desc_destroy(rpd);
     if (!ok) { /* stays plain */
@@ -219,20 +241,30 @@ static int pack_weight(lowp_weight *w, dnnl_data_type_t type, const void *plain)
     w->packed = packed;
     w->packed_tag = tag;
     w->packed_block = (size_t)bl->strides[1] * elsize;
+    w->k_chunk = kc;
+    w->packed_chunk = chunk_bytes;
     return 0;
 }
 
-/* The weights for output rows [row0, row0 + out) of w as the kernel reads
- * them: a pointer and its layout tag (0: plain). NULL when w is packed
- * and the range does not start on a block of 64 rows and cover whole
- * blocks (or run to the end). */
-static const void *weight_rows(const lowp_weight *w, int row0, int out, int *tag) {
+/* How many K-chunks the kernel reads w in, and how many inputs each has. */
+static int weight_chunks(const lowp_weight *w, int *kc) {
+    *kc = w->packed ? w->k_chunk : w->in;
+    return w->in / *kc;
+}
+
+/* The weights for output rows [row0, row0 + out) and K-chunk `chunk` of
+ * w as the kernel reads them: a pointer and its layout tag (0: plain,
+ * rows w->in apart). NULL when w is packed and the range does not start
+ * on a block of 64 rows and cover whole blocks (or run to the end). */
+static const void *weight_rows(const lowp_weight *w, int row0, int out, int chunk, int *tag) {
     *tag = 0;
-    if (!w->packed)
-        return w->bf16 ? (const void *)(w->bf16 + (size_t)row0 * w->in) : (const void *)(w->q + (size_t)row0 * w->in);
+    if (!w->packed) { /* (one chunk) */
+        size_t at = (size_t)row0 * w->in;
+        return w->bf16 ? (const void *)(w->bf16 + at) : (const void *)(w->q + at);
+    }
     if (row0 % 64 || (out % 64 && row0 + out != w->out)) return NULL;
     *tag = w->packed_tag;
-    return (const char *)w->packed + (size_t)(row0 / 64) * w->packed_block;
+    return (const char *)w->packed + (size_t)chunk * w->packed_chunk + (size_t)(row0 / 64) * w->packed_block;
 }
 
 /* ---- conversions ------------------------------------------------------------- */
@@ -410,7 +442,7 @@ static bool precision_native_why(int precision, char *why, size_t cap) {
     bool bf16 = precision == CLIPC_BF16;
     /* a ViT-B-32 MLP shape at batch 32 */
     dnnl_primitive_t p = matmul_primitive(bf16 ? dnnl_bf16 : dnnl_s8, bf16 ? dnnl_f32 : dnnl_s32, 1600, 768, 3072, 768,
-                                          3072, 0, bf16, false, -1, impl, sizeof impl);
+                                          768, 3072, 0, bf16, false, -1, impl, sizeof impl);
     if (!p) {
         if (why) snprintf(why, cap, "no %s kernel on this CPU", clipc_precision_name(precision));
         return false;
@@ -518,42 +550,103 @@ static void *ws_take(float **ws, size_t bytes) {
     return p;
 }
 
-static void bf16_rows(uint16_t *xb, const float *x, int ldx, int n, int in) {
-#pragma omp parallel for if ((size_t)n * in > 65536)
-    for (int i = 0; i < n; i++) to_bf16(xb + (size_t)i * in, x + (size_t)i * ldx, in);
+/* The inputs of a GEMM on a weight read in K-chunks of kc inputs (see
+ * k_chunk_for) are laid out chunk-major, [in / kc][n][kc], so each
+ * chunk's GEMM reads a contiguous [n, kc] matrix: oneDNN 2.6's AMX matmul
+ * has only its reference loops for rows further apart than K. With one
+ * chunk (kc = in) that is the plain [n, in]. */
+static inline size_t chunked_at(int i, int j, int n, int kc) {
+    return (size_t)(j / kc) * n * kc + (size_t)i * kc + j % kc;
 }
 
-/* y [n, out] (=|+=) act(xb W^T + b) in bf16 x bf16 with fp32 sums; y is
- * float (rows ldy apart) or, with y_bf16, bf16 (rows out apart, no
- * accumulate). Returns -1 only when oneDNN fails at run time. */
+/* x [n, in] (rows ldx apart) to bf16, chunk-major. */
+static void bf16_rows(uint16_t *xb, const float *x, int ldx, int n, int in, int kc) {
+#pragma omp parallel for if ((size_t)n * in > 65536)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < in; j += kc) to_bf16(xb + chunked_at(i, j, n, kc), x + (size_t)i * ldx + j, kc);
+}
+
+/* y [n, out] (=|+=) act(t): y float (rows ldy apart) or, with y_bf16,
+ * bf16 (rows out apart, no accumulate); t [n, out] is overwritten. */
+static void add_rows(void *y, bool y_bf16, int ldy, float *t, int n, int out, bool accumulate, int act) {
+#pragma omp parallel for if ((size_t)n * out > 65536)
+    for (int i = 0; i < n; i++) {
+        float *ti = t + (size_t)i * out;
+        if (act >= 0) activation_forward(ti, (size_t)out, act);
+        if (y_bf16) {
+            to_bf16((uint16_t *)y + (size_t)i * out, ti, out);
+            continue;
+        }
+        float *yi = (float *)y + (size_t)i * ldy;
+        if (accumulate) {
+#pragma omp simd
+            for (int j = 0; j < out; j++) yi[j] += ti[j];
+        } else
+            memcpy(yi, ti, (size_t)out * sizeof *yi);
+    }
+}
+
+/* One K-chunk c of y [n, out] (=|+=) act(xc W^T + b): xc [n, kc] bf16, W
+ * rows [row0, row0 + out) of w, y float (rows ldy apart) or, with y_bf16,
+ * bf16 (rows out apart, no accumulate). -1 when oneDNN fails. */
+static int bf16_chunk(void *y, bool y_bf16, int ldy, const uint16_t *xc, const lowp_weight *w, int row0, int c,
+                      const float *b, int n, int kc, int out, bool accumulate, int act) {
+    dnnl_data_type_t yt = y_bf16 ? dnnl_bf16 : dnnl_f32;
+    int tag;
+    const void *W = weight_rows(w, row0, out, c, &tag);
+    dnnl_primitive_t p =
+        W ? matmul_primitive(dnnl_bf16, yt, n, kc, out, kc, w->in, ldy, tag, b != NULL, accumulate, act, NULL, 0)
+          : NULL;
+    int rc = p ? matmul_run(p, xc, dnnl_bf16, W, tag, b, y, yt, n, kc, out, kc, w->in, ldy) : -1;
+    if (p) dnnl_primitive_destroy(p);
+    return rc;
+}
+
+/* y [n, out] (=|+=) act(xb W^T + b) in bf16 x bf16 with fp32 sums, xb
+ * chunk-major for w; y is float (rows ldy apart) or, with y_bf16, bf16
+ * (rows out apart, no accumulate). Returns -1 only when oneDNN fails at
+ * run time. */
 static int bf16_matmul(void *y, bool y_bf16, int ldy, const uint16_t *xb, const lowp_weight *w, int row0,
                        const float *b, int n, int in, int out, bool accumulate, int act, float *ws) {
-    if (w->emulated) { /* the same bf16 values, multiplied by sgemm */
+    if (w->emulated) { /* the same bf16 values, multiplied by sgemm (one chunk) */
         float *xe = ws_take(&ws, (size_t)n * in * sizeof(float));
         float *ye = y_bf16 ? ws_take(&ws, (size_t)n * out * sizeof(float)) : y;
 #pragma omp parallel for if ((size_t)n * in > 65536)
         for (size_t i = 0; i < (size_t)n * in; i++) xe[i] = bf16_to_f32(xb[i]);
         gemm_rows(ye, y_bf16 ? out : ldy, xe, in, w->emulated + (size_t)row0 * in, b, n, in, out, accumulate);
         rows_activation(ye, y_bf16 ? out : ldy, n, out, act);
-        if (y_bf16) bf16_rows(y, ye, out, n, out);
+        if (y_bf16) bf16_rows(y, ye, out, n, out, out);
         return 0;
     }
-    dnnl_data_type_t yt = y_bf16 ? dnnl_bf16 : dnnl_f32;
-    int tag;
-    const void *W = weight_rows(w, row0, out, &tag);
-    if (!W) return -1;
-    dnnl_primitive_t p = matmul_primitive(dnnl_bf16, yt, n, in, out, in, ldy, tag, b != NULL, accumulate, act, NULL, 0);
-    int rc = p ? matmul_run(p, xb, dnnl_bf16, W, tag, b, y, yt, n, in, out, in, ldy) : -1;
-    if (p) dnnl_primitive_destroy(p);
-    return rc;
+    int kc, chunks = weight_chunks(w, &kc);
+    if (chunks == 1) return bf16_chunk(y, y_bf16, ldy, xb, w, row0, 0, b, n, in, out, accumulate, act);
+    /* the chunks' sums into a float buffer, then into y: y stays untouched
+     * if a chunk fails (the caller redoes the GEMM at fp32) */
+    float *t = ws_take(&ws, (size_t)n * out * sizeof(float));
+    for (int c = 0; c < chunks; c++)
+        if (bf16_chunk(t, false, out, xb + (size_t)c * n * kc, w, row0, c, c == 0 ? b : NULL, n, kc, out, c > 0, -1))
+            return -1;
+    add_rows(y, y_bf16, ldy, t, n, out, accumulate, act);
+    return 0;
 }
 
-static void int8_rows(int8_t *xq, float *xscale, const float *x, int ldx, int n, int in) {
+/* Row i of x [n, in] quantised into xq chunk-major; returns its scale. */
+static float quantize_chunked(int8_t *xq, int i, int n, int in, int kc, const float *xi) {
+    if (kc == in) return quantize_row(xq + (size_t)i * in, xi, in);
+    int8_t row[in]; /* (in is a layer's width, validated with the config: a few KB) */
+    float scale = quantize_row(row, xi, in);
+    for (int j = 0; j < in; j += kc) memcpy(xq + chunked_at(i, j, n, kc), row + j, (size_t)kc);
+    return scale;
+}
+
+/* x [n, in] (rows ldx apart) quantised row by row, chunk-major. */
+static void int8_rows(int8_t *xq, float *xscale, const float *x, int ldx, int n, int in, int kc) {
 #pragma omp parallel for if ((size_t)n * in > 65536)
-    for (int i = 0; i < n; i++) xscale[i] = quantize_row(xq + (size_t)i * in, x + (size_t)i * ldx, in);
+    for (int i = 0; i < n; i++) xscale[i] = quantize_chunked(xq, i, n, in, kc, x + (size_t)i * ldx);
 }
 
-/* acc [n, out] = xq W^T in int32. Returns -1 only when oneDNN fails at run time. */
+/* acc [n, out] = xq W^T in int32, xq chunk-major for w. Returns -1 only
+ * when oneDNN fails at run time. */
 static int int8_matmul(int32_t *acc, const int8_t *xq, const lowp_weight *w, int row0, int n, int in, int out,
                        float *ws) {
     if (w->emulated) { /* the int8 values as floats through sgemm: exact products, float sums */
@@ -563,17 +656,26 @@ static int int8_matmul(int32_t *acc, const int8_t *xq, const lowp_weight *w, int
         for (size_t i = 0; i < (size_t)n * out; i++) acc[i] = (int32_t)lrintf(accf[i]); /* in place */
         return 0;
     }
-    int tag;
-    const void *W = weight_rows(w, row0, out, &tag);
-    dnnl_primitive_t p = W ? matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, tag, false, false, -1, NULL, 0) : NULL;
-    if (!p && w->packed) { /* a range off the blocks, or a shape oneDNN has no fast kernel for on
-                            * packed weights (AMX int8 with fewer than 16 rows here): the plain copy */
-        W = w->q + (size_t)row0 * in, tag = 0;
-        p = matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, out, 0, false, false, -1, NULL, 0);
+    int kc, chunks = weight_chunks(w, &kc);
+    bool plain = false;
+    for (int c = 0; c < chunks; c++) {
+        const int8_t *xc = xq + (size_t)c * n * kc;
+        int tag;
+        const void *W = plain ? NULL : weight_rows(w, row0, out, c, &tag);
+        dnnl_primitive_t p =
+            W ? matmul_primitive(dnnl_s8, dnnl_s32, n, kc, out, kc, in, out, tag, false, c > 0, -1, NULL, 0) : NULL;
+        if (!p && w->packed) { /* a range off the blocks, or a shape oneDNN has no fast kernel for on
+                                * packed weights (AMX int8 with fewer than 16 rows here): the plain
+                                * copy, its columns of the chunk (rows in apart) */
+            plain = true;
+            W = w->q + (size_t)row0 * in + (size_t)c * kc, tag = 0;
+            p = matmul_primitive(dnnl_s8, dnnl_s32, n, kc, out, kc, in, out, 0, false, c > 0, -1, NULL, 0);
+        }
+        int rc = p ? matmul_run(p, xc, dnnl_s8, W, tag, NULL, acc, dnnl_s32, n, kc, out, kc, in, out) : -1;
+        if (p) dnnl_primitive_destroy(p);
+        if (rc) return -1;
     }
-    int rc = p ? matmul_run(p, xq, dnnl_s8, W, tag, NULL, acc, dnnl_s32, n, in, out, in, out) : -1;
-    if (p) dnnl_primitive_destroy(p);
-    return rc;
+    return 0;
 }
 
 /* One row of int8 sums back to floats: v = acc * (row scale * column
@@ -609,7 +711,7 @@ static int lowp_gemm(const clipc_model *m, float *y, int ldy, const float *x, in
                      const float *b, int n, int in, int out, bool accumulate, int act, float *ws) {
     int tag;
     bool bf16 = m->precision == CLIPC_BF16; /* (int8 keeps its plain copy for such cases, see int8_matmul) */
-    if (bf16 && (!weight_rows(w, row0, out, &tag) || (w->packed && ldy != out))) {
+    if (bf16 && (!weight_rows(w, row0, out, 0, &tag) || (w->packed && ldy != out))) {
         /* a row range off the packed blocks (widths that are not multiples
          * of 64), or rows of y further apart than out (oneDNN 2.6 has only
          * its reference loops for a strided output on packed weights): the
@@ -628,15 +730,17 @@ static int lowp_gemm(const clipc_model *m, float *y, int ldy, const float *x, in
         rows_activation(y, ldy, n, out, act);
         return 0;
     }
+    int kc;
+    weight_chunks(w, &kc);
     if (m->precision == CLIPC_BF16) {
         uint16_t *xb = ws_take(&ws, (size_t)n * in * 2);
-        bf16_rows(xb, x, ldx, n, in);
+        bf16_rows(xb, x, ldx, n, in, kc);
         return bf16_matmul(y, false, ldy, xb, w, row0, b, n, in, out, accumulate, act, ws);
     }
     int8_t *xq = ws_take(&ws, (size_t)n * in);
     float *xscale = ws_take(&ws, (size_t)n * sizeof(float));
     int32_t *acc = ws_take(&ws, (size_t)n * out * sizeof(int32_t));
-    int8_rows(xq, xscale, x, ldx, n, in);
+    int8_rows(xq, xscale, x, ldx, n, in, kc);
     if (int8_matmul(acc, xq, w, row0, n, in, out, ws)) return -1;
     dequant_rows(y, ldy, acc, xscale, w->scale + row0, b, n, out, accumulate, act);
     return 0;
@@ -677,17 +781,35 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
     const lowp_weight *fc = weight_for(m, fc_w, n, D, H, &r0), *proj = weight_for(m, proj_w, n, H, D, &r1);
     if (fc && proj && r0 == 0 && r1 == 0) {
         float *w0 = ws;
-        if (m->precision == CLIPC_BF16) {
+        int kd, kh, chunks;
+        weight_chunks(fc, &kd), chunks = weight_chunks(proj, &kh);
+        if (m->precision == CLIPC_BF16 && chunks > 1) {
+            /* c_proj reads the hidden layer in chunks of kh: c_fc writes one
+             * chunk (its rows [c kh, (c + 1) kh)), c_proj adds it into t while
+             * it is in cache; x is touched only when every chunk has run */
+            uint16_t *xb = ws_take(&ws, (size_t)n * D * 2), *hb = ws_take(&ws, (size_t)n * kh * 2);
+            float *t = ws_take(&ws, (size_t)n * D * sizeof(float));
+            bf16_rows(xb, ln, D, n, D, kd);
+            int rc = 0;
+            for (int c = 0; c < chunks && rc == 0; c++)
+                rc = bf16_matmul(hb, true, kh, xb, fc, c * kh, fc_b + (size_t)c * kh, n, D, kh, false, act, ws) ||
+                     bf16_chunk(t, false, D, hb, proj, 0, c, c == 0 ? proj_b : NULL, n, kh, D, c > 0, -1);
+            if (rc == 0) {
+                add_rows(x, false, D, t, n, D, true, -1);
+                return;
+            }
+        } else if (m->precision == CLIPC_BF16) {
             uint16_t *xb = ws_take(&ws, (size_t)n * D * 2), *hb = ws_take(&ws, (size_t)n * H * 2);
-            bf16_rows(xb, ln, D, n, D);
+            bf16_rows(xb, ln, D, n, D, kd);
             if (bf16_matmul(hb, true, H, xb, fc, 0, fc_b, n, D, H, false, act, ws) == 0 &&
                 bf16_matmul(x, false, D, hb, proj, 0, proj_b, n, H, D, true, -1, ws) == 0)
                 return;
         } else {
             int8_t *xq = ws_take(&ws, (size_t)n * D), *hq = ws_take(&ws, (size_t)n * H);
             float *xscale = ws_take(&ws, (size_t)n * sizeof(float)), *hscale = ws_take(&ws, (size_t)n * sizeof(float));
-            int32_t *acc = ws_take(&ws, (size_t)n * H * sizeof(int32_t));
-            int8_rows(xq, xscale, ln, D, n, D);
+            /* c_fc's sums [n, H], then c_proj's [n, D] */
+            int32_t *acc = ws_take(&ws, (size_t)n * (H > D ? H : D) * sizeof(int32_t));
+            int8_rows(xq, xscale, ln, D, n, D, kd);
             if (int8_matmul(acc, xq, fc, 0, n, D, H, ws) == 0) {
 #pragma omp parallel
                 {
@@ -698,7 +820,7 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
                     for (int i = 0; i < n; i++) {
                         float *dst = row ? row : (float *)(acc + (size_t)i * H); /* (in place without memory) */
                         dequant_row(dst, acc + (size_t)i * H, xscale[i], fc->scale, fc_b, H, false, act);
-                        hscale[i] = quantize_row(hq + (size_t)i * H, dst, H);
+                        hscale[i] = quantize_chunked(hq, i, n, H, kh, dst);
                     }
                     free(row);
                 }

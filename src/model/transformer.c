@@ -17,9 +17,11 @@
 #include <string.h>
 
 size_t transformer_scratch(int T, int D, int H, int max_len, int heads, int n_seq) {
-    /* ln, qkv (3), att, tmp: 6 T D; hid: T H; the pruned last block: 2 n D + n H */
+    /* ln, qkv (3), att, tmp: 6 T D; hid: T H; the pruned last block: 2 n D + n H;
+     * the widest GEMM: in_proj's 3 D outputs or the MLP's H */
+    int widest = H > 3 * D ? H : 3 * D;
     return (size_t)T * D * 6 + (size_t)T * H + (size_t)n_seq * (D * 2 + H) + attention_scratch(max_len, D / heads) +
-           lowp_scratch(T, H > D ? H : D, H > D ? H : D) + 12 * 16;
+           lowp_scratch(T, widest, widest) + 12 * 16;
 }
 
 void model_tap(const clipc_model *m, const char *name, const float *x, int rows, int cols) {
