@@ -433,13 +433,26 @@ void relu_forward(float *x, size_t n);
  * sequences back to back; seq_start[s], seq_len[s] locate sequence s; causal
  * masks future positions; query_row (NULL = all rows) limits sequence s to
  * the query at absolute row query_row[s]. out [T, D] (only computed rows are
- * written). scratch needs attention_scratch floats. For training, probs
- * (non-NULL, with query_row NULL) receives each head's [len, len]
- * probabilities at probs_offset[s] + h * len * len. */
+ * written). bf16: Q K^T and P V with bf16 inputs (the reduced precisions).
+ * scratch needs attention_scratch floats. For training, probs (non-NULL,
+ * with query_row NULL, fp32) receives each head's [len, len] probabilities
+ * at probs_offset[s] + h * len * len. */
 size_t attention_scratch(int max_len, int head_dim);
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
-                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch,
+                       const int *query_row, int n_seq, int D, int heads, bool causal, bool bf16, float *scratch,
                        float *probs, const size_t *probs_offset, const unsigned char *hidden);
+/* Attention's two products with bf16 inputs and fp32 sums
+ * (attention_bf16.c), on AMX tiles where the CPU has them, else sgemm on
+ * the same bf16 values. scores [nq, lds] = Q K^T (unscaled) with lds =
+ * attention_bf16_stride(len); out [nq, hd] (rows ldo apart) = P V with P
+ * [nq, lds]; q, k, v rows ld apart. scratch: attention_bf16_scratch floats. */
+bool attention_bf16_amx(void);
+int attention_bf16_stride(int len);
+size_t attention_bf16_scratch(int max_len, int head_dim);
+void attention_scores_bf16(float *scores, int lds, const float *q, const float *k, int ld, int nq, int len, int hd,
+                           float *scratch);
+void attention_values_bf16(float *out, int ldo, const float *p, int lds, const float *v, int ld, int nq, int len,
+                           int hd, float *scratch);
 /* hidden (NULL: none): per packed row, whether the last row of its sequence
  * (CoCa's CLS token) must not attend it (OpenCLIP's cls mask of padding). */
 /* Queries attending over one set of keys and values, no mask: per head,

@@ -152,7 +152,7 @@ typedef struct att_ctx { int start[2], len[2]; bool causal; } att_ctx;
 static void att_f(const float *qkv, float *y, void *p) {
     att_ctx *c = p;
     float scratch[2 * (25 + 16) * 64];
-    attention_forward(y, qkv, c->start, c->len, NULL, 2, 8, 2, c->causal, scratch, NULL, NULL, NULL);
+    attention_forward(y, qkv, c->start, c->len, NULL, 2, 8, 2, c->causal, false, scratch, NULL, NULL, NULL);
 }
 
 static void check_attention(void) {
@@ -162,7 +162,7 @@ static void check_attention(void) {
     fill(qkv, 8 * 24, 14, 1), fill(w, 64, 15, 1);
     for (int causal = 0; causal < 2; causal++) {
         c.causal = causal;
-        attention_forward(out, qkv, c.start, c.len, NULL, 2, 8, 2, c.causal, scratch, probs, offs, NULL);
+        attention_forward(out, qkv, c.start, c.len, NULL, 2, 8, 2, c.causal, false, scratch, probs, offs, NULL);
         attention_backward(dqkv, w, qkv, probs, offs, c.start, c.len, 2, 8, 2, scratch);
         check_fd(causal ? "causal attention" : "attention", att_f, &c, qkv, 8 * 24, 64, w, dqkv);
     }

@@ -266,42 +266,66 @@ static int longest(const int *seq_len, int n_seq) {
     return max_len;
 }
 
+/* One thread's room: the scores (fp32: [len, len]; bf16: [len padded to
+ * 16, attention_bf16_stride(len)]) and, at bf16, the kernel's buffers. */
+static size_t attention_thread_scratch(int max_len, int head_dim, bool bf16) {
+    if (!bf16) return (size_t)max_len * max_len + 16;
+    return (size_t)(max_len + 15) / 16 * 16 * attention_bf16_stride(max_len) + 16 +
+           attention_bf16_scratch(max_len, head_dim);
+}
+
 size_t attention_scratch(int max_len, int head_dim) {
-    (void)head_dim;
-    return ((size_t)max_len * max_len + 16) * (size_t)omp_get_max_threads();
+    size_t fp32 = attention_thread_scratch(max_len, head_dim, false),
+           bf16 = attention_thread_scratch(max_len, head_dim, true);
+    return (fp32 > bf16 ? fp32 : bf16) * (size_t)omp_get_max_threads();
 }
 
 /* softmax(q k^T / sqrt(d_head)) v for every (sequence, head) pair, as
  * nn.MultiheadAttention computes it. Each pair is two small GEMMs run on
  * the strided q/k/v column blocks in place (BLAS runs single-threaded
- * inside the parallel loop): scores = scale * Q K^T, then out = P V. The
- * causal mask of the text tower ends each query's softmax at its own
- * position and zeroes the rest. query_row[s] >= 0 restricts sequence s to
- * that one query (the pooled row); -1 computes every row. */
+ * inside the parallel loop): scores = scale * Q K^T, then out = P V; with
+ * bf16 both take bf16 inputs (attention_bf16.c) and the scale is applied
+ * in fp32 before the softmax. The causal mask of the text tower ends each
+ * query's softmax at its own position and zeroes the rest. query_row[s] >=
+ * 0 restricts sequence s to that one query (the pooled row); -1 computes
+ * every row. Training (probs) is fp32. */
 void attention_forward(float *out, const float *qkv, const int *seq_start, const int *seq_len,
-                       const int *query_row, int n_seq, int D, int heads, bool causal, float *scratch,
+                       const int *query_row, int n_seq, int D, int heads, bool causal, bool bf16, float *scratch,
                        float *probs, const size_t *probs_offset, const unsigned char *hidden) {
     int hd = D / heads, ld = 3 * D;
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = longest(seq_len, n_seq);
+    bf16 = bf16 && !probs;
+    size_t per_thread = attention_thread_scratch(max_len, hd, bf16);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
         for (int h = 0; h < heads; h++) {
             int len = seq_len[s], first = 0, nq = len;
             if (query_row && query_row[s] >= 0) first = query_row[s] - seq_start[s], nq = 1;
             /* Training keeps each head's probabilities for the backward pass. */
-            float *scores = probs ? probs + probs_offset[s] + (size_t)h * len * len
-                                  : scratch + ((size_t)max_len * max_len + 16) * omp_get_thread_num();
+            float *mine = scratch + per_thread * omp_get_thread_num();
+            float *scores = probs ? probs + probs_offset[s] + (size_t)h * len * len : mine;
+            int lds = bf16 ? attention_bf16_stride(len) : len;
+            float *kernel_scratch = mine + (size_t)(nq + 15) / 16 * 16 * lds + 16;
             const float *base = qkv + (size_t)seq_start[s] * ld + h * hd;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, len, hd, scale, base + (size_t)first * ld, ld,
-                        base + D, ld, 0.0f, scores, len);
+            if (bf16)
+                attention_scores_bf16(scores, lds, base + (size_t)first * ld, base + D, ld, nq, len, hd,
+                                      kernel_scratch);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, len, hd, scale, base + (size_t)first * ld,
+                            ld, base + D, ld, 0.0f, scores, len);
             for (int i = 0; i < nq; i++) {
-                float *p = scores + (size_t)i * len;
+                float *p = scores + (size_t)i * lds;
                 int keys = causal ? first + i + 1 : len;
+                if (bf16)
+                    for (int j = 0; j < keys; j++) p[j] *= scale;
                 if (hidden && first + i == len - 1) /* CoCa's CLS (last) row does not see the rows hidden from it */
                     for (int j = 0; j < keys; j++)
                         if (hidden[seq_start[s] + j]) p[j] = -INFINITY;
                 float maxv = -INFINITY, sum = 0.0f;
+                /* (a plain loop here compiled to a chain of scalar maxes,
+                 * 30% of the attention's time: the reduction vectorises it) */
+#pragma omp simd reduction(max : maxv)
                 for (int j = 0; j < keys; j++) maxv = p[j] > maxv ? p[j] : maxv;
 #pragma omp simd reduction(+ : sum)
                 for (int j = 0; j < keys; j++) {
@@ -312,8 +336,12 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
                 for (int j = 0; j < keys; j++) p[j] *= inv;
                 for (int j = keys; j < len; j++) p[j] = 0.0f;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, len, 1.0f, scores, len, base + 2 * D, ld,
-                        0.0f, out + (size_t)(seq_start[s] + first) * D + h * hd, D);
+            float *o = out + (size_t)(seq_start[s] + first) * D + h * hd;
+            if (bf16)
+                attention_values_bf16(o, D, scores, lds, base + 2 * D, ld, nq, len, hd, kernel_scratch);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, len, 1.0f, scores, len, base + 2 * D,
+                            ld, 0.0f, o, D);
         }
     }
 }

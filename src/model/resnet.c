@@ -94,7 +94,8 @@ static void attention_pool(const clipc_model *m, arena *a, const float *x, int n
     model_gemm(m, qkv + E, 3 * E, tok, E, L->ap_k_w, P + L->ap_k_b, T, E, E, false, -1, ws);
     model_gemm(m, qkv + 2 * E, 3 * E, tok, E, L->ap_v_w, P + L->ap_v_b, T, E, E, false, -1, ws);
     model_gemm(m, qkv, 3 * E * N, tok, E * N, L->ap_q_w, P + L->ap_q_b, n, E, E, false, -1, ws);
-    attention_forward(att, qkv, start, len, start, n, E, c->vision_heads, false, scratch, NULL, NULL, NULL);
+    attention_forward(att, qkv, start, len, start, n, E, c->vision_heads, false, m->precision != CLIPC_FP32, scratch,
+                      NULL, NULL, NULL);
     for (int i = 0; i < n; i++) memcpy(rows + (size_t)i * E, att + (size_t)i * N * E, (size_t)E * sizeof *rows);
     model_gemm(m, out, c->embed_dim, rows, E, L->ap_c_w, P + L->ap_c_b, n, E, c->embed_dim, false, -1, ws);
     free(start);

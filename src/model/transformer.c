@@ -108,7 +108,8 @@ void block_forward(const clipc_model *m, const tower_spec *t, int layer, const p
         for (int tg = LORA_Q; tg <= LORA_V; tg++) /* q, k, v: the row ranges of in_proj */
             linear_lora(m, t, k, layer, tg, k->qkv + tg * D, 3 * D, k->ln1, b->qkv_w + (size_t)tg * D * D,
                         P + b->qkv_b + tg * D, T, D, D, false, ws);
-    attention_forward(k->att, k->qkv, pk->start, pk->len, NULL, pk->n_seq, D, t->heads, t->causal, scratch, k->probs,
+    attention_forward(k->att, k->qkv, pk->start, pk->len, NULL, pk->n_seq, D, t->heads, t->causal,
+                      m->precision != CLIPC_FP32, scratch, k->probs,
                       pk->probs_offset, pk->hidden);
     if (k->x_mid != k->x_in) memcpy(k->x_mid, k->x_in, (size_t)T * D * sizeof *k->x_mid);
     if (ls1 || tap) {
@@ -155,7 +156,8 @@ static void last_block_pooled(const clipc_model *m, arena *a, const tower_spec *
     for (int s = 0; s < n; s++) memcpy(rows + (size_t)s * D, ln + (size_t)pool_row[s] * D, (size_t)D * sizeof *rows);
     model_gemm(m, q, D, rows, D, b->qkv_w, P + b->qkv_b, n, D, D, false, -1, ws);
     for (int s = 0; s < n; s++) memcpy(qkv + (size_t)pool_row[s] * 3 * D, q + (size_t)s * D, (size_t)D * sizeof *q);
-    attention_forward(att, qkv, pk->start, pk->len, pool_row, n, D, t->heads, t->causal, scratch, NULL, NULL, pk->hidden);
+    attention_forward(att, qkv, pk->start, pk->len, pool_row, n, D, t->heads, t->causal, m->precision != CLIPC_FP32,
+                      scratch, NULL, NULL, pk->hidden);
     for (int s = 0; s < n; s++) {
         memcpy(rows + (size_t)s * D, att + (size_t)pool_row[s] * D, (size_t)D * sizeof *rows);
         memcpy(pooled + (size_t)s * D, x + (size_t)pool_row[s] * D, (size_t)D * sizeof *pooled);

@@ -1,0 +1,239 @@
+/* attention_bf16.c — attention's two products at the reduced precisions.
+ *
+ * For one (sequence, head) pair, attention_forward computes
+ *   scores = Q K^T        [nq, len]   (then scale and softmax, in fp32)
+ *   out    = P V          [nq, hd]
+ * At bf16 and int8 these two run with bf16 inputs (Q, K, V and the
+ * probabilities P rounded to nearest even) and fp32 sums, as PyTorch's
+ * bf16 autocast and OpenVINO's bf16 do. Where the CPU has AMX they run on
+ * its tiles: TDPBF16PS multiplies a 16 x 32 bf16 tile by a 32 x 16 one
+ * (stored as 16 rows of 16 pairs, the "VNNI" layout) into a 16 x 16 fp32
+ * tile. Elsewhere the same bf16 values are multiplied by sgemm, so both
+ * paths give the same numbers up to the order of the fp32 sums.
+ *
+ * Why: at fp32 the two products are tiny GEMMs (50 x 50 x 64 per head for
+ * ViT-B-32) that sgemm runs far below its peak; with the linear layers on
+ * AMX they were about 9% of the bf16 encoder's time here (perf).
+ *
+ * Layouts in the per-thread scratch (Mp = nq padded to 16 rows, Sp = len
+ * padded to 64 keys, Dp = hd padded to 64; padding is zeros, so it adds
+ * nothing to the sums):
+ *   qb [Mp][Dp] bf16        Q, row-major (tile A of Q K^T)
+ *   kv [Dp/2][Sp] pairs     K^T in VNNI: pair p of key j = (K[j][2p], K[j][2p+1])
+ *   pb [Mp][Sp] bf16        P, row-major (tile A of P V)
+ *   vv [Sp/2][Dp] pairs     V in VNNI: pair (j/2, d) = (V[2j'][d], V[2j'+1][d])
+ *   ob [Mp][Dp] fp32        the product's tiles, before copying out */
+#include "tower.h"
+
+#include <cblas.h>
+#include <cpuid.h>
+#include <immintrin.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023 /* Linux: ask for the AMX tile state */
+#define XFEATURE_XTILEDATA 18
+
+static int amx_state = -1; /* 1: usable */
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_probe(void) {
+    unsigned a, b, c, d;
+    amx_state = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    bool tile = d & (1u << 24), bf16 = d & (1u << 22);
+    if (!tile || !bf16 || !__builtin_cpu_supports("avx512bf16")) return;
+    /* oneDNN's cap applies here too: ONEDNN_MAX_CPU_ISA below AMX (tests
+     * exercising the other paths) turns these kernels off as well */
+    if ((dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_amx) != dnnl_cpu_isa_avx512_core_amx) return;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) return; /* a kernel without AMX */
+    amx_state = 1;
+}
+
+bool attention_bf16_amx(void) {
+    pthread_once(&amx_once, amx_probe);
+    return amx_state == 1;
+}
+
+static int round_up(int v, int to) { return (v + to - 1) / to * to; }
+
+int attention_bf16_stride(int len) { return round_up(len, 64); }
+
+/* The pieces of one thread's scratch (each on a 64-byte boundary). */
+typedef struct {
+    uint16_t *qb, *pb;
+    uint32_t *kv, *vv;
+    float *ob;
+} bf16_scratch;
+
+static size_t pad16(size_t floats) { return (floats + 15) / 16 * 16; }
+
+size_t attention_bf16_scratch(int max_len, int hd) {
+    size_t Mp = (size_t)round_up(max_len, 16), Sp = (size_t)attention_bf16_stride(max_len),
+           Dp = (size_t)round_up(hd, 64);
+    /* the emulation's float copies (Q, K | P, V) fit in the same room */
+    size_t amx = pad16(Mp * Dp / 2) + pad16(Mp * Sp / 2) + pad16(Dp * Sp / 2) + pad16(Sp * Dp / 2) + pad16(Mp * Dp);
+    size_t emulated = pad16(Mp * Dp) + pad16(Sp * Dp) + pad16(Mp * Sp);
+    return (amx > emulated ? amx : emulated) + 16;
+}
+
+static bf16_scratch carve(float *s, int Mp, int Sp, int Dp) {
+    bf16_scratch b;
+    s = (float *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
+    b.qb = (uint16_t *)s, s += pad16((size_t)Mp * Dp / 2);
+    b.pb = (uint16_t *)s, s += pad16((size_t)Mp * Sp / 2);
+    b.kv = (uint32_t *)s, s += pad16((size_t)Dp * Sp / 2);
+    b.vv = (uint32_t *)s, s += pad16((size_t)Sp * Dp / 2);
+    b.ob = s;
+    return b;
+}
+
+/* ---- AMX ------------------------------------------------------------------------- */
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* Every tile 16 rows of 64 bytes. Loaded on every call: oneDNN's kernels
+ * configure the tiles their own way in between. */
+__attribute__((target("amx-tile"))) static void tiles_configure(void) {
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+}
+
+/* n floats to bf16 (nearest even), zeros up to `to` (a multiple of 16). */
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void row_bf16(uint16_t *dst, const float *src, int n,
+                                                                          int to) {
+    for (int j = 0; j < to; j += 16) {
+        int left = n - j;
+        __mmask16 in = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+        __m512 x = _mm512_maskz_loadu_ps(in, src + j);
+        _mm256_storeu_si256((__m256i *)(dst + j), (__m256i)_mm512_cvtneps_pbh(x));
+    }
+}
+
+/* C [Mp, N] (rows ldc floats apart) = A [Mp, K] B, A bf16 row-major (rows
+ * K apart), B in VNNI pairs [K/2][N] (rows ldb pairs apart); Mp a multiple
+ * of 16, N of 64, K of 32. Four accumulator tiles cover 16 x 64 of C. */
+__attribute__((target("amx-tile,amx-bf16"))) static void tiles_gemm(float *C, int ldc, const uint16_t *A,
+                                                                    const uint32_t *B, int ldb, int Mp, int N, int K) {
+    for (int m0 = 0; m0 < Mp; m0 += 16)
+        for (int n0 = 0; n0 < N; n0 += 64) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int k0 = 0; k0 < K; k0 += 32) {
+                const uint32_t *b = B + (size_t)(k0 / 2) * ldb + n0;
+                _tile_loadd(4, A + (size_t)m0 * K + k0, K * 2);
+                _tile_loadd(5, b, ldb * 4);
+                _tile_dpbf16ps(0, 4, 5);
+                _tile_loadd(6, b + 16, ldb * 4);
+                _tile_dpbf16ps(1, 4, 6);
+                _tile_loadd(7, b + 32, ldb * 4);
+                _tile_dpbf16ps(2, 4, 7);
+                _tile_loadd(5, b + 48, ldb * 4);
+                _tile_dpbf16ps(3, 4, 5);
+            }
+            float *c = C + (size_t)m0 * ldc + n0;
+            _tile_stored(0, c, ldc * 4);
+            _tile_stored(1, c + 16, ldc * 4);
+            _tile_stored(2, c + 32, ldc * 4);
+            _tile_stored(3, c + 48, ldc * 4);
+        }
+}
+
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_amx(float *scores, int lds, const float *q,
+                                                                            const float *k, int ld, int nq, int len,
+                                                                            int hd, bf16_scratch b) {
+    int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
+    for (int i = 0; i < Mp; i++)
+        if (i < nq)
+            row_bf16(b.qb + (size_t)i * Dp, q + (size_t)i * ld, hd, Dp);
+        else
+            memset(b.qb + (size_t)i * Dp, 0, (size_t)Dp * 2);
+    /* K^T in pairs: pair p of key j is dword p of key j's bf16 row */
+    uint32_t row[Dp / 2];
+    for (int j = 0; j < Sp; j++) {
+        if (j < len)
+            row_bf16((uint16_t *)row, k + (size_t)j * ld, hd, Dp);
+        else
+            memset(row, 0, sizeof row);
+        for (int p = 0; p < Dp / 2; p++) b.kv[(size_t)p * Sp + j] = row[p];
+    }
+    tiles_configure();
+    tiles_gemm(scores, lds, b.qb, b.kv, Sp, Mp, Sp, Dp);
+}
+
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_amx(float *out, int ldo, const float *p,
+                                                                            int lds, const float *v, int ld, int nq,
+                                                                            int len, int hd, bf16_scratch b) {
+    int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
+    for (int i = 0; i < Mp; i++)
+        if (i < nq)
+            row_bf16(b.pb + (size_t)i * Sp, p + (size_t)i * lds, len, Sp);
+        else
+            memset(b.pb + (size_t)i * Sp, 0, (size_t)Sp * 2);
+    /* V in pairs of keys: dword d of pair row r = V[2r][d] | V[2r + 1][d] << 16 */
+    uint16_t even[Dp], odd[Dp];
+    for (int r = 0; r < Sp / 2; r++) {
+        int j = 2 * r;
+        if (j < len) row_bf16(even, v + (size_t)j * ld, hd, Dp);
+        else memset(even, 0, sizeof even);
+        if (j + 1 < len) row_bf16(odd, v + (size_t)(j + 1) * ld, hd, Dp);
+        else memset(odd, 0, sizeof odd);
+        uint32_t *dst = b.vv + (size_t)r * Dp;
+        for (int d = 0; d < Dp; d += 16) {
+            __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(even + d)));
+            __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(odd + d)));
+            _mm512_storeu_si512((void *)(dst + d), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+    tiles_configure();
+    tiles_gemm(b.ob, Dp, b.pb, b.vv, Dp, Mp, Dp, Sp);
+    for (int i = 0; i < nq; i++) memcpy(out + (size_t)i * ldo, b.ob + (size_t)i * Dp, (size_t)hd * sizeof *out);
+}
+
+/* ---- the same numbers on sgemm ------------------------------------------------------ */
+
+/* rows x n floats (ld apart) rounded to bf16, kept as floats [rows][n]. */
+static void rounded(float *dst, const float *src, int ld, int rows, int n) {
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < n; j++) dst[(size_t)i * n + j] = bf16_to_f32(f32_to_bf16(src[(size_t)i * ld + j]));
+}
+
+/* ---- entry points ---------------------------------------------------------------------- */
+
+void attention_scores_bf16(float *scores, int lds, const float *q, const float *k, int ld, int nq, int len, int hd,
+                           float *scratch) {
+    int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
+    if (attention_bf16_amx()) {
+        scores_amx(scores, lds, q, k, ld, nq, len, hd, carve(scratch, Mp, Sp, Dp));
+        return;
+    }
+    float *qf = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *kf = qf + pad16((size_t)Mp * Dp);
+    rounded(qf, q, ld, nq, hd);
+    rounded(kf, k, ld, len, hd);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, len, hd, 1.0f, qf, hd, kf, hd, 0.0f, scores, lds);
+}
+
+void attention_values_bf16(float *out, int ldo, const float *p, int lds, const float *v, int ld, int nq, int len,
+                           int hd, float *scratch) {
+    int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
+    if (attention_bf16_amx()) {
+        values_amx(out, ldo, p, lds, v, ld, nq, len, hd, carve(scratch, Mp, Sp, Dp));
+        return;
+    }
+    float *pf = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *vf = pf + pad16((size_t)Mp * Sp);
+    rounded(pf, p, lds, nq, len);
+    rounded(vf, v, ld, len, hd);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, len, 1.0f, pf, len, vf, hd, 0.0f, out, ldo);
+}
