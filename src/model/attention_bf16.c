@@ -19,6 +19,7 @@
  * padded to 64 keys, Dp = hd padded to 64; padding is zeros, so it adds
  * nothing to the sums):
  *   qb [Mp][Dp] bf16        Q, row-major (tile A of Q K^T)
+ *   kb [Sp][Dp] bf16        K, row-major (transposed in 16 x 16 blocks of pairs into kv)
  *   kv [Dp/2][Sp] pairs     K^T in VNNI: pair p of key j = (K[j][2p], K[j][2p+1])
  *   pb [Mp][Sp] bf16        P, row-major (tile A of P V)
  *   vv [Sp/2][Dp] pairs     V in VNNI: pair (j/2, d) = (V[2j'][d], V[2j'+1][d])
@@ -64,7 +65,7 @@ int attention_bf16_stride(int len) { return round_up(len, 64); }
 
 /* The pieces of one thread's scratch (each on a 64-byte boundary). */
 typedef struct {
-    uint16_t *qb, *pb;
+    uint16_t *qb, *pb, *kb;
     uint32_t *kv, *vv;
     float *ob;
 } bf16_scratch;
@@ -75,7 +76,7 @@ size_t attention_bf16_scratch(int max_len, int hd) {
     size_t Mp = (size_t)round_up(max_len, 16), Sp = (size_t)attention_bf16_stride(max_len),
            Dp = (size_t)round_up(hd, 64);
     /* the emulation's float copies (Q, K | P, V) fit in the same room */
-    size_t amx = pad16(Mp * Dp / 2) + pad16(Mp * Sp / 2) + pad16(Dp * Sp / 2) + pad16(Sp * Dp / 2) + pad16(Mp * Dp);
+    size_t amx = pad16(Mp * Dp / 2) + pad16(Mp * Sp / 2) + 3 * pad16(Dp * Sp / 2) + pad16(Mp * Dp);
     size_t emulated = pad16(Mp * Dp) + pad16(Sp * Dp) + pad16(Mp * Sp);
     return (amx > emulated ? amx : emulated) + 16;
 }
@@ -85,6 +86,7 @@ static bf16_scratch carve(float *s, int Mp, int Sp, int Dp) {
     s = (float *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
     b.qb = (uint16_t *)s, s += pad16((size_t)Mp * Dp / 2);
     b.pb = (uint16_t *)s, s += pad16((size_t)Mp * Sp / 2);
+    b.kb = (uint16_t *)s, s += pad16((size_t)Sp * Dp / 2);
     b.kv = (uint32_t *)s, s += pad16((size_t)Dp * Sp / 2);
     b.vv = (uint32_t *)s, s += pad16((size_t)Sp * Dp / 2);
     b.ob = s;
@@ -151,6 +153,36 @@ __attribute__((target("amx-tile,amx-bf16"))) static void tiles_gemm(float *C, in
         }
 }
 
+/* r[i][j] <- r[j][i] for 16 x 16 dwords (here bf16 pairs; the shuffles
+ * move bits, the float type is only the intrinsics'). Within 128-bit
+ * lanes by unpack and shuffle, then across lanes in two rounds. */
+__attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);     /* a0 b0 a1 b1 per lane */
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]); /* a2 b2 a3 b3 */
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));     /* a0 b0 c0 d0 */
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2)); /* a1 b1 c1 d1 */
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    /* r[4g + c] lane L holds column 4L + c of rows 4g..4g+3 */
+    for (int c = 0; c < 4; c++) {
+        t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);      /* columns c, 8 + c of rows 0-7 */
+        t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);  /* columns 4 + c, 12 + c */
+        t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);          /* column c */
+        r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);      /* column 8 + c */
+        r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88); /* column 4 + c */
+        r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);
+    }
+}
+
 __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_amx(float *scores, int lds, const float *q,
                                                                             const float *k, int ld, int nq, int len,
                                                                             int hd, bf16_scratch b) {
@@ -161,14 +193,19 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_amx(fl
         else
             memset(b.qb + (size_t)i * Dp, 0, (size_t)Dp * 2);
     /* K^T in pairs: pair p of key j is dword p of key j's bf16 row */
-    uint32_t row[Dp / 2];
-    for (int j = 0; j < Sp; j++) {
+    for (int j = 0; j < Sp; j++)
         if (j < len)
-            row_bf16((uint16_t *)row, k + (size_t)j * ld, hd, Dp);
+            row_bf16(b.kb + (size_t)j * Dp, k + (size_t)j * ld, hd, Dp);
         else
-            memset(row, 0, sizeof row);
-        for (int p = 0; p < Dp / 2; p++) b.kv[(size_t)p * Sp + j] = row[p];
-    }
+            memset(b.kb + (size_t)j * Dp, 0, (size_t)Dp * 2);
+    const uint32_t *kb = (const uint32_t *)b.kb;
+    for (int j0 = 0; j0 < Sp; j0 += 16)
+        for (int p0 = 0; p0 < Dp / 2; p0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps((const float *)(kb + (size_t)(j0 + i) * (Dp / 2) + p0));
+            transpose16(r);
+            for (int p = 0; p < 16; p++) _mm512_storeu_ps((float *)(b.kv + (size_t)(p0 + p) * Sp + j0), r[p]);
+        }
     tiles_configure();
     tiles_gemm(scores, lds, b.qb, b.kv, Sp, Mp, Sp, Dp);
 }
@@ -198,8 +235,14 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_amx(fl
         }
     }
     tiles_configure();
-    tiles_gemm(b.ob, Dp, b.pb, b.vv, Dp, Mp, Dp, Sp);
-    for (int i = 0; i < nq; i++) memcpy(out + (size_t)i * ldo, b.ob + (size_t)i * Dp, (size_t)hd * sizeof *out);
+    /* whole tiles straight into out where they fit (rows of 16 queries, hd a multiple of 64) */
+    int direct = hd == Dp ? nq / 16 * 16 : 0;
+    if (direct) tiles_gemm(out, ldo, b.pb, b.vv, Dp, direct, Dp, Sp);
+    if (direct < nq) {
+        tiles_gemm(b.ob, Dp, b.pb + (size_t)direct * Sp, b.vv, Dp, Mp - direct, Dp, Sp);
+        for (int i = direct; i < nq; i++)
+            memcpy(out + (size_t)i * ldo, b.ob + (size_t)(i - direct) * Dp, (size_t)hd * sizeof *out);
+    }
 }
 
 /* ---- the same numbers on sgemm ------------------------------------------------------ */

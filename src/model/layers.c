@@ -285,7 +285,7 @@ size_t attention_scratch(int max_len, int head_dim) {
  * the strided q/k/v column blocks in place (BLAS runs single-threaded
  * inside the parallel loop): scores = scale * Q K^T, then out = P V; with
  * bf16 both take bf16 inputs (attention_bf16.c) and the scale is applied
- * in fp32 before the softmax. The causal mask of the text tower ends each
+ * in fp32 inside the softmax. The causal mask of the text tower ends each
  * query's softmax at its own position and zeroes the rest. query_row[s] >=
  * 0 restricts sequence s to that one query (the pooled row); -1 computes
  * every row. Training (probs) is fp32. */
@@ -296,6 +296,7 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = longest(seq_len, n_seq);
     bf16 = bf16 && !probs;
+    float post = bf16 ? scale : 1.0f; /* fp32 scales inside sgemm */
     size_t per_thread = attention_thread_scratch(max_len, hd, bf16);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
@@ -317,8 +318,6 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
             for (int i = 0; i < nq; i++) {
                 float *p = scores + (size_t)i * lds;
                 int keys = causal ? first + i + 1 : len;
-                if (bf16)
-                    for (int j = 0; j < keys; j++) p[j] *= scale;
                 if (hidden && first + i == len - 1) /* CoCa's CLS (last) row does not see the rows hidden from it */
                     for (int j = 0; j < keys; j++)
                         if (hidden[seq_start[s] + j]) p[j] = -INFINITY;
@@ -328,8 +327,8 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
 #pragma omp simd reduction(max : maxv)
                 for (int j = 0; j < keys; j++) maxv = p[j] > maxv ? p[j] : maxv;
 #pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < keys; j++) {
-                    p[j] = fast_expf(p[j] - maxv);
+                for (int j = 0; j < keys; j++) { /* (bf16: the unscaled scores, scale > 0 keeps their max) */
+                    p[j] = fast_expf((p[j] - maxv) * post);
                     sum += p[j];
                 }
                 float inv = 1.0f / sum;
