@@ -413,7 +413,8 @@ static void time_split(clipc_model *m, const float *pixels, float *out) {
                     model_mlp(m, x, ln, bo->fc_w, P + bo->fc_b, bo->proj_w, P + bo->proj_b, T, D, 4 * D, c->vision_activation,
                               hid, ws);
                 } else if (part == 1) {
-                    attention_forward(att, qkv, start, len, NULL, PER, D, H, false, false, ws, NULL, NULL, NULL);
+                    attention_forward(att, qkv, start, len, NULL, PER, D, H, false, m->precision != CLIPC_FP32, ws, NULL, NULL,
+                                      NULL);
                 } else {
                     layernorm_forward(ln, x, P + bo->ln1_w, P + bo->ln1_b, T, D, c->vision_ln_eps);
                     layernorm_forward(ln, x, P + bo->ln2_w, P + bo->ln2_b, T, D, c->vision_ln_eps);
