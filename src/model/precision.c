@@ -169,7 +169,9 @@ done:
  * 768, multiplied one after the other into the same sums: ViT-B-32's
  * c_proj (K = 3,072) as four GEMMs of K = 768. In one interleaved run the
  * bf16 encoder went from 120-130 to 139-145 images/s (chunks of 512 and
- * 384 ran the same, 256 slower); int8 stayed within the run's noise. */
+ * 384 ran the same, 256 slower). int8 keeps whole weights: chunked, it
+ * ran 166-167 against 176 images/s at batch 32, and a caption at batch 1
+ * 426-436 against 478-493 texts/s. */
 static int k_chunk_for(int in) {
     if (in < 2048) return in;
     for (int chunks = (in + 767) / 768; chunks <= in / 64; chunks++)
@@ -195,7 +197,9 @@ static int pack_weight(lowp_weight *w, dnnl_data_type_t type, const void *plain)
     dnnl_engine_t eng = get_engine();
     int tag = type == dnnl_bf16 ? dnnl_BA16a64b2a : dnnl_BA16a64b4a;
     size_t elsize = type == dnnl_bf16 ? 2 : 1;
-    int kc = k_chunk_for(w->in), chunks = w->in / kc;
+    /* (int8 unchunked: its chunks measured no faster at batch 32 and
+     * slower for a caption at batch 1, where each chunk is a call) */
+    int kc = type == dnnl_bf16 ? k_chunk_for(w->in) : w->in, chunks = w->in / kc;
     dnnl_memory_desc_t src, wei_any, dst, tagged, from;
     dnnl_matmul_desc_t md;
     dnnl_primitive_desc_t pd = NULL;
@@ -783,7 +787,27 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
         float *w0 = ws;
         int kd, kh, chunks;
         weight_chunks(fc, &kd), chunks = weight_chunks(proj, &kh);
-        if (m->precision == CLIPC_BF16 && chunks > 1) {
+        if (m->precision == CLIPC_BF16 && chunks > 1 && n < 64) {
+            /* a few rows (a caption or two): one c_fc GEMM, its output
+             * rearranged chunk-major, then c_proj's chunks; chunking c_fc as
+             * well cost a GEMM call per chunk (measured: ViT-B-32 texts at
+             * batch 1 ran about 10% slower) */
+            uint16_t *xb = ws_take(&ws, (size_t)n * D * 2), *hrow = ws_take(&ws, (size_t)n * H * 2),
+                     *hb = ws_take(&ws, (size_t)n * H * 2);
+            float *t = ws_take(&ws, (size_t)n * D * sizeof(float));
+            bf16_rows(xb, ln, D, n, D, kd);
+            int rc = bf16_matmul(hrow, true, H, xb, fc, 0, fc_b, n, D, H, false, act, ws);
+            for (int i = 0; rc == 0 && i < n; i++)
+                for (int j = 0; j < H; j += kh)
+                    memcpy(hb + chunked_at(i, j, n, kh), hrow + (size_t)i * H + j, (size_t)kh * 2);
+            for (int c = 0; c < chunks && rc == 0; c++)
+                rc = bf16_chunk(t, false, D, hb + (size_t)c * n * kh, proj, 0, c, c == 0 ? proj_b : NULL, n, kh, D, c > 0,
+                                -1);
+            if (rc == 0) {
+                add_rows(x, false, D, t, n, D, true, -1);
+                return;
+            }
+        } else if (m->precision == CLIPC_BF16 && chunks > 1) {
             /* c_proj reads the hidden layer in chunks of kh: c_fc writes one
              * chunk (its rows [c kh, (c + 1) kh)), c_proj adds it into t while
              * it is in cache; x is touched only when every chunk has run */
