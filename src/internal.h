@@ -433,7 +433,8 @@ void relu_forward(float *x, size_t n);
  * sequences back to back; seq_start[s], seq_len[s] locate sequence s; causal
  * masks future positions; query_row (NULL = all rows) limits sequence s to
  * the query at absolute row query_row[s]. out [T, D] (only computed rows are
- * written). bf16: Q K^T and P V with bf16 inputs (the reduced precisions).
+ * written). bf16: Q K^T and P V with bf16 inputs in sequences of 32 or
+ * more (the reduced precisions; shorter ones stay fp32).
  * scratch needs attention_scratch floats. For training, probs (non-NULL,
  * with query_row NULL, fp32) receives each head's [len, len] probabilities
  * at probs_offset[s] + h * len * len. */

@@ -14,10 +14,11 @@
  *          resolution of the others), runs oneDNN's s8 x s8 -> s32 matmul,
  *          and dequantises with row scale x column scale, plus the bias.
  * Where oneDNN has a blocked weight layout for its kernel (AMX), the
- * weights are reordered into it once (pack_weight); elsewhere they keep
- * the [out, in] layout ("ba" for oneDNN's K x N). Either way a row range
- * of W on the layout's blocks (the pruned last block's q and k/v parts)
- * is a pointer offset.
+ * weights are reordered into it once (pack_weight), a bf16 weight of
+ * 2,048 inputs or more as chunks of inputs (k_chunk_for); elsewhere they
+ * keep the [out, in] layout ("ba" for oneDNN's K x N). Either way a row
+ * range of W on the layout's blocks (the pruned last block's q and k/v
+ * parts) is a pointer offset.
  *
  * oneDNN picks its kernel at run time (AMX, AVX512-BF16/VNNI, AVX-512,
  * AVX2; ONEDNN_MAX_CPU_ISA caps it). Where its kernel is missing, slower
