@@ -122,6 +122,14 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void row_bf16(uint
     }
 }
 
+/* rows of n floats (ld apart) to bf16 rows of `to` (zeros past n), then
+ * zero rows up to rows_to. */
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void rows_bf16(uint16_t *dst, int to, const float *src,
+                                                                           int ld, int rows, int n, int rows_to) {
+    for (int i = 0; i < rows; i++) row_bf16(dst + (size_t)i * to, src + (size_t)i * ld, n, to);
+    if (rows_to > rows) memset(dst + (size_t)rows * to, 0, (size_t)(rows_to - rows) * to * 2);
+}
+
 /* C [Mp, N] (rows ldc floats apart) = A [Mp, K] B, A bf16 row-major (rows
  * K apart), B in VNNI pairs [K/2][N] (rows ldb pairs apart); Mp a multiple
  * of 16, N of 64, K of 32. Four accumulator tiles cover 16 x 64 of C. */
@@ -187,17 +195,9 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_amx(fl
                                                                             const float *k, int ld, int nq, int len,
                                                                             int hd, bf16_scratch b) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
-    for (int i = 0; i < Mp; i++)
-        if (i < nq)
-            row_bf16(b.qb + (size_t)i * Dp, q + (size_t)i * ld, hd, Dp);
-        else
-            memset(b.qb + (size_t)i * Dp, 0, (size_t)Dp * 2);
+    rows_bf16(b.qb, Dp, q, ld, nq, hd, Mp);
     /* K^T in pairs: pair p of key j is dword p of key j's bf16 row */
-    for (int j = 0; j < Sp; j++)
-        if (j < len)
-            row_bf16(b.kb + (size_t)j * Dp, k + (size_t)j * ld, hd, Dp);
-        else
-            memset(b.kb + (size_t)j * Dp, 0, (size_t)Dp * 2);
+    rows_bf16(b.kb, Dp, k, ld, len, hd, Sp);
     const uint32_t *kb = (const uint32_t *)b.kb;
     for (int j0 = 0; j0 < Sp; j0 += 16)
         for (int p0 = 0; p0 < Dp / 2; p0 += 16) {
@@ -214,11 +214,7 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_amx(fl
                                                                             int lds, const float *v, int ld, int nq,
                                                                             int len, int hd, bf16_scratch b) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
-    for (int i = 0; i < Mp; i++)
-        if (i < nq)
-            row_bf16(b.pb + (size_t)i * Sp, p + (size_t)i * lds, len, Sp);
-        else
-            memset(b.pb + (size_t)i * Sp, 0, (size_t)Sp * 2);
+    rows_bf16(b.pb, Sp, p, lds, nq, len, Mp);
     /* V in pairs of keys: dword d of pair row r = V[2r][d] | V[2r + 1][d] << 16 */
     uint16_t even[Dp], odd[Dp];
     for (int r = 0; r < Sp / 2; r++) {

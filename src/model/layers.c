@@ -296,7 +296,6 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
     float scale = 1.0f / sqrtf((float)hd);
     int max_len = longest(seq_len, n_seq);
     bf16 = bf16 && !probs;
-
     size_t per_thread = attention_thread_scratch(max_len, hd, bf16);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int s = 0; s < n_seq; s++) {
@@ -310,6 +309,7 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
              * tiles they ran slower (ViT-B-32 texts at batch 1: 5-10%) */
             bool tiles = bf16 && len >= 32;
             int lds = tiles ? attention_bf16_stride(len) : len;
+            float post = tiles ? scale : 1.0f; /* fp32 scales inside sgemm; the tiles' scores are unscaled */
             float *kernel_scratch = mine + (size_t)(nq + 15) / 16 * 16 * lds + 16;
             const float *base = qkv + (size_t)seq_start[s] * ld + h * hd;
             if (tiles)
@@ -330,8 +330,8 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
 #pragma omp simd reduction(max : maxv)
                 for (int j = 0; j < keys; j++) maxv = p[j] > maxv ? p[j] : maxv;
 #pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < keys; j++) { /* (bf16: the unscaled scores, scale > 0 keeps their max) */
-                    p[j] = fast_expf((p[j] - maxv) * (tiles ? scale : 1.0f)); /* fp32 scales inside sgemm */
+                for (int j = 0; j < keys; j++) { /* (scale > 0 keeps the unscaled scores' max) */
+                    p[j] = fast_expf((p[j] - maxv) * post);
                     sum += p[j];
                 }
                 float inv = 1.0f / sum;

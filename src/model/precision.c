@@ -635,23 +635,14 @@ static int bf16_matmul(void *y, bool y_bf16, int ldy, const uint16_t *xb, const 
     return 0;
 }
 
-/* Row i of x [n, in] quantised into xq chunk-major; returns its scale. */
-static float quantize_chunked(int8_t *xq, int i, int n, int in, int kc, const float *xi) {
-    if (kc == in) return quantize_row(xq + (size_t)i * in, xi, in);
-    int8_t row[in]; /* (in is a layer's width, validated with the config: a few KB) */
-    float scale = quantize_row(row, xi, in);
-    for (int j = 0; j < in; j += kc) memcpy(xq + chunked_at(i, j, n, kc), row + j, (size_t)kc);
-    return scale;
-}
-
-/* x [n, in] (rows ldx apart) quantised row by row, chunk-major. */
-static void int8_rows(int8_t *xq, float *xscale, const float *x, int ldx, int n, int in, int kc) {
+/* x [n, in] (rows ldx apart) quantised row by row (int8 weights are
+ * never chunked: see pack_weight). */
+static void int8_rows(int8_t *xq, float *xscale, const float *x, int ldx, int n, int in) {
 #pragma omp parallel for if ((size_t)n * in > 65536)
-    for (int i = 0; i < n; i++) xscale[i] = quantize_chunked(xq, i, n, in, kc, x + (size_t)i * ldx);
+    for (int i = 0; i < n; i++) xscale[i] = quantize_row(xq + (size_t)i * in, x + (size_t)i * ldx, in);
 }
 
-/* acc [n, out] = xq W^T in int32, xq chunk-major for w. Returns -1 only
- * when oneDNN fails at run time. */
+/* acc [n, out] = xq W^T in int32. Returns -1 only when oneDNN fails at run time. */
 static int int8_matmul(int32_t *acc, const int8_t *xq, const lowp_weight *w, int row0, int n, int in, int out,
                        float *ws) {
     if (w->emulated) { /* the int8 values as floats through sgemm: exact products, float sums */
@@ -661,26 +652,18 @@ static int int8_matmul(int32_t *acc, const int8_t *xq, const lowp_weight *w, int
         for (size_t i = 0; i < (size_t)n * out; i++) acc[i] = (int32_t)lrintf(accf[i]); /* in place */
         return 0;
     }
-    int kc, chunks = weight_chunks(w, &kc);
-    bool plain = false;
-    for (int c = 0; c < chunks; c++) {
-        const int8_t *xc = xq + (size_t)c * n * kc;
-        int tag;
-        const void *W = plain ? NULL : weight_rows(w, row0, out, c, &tag);
-        dnnl_primitive_t p =
-            W ? matmul_primitive(dnnl_s8, dnnl_s32, n, kc, out, kc, in, out, tag, false, c > 0, -1, NULL, 0) : NULL;
-        if (!p && w->packed) { /* a range off the blocks, or a shape oneDNN has no fast kernel for on
-                                * packed weights (AMX int8 with fewer than 16 rows here): the plain
-                                * copy, its columns of the chunk (rows in apart) */
-            plain = true;
-            W = w->q + (size_t)row0 * in + (size_t)c * kc, tag = 0;
-            p = matmul_primitive(dnnl_s8, dnnl_s32, n, kc, out, kc, in, out, 0, false, c > 0, -1, NULL, 0);
-        }
-        int rc = p ? matmul_run(p, xc, dnnl_s8, W, tag, NULL, acc, dnnl_s32, n, kc, out, kc, in, out) : -1;
-        if (p) dnnl_primitive_destroy(p);
-        if (rc) return -1;
+    int tag;
+    const void *W = weight_rows(w, row0, out, 0, &tag);
+    dnnl_primitive_t p =
+        W ? matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, in, out, tag, false, false, -1, NULL, 0) : NULL;
+    if (!p && w->packed) { /* a range off the blocks, or a shape oneDNN has no fast kernel for on
+                            * packed weights (AMX int8 with fewer than 16 rows here): the plain copy */
+        W = w->q + (size_t)row0 * in, tag = 0;
+        p = matmul_primitive(dnnl_s8, dnnl_s32, n, in, out, in, in, out, 0, false, false, -1, NULL, 0);
     }
-    return 0;
+    int rc = p ? matmul_run(p, xq, dnnl_s8, W, tag, NULL, acc, dnnl_s32, n, in, out, in, in, out) : -1;
+    if (p) dnnl_primitive_destroy(p);
+    return rc;
 }
 
 /* One row of int8 sums back to floats: v = acc * (row scale * column
@@ -735,9 +718,9 @@ static int lowp_gemm(const clipc_model *m, float *y, int ldy, const float *x, in
         rows_activation(y, ldy, n, out, act);
         return 0;
     }
-    int kc;
-    weight_chunks(w, &kc);
     if (m->precision == CLIPC_BF16) {
+        int kc;
+        weight_chunks(w, &kc);
         uint16_t *xb = ws_take(&ws, (size_t)n * in * 2);
         bf16_rows(xb, x, ldx, n, in, kc);
         return bf16_matmul(y, false, ldy, xb, w, row0, b, n, in, out, accumulate, act, ws);
@@ -745,7 +728,7 @@ static int lowp_gemm(const clipc_model *m, float *y, int ldy, const float *x, in
     int8_t *xq = ws_take(&ws, (size_t)n * in);
     float *xscale = ws_take(&ws, (size_t)n * sizeof(float));
     int32_t *acc = ws_take(&ws, (size_t)n * out * sizeof(int32_t));
-    int8_rows(xq, xscale, x, ldx, n, in, kc);
+    int8_rows(xq, xscale, x, ldx, n, in);
     if (int8_matmul(acc, xq, w, row0, n, in, out, ws)) return -1;
     dequant_rows(y, ldy, acc, xscale, w->scale + row0, b, n, out, accumulate, act);
     return 0;
@@ -788,27 +771,7 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
         float *w0 = ws;
         int kd, kh, chunks;
         weight_chunks(fc, &kd), chunks = weight_chunks(proj, &kh);
-        if (m->precision == CLIPC_BF16 && chunks > 1 && n < 64) {
-            /* a few rows (a caption or two): one c_fc GEMM, its output
-             * rearranged chunk-major, then c_proj's chunks; chunking c_fc as
-             * well cost a GEMM call per chunk (measured: ViT-B-32 texts at
-             * batch 1 ran about 10% slower) */
-            uint16_t *xb = ws_take(&ws, (size_t)n * D * 2), *hrow = ws_take(&ws, (size_t)n * H * 2),
-                     *hb = ws_take(&ws, (size_t)n * H * 2);
-            float *t = ws_take(&ws, (size_t)n * D * sizeof(float));
-            bf16_rows(xb, ln, D, n, D, kd);
-            int rc = bf16_matmul(hrow, true, H, xb, fc, 0, fc_b, n, D, H, false, act, ws);
-            for (int i = 0; rc == 0 && i < n; i++)
-                for (int j = 0; j < H; j += kh)
-                    memcpy(hb + chunked_at(i, j, n, kh), hrow + (size_t)i * H + j, (size_t)kh * 2);
-            for (int c = 0; c < chunks && rc == 0; c++)
-                rc = bf16_chunk(t, false, D, hb + (size_t)c * n * kh, proj, 0, c, c == 0 ? proj_b : NULL, n, kh, D, c > 0,
-                                -1);
-            if (rc == 0) {
-                add_rows(x, false, D, t, n, D, true, -1);
-                return;
-            }
-        } else if (m->precision == CLIPC_BF16 && chunks > 1) {
+        if (m->precision == CLIPC_BF16 && chunks > 1 && n >= 64) {
             /* c_proj reads the hidden layer in chunks of kh: c_fc writes one
              * chunk (its rows [c kh, (c + 1) kh)), c_proj adds it into t while
              * it is in cache; x is touched only when every chunk has run */
@@ -824,17 +787,24 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
                 return;
             }
         } else if (m->precision == CLIPC_BF16) {
+            /* one c_fc GEMM (for a few rows, a caption or two, chunking c_fc
+             * as well cost a GEMM call per chunk: ViT-B-32 texts at batch 1
+             * ran about 10% slower), its output rearranged into c_proj's
+             * chunks if it has them */
             uint16_t *xb = ws_take(&ws, (size_t)n * D * 2), *hb = ws_take(&ws, (size_t)n * H * 2);
+            uint16_t *hc = chunks > 1 ? ws_take(&ws, (size_t)n * H * 2) : hb;
             bf16_rows(xb, ln, D, n, D, kd);
-            if (bf16_matmul(hb, true, H, xb, fc, 0, fc_b, n, D, H, false, act, ws) == 0 &&
-                bf16_matmul(x, false, D, hb, proj, 0, proj_b, n, H, D, true, -1, ws) == 0)
-                return;
+            int rc = bf16_matmul(hb, true, H, xb, fc, 0, fc_b, n, D, H, false, act, ws);
+            for (int i = 0; rc == 0 && hc != hb && i < n; i++)
+                for (int j = 0; j < H; j += kh)
+                    memcpy(hc + chunked_at(i, j, n, kh), hb + (size_t)i * H + j, (size_t)kh * 2);
+            if (rc == 0 && bf16_matmul(x, false, D, hc, proj, 0, proj_b, n, H, D, true, -1, ws) == 0) return;
         } else {
             int8_t *xq = ws_take(&ws, (size_t)n * D), *hq = ws_take(&ws, (size_t)n * H);
             float *xscale = ws_take(&ws, (size_t)n * sizeof(float)), *hscale = ws_take(&ws, (size_t)n * sizeof(float));
             /* c_fc's sums [n, H], then c_proj's [n, D] */
             int32_t *acc = ws_take(&ws, (size_t)n * (H > D ? H : D) * sizeof(int32_t));
-            int8_rows(xq, xscale, ln, D, n, D, kd);
+            int8_rows(xq, xscale, ln, D, n, D);
             if (int8_matmul(acc, xq, fc, 0, n, D, H, ws) == 0) {
 #pragma omp parallel
                 {
@@ -845,7 +815,7 @@ void model_mlp(const clipc_model *m, float *x, const float *ln, size_t fc_w, con
                     for (int i = 0; i < n; i++) {
                         float *dst = row ? row : (float *)(acc + (size_t)i * H); /* (in place without memory) */
                         dequant_row(dst, acc + (size_t)i * H, xscale[i], fc->scale, fc_b, H, false, act);
-                        hscale[i] = quantize_chunked(hq, i, n, H, kh, dst);
+                        hscale[i] = quantize_row(hq + (size_t)i * H, dst, H);
                     }
                     free(row);
                 }
