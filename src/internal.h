@@ -443,11 +443,17 @@ void attention_forward(float *out, const float *qkv, const int *seq_start, const
                        const int *query_row, int n_seq, int D, int heads, bool causal, bool bf16, float *scratch,
                        float *probs, const size_t *probs_offset, const unsigned char *hidden);
 /* Attention's two products with bf16 inputs and fp32 sums
- * (attention_bf16.c), on AMX tiles where the CPU has them, else sgemm on
- * the same bf16 values. scores [nq, lds] = Q K^T (unscaled) with lds =
- * attention_bf16_stride(len); out [nq, hd] (rows ldo apart) = P V with P
- * [nq, lds]; q, k, v rows ld apart. scratch: attention_bf16_scratch floats. */
-bool attention_bf16_amx(void);
+ * (attention_bf16.c), on AMX tiles where the CPU has them, else on
+ * AVX512-BF16 dot products, else sgemm on the same bf16 values. scores
+ * [nq, lds] = Q K^T (unscaled) with lds = attention_bf16_stride(len); out
+ * [nq, hd] (rows ldo apart) = P V with P [nq, lds]; q, k, v rows ld apart.
+ * scratch: attention_bf16_scratch floats. attention_bf16_best is the
+ * fastest kernel here; attention_bf16_use(k) runs k (or the best, if k is
+ * not available or < 0) from then on, for tests of each kernel. */
+enum { ATTENTION_BF16_SGEMM, ATTENTION_BF16_DOTS, ATTENTION_BF16_AMX };
+int attention_bf16_best(void);
+int attention_bf16_use(int kernel);
+const char *attention_bf16_name(int kernel);
 int attention_bf16_stride(int len);
 size_t attention_bf16_scratch(int max_len, int head_dim);
 void attention_scores_bf16(float *scores, int lds, const float *q, const float *k, int ld, int nq, int len, int hd,

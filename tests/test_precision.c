@@ -130,12 +130,13 @@ static void check_wide_layers(void) {
 
 static float bf16_round(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
-/* Attention's two bf16 products (attention_bf16.c: AMX tiles here when the
- * CPU has them, else sgemm) against double sums of the same bf16 values,
- * on shapes off the tiles' 16 / 32 / 64 grid: head widths 32, 64 and 80,
- * 1 to 77 keys, one query or many, rows further apart than a head. */
-static void check_attention_bf16(void) {
-    const int shapes[][3] = {{1, 50, 64}, {50, 50, 64}, {5, 77, 80}, {77, 77, 64}, {17, 1, 32}, {33, 65, 80}};
+/* Attention's two bf16 products (attention_bf16.c) with each kernel this
+ * CPU has (sgemm always; AVX512-BF16 dot products; AMX tiles) against
+ * double sums of the same bf16 values, on shapes off the kernels' 4 / 16 /
+ * 32 / 64 grids: head widths 32, 64 and 80, 1 to 77 keys, one query or
+ * many, rows further apart than a head. */
+static void check_attention_bf16(int kernel) {
+    const int shapes[][3] = {{1, 50, 64}, {50, 50, 64}, {5, 77, 80}, {77, 77, 64}, {17, 1, 32}, {33, 65, 80}, {7, 33, 64}};
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         int nq = shapes[t][0], len = shapes[t][1], hd = shapes[t][2], ld = 3 * hd + 8, lds = attention_bf16_stride(len);
         float *q = malloc((size_t)nq * ld * sizeof(float)), *kv = malloc((size_t)len * ld * sizeof(float));
@@ -173,8 +174,8 @@ static void check_attention_bf16(void) {
         CHECK(worst <= 1e-4, "bf16 P V %dx%dx%d: off by %.3g", nq, len, hd, worst);
         free(q), free(kv), free(scores), free(out), free(scratch);
     }
-    printf("  bf16 attention products on %s: 6 shapes within 1e-4 of double sums\n",
-           attention_bf16_amx() ? "AMX tiles" : "sgemm");
+    printf("  bf16 attention products on %s: %zu shapes within 1e-4 of double sums\n", attention_bf16_name(kernel),
+           sizeof shapes / sizeof shapes[0]);
 }
 
 /* Random-init published shapes on real photos (the reference's
@@ -380,7 +381,8 @@ void test_precision(void) {
     check_reference("tiny");
     check_reference("tiny-rn");
     check_wide_layers();
-    check_attention_bf16();
+    for (int k = ATTENTION_BF16_SGEMM; k <= attention_bf16_best(); k++) check_attention_bf16(attention_bf16_use(k));
+    attention_bf16_use(-1);
     check_published_shapes();
     check_shipped_accuracy();
     check_int8_checkpoint();

@@ -8,8 +8,10 @@
  * bf16 autocast and OpenVINO's bf16 do. Where the CPU has AMX they run on
  * its tiles: TDPBF16PS multiplies a 16 x 32 bf16 tile by a 32 x 16 one
  * (stored as 16 rows of 16 pairs, the "VNNI" layout) into a 16 x 16 fp32
- * tile. Elsewhere the same bf16 values are multiplied by sgemm, so both
- * paths give the same numbers up to the order of the fp32 sums.
+ * tile. Where it has AVX512-BF16 but no AMX (AMD's Zen 4), VDPBF16PS
+ * multiplies one pair of A broadcast against 16 pairs of the same VNNI
+ * layout. Elsewhere the same bf16 values are multiplied by sgemm. All
+ * three give the same numbers up to the order of the fp32 sums.
  *
  * Why: at fp32 the two products are tiny GEMMs (50 x 50 x 64 per head for
  * ViT-B-32) that sgemm runs far below its peak; with the linear layers on
@@ -38,25 +40,51 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023 /* Linux: ask for the AMX tile state */
 #define XFEATURE_XTILEDATA 18
 
-static int amx_state = -1; /* 1: usable */
-static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+static int best_kernel = -1; /* ATTENTION_BF16_*: the fastest this CPU (and oneDNN's cap) allows */
+static int kernel_in_use = -1;
+static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
 
-static void amx_probe(void) {
+static bool amx_usable(void) {
     unsigned a, b, c, d;
-    amx_state = 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
     bool tile = d & (1u << 24), bf16 = d & (1u << 22);
-    if (!tile || !bf16 || !__builtin_cpu_supports("avx512bf16")) return;
-    /* oneDNN's cap applies here too: ONEDNN_MAX_CPU_ISA below AMX (tests
-     * exercising the other paths) turns these kernels off as well */
-    if ((dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_amx) != dnnl_cpu_isa_avx512_core_amx) return;
-    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) return; /* a kernel without AMX */
-    amx_state = 1;
+    if (!tile || !bf16 || !__builtin_cpu_supports("avx512bf16")) return false;
+    if ((dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_amx) != dnnl_cpu_isa_avx512_core_amx) return false;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0; /* 0: the kernel allows AMX */
 }
 
-bool attention_bf16_amx(void) {
-    pthread_once(&amx_once, amx_probe);
-    return amx_state == 1;
+/* oneDNN's cap applies here too: ONEDNN_MAX_CPU_ISA below AMX or
+ * AVX512-BF16 (tests exercising the other paths) turns these kernels off
+ * as well. */
+static void kernel_probe(void) {
+    if (amx_usable())
+        best_kernel = ATTENTION_BF16_AMX;
+    else if (__builtin_cpu_supports("avx512bf16") &&
+             (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16)
+        best_kernel = ATTENTION_BF16_DOTS;
+    else
+        best_kernel = ATTENTION_BF16_SGEMM;
+    kernel_in_use = best_kernel;
+}
+
+int attention_bf16_best(void) {
+    pthread_once(&kernel_once, kernel_probe);
+    return best_kernel;
+}
+
+int attention_bf16_use(int kernel) {
+    int best = attention_bf16_best();
+    kernel_in_use = kernel > best ? best : kernel < 0 ? best : kernel;
+    return kernel_in_use;
+}
+
+static int kernel_now(void) {
+    pthread_once(&kernel_once, kernel_probe);
+    return kernel_in_use;
+}
+
+const char *attention_bf16_name(int kernel) {
+    return kernel == ATTENTION_BF16_AMX ? "AMX tiles" : kernel == ATTENTION_BF16_DOTS ? "AVX512-BF16 dot products" : "sgemm";
 }
 
 static int round_up(int v, int to) { return (v + to - 1) / to * to; }
@@ -161,6 +189,52 @@ __attribute__((target("amx-tile,amx-bf16"))) static void tiles_gemm(float *C, in
         }
 }
 
+/* ---- AVX512-BF16 ------------------------------------------------------------------ */
+
+/* C [rows, 64] (rows ldc floats apart) = A [rows, K] B for rows <= 4: A
+ * bf16 row-major (rows lda apart), B the VNNI pairs tiles_gemm reads
+ * (rows ldb pairs apart). Each step broadcasts one pair of each A row and
+ * multiplies it with 64 columns' pairs: VDPBF16PS adds both products of
+ * a pair into each fp32 lane. 16 accumulators, 4 B vectors and one
+ * broadcast stay in registers. */
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void
+dots_block(float *C, int ldc, const uint16_t *A, int lda, const uint32_t *B, int ldb, int rows, int K) {
+    __m512 acc[4][4];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < K / 2; p++) {
+        const uint32_t *b = B + (size_t)p * ldb;
+        __m512bh bv[4];
+        for (int v = 0; v < 4; v++) bv[v] = (__m512bh)_mm512_loadu_si512((const void *)(b + 16 * v));
+        for (int r = 0; r < rows; r++) {
+            uint32_t pair;
+            memcpy(&pair, A + (size_t)r * lda + 2 * p, sizeof pair);
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)pair);
+            for (int v = 0; v < 4; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, bv[v]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(C + (size_t)r * ldc + 16 * v, acc[r][v]);
+}
+
+/* C [M, N] = A [M, K] B as tiles_gemm computes it, for any M; N a
+ * multiple of 64, K of 2. */
+__attribute__((target("avx512f,avx512bf16"))) static void dots_gemm(float *C, int ldc, const uint16_t *A, int lda,
+                                                                   const uint32_t *B, int ldb, int M, int N, int K) {
+    for (int n0 = 0; n0 < N; n0 += 64) {
+        int m0 = 0;
+        for (; m0 + 4 <= M; m0 += 4) dots_block(C + (size_t)m0 * ldc + n0, ldc, A + (size_t)m0 * lda, lda, B + n0, ldb, 4, K);
+        float *c = C + (size_t)m0 * ldc + n0;
+        const uint16_t *a = A + (size_t)m0 * lda;
+        switch (M - m0) { /* (constant row counts, so each block stays in registers) */
+        case 3: dots_block(c, ldc, a, lda, B + n0, ldb, 3, K); break;
+        case 2: dots_block(c, ldc, a, lda, B + n0, ldb, 2, K); break;
+        case 1: dots_block(c, ldc, a, lda, B + n0, ldb, 1, K); break;
+        default: break;
+        }
+    }
+}
+
 /* r[i][j] <- r[j][i] for 16 x 16 dwords (here bf16 pairs; the shuffles
  * move bits, the float type is only the intrinsics'). Within 128-bit
  * lanes by unpack and shuffle, then across lanes in two rounds. */
@@ -191,9 +265,9 @@ __attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16]) 
     }
 }
 
-__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_amx(float *scores, int lds, const float *q,
-                                                                            const float *k, int ld, int nq, int len,
-                                                                            int hd, bf16_scratch b) {
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_paired(float *scores, int lds, const float *q,
+                                                                               const float *k, int ld, int nq, int len,
+                                                                               int hd, bool amx, bf16_scratch b) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
     rows_bf16(b.qb, Dp, q, ld, nq, hd, Mp);
     /* K^T in pairs: pair p of key j is dword p of key j's bf16 row */
@@ -206,13 +280,18 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_amx(fl
             transpose16(r);
             for (int p = 0; p < 16; p++) _mm512_storeu_ps((float *)(b.kv + (size_t)(p0 + p) * Sp + j0), r[p]);
         }
+    if (!amx) {
+        dots_gemm(scores, lds, b.qb, Dp, b.kv, Sp, nq, Sp, Dp);
+        return;
+    }
     tiles_configure();
     tiles_gemm(scores, lds, b.qb, b.kv, Sp, Mp, Sp, Dp);
 }
 
-__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_amx(float *out, int ldo, const float *p,
-                                                                            int lds, const float *v, int ld, int nq,
-                                                                            int len, int hd, bf16_scratch b) {
+__attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_paired(float *out, int ldo, const float *p,
+                                                                               int lds, const float *v, int ld, int nq,
+                                                                               int len, int hd, bool amx,
+                                                                               bf16_scratch b) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
     rows_bf16(b.pb, Sp, p, lds, nq, len, Mp);
     /* V in pairs of keys: dword d of pair row r = V[2r][d] | V[2r + 1][d] << 16 */
@@ -229,6 +308,12 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_amx(fl
             __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(odd + d)));
             _mm512_storeu_si512((void *)(dst + d), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
+    }
+    if (!amx) { /* straight into out where hd is a multiple of 64, else through ob */
+        bool direct = hd == Dp;
+        dots_gemm(direct ? out : b.ob, direct ? ldo : Dp, b.pb, Sp, b.vv, Dp, nq, Dp, Sp);
+        for (int i = 0; !direct && i < nq; i++) memcpy(out + (size_t)i * ldo, b.ob + (size_t)i * Dp, (size_t)hd * sizeof *out);
+        return;
     }
     tiles_configure();
     /* whole tiles straight into out where they fit (rows of 16 queries, hd a multiple of 64) */
@@ -254,8 +339,9 @@ static void rounded(float *dst, const float *src, int ld, int rows, int n) {
 void attention_scores_bf16(float *scores, int lds, const float *q, const float *k, int ld, int nq, int len, int hd,
                            float *scratch) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
-    if (attention_bf16_amx()) {
-        scores_amx(scores, lds, q, k, ld, nq, len, hd, carve(scratch, Mp, Sp, Dp));
+    int kernel = kernel_now();
+    if (kernel != ATTENTION_BF16_SGEMM) {
+        scores_paired(scores, lds, q, k, ld, nq, len, hd, kernel == ATTENTION_BF16_AMX, carve(scratch, Mp, Sp, Dp));
         return;
     }
     float *qf = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *kf = qf + pad16((size_t)Mp * Dp);
@@ -267,8 +353,9 @@ void attention_scores_bf16(float *scores, int lds, const float *q, const float *
 void attention_values_bf16(float *out, int ldo, const float *p, int lds, const float *v, int ld, int nq, int len,
                            int hd, float *scratch) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
-    if (attention_bf16_amx()) {
-        values_amx(out, ldo, p, lds, v, ld, nq, len, hd, carve(scratch, Mp, Sp, Dp));
+    int kernel = kernel_now();
+    if (kernel != ATTENTION_BF16_SGEMM) {
+        values_paired(out, ldo, p, lds, v, ld, nq, len, hd, kernel == ATTENTION_BF16_AMX, carve(scratch, Mp, Sp, Dp));
         return;
     }
     float *pf = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *vf = pf + pad16((size_t)Mp * Sp);
