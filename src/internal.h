@@ -366,7 +366,8 @@ typedef struct lowp_weight {
     float *scale;     /* [out] */
     float *emulated;  /* without a oneDNN kernel: the bf16 or int8 values as floats */
     void *packed;     /* the same values in oneDNN's blocked layout, or NULL (plain [out, in]) */
-    int packed_tag;   /* its dnnl_format_tag_t: 64 output channels per block */
+    int packed_tag;   /* its dnnl_format_tag_t (64 output channels per block), or -1: packed_desc */
+    void *packed_desc;   /* a dnnl_memory_desc_t of a layout no tag names (int8 without AMX), or NULL */
     size_t packed_block; /* bytes from one block of 64 output channels to the next */
     int k_chunk;         /* packed: inputs per chunk (the chunks follow each other) */
     size_t packed_chunk; /* packed: bytes from one chunk of inputs to the next */
