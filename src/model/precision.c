@@ -193,22 +193,21 @@ static int k_chunk_for(int in) {
     return in;
 }
 
-/* One reorder of src (at plain) into dst's layout, in a new buffer of
- * dst's size; NULL when oneDNN fails or out of memory. */
-static void *reordered(const dnnl_memory_desc_t *dst, const dnnl_memory_desc_t *src, const void *plain, size_t bytes,
-                       bool *oom) {
+/* Copies the matrix at `from` (laid out as from_md) to `to` in to_md's
+ * layout, by one oneDNN reorder (which also computes any compensation
+ * terms to_md carries). false when oneDNN fails. */
+static bool reorder_into(void *to, const dnnl_memory_desc_t *to_md, const void *from,
+                         const dnnl_memory_desc_t *from_md) {
     dnnl_engine_t eng = get_engine();
-    void *out = aligned_alloc(64, (bytes + 63) / 64 * 64);
-    *oom = !out;
     dnnl_primitive_desc_t rpd = NULL;
     dnnl_primitive_t reorder = NULL;
     dnnl_stream_t stream = NULL;
     dnnl_memory_t mf = NULL, mt = NULL;
-    bool ok = out && dnnl_reorder_primitive_desc_create(&rpd, src, eng, dst, eng, NULL) == dnnl_success &&
+    bool ok = eng && dnnl_reorder_primitive_desc_create(&rpd, from_md, eng, to_md, eng, NULL) == dnnl_success &&
               dnnl_primitive_create(&reorder, rpd) == dnnl_success &&
               dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) == dnnl_success &&
-              dnnl_memory_create(&mf, src, eng, (void *)plain) == dnnl_success &&
-              dnnl_memory_create(&mt, dst, eng, out) == dnnl_success;
+              dnnl_memory_create(&mf, from_md, eng, (void *)from) == dnnl_success &&
+              dnnl_memory_create(&mt, to_md, eng, to) == dnnl_success;
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mf}, {DNNL_ARG_TO, mt}};
     ok = ok && dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success &&
          dnnl_stream_wait(stream) == dnnl_success;
@@ -217,33 +216,40 @@ static void *reordered(const dnnl_memory_desc_t *dst, const dnnl_memory_desc_t *
     dnnl_stream_destroy(stream);
     dnnl_primitive_destroy(reorder);
     dnnl_primitive_desc_destroy(rpd);
-    if (!ok) {
-        free(out);
-        out = NULL;
-    }
-    return out;
+    return ok;
+}
+
+/* w's packed copy becomes `packed` (owned), laid out as tag or desc. */
+static void packed_set(lowp_weight *w, void *packed, dnnl_memory_desc_t *desc, int tag, size_t block, int k_chunk,
+                       size_t chunk_bytes) {
+    free(w->packed);
+    free(w->packed_desc);
+    w->packed = packed;
+    w->packed_desc = desc;
+    w->packed_tag = tag;
+    w->packed_block = block;
+    w->k_chunk = k_chunk;
+    w->packed_chunk = chunk_bytes;
 }
 
 /* w packed in the layout `exact` describes (see pack_weight). */
 static int pack_exact(lowp_weight *w, const dnnl_memory_desc_t *exact, const dnnl_memory_desc_t *from,
                       const void *plain) {
     size_t bytes = dnnl_memory_desc_get_size(exact);
-    bool oom = false;
     dnnl_memory_desc_t *desc = malloc(sizeof *desc);
-    void *packed = desc ? reordered(exact, from, plain, bytes, &oom) : NULL;
-    if (!packed) {
+    void *packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!desc || !packed) {
         free(desc);
-        return oom || !desc ? -1 : 0; /* (a failed reorder leaves w plain) */
+        free(packed);
+        return -1;
+    }
+    if (!reorder_into(packed, exact, plain, from)) { /* stays plain */
+        free(desc);
+        free(packed);
+        return 0;
     }
     *desc = *exact;
-    free(w->packed);
-    free(w->packed_desc);
-    w->packed = packed;
-    w->packed_desc = desc;
-    w->packed_tag = WEIGHTS_EXACT;
-    w->packed_block = 0;
-    w->k_chunk = w->in;
-    w->packed_chunk = bytes;
+    packed_set(w, packed, desc, WEIGHTS_EXACT, 0, w->in, bytes);
     return 0;
 }
 
@@ -296,37 +302,14 @@ static int pack_weight(lowp_weight *w, dnnl_data_type_t type, const void *plain)
     size_t chunk_bytes = (dnnl_memory_desc_get_size(&tagged) + 63) / 64 * 64;
     char *packed = aligned_alloc(64, chunk_bytes * (size_t)chunks);
     if (!packed) return -1;
-    dnnl_primitive_desc_t rpd = NULL;
-    dnnl_primitive_t reorder = NULL;
-    dnnl_stream_t stream = NULL;
-    bool ok = dnnl_reorder_primitive_desc_create(&rpd, &from, eng, &tagged, eng, NULL) == dnnl_success &&
-              dnnl_primitive_create(&reorder, rpd) == dnnl_success &&
-              dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) == dnnl_success;
-    for (int c = 0; ok && c < chunks; c++) {
-        dnnl_memory_t mf = NULL, mt = NULL;
-        ok = dnnl_memory_create(&mf, &from, eng, (char *)plain + (size_t)c * kc * elsize) == dnnl_success &&
-             dnnl_memory_create(&mt, &tagged, eng, packed + (size_t)c * chunk_bytes) == dnnl_success;
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mf}, {DNNL_ARG_TO, mt}};
-        ok = ok && dnnl_primitive_execute(reorder, stream, 2, args) == dnnl_success &&
-             dnnl_stream_wait(stream) == dnnl_success;
-        dnnl_memory_destroy(mf);
-        dnnl_memory_destroy(mt);
-    }
-    dnnl_stream_destroy(stream);
-    dnnl_primitive_destroy(reorder);
-    dnnl_primitive_desc_destroy(rpd);
+    bool ok = true;
+    for (int c = 0; ok && c < chunks; c++)
+        ok = reorder_into(packed + (size_t)c * chunk_bytes, &tagged, (const char *)plain + (size_t)c * kc * elsize, &from);
     if (!ok) { /* stays plain */
         free(packed);
         return 0;
     }
-    free(w->packed);
-    free(w->packed_desc);
-    w->packed_desc = NULL;
-    w->packed = packed;
-    w->packed_tag = tag;
-    w->packed_block = (size_t)bl->strides[1] * elsize;
-    w->k_chunk = kc;
-    w->packed_chunk = chunk_bytes;
+    packed_set(w, packed, NULL, tag, (size_t)bl->strides[1] * elsize, kc, chunk_bytes);
     return 0;
 }
 
