@@ -525,12 +525,13 @@ static double seconds_now(void) {
 
 /* The rate of AVX512-BF16 dot products (vdpbf16ps: 32 multiply-adds) over
  * that of fp32 FMAs (vfmadd231ps: 16), in multiply-adds per second, the
- * best of five interleaved rounds of about 15 us each. It tells apart the
+ * best of five interleaved rounds of about 7 us per loop. It tells apart the
  * CPUs where oneDNN's AVX512-BF16 matmul beats sgemm: on AMD's Zen 4
  * (measured here: 2.0, the ViT-B-32 encoder 1.9x faster at bf16 than at
  * fp32) vdpbf16ps issues as often as an FMA; on Intel's Xeons it issues
- * on one port against the FMAs' two (1.0, and oneDNN's bf16 matmul ran
- * 228 GOP/s on the Xeon measured here, against sgemm's 342 GFLOP/s). */
+ * on one port against the FMAs' two (a register loop measured 1.0 on the
+ * Xeon of earlier sessions, and oneDNN's bf16 matmul ran 228 GOP/s there,
+ * against sgemm's 342 GFLOP/s). */
 __attribute__((target("avx512f,avx512bf16"))) static double bf16_dot_rate_over_fma(void) {
     double best_fma = 1e9, best_dot = 1e9;
     for (int round = 0; round < 5; round++) {
