@@ -269,7 +269,7 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void scores_paired
                                                                                const float *k, int ld, int nq, int len,
                                                                                int hd, bool amx, bf16_scratch b) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
-    rows_bf16(b.qb, Dp, q, ld, nq, hd, Mp);
+    rows_bf16(b.qb, Dp, q, ld, nq, hd, amx ? Mp : nq); /* (zero rows up to the tile: AMX only) */
     /* K^T in pairs: pair p of key j is dword p of key j's bf16 row */
     rows_bf16(b.kb, Dp, k, ld, len, hd, Sp);
     const uint32_t *kb = (const uint32_t *)b.kb;
@@ -293,7 +293,7 @@ __attribute__((target("avx512f,avx512bf16,avx512vl"))) static void values_paired
                                                                                int len, int hd, bool amx,
                                                                                bf16_scratch b) {
     int Mp = round_up(nq, 16), Sp = attention_bf16_stride(len), Dp = round_up(hd, 64);
-    rows_bf16(b.pb, Sp, p, lds, nq, len, Mp);
+    rows_bf16(b.pb, Sp, p, lds, nq, len, amx ? Mp : nq);
     /* V in pairs of keys: dword d of pair row r = V[2r][d] | V[2r + 1][d] << 16 */
     uint16_t even[Dp], odd[Dp];
     for (int r = 0; r < Sp / 2; r++) {

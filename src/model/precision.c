@@ -579,8 +579,9 @@ static bool precision_native_why(int precision, char *why, size_t cap) {
     }
     dnnl_primitive_destroy(p);
     if (bf16 && !strstr(impl, "amx")) {
-        pthread_once(&bf16_ratio_once, bf16_ratio_measure);
-        bool dots = strstr(impl, "avx512_core_bf16") != NULL, fast = dots && bf16_ratio >= 1.5;
+        bool dots = strstr(impl, "avx512_core_bf16") != NULL;
+        if (dots) pthread_once(&bf16_ratio_once, bf16_ratio_measure); /* (only where it decides) */
+        bool fast = dots && bf16_ratio >= 1.5;
         if (why && fast)
             snprintf(why, cap, "%s (bf16 dot products at %.1fx the FMA rate)", impl, bf16_ratio);
         else if (why && dots)
